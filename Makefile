@@ -1,0 +1,44 @@
+# CliCooper — set-up and main jobs. Every target creates .venv if missing and installs the project with
+# its pinned dependencies (torch==2.13.0: an open range would pull a multi-GB CUDA build).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup data demo test bench reproduce lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fashion-MNIST comes from Debian's package (no download at run time).
+$(FMNIST):
+	@if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
+
+data: $(FMNIST)
+
+demo: $(STAMP) $(FMNIST)
+	$(BIN)/python -m clicooper.demo --out $(DEMO_OUT)
+
+test: $(STAMP) $(FMNIST)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) $(FMNIST)
+	$(BIN)/python -m clicooper.bench
+
+reproduce: $(STAMP) $(FMNIST)
+	$(BIN)/python -m clicooper.reproduce --out results
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

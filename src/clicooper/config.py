@@ -1,0 +1,179 @@
+"""Typed, validated run configuration (pydantic).
+
+One :class:`RunConfig` describes a whole run; ``config.json`` in a run directory is its full dump, and
+``--config run.toml`` is the same fields in TOML. Validation errors become :class:`ConfigError` with a
+message that names the field and says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clicooper.errors import ConfigError
+
+Topology = Literal["u-shape", "open-tail"]
+Defense = Literal["none", "dp", "labels", "clicooper"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DPConfig(_Strict):
+    """Activation protection at the cut (DESIGN §3). ``sigma`` is the noise multiplier of the clip norm."""
+
+    sigma: float = Field(0.0, ge=0.0, description="noise std / clip norm (σ); 0 disables noise")
+    clip_norm: float = Field(1.0, gt=0.0, description="per-sample L2 clip norm S of the head output")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    protect_gradients: bool = Field(False, description="also noise the gradient the DO sends back (U-shape)")
+    accountant: Literal["pld", "rdp"] = "pld"
+
+
+class LabelConfig(_Strict):
+    """Secret label obfuscation (DESIGN §4) and, in the open tail, label DP (randomized response)."""
+
+    expansion: int = Field(2, ge=1, le=64, description="sub-classes per class (m)")
+    label_dp_epsilon: float | None = Field(None, gt=0.0, description="RR-with-prior ε for the open tail")
+
+
+class WatermarkConfig(_Strict):
+    """Dynamic chained watermark (DESIGN §5)."""
+
+    enabled: bool = True
+    strength: float = Field(0.01, ge=0.0, description="λ of the watermark regularizer")
+    max_extra_steps: int = Field(200, ge=0, description="bounded watermark-only steps to reach BER 0")
+
+
+class RunConfig(_Strict):
+    """Everything that determines a run. Public: the seed here never derives a secret."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "fmnist-cnn"
+    trainers: int = Field(2, ge=1, le=64)
+    capacities: list[float] | None = None
+    topology: Topology = "u-shape"
+    epochs: int = Field(5, ge=1, le=10_000)
+    batch_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="None: 128, or 16 for datasets under 6,400 training samples"
+    )
+    micro_batches: int = Field(1, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0.0)
+    seed: int = 0
+    train_range: tuple[int, int] | None = None
+    record_observations: bool = False
+    observe: Literal["subset", "all"] = "subset"
+    observe_count: int = Field(5000, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    defense: Defense = "none"
+    dp: DPConfig = DPConfig()
+    labels: LabelConfig = LabelConfig()
+    watermark: WatermarkConfig = WatermarkConfig()
+    provenance: bool = Field(True, description="keep a signed ledger (DESIGN §5)")
+
+    @field_validator("capacities")
+    @classmethod
+    def _caps(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not (c > 0) for c in v):
+            raise ValueError("every trainer capacity must be > 0 (e.g. --capacities 1,2,1)")
+        return v
+
+    @field_validator("train_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (0 <= v[0] < v[1]):
+            raise ValueError("train_range must be START:END with 0 <= START < END (e.g. 0:50000)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.capacities is not None and len(self.capacities) != self.trainers:
+            raise ValueError(
+                f"--capacities has {len(self.capacities)} values but --trainers is {self.trainers}; "
+                "give one capacity per trainer"
+            )
+        if self.batch_size is not None and self.micro_batches > self.batch_size:
+            raise ValueError("micro_batches cannot exceed batch_size")
+        return self
+
+    def resolved(self, num_train: int) -> RunConfig:
+        """This config with dataset-dependent defaults filled in (what ``config.json`` records)."""
+        if self.batch_size is not None:
+            return self
+        bs = 128 if num_train >= 6400 else 16
+        return make_config(**(self.model_dump() | {"batch_size": max(bs, self.micro_batches)}))
+
+    @property
+    def obfuscate_labels(self) -> bool:
+        """Whether labels are secretly obfuscated (defense ``labels`` or ``clicooper``)."""
+        return self.defense in ("labels", "clicooper")
+
+    @property
+    def protect_activations(self) -> bool:
+        """Whether activations are clipped and noised (defense ``dp`` or ``clicooper``)."""
+        return self.defense in ("dp", "clicooper")
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of this config (sorted keys, no whitespace)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def make_config(**fields: Any) -> RunConfig:
+    """Build a :class:`RunConfig`, turning validation errors into one clear :class:`ConfigError`."""
+    try:
+        return RunConfig(**fields)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e)) from e
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``.toml`` or ``.json`` config file into a dict (validated later by :func:`make_config`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing .toml or .json file")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text("utf-8"))
+        if p.suffix == ".json":
+            data = json.loads(p.read_text("utf-8"))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{p}: the top level must be an object of config fields")
+            return data
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {e}") from e
+    raise ConfigError(f"{p}: unsupported config format {p.suffix!r}; use .toml or .json")
+
+
+def parse_range(text: str | None) -> tuple[int, int] | None:
+    """Parse ``START:END`` into a tuple, or ``None``."""
+    if text is None or text == "":
+        return None
+    try:
+        a, b = text.split(":")
+        return int(a), int(b)
+    except ValueError as e:
+        raise ConfigError(f"range {text!r} must look like START:END, e.g. 0:50000") from e
+
+
+def parse_capacities(text: str | None) -> list[float] | None:
+    """Parse ``1,2,1`` into floats, or ``None``."""
+    if text is None or text == "":
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError as e:
+        raise ConfigError(f"--capacities {text!r} must be comma-separated numbers, e.g. 1,2,1") from e

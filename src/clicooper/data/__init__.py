@@ -1,0 +1,9 @@
+"""Datasets: Fashion-MNIST (Debian IDX files), scikit-learn digits, a user's ``.npz``.
+
+Every training sample's **sample id** is its index in the training split (``x_train``). Ids stay with the
+data owner; trainers only ever see tensors. Nothing is downloaded at run time.
+"""
+
+from clicooper.data.loaders import Dataset, load_dataset
+
+__all__ = ["Dataset", "load_dataset"]

@@ -1,0 +1,193 @@
+"""Dataset loaders with validation. Images are float32 in [0, 1], shape (N, C, H, W); labels int64."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clicooper.errors import DataError
+
+FMNIST_DIR_ENV = "CLICOOPER_FMNIST_DIR"
+FMNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+FMNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test split held by the data owner. Sample id of ``x_train[i]`` is ``i``."""
+
+    name: str
+    x_train: torch.Tensor  # (N, ...) float32
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. ``(1, 28, 28)``."""
+        return tuple(self.x_train.shape[1:])
+
+    def train_ids(self, train_range: tuple[int, int] | None) -> torch.Tensor:
+        """Sample ids the DO trains on: all, or the slice ``[start, end)`` of the training split."""
+        n = len(self.x_train)
+        if train_range is None:
+            return torch.arange(n)
+        a, b = train_range
+        if b > n:
+            raise DataError(
+                f"--train-range {a}:{b} exceeds the {n} training samples of {self.name}; use END <= {n}"
+            )
+        return torch.arange(a, b)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) as described at yann.lecun.com/exdb/mnist."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}; reinstall with apt-get install dataset-fashion-mnist") from e
+    if len(data) < 4:
+        raise DataError(f"{path} is truncated; reinstall with apt-get install --reinstall dataset-fashion-mnist")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated ({body.size} of {int(np.prod(dims))} values)")
+    return body.reshape(dims)
+
+
+def _find(d: Path, stem: str) -> Path:
+    for cand in (d / f"{stem}.gz", d / stem):
+        if cand.is_file():
+            return cand
+    raise DataError(
+        f"Fashion-MNIST file {stem}(.gz) not found in {d}. Install it with "
+        "`apt-get update && apt-get install -y dataset-fashion-mnist` (or set "
+        f"{FMNIST_DIR_ENV} to a folder holding the IDX files)."
+    )
+
+
+def load_fashion_mnist(directory: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (60k train, 10k test)."""
+    d = Path(directory or os.environ.get(FMNIST_DIR_ENV, FMNIST_DEFAULT_DIR))
+    xtr = _read_idx(_find(d, "train-images-idx3-ubyte"))
+    ytr = _read_idx(_find(d, "train-labels-idx1-ubyte"))
+    xte = _read_idx(_find(d, "t10k-images-idx3-ubyte"))
+    yte = _read_idx(_find(d, "t10k-labels-idx1-ubyte"))
+
+    def img(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
+
+    return Dataset(
+        "fashion-mnist", img(xtr), torch.from_numpy(ytr.astype(np.int64)), img(xte),
+        torch.from_numpy(yte.astype(np.int64)), 10, FMNIST_CLASSES,
+    )
+
+
+def _split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/test split of ``n`` samples (fixed seed: part of the dataset's definition)."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images; a fixed 80/20 split), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    tr, te = _split(len(x))
+    return Dataset(
+        "digits", torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[te]),
+        torch.from_numpy(y[te]), 10, tuple(str(i) for i in range(10)),
+    )
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim < 2:
+        raise DataError(f"{where}: x must have shape (N, features…), got {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{where}: y must have shape ({len(x)},) to match x, got {y.shape}")
+    if len(x) == 0:
+        raise DataError(f"{where}: no samples")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(f"{where}: x has dtype {x.dtype}; expected a numeric array")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+        raise DataError(f"{where}: x contains NaN or Inf in {bad} samples; clean or drop them first")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{where}: y has dtype {y.dtype}; labels must be integers 0..C-1")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0 (found {int(y.min())})")
+    if x.ndim == 2:
+        x = x[:, None, :]  # (N, 1, F): one channel of features
+    elif x.ndim == 3:
+        x = x[:, None]  # (N, 1, H, W)
+    return x, y
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A user's ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``).
+
+    Without a test split a fixed 80/20 split is made. Labels must be integers in ``0..C-1``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"npz file {p} not found; pass --dataset npz:PATH with an existing file")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{p} is not a valid .npz file ({e}); save it with numpy.savez(path, x=…, y=…)") from e
+    if "x" not in arrays or "y" not in arrays:
+        raise DataError(f"{p} must contain arrays 'x' and 'y' (found {sorted(arrays)})")
+    x, y = _check_xy(arrays["x"], arrays["y"], f"{p}")
+    if "x_test" in arrays and "y_test" in arrays:
+        xte, yte = _check_xy(arrays["x_test"], arrays["y_test"], f"{p} (test split)")
+        if xte.shape[1:] != x.shape[1:]:
+            raise DataError(f"{p}: x_test samples have shape {xte.shape[1:]} but x has {x.shape[1:]}")
+        xtr, ytr = x, y
+    else:
+        tr, te = _split(len(x))
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    c = int(max(ytr.max(), yte.max())) + 1
+    if c < 2:
+        raise DataError(f"{p}: need at least 2 classes, found {c}")
+    return Dataset(
+        f"npz:{p}", torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte),
+        torch.from_numpy(yte), c, tuple(str(i) for i in range(c)),
+    )
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load ``fashion-mnist``, ``digits`` or ``npz:PATH``."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist()
+    if name == "digits":
+        return load_digits()
+    if name.startswith("npz:"):
+        return load_npz(name[4:])
+    raise DataError(f"unknown dataset {name!r}; use fashion-mnist, digits or npz:PATH")

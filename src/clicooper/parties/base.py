@@ -1,0 +1,70 @@
+"""What every party shares: a name, a module, its own optimizer, transcript hashes, step hooks.
+
+Party logic is a state machine over :mod:`clicooper.protocol.messages`; it never knows which transport
+carries its messages (in-process or gRPC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from clicooper.protocol.messages import Control, Message, canonical_bytes
+
+#: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
+StepHook = Callable[[nn.Module], "torch.Tensor | None"]
+
+
+class PartyBase:
+    """Common bookkeeping. Subclasses implement ``_handle``."""
+
+    def __init__(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, *, hash_transcripts: bool):
+        self.name = name
+        self.module = module
+        self.optimizer = optimizer
+        self.hash_transcripts = hash_transcripts
+        self.transcripts: dict[str, hashlib._Hash] = {}
+        self.step_hooks: list[StepHook] = []
+        self.steps_taken = 0
+        self.samples_processed = 0
+
+    # -- transcripts (DESIGN §5): running SHA-256 per link and direction over tensor messages ----------
+    def _update_transcript(self, peer: str, direction: str, msg: Message) -> None:
+        if not self.hash_transcripts or isinstance(msg, Control):
+            return
+        key = f"{peer}:{direction}"
+        h = self.transcripts.get(key)
+        if h is None:
+            h = self.transcripts[key] = hashlib.sha256()
+        h.update(canonical_bytes(msg))
+
+    def transcript_digests(self) -> dict[str, str]:
+        """Current digests, ``{"T2:sent": hex, "T2:recv": hex, …}``."""
+        return {k: h.hexdigest() for k, h in sorted(self.transcripts.items())}
+
+    def handle(self, msg: Message) -> list[Message]:
+        """Process one message (see :class:`clicooper.protocol.transport.Party`)."""
+        self._update_transcript(msg.header.sender, "recv", msg)
+        out = self._handle(msg)
+        for m in out:
+            self._update_transcript(m.header.receiver, "sent", m)
+        return out
+
+    def _handle(self, msg: Message) -> list[Message]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        """Add hook terms (e.g. the watermark regularizer), then step this party's own optimizer."""
+        extra = None
+        for hook in self.step_hooks:
+            term = hook(self.module)
+            if term is not None:
+                extra = term if extra is None else extra + term
+        if extra is not None:
+            extra.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_taken += 1

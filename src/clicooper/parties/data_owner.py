@@ -1,0 +1,213 @@
+"""The data owner (DO): holds the data, labels, head (and tail in U-shape) and every privacy secret.
+
+Per step (DESIGN §2): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
+``encode(y)``, gradient → T_K) … gradient from T1 → backward the head → step. Sample ids stay here.
+Privacy mechanisms are plugged in through three small protocols (see :mod:`clicooper.privacy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clicooper.errors import WireError
+from clicooper.parties.base import PartyBase
+from clicooper.protocol.messages import Activations, Control, Gradients, Header, Labels, Message, validate_tensor
+
+
+class Protector(Protocol):
+    """Clips and noises a tensor the DO releases (DESIGN §3); differentiable in ``a``."""
+
+    def protect(self, a: torch.Tensor, *, sample_ids: torch.Tensor, round: int, stream: str = "act") -> torch.Tensor:
+        """Return the protected release of ``a`` (one row per sample id)."""
+        ...
+
+
+class LabelEncoder(Protocol):
+    """Maps true labels to the (secret) training label space and model outputs back (DESIGN §4)."""
+
+    num_outputs: int
+
+    def encode(self, y: torch.Tensor, *, sample_ids: torch.Tensor, round: int) -> torch.Tensor:
+        """Training targets for ``y``."""
+        ...
+
+    def decode_probs(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, num_outputs) probabilities → (B, C) probabilities over the true classes."""
+        ...
+
+
+class LabelNoiser(Protocol):
+    """Label DP for the open tail (randomized response, drawn once per sample)."""
+
+    def noisy_labels(self, y: torch.Tensor, *, sample_ids: torch.Tensor) -> torch.Tensor:
+        """The sample's fixed randomized label."""
+        ...
+
+
+@dataclass
+class StepState:
+    """Book-keeping of the step in flight (private to the DO)."""
+
+    epoch: int
+    step: int
+    ids: list[torch.Tensor]
+    y: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    releases: dict[int, torch.Tensor] = field(default_factory=dict)
+    batch_size: int = 0
+    grads_back: int = 0
+
+
+@dataclass
+class EpochStats:
+    """Loss and accuracy accumulated over an epoch (train accuracy on true labels where known)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+
+
+class DataOwner(PartyBase):
+    """The DO party. ``start_step`` starts a step; ``handle`` processes replies; ``step_done`` tells."""
+
+    def __init__(
+        self,
+        *,
+        head: nn.Module,
+        tail: nn.Module | None,
+        optimizer: torch.optim.Optimizer,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        trainers: list[str],
+        micro_batches: int = 1,
+        protector: Protector | None = None,
+        grad_protector: Protector | None = None,
+        label_encoder: LabelEncoder | None = None,
+        label_noiser: LabelNoiser | None = None,
+        expected_return_shape: tuple[int, ...] | None = None,
+        hash_transcripts: bool = False,
+        device: torch.device | str = "cpu",
+    ):
+        module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
+        super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
+        self.head, self.tail = head, tail
+        self.x_train, self.y_train = x_train, y_train
+        self.trainers = trainers
+        self.first, self.last = trainers[0], trainers[-1]
+        self.micro_batches = micro_batches
+        self.protector, self.grad_protector = protector, grad_protector
+        self.label_encoder, self.label_noiser = label_encoder, label_noiser
+        self.expected_return_shape = expected_return_shape
+        self.device = torch.device(device)
+        self.state: StepState | None = None
+        self.stats = EpochStats()
+        self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------------
+    def _targets(self, y: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self.label_noiser is not None:
+            y = self.label_noiser.noisy_labels(y, sample_ids=ids)
+        if self.label_encoder is not None:
+            y = self.label_encoder.encode(y, sample_ids=ids, round=epoch)
+        return y
+
+    def start_step(self, epoch: int, step: int, ids: torch.Tensor) -> list[Message]:
+        """Forward the head on batch ``ids`` (M micro-batches) and return the messages to send."""
+        if self.state is not None:
+            raise RuntimeError("DO: previous step still in flight")
+        chunks = list(torch.tensor_split(ids, self.micro_batches))
+        chunks = [c for c in chunks if len(c)]
+        m = len(chunks)
+        st = StepState(epoch, step, chunks, [], [], batch_size=len(ids))
+        out: list[Message] = []
+        if self.tail is None:  # open tail: announce the batch size (public) before the labels
+            out.append(Control(Header("DO", self.last, epoch, step, 0, m), "batch", {"size": str(len(ids))}))
+        for j, cid in enumerate(chunks):
+            x = self.x_train[cid].to(self.device)
+            y = self.y_train[cid]
+            st.y.append(y)
+            tgt = self._targets(y, cid, epoch).to(self.device)
+            st.targets.append(tgt)
+            a0 = self.head(x)  # (b, …) head output
+            rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
+            st.releases[j] = rel
+            if self.tail is None:
+                out.append(Labels(Header("DO", self.last, epoch, step, j, m), tgt.detach().cpu()))
+            out.append(Activations(Header("DO", self.first, epoch, step, j, m), rel.detach()))
+        self.state = st
+        self.samples_processed += len(ids)
+        return out
+
+    @property
+    def step_done(self) -> bool:
+        """True when no step is in flight."""
+        return self.state is None
+
+    def _handle(self, msg: Message) -> list[Message]:
+        h = msg.header
+        st = self.state
+        if isinstance(msg, Activations) and msg.mode == "infer":
+            self.infer_results[(h.step, h.micro)] = msg.tensor
+            return []
+        if st is None or (h.epoch, h.step) != (st.epoch, st.step) or not (0 <= h.micro < len(st.ids)):
+            raise WireError(f"DO: {type(msg).__name__} for step {(h.epoch, h.step, h.micro)} not in flight")
+        if isinstance(msg, Activations):
+            if self.tail is None or h.sender != self.last:
+                raise WireError(f"DO: unexpected activations from {h.sender}")
+            return self._tail_step(msg, st)
+        if isinstance(msg, Gradients):
+            if h.sender != self.first:
+                raise WireError(f"DO: unexpected gradients from {h.sender}")
+            rel = st.releases.pop(h.micro, None)
+            if rel is None:
+                raise WireError(f"DO: duplicate gradient for micro-batch {h.micro}")
+            validate_tensor(msg.tensor, expected_shape=tuple(rel.shape), what="DO: gradient from T1")
+            rel.backward(msg.tensor.to(self.device))
+            st.grads_back += 1
+            if st.grads_back == len(st.ids):
+                self._step()
+                self.state = None
+            return []
+        if isinstance(msg, Control) and msg.kind == "loss":
+            try:
+                self.stats.loss_sum += float(msg.payload["loss_sum"])
+                self.stats.correct += int(msg.payload["correct"])
+                self.stats.count += int(msg.payload["count"])
+            except (KeyError, ValueError) as e:
+                raise WireError(f"DO: malformed loss report {msg.payload}") from e
+            return []
+        raise WireError(f"DO: unexpected {type(msg).__name__} from {h.sender}")
+
+    def _tail_step(self, msg: Activations, st: StepState) -> list[Message]:
+        h = msg.header
+        assert self.tail is not None
+        exp = None if self.expected_return_shape is None else (msg.tensor.shape[0], *self.expected_return_shape)
+        validate_tensor(msg.tensor, expected_shape=exp, what=f"DO: activations from {h.sender}")
+        a = msg.tensor.to(self.device).detach().requires_grad_(True)
+        logits = self.tail(a)  # (b, C·m)
+        tgt = st.targets[h.micro]
+        if len(tgt) != len(a):
+            raise WireError(f"DO: {len(a)} activations returned for a micro-batch of {len(tgt)}")
+        loss_sum = F.cross_entropy(logits, tgt, reduction="sum")
+        (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (DESIGN §2)
+        with torch.no_grad():
+            probs = logits.softmax(1)
+            if self.label_encoder is not None:
+                probs = self.label_encoder.decode_probs(probs)
+            self.stats.correct += int((probs.argmax(1).cpu() == st.y[h.micro]).sum())
+        self.stats.loss_sum += float(loss_sum.detach())
+        self.stats.count += len(a)
+        g = a.grad.detach()
+        if self.grad_protector is not None:
+            g = self.grad_protector.protect(g, sample_ids=st.ids[h.micro], round=st.epoch, stream="grad")
+        return [Gradients(Header("DO", self.last, h.epoch, h.step, h.micro, h.n_micro), g)]
+
+    def take_stats(self) -> EpochStats:
+        """Return and reset the epoch's accumulated statistics."""
+        s, self.stats = self.stats, EpochStats()
+        return s

@@ -1,0 +1,149 @@
+"""A trainer client: holds one middle segment (or, in the open tail, the segment with the tail layers)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clicooper.errors import WireError
+from clicooper.parties.base import PartyBase
+from clicooper.protocol.messages import Activations, Control, Gradients, Header, Labels, Message, validate_tensor
+
+_Key = tuple[int, int, int]  # (epoch, step, micro)
+
+
+class Trainer(PartyBase):
+    """Trainer ``T_i``: forward what it receives from ``left``, send to ``right``; backward the reverse.
+
+    In the open tail (``holds_tail``) it also receives labels from the DO, computes the loss, reports it
+    (a ``Control(kind="loss")`` to the DO) and starts the backward pass. It steps its own optimizer once
+    all ``n_micro`` micro-batches of a step have come back (GPipe-style accumulation, DESIGN §2).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        left: str,
+        right: str,
+        holds_tail: bool = False,
+        input_shape: tuple[int, ...] | None = None,
+        hash_transcripts: bool = False,
+    ):
+        super().__init__(name, module, optimizer, hash_transcripts=hash_transcripts)
+        self.left, self.right, self.holds_tail = left, right, holds_tail
+        self.input_shape = input_shape  # per-sample shape expected from ``left`` (None: not checked)
+        self._saved: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._labels: dict[_Key, torch.Tensor] = {}
+        self._pending_act: dict[_Key, Activations] = {}
+        self._done_micro: dict[tuple[int, int], int] = {}
+        self._step_batch: dict[tuple[int, int], int] = {}
+        self.device = next(module.parameters()).device
+
+    def _check_input(self, t: torch.Tensor, what: str) -> None:
+        exp = None if self.input_shape is None else (t.shape[0], *self.input_shape)
+        validate_tensor(t, expected_shape=exp, what=f"{self.name}: {what} from {self.left}")
+
+    def _handle(self, msg: Message) -> list[Message]:
+        h = msg.header
+        if isinstance(msg, Activations):
+            if h.sender != self.left:
+                raise WireError(f"{self.name}: activations from {h.sender}, expected {self.left}")
+            self._check_input(msg.tensor, "activations")
+            if msg.mode == "infer":
+                return self._infer(msg)
+            if self.holds_tail:
+                key = (h.epoch, h.step, h.micro)
+                if key not in self._labels:
+                    self._pending_act[key] = msg
+                    return []
+                return self._tail_step(msg, self._labels.pop(key))
+            return self._forward(msg)
+        if isinstance(msg, Labels):
+            if not self.holds_tail:
+                raise WireError(f"{self.name} does not hold the tail and must not receive labels")
+            key = (h.epoch, h.step, h.micro)
+            if key in self._pending_act:
+                return self._tail_step(self._pending_act.pop(key), msg.tensor)
+            self._labels[key] = msg.tensor
+            return []
+        if isinstance(msg, Gradients):
+            if h.sender != self.right or self.holds_tail:
+                raise WireError(f"{self.name}: unexpected gradients from {h.sender}")
+            return self._backward(msg)
+        if isinstance(msg, Control):
+            if msg.kind == "batch" and self.holds_tail:
+                try:
+                    size = int(msg.payload["size"])
+                except (KeyError, ValueError) as e:
+                    raise WireError(f"{self.name}: malformed batch announcement {msg.payload}") from e
+                if size < 1:
+                    raise WireError(f"{self.name}: batch size {size} < 1")
+                self._step_batch[(h.epoch, h.step)] = size
+            return []
+        raise WireError(f"{self.name}: unknown message type {type(msg).__name__}")
+
+    def _forward(self, msg: Activations) -> list[Message]:
+        h = msg.header
+        x = msg.tensor.to(self.device).detach().requires_grad_(True)
+        y = self.module(x)  # (B, …) this segment's output
+        self._saved[(h.epoch, h.step, h.micro)] = (x, y)
+        self.samples_processed += x.shape[0]
+        out_h = Header(self.name, self.right, h.epoch, h.step, h.micro, h.n_micro)
+        return [Activations(out_h, y.detach())]
+
+    def _backward(self, msg: Gradients) -> list[Message]:
+        h = msg.header
+        key = (h.epoch, h.step, h.micro)
+        if key not in self._saved:
+            raise WireError(f"{self.name}: gradient for unknown micro-batch {key} (stale or replayed)")
+        x, y = self._saved.pop(key)
+        validate_tensor(msg.tensor, expected_shape=tuple(y.shape), what=f"{self.name}: gradient")
+        y.backward(msg.tensor.to(self.device))
+        out = [Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), x.grad.detach())]
+        self._maybe_step(h)
+        return out
+
+    def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
+        h = act.header
+        x = act.tensor.to(self.device).detach().requires_grad_(True)
+        logits = self.module(x)  # (B, C·m) in the (possibly obfuscated) label space
+        labels = labels.to(self.device)
+        if labels.shape != (x.shape[0],):
+            raise WireError(f"{self.name}: {labels.shape[0]} labels for {x.shape[0]} activations")
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        correct = int((logits.argmax(1) == labels).sum())
+        self.samples_processed += x.shape[0]
+        report = Control(
+            Header(self.name, "DO", h.epoch, h.step, h.micro, h.n_micro), "loss",
+            {"loss_sum": repr(float(loss_sum.detach())), "correct": str(correct), "count": str(x.shape[0])},
+        )
+        # The loss is a mean over the whole batch (DESIGN §2: micro-batch losses scaled to sum to it);
+        # the DO announced the batch size (a public number) in a Control(kind="batch") before the labels.
+        batch = self._step_batch.get((h.epoch, h.step))
+        if batch is None:
+            raise WireError(f"{self.name}: labels for step {(h.epoch, h.step)} before its batch size")
+        (loss_sum / batch).backward()
+        grad = Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), x.grad.detach())
+        self._maybe_step(h)
+        return [grad, report]
+
+    def _maybe_step(self, h: Header) -> None:
+        k = (h.epoch, h.step)
+        n = self._done_micro.get(k, 0) + 1
+        if n >= h.n_micro:
+            self._done_micro.pop(k, None)
+            self._step_batch.pop(k, None)
+            self._step()
+        else:
+            self._done_micro[k] = n
+
+    def _infer(self, msg: Activations) -> list[Message]:
+        h = msg.header
+        with torch.no_grad():
+            y = self.module(msg.tensor.to(self.device))
+        receiver = "DO" if self.holds_tail else self.right
+        return [Activations(Header(self.name, receiver, h.epoch, h.step, h.micro, h.n_micro), y, mode="infer")]

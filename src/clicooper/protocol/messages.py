@@ -1,0 +1,175 @@
+"""Typed wire records exchanged between parties.
+
+These dataclasses are the *only* things parties send each other. The in-process transport carries them
+as they are; the gRPC transport converts them with ``net/serde.py`` (``x_to_proto`` / ``x_from_proto``).
+Sample ids never appear here: the data owner keeps them (DESIGN §2).
+
+``canonical_bytes`` gives one unambiguous byte string per message (every field length-prefixed, DESIGN §5
+"Formats"); transcript hashes in the ledger are SHA-256 running hashes over it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import torch
+
+from clicooper.errors import WireError
+
+#: dtypes allowed on the wire, by their canonical name.
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+}
+_DTYPE_NAMES = {v: k for k, v in WIRE_DTYPES.items()}
+
+Mode = Literal["train", "infer"]
+
+
+@dataclass(frozen=True)
+class Header:
+    """Routing and ordering data carried by every message.
+
+    ``run_id`` and ``seq`` are stamped by the transport (per link, strictly increasing); party code
+    leaves them at their defaults. ``step`` is the batch index within ``epoch``; ``micro`` the
+    micro-batch index within the step, of ``n_micro``.
+    """
+
+    sender: str
+    receiver: str
+    epoch: int
+    step: int
+    micro: int = 0
+    n_micro: int = 1
+    run_id: str = ""
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Forward tensor sent along the chain. ``mode='infer'`` means no backward will follow."""
+
+    header: Header
+    tensor: torch.Tensor
+    mode: Mode = "train"
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """Backward tensor: ∂loss/∂(the receiver's output), same shape as that output."""
+
+    header: Header
+    tensor: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labels sent to the tail holder in the open-tail topology (already obfuscated when defended)."""
+
+    header: Header
+    tensor: torch.Tensor  # int64 (B,)
+
+
+@dataclass(frozen=True)
+class Control:
+    """Small control record (loss reports, round ends, ledger entries, delivery). Payload is str→str."""
+
+    header: Header
+    kind: str
+    payload: dict[str, str] = field(default_factory=dict)
+
+
+Message = Union[Activations, Gradients, Labels, Control]
+TensorMessage = Union[Activations, Gradients, Labels]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Canonical wire name of a torch dtype; raises :class:`WireError` for unsupported dtypes."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except KeyError as e:
+        raise WireError(f"dtype {dtype} cannot go on the wire; use one of {sorted(WIRE_DTYPES)}") from e
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """Inverse of :func:`dtype_name`."""
+    try:
+        return WIRE_DTYPES[name]
+    except KeyError as e:
+        raise WireError(f"unknown wire dtype {name!r}; expected one of {sorted(WIRE_DTYPES)}") from e
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """Raw little-endian C-contiguous bytes of a CPU copy of ``t``."""
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().tobytes()
+
+
+def _lp(b: bytes) -> bytes:
+    """Length-prefix: 8-byte big-endian length, then the bytes."""
+    return struct.pack(">Q", len(b)) + b
+
+
+def _lp_str(s: str) -> bytes:
+    return _lp(s.encode("utf-8"))
+
+
+def message_kind(msg: Message) -> str:
+    """Short kind name of a message: ``activations``, ``gradients``, ``labels`` or ``control``."""
+    return type(msg).__name__.lower()
+
+
+def canonical_bytes(msg: Message) -> bytes:
+    """Unambiguous bytes of a message (header excluding seq/run_id, kind, dtype, shape, data).
+
+    ``seq`` and ``run_id`` are excluded so that sender and receiver hash the same bytes whatever the
+    transport stamps; the ledger binds the run id separately.
+    """
+    h = msg.header
+    parts = [
+        _lp_str(message_kind(msg)),
+        _lp_str(h.sender),
+        _lp_str(h.receiver),
+        _lp_str(str(h.epoch)),
+        _lp_str(str(h.step)),
+        _lp_str(str(h.micro)),
+        _lp_str(str(h.n_micro)),
+    ]
+    if isinstance(msg, Control):
+        parts.append(_lp_str(msg.kind))
+        for k in sorted(msg.payload):
+            parts.append(_lp_str(k))
+            parts.append(_lp_str(msg.payload[k]))
+    else:
+        t = msg.tensor
+        if isinstance(msg, Activations):
+            parts.append(_lp_str(msg.mode))
+        parts.append(_lp_str(dtype_name(t.dtype)))
+        parts.append(_lp_str(",".join(str(int(s)) for s in t.shape)))
+        parts.append(_lp(tensor_bytes(t)))
+    return b"".join(parts)
+
+
+def with_stamp(msg: Message, *, run_id: str, seq: int) -> Message:
+    """Copy of ``msg`` with the transport's run id and sequence number set."""
+    return dataclasses.replace(msg, header=dataclasses.replace(msg.header, run_id=run_id, seq=seq))
+
+
+def validate_tensor(
+    t: torch.Tensor, *, expected_shape: tuple[int, ...] | None = None, what: str = "tensor"
+) -> None:
+    """Reject NaN/Inf and (optionally) an unexpected shape, with a :class:`WireError` that says which."""
+    if expected_shape is not None and tuple(t.shape) != tuple(expected_shape):
+        raise WireError(f"{what}: shape {tuple(t.shape)} but expected {tuple(expected_shape)}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise WireError(f"{what}: contains NaN or Inf values; the sender is faulty or malicious")

@@ -1,0 +1,132 @@
+"""Reading a finished (or interrupted) run: :func:`load_run` → :class:`RunHandle`.
+
+Everything is rebuilt from the run directory's own files (config, plan, safetensors weights); nothing is
+unpickled. ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
+is needed (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clicooper import rundir
+from clicooper.config import RunConfig, make_config
+from clicooper.data import Dataset, load_dataset
+from clicooper.errors import DataError, RunDirError
+from clicooper.models import zoo
+from clicooper.models.partition import Plan, split_model
+
+
+def num_outputs_for(config: RunConfig, num_classes: int) -> int:
+    """Width of the model's output layer: C, or C·m under label obfuscation."""
+    return num_classes * config.labels.expansion if config.obfuscate_labels else num_classes
+
+
+def model_file(party: str) -> str:
+    """File name of a party's delivered weights inside ``model/``."""
+    return {"DO:head": "head", "DO:tail": "tail"}.get(party, f"seg_{party[1:]}") + ".safetensors"
+
+
+@dataclass
+class RunHandle:
+    """A run loaded from disk (see module docstring)."""
+
+    path: Path
+    config: RunConfig
+    plan: Plan
+    model: nn.Sequential
+    modules: dict[str, nn.Sequential]
+    _dataset: Dataset | None = field(default=None, repr=False)
+    _decoder: object | None = field(default=None, repr=False)
+
+    @property
+    def head(self) -> nn.Sequential:
+        """The DO's head."""
+        return self.modules["DO:head"]
+
+    @property
+    def segments(self) -> list[nn.Sequential]:
+        """Trainer segments T1..TK."""
+        return [self.modules[p.party] for p in self.plan.segments]
+
+    @property
+    def tail(self) -> nn.Sequential | None:
+        """The DO's tail, or ``None`` in the open tail."""
+        return self.modules.get("DO:tail")
+
+    def full_model(self) -> nn.Sequential:
+        """The whole model (raw outputs: the obfuscated label space if labels are obfuscated)."""
+        return self.model
+
+    def dataset(self) -> Dataset:
+        """The run's dataset (loaded on first use)."""
+        if self._dataset is None:
+            self._dataset = load_dataset(self.config.dataset)
+        return self._dataset
+
+    def _label_decoder(self):  # noqa: ANN202 - privacy.labels.LabelCodec
+        if not self.config.obfuscate_labels:
+            return None
+        if self._decoder is None:
+            from clicooper.privacy.runtime import label_codec_for_run
+
+            self._decoder = label_codec_for_run(self.path, self.config, self.plan_num_classes)
+        return self._decoder
+
+    @property
+    def plan_num_classes(self) -> int:
+        """Number of true classes."""
+        return int(self.plan.extra.get("num_classes", 0)) or self.dataset().num_classes
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+        """Probabilities over the true classes for inputs ``x`` (N, *input_shape); local path, no noise."""
+        exp = tuple(self.plan.input_shape)
+        if tuple(x.shape[1:]) != exp:
+            raise DataError(f"inputs have per-sample shape {tuple(x.shape[1:])}; this model expects {exp}")
+        x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise DataError("inputs contain NaN or Inf; clean them first")
+        self.model.eval()
+        dec = self._label_decoder()
+        outs = []
+        for i in range(0, len(x), batch_size):
+            p = self.model(x[i : i + batch_size]).softmax(1)
+            outs.append(dec.decode_probs(p) if dec is not None else p)
+        return torch.cat(outs) if outs else torch.zeros((0, self.plan_num_classes))
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy of :meth:`predict` on (x, y)."""
+        return float((self.predict(x).argmax(1) == y).float().mean())
+
+    def observations(self, party: str, epoch: int) -> dict[str, torch.Tensor]:
+        """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``."""
+        t, _ = rundir.load_tensors(self.path / rundir.OBSERVATIONS / party / f"epoch_{epoch}.safetensors")
+        return t
+
+
+def build_skeleton(config: RunConfig, plan: Plan, num_classes: int) -> tuple[nn.Sequential, dict[str, nn.Sequential]]:
+    """Model and per-party modules with the run's architecture (initial weights, to be overwritten)."""
+    model = zoo.build(config.model, tuple(plan.input_shape), num_outputs_for(config, num_classes), seed=config.seed)
+    return model, split_model(model, plan)
+
+
+def load_run(path: str | Path) -> RunHandle:
+    """Load a run directory written by ``clicooper train``; errors say which file is wrong."""
+    p = Path(path)
+    if not p.is_dir():
+        raise RunDirError(f"run directory {p} not found; train one with `clicooper train … --out {p}`")
+    config = make_config(**rundir.read_json(p / rundir.CONFIG))
+    try:
+        plan = Plan.from_dict(rundir.read_json(p / rundir.PLAN))
+    except TypeError as e:
+        raise RunDirError(f"{p / rundir.PLAN} is malformed ({e}); re-run `clicooper plan`") from e
+    num_classes = int(plan.extra.get("num_classes", 10))
+    model, modules = build_skeleton(config, plan, num_classes)
+    for party, mod in modules.items():
+        rundir.load_state_into(mod, p / rundir.MODEL_DIR / model_file(party))
+    return RunHandle(p, config, plan, model, modules)

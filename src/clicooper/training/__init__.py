@@ -1,0 +1,1 @@
+"""Training orchestration: builds parties over a transport and runs rounds."""
