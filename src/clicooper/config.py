@@ -32,6 +32,9 @@ class DPConfig(_Strict):
     clip_norm: float = Field(1.0, gt=0.0, description="per-sample L2 clip norm S of the head output")
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     protect_gradients: bool = Field(False, description="also noise the gradient the DO sends back (U-shape)")
+    grad_clip_norm: float | None = Field(
+        None, gt=0.0, description="per-sample clip norm of the returned gradient (needed with protect_gradients)"
+    )
     accountant: Literal["pld", "rdp"] = "pld"
 
 
@@ -127,8 +130,9 @@ class RunConfig(_Strict):
 def _format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(x) for x in err["loc"]) or "config"  # noqa: F841
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(msg if loc == "config" else f"{loc}: {msg}")
     return "invalid configuration: " + "; ".join(parts)
 
 

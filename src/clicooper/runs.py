@@ -101,7 +101,7 @@ class RunHandle:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Accuracy of :meth:`predict` on (x, y)."""
-        return float((self.predict(x).argmax(1) == y).float().mean())
+        return int((self.predict(x).argmax(1) == y).sum()) / max(1, len(y))
 
     def observations(self, party: str, epoch: int) -> dict[str, torch.Tensor]:
         """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``."""

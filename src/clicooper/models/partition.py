@@ -11,6 +11,7 @@ not timed, so the plan is deterministic) are as close as possible to proportiona
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -121,7 +122,7 @@ def layer_costs(model: nn.Sequential, input_shape: tuple[int, ...]) -> tuple[lis
     flops: list[int] = []
     shapes: list[list[int]] = []
     first = True
-    for layer in model:
+    for layer in copy.deepcopy(model):  # a copy: counting runs backward, which must not touch .grad
         x = x.detach().requires_grad_(not first)
         counter = FlopCounterMode(display=False)
         with counter:

@@ -120,6 +120,8 @@ class DataOwner(PartyBase):
         """Forward the head on batch ``ids`` (M micro-batches) and return the messages to send."""
         if self.state is not None:
             raise RuntimeError("DO: previous step still in flight")
+        if len(ids) == 0:
+            raise ValueError("DO: a step needs at least one sample")
         chunks = list(torch.tensor_split(ids, self.micro_batches))
         chunks = [c for c in chunks if len(c)]
         m = len(chunks)
@@ -154,6 +156,14 @@ class DataOwner(PartyBase):
         if isinstance(msg, Activations) and msg.mode == "infer":
             self.infer_results[(h.step, h.micro)] = msg.tensor
             return []
+        if isinstance(msg, Control) and msg.kind == "loss":
+            try:
+                self.stats.loss_sum += float(msg.payload["loss_sum"])
+                self.stats.correct += int(msg.payload["correct"])
+                self.stats.count += int(msg.payload["count"])
+            except (KeyError, ValueError) as e:
+                raise WireError(f"DO: malformed loss report {msg.payload}") from e
+            return []
         if st is None or (h.epoch, h.step) != (st.epoch, st.step) or not (0 <= h.micro < len(st.ids)):
             raise WireError(f"DO: {type(msg).__name__} for step {(h.epoch, h.step, h.micro)} not in flight")
         if isinstance(msg, Activations):
@@ -172,14 +182,6 @@ class DataOwner(PartyBase):
             if st.grads_back == len(st.ids):
                 self._step()
                 self.state = None
-            return []
-        if isinstance(msg, Control) and msg.kind == "loss":
-            try:
-                self.stats.loss_sum += float(msg.payload["loss_sum"])
-                self.stats.correct += int(msg.payload["correct"])
-                self.stats.count += int(msg.payload["count"])
-            except (KeyError, ValueError) as e:
-                raise WireError(f"DO: malformed loss report {msg.payload}") from e
             return []
         raise WireError(f"DO: unexpected {type(msg).__name__} from {h.sender}")
 

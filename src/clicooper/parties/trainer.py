@@ -129,7 +129,7 @@ class Trainer(PartyBase):
         (loss_sum / batch).backward()
         grad = Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), x.grad.detach())
         self._maybe_step(h)
-        return [grad, report]
+        return [report, grad]
 
     def _maybe_step(self, h: Header) -> None:
         k = (h.epoch, h.step)

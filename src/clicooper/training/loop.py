@@ -249,6 +249,10 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     privacy = build_privacy(config, run_dir, dataset, new_run=resume is None)
     session = Session(config, dataset, run_dir, privacy=privacy)
+    if privacy.get("notice"):
+        import sys
+
+        print(privacy["notice"], file=sys.stderr)
     if resume is None:
         rundir.write_json(run_dir / rundir.CONFIG, config.model_dump(mode="json"))
         rundir.write_json(run_dir / rundir.PLAN, asdict(session.plan))
@@ -283,8 +287,10 @@ def train(
             if hooks is not None:
                 hooks.on_round_start(r, session.parties)
             m = session.run_round(r, progress)
-            if privacy and privacy.get("epsilon_after") is not None:
-                m["privacy"] = privacy["epsilon_after"](r + 1)
+            if privacy.get("record_after") is not None:
+                record = privacy["record_after"](r + 1)
+                m["privacy"] = record.get("reports", record)
+                rundir.write_json(run_dir / rundir.PRIVACY, record)
             if hooks is not None:
                 hooks.on_round_end(r, session.parties, m)
             if recorder is not None:

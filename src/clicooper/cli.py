@@ -1,0 +1,255 @@
+"""``clicooper`` command line (typer + rich). Thin: each command calls one library function.
+
+Errors a user can cause print one line (``error: …`` saying what to do) and exit non-zero, never a
+traceback. ``--json`` prints one JSON object as the last line of stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clicooper.errors import CliCooperError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
+err = Console(stderr=True)
+out = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(f: F) -> F:
+    """Turn CliCooper errors and Ctrl-C into one-line messages and exit codes."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except CliCooperError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object as the last line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def plan_table(plan: Any) -> Table:
+    """A rich table of a partition plan."""
+    t = Table(title=f"plan: {plan.model}, {plan.topology}, {plan.trainers} trainer(s)")
+    for c in ("party", "layers", "params", "fwd+bwd FLOPs/sample", "FLOP share"):
+        t.add_column(c)
+    for p in plan.parties:
+        t.add_row(p.party, " ".join(p.layer_names), f"{p.params:,}", f"{p.flops:,}", f"{p.flop_share:.1%}")
+    t.caption = f"data owner's share of training FLOPs: {plan.do_flop_share:.1%}"
+    return t
+
+
+def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
+    from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
+
+    fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    if opts.get("capacities") is not None:
+        opts["capacities"] = parse_capacities(opts["capacities"])
+    if opts.get("train_range") is not None:
+        opts["train_range"] = parse_range(opts["train_range"])
+    fields.update({k: v for k, v in opts.items() if v is not None})
+    return make_config(**fields)
+
+
+# ------------------------------------------------------------------------------------------------------
+@app.command()
+@guarded
+def train(
+    out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
+    dataset: str = typer.Option(None, help="fashion-mnist | digits | npz:PATH"),
+    model: str = typer.Option(None, help="built-in model name (see `clicooper plan --help`)"),
+    trainers: int = typer.Option(None, help="number of trainer clients K"),
+    capacities: str = typer.Option(None, help="comma-separated trainer capacities, e.g. 1,2,1"),
+    topology: str = typer.Option(None, help="u-shape (labels stay with the DO) | open-tail"),
+    epochs: int = typer.Option(None),
+    batch_size: int = typer.Option(None),
+    micro_batches: int = typer.Option(None, help="GPipe micro-batches per step"),
+    lr: float = typer.Option(None),
+    seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
+    train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
+    record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
+    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    defense: str = typer.Option(None, help="none | dp | labels | clicooper"),
+    config_file: Path = typer.Option(None, "--config", help="run.toml / run.json with the same fields"),
+    resume: Path = typer.Option(None, "--resume", help="continue an interrupted run directory"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
+) -> None:
+    """Train a model cooperatively (data owner + K trainers) and write a run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from clicooper import rundir
+    from clicooper.training.loop import train as run_train
+
+    cfg = None
+    if resume is None:
+        if out_dir is None:
+            raise typer.BadParameter("--out RUN is required (or --resume RUN)")
+        cfg = _config_from_options(
+            config_file, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
+            topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
+            seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
+            device=device, defense=defense,
+        )
+    with Progress(
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=err, transient=False,
+    ) as prog:
+        task = prog.add_task("train", total=None, epoch="-", info="")
+
+        def progress(epoch: int, step: int, steps: int) -> None:
+            prog.update(task, completed=step, total=steps, epoch=epoch)
+
+        def on_epoch(m: dict[str, Any]) -> None:
+            prog.update(task, info=f"loss {m['loss']:.4f} test acc {m['test_acc']:.4f}")
+            prog.console.print(
+                f"epoch {m['epoch']}: loss {m['loss']:.4f}  train acc {m['train_acc']:.4f}  "
+                f"test acc {m['test_acc']:.4f}  {m['samples_per_s']:.0f} samples/s"
+            )
+
+        run = run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+    metrics = rundir.read_json(run.path / rundir.METRICS)
+    if not as_json:
+        err.print(plan_table(run.plan))
+    summary = {
+        "run": str(run.path), "test_acc": metrics.get("final_test_acc"), "epochs": len(metrics["epochs"]),
+        "do_flop_share": run.plan.do_flop_share, "defense": run.config.defense,
+    }
+    if "privacy" in (metrics["epochs"][-1] if metrics["epochs"] else {}):
+        summary["privacy"] = metrics["epochs"][-1]["privacy"]
+    if as_json:
+        emit_json(summary)
+    else:
+        out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run.path})")
+
+
+@app.command()
+@guarded
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Test accuracy of a run from its saved files alone (local inference path, no noise)."""
+    from clicooper.runs import load_run
+
+    run = load_run(run_dir)
+    ds = run.dataset()
+    acc = run.accuracy(ds.x_test, ds.y_test)
+    res = {"run": str(run_dir), "test_acc": acc, "n_test": len(ds.y_test), "inference_path": "local"}
+    if as_json:
+        emit_json(res)
+    else:
+        out.print(f"test accuracy {acc:.4f} on {len(ds.y_test)} samples (local path: no noise needed)")
+
+
+@app.command()
+@guarded
+def predict(
+    run_dir: Path = typer.Argument(...),
+    input_file: Path = typer.Option(..., "--input", help=".npy array (N, *input_shape) or one sample"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Predict classes for inputs in a .npy file (local path; labels decoded automatically)."""
+    import numpy as np
+    import torch
+
+    from clicooper.errors import DataError
+    from clicooper.runs import load_run
+
+    if not input_file.is_file():
+        raise DataError(f"input file {input_file} not found")
+    try:
+        arr = np.load(input_file, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{input_file} is not a valid .npy array ({e}); save it with numpy.save") from e
+    run = load_run(run_dir)
+    shape = tuple(run.plan.input_shape)
+    if arr.shape == shape:
+        arr = arr[None]
+    elif arr.ndim >= 1 and arr.shape[1:] != shape and int(np.prod(arr.shape[1:])) == int(np.prod(shape)):
+        arr = arr.reshape((len(arr), *shape))
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{input_file} has dtype {arr.dtype}; expected numbers")
+    probs = run.predict(torch.from_numpy(arr.astype(np.float32)))
+    pred = probs.argmax(1).tolist()
+    names = run.dataset().class_names if run.config.dataset != "digits" else None
+    res = {"predictions": pred, "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
+    if names:
+        res["class_names"] = [names[i] for i in pred]
+    if as_json:
+        emit_json(res)
+    else:
+        for i, p in enumerate(pred):
+            out.print(f"{i}: class {p}" + (f" ({names[p]})" if names else "") + f"  p={float(probs[i, p]):.3f}")
+
+
+@app.command()
+@guarded
+def plan(
+    dataset: str = typer.Option("fashion-mnist"),
+    model: str = typer.Option("fmnist-cnn"),
+    trainers: int = typer.Option(2),
+    capacities: str = typer.Option(None),
+    topology: str = typer.Option("u-shape"),
+    defense: str = typer.Option("none"),
+    out_file: Path = typer.Option(None, "--out", help="also write the plan as JSON here"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show the partition plan only (layers, parameters, counted FLOPs per party)."""
+    from dataclasses import asdict
+
+    from clicooper import rundir
+    from clicooper.data import load_dataset
+    from clicooper.training.loop import plan_for
+
+    cfg = _config_from_options(None, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
+                               topology=topology, defense=defense)
+    _, p = plan_for(cfg, load_dataset(cfg.dataset))
+    if out_file:
+        rundir.write_json(out_file, asdict(p))
+    if as_json:
+        emit_json(asdict(p))
+    else:
+        out.print(plan_table(p))
+
+
+@app.command()
+@guarded
+def export(
+    run_dir: Path = typer.Argument(...),
+    out_file: Path = typer.Option(..., "--out", help="model.safetensors to write (not overwritten)"),
+) -> None:
+    """Export the delivered model as one plain PyTorch state dict (safetensors)."""
+    from clicooper.export import export_run
+
+    info = export_run(run_dir, out_file)
+    out.print(f"wrote {out_file}: {info}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Clip + keyed Gaussian noise on what the data owner releases (DESIGN §3).
+
+Per sample ``a`` (all non-batch dims flattened): ``a ← a · min(1, S / ‖a‖₂)``, then ``ã = a + N(0, σ²S²I)``
+— the Gaussian mechanism (Dwork & Roth 2014, §3.5.3; Abadi et al. 2016 for the clip-then-noise recipe).
+
+**The noise is the DO's secret.** The noise of item ``i`` (a training sample id, or a served query's
+counter) in round ``r`` on stream ``s`` (``"act"``, ``"grad"``, ``"query"``) is a pure function of
+``(noise_secret, s, r, i)``:
+
+1. ``k = HMAC-SHA256(noise_secret, lp("clicooper/noise", s, r, i))`` (32 bytes, see :mod:`._keyed`);
+2. ``P = ⌈D/2⌉`` for ``D`` elements per item; keystream ``ChaCha20(k, nonce 0)`` of ``12·P`` bytes: ``P``
+   little-endian u64 words ``w`` then ``P`` little-endian u32 words ``v``;
+3. Box–Muller: ``ρ = sqrt(−2 ln((⌊w/2¹¹⌋ + ½)·2⁻⁵³))`` (float64), ``θ = 2π·v/2³²`` (float32);
+   ``z = [ρ cos θ, ρ sin θ][:D]`` (float32), reshaped to the item's shape.
+
+So a repeated release after a crash is identical to the first (it costs no extra privacy), the noise does
+not depend on how items are batched or micro-batched, and nobody without the secret can regenerate it —
+in particular not from the run's public ``--seed``. ``torch.Generator`` per item was rejected: CPU
+``manual_seed`` keeps only 32 bits of the seed, so 2³² candidate seeds could be brute-forced against the
+non-negative post-ReLU activations. A 53-bit radius keeps the Gaussian's tails to ≈ 8.6 σ (a 24-bit
+uniform would cut them at 5.9 σ, adding ≈ 10⁻⁶ to δ per release).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from clicooper.errors import PrivacyError
+from clicooper.privacy._keyed import chacha20_keystreams, check_key, prf
+
+NOISE_TAG = "clicooper/noise"
+STREAM_ACT = "act"
+STREAM_GRAD = "grad"
+STREAM_QUERY = "query"
+_TWO_PI_OVER_2_32 = np.float32(2.0 * math.pi / 2.0**32)
+
+
+def _ids_list(sample_ids: torch.Tensor | Sequence[int], batch: int) -> list[int]:
+    if isinstance(sample_ids, torch.Tensor):
+        if sample_ids.dim() != 1 or sample_ids.dtype.is_floating_point or sample_ids.dtype == torch.bool:
+            raise PrivacyError("sample_ids must be a 1-D integer tensor (one id per row of the batch)")
+        ids = [int(v) for v in sample_ids.tolist()]
+    else:
+        ids = [int(v) for v in sample_ids]
+    if len(ids) != batch:
+        raise PrivacyError(f"got {len(ids)} sample_ids for a batch of {batch} rows; pass one id per row")
+    if ids and min(ids) < 0:
+        raise PrivacyError("sample_ids must be non-negative (dataset indices or query counters)")
+    return ids
+
+
+def _check_round(round: int) -> int:
+    if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
+        raise PrivacyError(f"round must be a non-negative int (0-based epoch), got {round!r}")
+    return int(round)
+
+
+def _check_stream(stream: str) -> str:
+    if not isinstance(stream, str) or not stream:
+        raise PrivacyError("stream must be a non-empty string such as 'act', 'grad' or 'query'")
+    return stream
+
+
+def keyed_standard_normal(
+    secret: bytes,
+    item_shape: Sequence[int],
+    *,
+    sample_ids: torch.Tensor | Sequence[int],
+    round: int,
+    stream: str,
+) -> torch.Tensor:
+    """Unit Gaussian noise, shape ``(B, *item_shape)`` float32 on the CPU, keyed as in the module doc."""
+    secret = check_key(secret, "noise secret")
+    round = _check_round(round)
+    stream = _check_stream(stream)
+    d = math.prod(int(s) for s in item_shape)
+    ids = _ids_list(sample_ids, len(sample_ids))
+    b = len(ids)
+    if b == 0 or d == 0:
+        return torch.zeros((b, *item_shape), dtype=torch.float32)
+    p = (d + 1) // 2
+    keys = [prf(secret, NOISE_TAG, stream, round, i) for i in ids]
+    raw = np.frombuffer(chacha20_keystreams(keys, 12 * p), dtype=np.uint8).reshape(b, 12 * p)
+    w = raw[:, : 8 * p].view("<u8")  # (B, P) radius words (rows are contiguous: no copy)
+    v = raw[:, 8 * p :].view("<u4")  # (B, P) angle words
+    u = ((w >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1): log never sees 0
+    rho = np.sqrt(-2.0 * np.log(u)).astype(np.float32)
+    theta = v.astype(np.float32)
+    theta *= _TWO_PI_OVER_2_32
+    z = np.empty((b, 2 * p), dtype=np.float32)  # (B, 2P): cos half, then sin half
+    np.multiply(rho, np.cos(theta), out=z[:, :p])
+    np.multiply(rho, np.sin(theta), out=z[:, p:])
+    return torch.from_numpy(z[:, :d].copy() if 2 * p != d else z).reshape(b, *item_shape)
+
+
+def clip_per_sample(a: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """``a · min(1, S/‖a‖₂)`` per row (norm over all non-batch dims); differentiable, not in place."""
+    norms = a.reshape(a.shape[0], -1).norm(p=2, dim=1)  # (B,)
+    factor = torch.clamp(clip_norm / norms.clamp_min(1e-12), max=1.0)
+    return a * factor.reshape(-1, *([1] * (a.dim() - 1))).to(a.dtype)
+
+
+class ActivationProtector:
+    """Clip-and-noise for one released tensor kind (activations, returned gradients, query activations).
+
+    ``sigma`` is the noise multiplier relative to the clip norm (noise std = ``sigma · clip_norm``). For
+    accounting, a release has sensitivity ``2S`` (one sample's content replaced), so its noise multiplier
+    is :attr:`accounting_noise_multiplier` ``= sigma / 2`` (see :mod:`clicooper.privacy.accountant`).
+    """
+
+    def __init__(self, *, sigma: float, clip_norm: float, secret: bytes) -> None:
+        if not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
+            raise PrivacyError(f"sigma must be a finite number >= 0 (0 = clip only), got {sigma!r}")
+        if not isinstance(clip_norm, int | float) or not math.isfinite(clip_norm) or clip_norm <= 0:
+            raise PrivacyError(f"clip_norm must be a finite number > 0, got {clip_norm!r}")
+        self.sigma = float(sigma)
+        self.clip_norm = float(clip_norm)
+        self._secret = check_key(secret, "noise secret")
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"ActivationProtector(sigma={self.sigma}, clip_norm={self.clip_norm}, secret=<hidden>)"
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the added noise, ``sigma · clip_norm``."""
+        return self.sigma * self.clip_norm
+
+    @property
+    def accounting_noise_multiplier(self) -> float:
+        """``z = sigma / 2``: the noise multiplier to account under ADD_OR_REMOVE_ONE (DESIGN §3)."""
+        return self.sigma / 2.0
+
+    def noise(
+        self,
+        item_shape: Sequence[int],
+        *,
+        sample_ids: torch.Tensor | Sequence[int],
+        round: int,
+        stream: str = STREAM_ACT,
+    ) -> torch.Tensor:
+        """The noise ``N(0, σ²S²I)`` that :meth:`protect` adds, shape ``(B, *item_shape)``, float32 CPU."""
+        z = keyed_standard_normal(self._secret, item_shape, sample_ids=sample_ids, round=round, stream=stream)
+        return z * self.noise_std
+
+    def protect(
+        self,
+        a: torch.Tensor,
+        *,
+        sample_ids: torch.Tensor | Sequence[int],
+        round: int,
+        stream: str = STREAM_ACT,
+    ) -> torch.Tensor:
+        """Clip each row of ``a`` (shape ``(B, …)``) to norm ``S`` and add the keyed noise.
+
+        ``sample_ids`` are the rows' dataset indices (for ``stream="query"``: the query counters from
+        :meth:`clicooper.privacy.accountant.QueryBudget.charge`), ``round`` the 0-based epoch (0 for
+        queries). The result stays in ``a``'s autograd graph (the noise is a constant), so the DO sends
+        ``ã.detach()`` and later calls ``ã.backward(g)``; it has ``a``'s dtype and device.
+        """
+        if not isinstance(a, torch.Tensor) or a.dim() < 1:
+            raise PrivacyError("protect() needs a tensor with a leading batch dimension")
+        ids = _ids_list(sample_ids, a.shape[0])
+        round = _check_round(round)
+        stream = _check_stream(stream)
+        clipped = clip_per_sample(a, self.clip_norm)
+        if self.sigma == 0.0:
+            return clipped
+        n = self.noise(tuple(a.shape[1:]), sample_ids=ids, round=round, stream=stream)
+        return clipped + n.to(device=a.device, dtype=a.dtype)

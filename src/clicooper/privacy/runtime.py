@@ -1,0 +1,100 @@
+"""Glue: the DO's privacy mechanisms for one run, built from its config and ``RUN/secrets/``.
+
+``training/privacy_hooks.build_privacy`` can return :func:`mechanisms_for_run` as is; ``runs.py`` calls
+:func:`label_codec_for_run` to decode predictions. Everything here is bookkeeping over the mechanism modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clicooper.errors import PrivacyError
+from clicooper.privacy.activation import ActivationProtector
+from clicooper.privacy.label_dp import RandomizedResponse
+from clicooper.privacy.labels import LabelCodec
+from clicooper.privacy.record import privacy_record
+from clicooper.privacy.secrets import LABEL_KEY, NOISE_SECRET, backup_reminder, create_secrets, load_secret
+
+if TYPE_CHECKING:
+    from clicooper.config import RunConfig
+
+
+def label_codec_for_run(run_dir: str | Path, config: RunConfig, num_classes: int) -> LabelCodec:
+    """The run's :class:`LabelCodec` (needs ``RUN/secrets/label_key``; PrivacyError says how to restore it)."""
+    return LabelCodec(
+        key=load_secret(run_dir, LABEL_KEY), num_classes=num_classes, expansion=config.labels.expansion
+    )
+
+
+def mechanisms_for_run(
+    config: RunConfig, run_dir: str | Path, num_classes: int, *, new_run: bool
+) -> dict[str, Any]:
+    """Build ``{"protector", "grad_protector", "label_encoder", "label_noiser", "epsilon_after",
+    "record_after", "notice"}`` for the DO (values ``None`` where a mechanism is off).
+
+    Creates the secrets on a new run (``notice`` is then the label-key backup reminder to print) and
+    loads them on resume. ``epsilon_after(E)`` gives the labelled ε reports after E completed epochs (for
+    ``metrics.json``); ``record_after(E)`` the whole ``privacy.json`` dict.
+    """
+    out: dict[str, Any] = dict.fromkeys(
+        (
+            "protector",
+            "grad_protector",
+            "label_encoder",
+            "label_noiser",
+            "epsilon_after",
+            "record_after",
+            "notice",
+        )
+    )
+    if not (config.protect_activations or config.obfuscate_labels or config.labels.label_dp_epsilon):
+        return out
+    dp = config.dp
+    grad_clip = getattr(dp, "grad_clip_norm", None)
+    if config.protect_activations and dp.protect_gradients and grad_clip is None:
+        # Checked before any secret is written, so a corrected config can start the same run dir.
+        raise PrivacyError(
+            "dp.protect_gradients needs its own clip norm for the returned gradient (its rows are "
+            "about 1/batch_size the scale of a per-sample gradient); set dp.grad_clip_norm"
+        )
+    create_secrets(run_dir, exist_ok=not new_run)
+    if new_run:
+        out["notice"] = backup_reminder(run_dir)
+    noise_secret = load_secret(run_dir, NOISE_SECRET)
+
+    act = grad = None
+    if config.protect_activations:
+        act = ActivationProtector(sigma=dp.sigma, clip_norm=dp.clip_norm, secret=noise_secret)
+        if dp.protect_gradients:
+            grad = ActivationProtector(sigma=dp.sigma, clip_norm=grad_clip, secret=noise_secret)
+    codec = label_codec_for_run(run_dir, config, num_classes) if config.obfuscate_labels else None
+    rr = None
+    if config.labels.label_dp_epsilon is not None and config.topology == "open-tail":
+        rr = RandomizedResponse(
+            epsilon=config.labels.label_dp_epsilon, num_classes=num_classes, key=noise_secret
+        )
+
+    def record_after(epochs: int) -> dict[str, Any]:
+        return privacy_record(
+            epochs=epochs,
+            delta=dp.delta,
+            activations=act,
+            gradients=grad,
+            codec=codec,
+            label_dp=rr,
+            accountant=dp.accountant,
+        )
+
+    def epsilon_after(epochs: int) -> dict[str, Any]:
+        return {"reports": record_after(epochs)["reports"]}
+
+    out.update(
+        protector=act,
+        grad_protector=grad,
+        label_encoder=codec,
+        label_noiser=rr,
+        epsilon_after=epsilon_after if (act is not None or rr is not None) else None,
+        record_after=record_after,
+    )
+    return out

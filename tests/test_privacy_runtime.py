@@ -1,0 +1,67 @@
+"""The DO's privacy mechanisms built from a RunConfig (the integration glue)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clicooper.config import make_config
+from clicooper.errors import PrivacyError
+from clicooper.privacy import COVERS_LABEL_DP, COVERS_RELEASES, ActivationProtector, LabelCodec
+from clicooper.privacy.runtime import label_codec_for_run, mechanisms_for_run
+from clicooper.privacy.secrets import secrets_dir
+
+
+def test_no_defense_builds_nothing_and_writes_no_secrets(tmp_path: Path) -> None:
+    m = mechanisms_for_run(make_config(defense="none"), tmp_path, 10, new_run=True)
+
+    assert all(v is None for v in m.values())
+    assert not secrets_dir(tmp_path).exists()
+
+
+def test_clicooper_defense_builds_protector_codec_and_labelled_epsilon(tmp_path: Path) -> None:
+    config = make_config(defense="clicooper", dp={"sigma": 2.0, "clip_norm": 1.0})
+
+    m = mechanisms_for_run(config, tmp_path, 10, new_run=True)
+
+    assert isinstance(m["protector"], ActivationProtector) and m["grad_protector"] is None
+    assert isinstance(m["label_encoder"], LabelCodec) and m["label_encoder"].num_outputs == 20
+    assert "back up" in m["notice"]
+    reports = m["epsilon_after"](1)["reports"]
+    assert reports[0]["covers"] == COVERS_RELEASES
+    assert reports[0]["epsilon"] == pytest.approx(4.38, rel=0.02)
+
+
+def test_resume_reuses_the_same_secrets(tmp_path: Path) -> None:
+    config = make_config(defense="labels")
+    first = mechanisms_for_run(config, tmp_path, 10, new_run=True)["label_encoder"]
+
+    again = mechanisms_for_run(config, tmp_path, 10, new_run=False)
+
+    assert again["notice"] is None
+    assert again["label_encoder"].permutation == first.permutation
+    assert label_codec_for_run(tmp_path, config, 10).permutation == first.permutation
+    with pytest.raises(PrivacyError):
+        mechanisms_for_run(config, tmp_path, 10, new_run=True)  # would replace the label key
+
+
+def test_open_tail_label_dp_is_reported(tmp_path: Path) -> None:
+    config = make_config(defense="labels", topology="open-tail", labels={"label_dp_epsilon": 2.0})
+
+    m = mechanisms_for_run(config, tmp_path, 10, new_run=True)
+
+    y = torch.arange(10)
+    assert torch.equal(
+        m["label_noiser"].noisy_labels(y, sample_ids=y), m["label_noiser"].noisy_labels(y, sample_ids=y)
+    )
+    assert [r["covers"] for r in m["epsilon_after"](3)["reports"]] == [COVERS_LABEL_DP]
+
+
+def test_gradient_protection_needs_its_own_clip_norm(tmp_path: Path) -> None:
+    config = make_config(defense="dp", dp={"sigma": 1.0, "protect_gradients": True})
+
+    with pytest.raises(PrivacyError, match="grad_clip_norm"):
+        mechanisms_for_run(config, tmp_path, 10, new_run=True)
+    assert not secrets_dir(tmp_path).exists()
