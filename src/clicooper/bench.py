@@ -1,0 +1,106 @@
+"""``make bench``: throughput of centralized vs in-process CliCooper split training, measured side by side.
+
+Each repeat trains the same model for the same steps on the same batches, interleaving the variants
+(centralized, split, split + defenses …) so machine noise hits all of them alike; we report the median of
+``--repeats`` samples/s and the ratios. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clicooper.config import make_config
+from clicooper.data import load_dataset
+from clicooper.training.loop import Session, epoch_order, plan_for
+
+
+def _centralized(cfg: Any, ds: Any, batches: list[torch.Tensor]) -> float:
+    model, _ = plan_for(cfg, ds)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    t0 = time.perf_counter()
+    for ids in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(ds.x_train[ids]), ds.y_train[ids]).backward()
+        opt.step()
+    return sum(len(b) for b in batches) / (time.perf_counter() - t0)
+
+
+def _split(cfg: Any, ds: Any, batches: list[torch.Tensor], run_dir: Path) -> tuple[float, dict[str, int]]:
+    from clicooper.training.privacy_hooks import build_privacy
+
+    privacy = build_privacy(cfg, run_dir, ds, new_run=True) if cfg.defense != "none" else {}
+    s = Session(cfg, ds, run_dir, privacy=privacy)
+    hooks = None
+    if cfg.provenance:
+        from clicooper.training.provenance_hooks import default_hooks
+
+        hooks = default_hooks(cfg, run_dir, s, new_run=True)
+        if hooks is not None:
+            hooks.on_round_start(0, s.parties)
+    s.net.take_bytes()
+    t0 = time.perf_counter()
+    for step, ids in enumerate(batches):
+        s.net.send_all(s.do.start_step(0, step, ids))
+        s.net.run_until_idle()
+    rate = sum(len(b) for b in batches) / (time.perf_counter() - t0)
+    return rate, s.net.take_bytes()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print JSON."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--model", default="fmnist-cnn")
+    ap.add_argument("--trainers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    ds = load_dataset(args.dataset)
+    base = dict(dataset=args.dataset, model=args.model, trainers=args.trainers, batch_size=args.batch_size,
+                device="cpu", provenance=False)
+    variants = {
+        "split": make_config(**base),
+        "split_clicooper_defense": make_config(**base, defense="clicooper", dp={"sigma": 0.5, "clip_norm": 1.0}),
+        "split_provenance": make_config(**(base | {"provenance": True})),
+    }
+    cfg0 = variants["split"]
+    order = epoch_order(ds.train_ids(None), seed=0, epoch=0)
+    batches = [order[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
+    rates: dict[str, list[float]] = {"centralized": []} | {k: [] for k in variants}
+    nbytes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _centralized(cfg0, ds, batches[:3])  # warm-up
+        for rep in range(args.repeats):
+            rates["centralized"].append(_centralized(cfg0, ds, batches))
+            for name, cfg in variants.items():
+                r, b = _split(cfg, ds, batches, Path(tmp) / f"{name}-{rep}")
+                rates[name].append(r)
+                if name == "split":
+                    nbytes = b
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    n = sum(len(b) for b in batches)
+    result = {
+        "model": args.model, "dataset": args.dataset, "trainers": args.trainers, "batch_size": args.batch_size,
+        "steps_per_repeat": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads(),
+        "samples_per_s_median": med, "samples_per_s_all": rates,
+        "split_vs_centralized": med["split"] / med["centralized"],
+        "defended_vs_split": med["split_clicooper_defense"] / med["split"],
+        "provenance_vs_split": med["split_provenance"] / med["split"],
+        "bytes_per_sample_per_cut": {k: v / n for k, v in nbytes.items()},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
