@@ -246,6 +246,15 @@ def export(
     out.print(f"wrote {out_file}: {info}")
 
 
+def _register_subcommands() -> None:
+    from clicooper import cli_provenance
+
+    cli_provenance.register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

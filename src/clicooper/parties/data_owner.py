@@ -143,6 +143,8 @@ class DataOwner(PartyBase):
             out.append(Activations(Header("DO", self.first, epoch, step, j, m), rel.detach()))
         self.state = st
         self.samples_processed += len(ids)
+        for msg in out:  # these leave the DO outside ``handle``: hash them here (DESIGN §5 transcripts)
+            self._update_transcript(msg.header.receiver, "sent", msg)
         return out
 
     @property

@@ -282,6 +282,9 @@ def embed_until_zero(module: nn.Module, marks: Sequence[Mark], *, lam: float,
     for step in range(max_steps + 1):
         wrong, total = module_errors(module, marks)
         if wrong == 0:
+            # leave no gradient behind: the next training step must start from zero, exactly as after a
+            # resume from the checkpoint (a stale .grad here made resumed runs diverge)
+            optimizer.zero_grad(set_to_none=True)
             return step
         if step == max_steps:
             break

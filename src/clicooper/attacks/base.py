@@ -1,0 +1,163 @@
+"""One interface for every attack, and a registry that later attacks (watermark removal, ledger forgery)
+join with ``@register("name")``.
+
+An attack is a named object with a validated config and one method, :meth:`Attack.run`, that takes the
+views of what the attacker may read (:mod:`clicooper.attacks.views`) and returns an :class:`AttackResult`:
+plain numbers, grouped by knowledge level, each group carrying the floor (or chance level) its headline
+figure must beat. Whether a figure is *informative* — the undefended run beats its floor, DESIGN §7 —
+is decided by the report with :func:`informative`, because it compares two runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import torch
+
+from clicooper.errors import AttackError
+
+Number = float | int
+
+
+@dataclass
+class LevelResult:
+    """The result of one attack at one knowledge level (e.g. ``"zero-knowledge"``, ``"known-10"``).
+
+    ``score`` is the headline figure (the name of the metric is ``primary``); ``floor`` is what the figure
+    must beat for the attack to count (chance accuracy, AUC 0.5, the SSIM of the auxiliary mean image …),
+    and ``higher_is_better`` its direction. ``metrics`` holds every other number (JSON-serialisable).
+    """
+
+    primary: str
+    score: float
+    floor: float
+    higher_is_better: bool = True
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {
+            "primary": self.primary,
+            "score": _clean(self.score),
+            "floor": _clean(self.floor),
+            "higher_is_better": self.higher_is_better,
+            "beats_floor": beats_floor(self),
+            "metrics": _clean(self.metrics),
+        }
+
+
+@dataclass
+class AttackResult:
+    """Numbers of one attack run: per-knowledge-level results plus run-wide info.
+
+    ``artifacts`` holds tensors for the report (e.g. an inversion grid); they are not part of the JSON and
+    the runner stores them as safetensors next to it.
+    """
+
+    attack: str
+    levels: dict[str, LevelResult]
+    info: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form (artifacts excluded)."""
+        return {
+            "attack": self.attack,
+            "info": _clean(self.info),
+            "levels": {k: v.to_json() for k, v in self.levels.items()},
+        }
+
+
+def beats_floor(level: LevelResult) -> bool:
+    """Whether the level's headline figure is strictly better than its floor."""
+    if not (math.isfinite(level.score) and math.isfinite(level.floor)):
+        return False
+    return level.score > level.floor if level.higher_is_better else level.score < level.floor
+
+
+def informative(undefended: LevelResult | dict[str, Any]) -> bool:
+    """DESIGN §7: a defended figure counts only if the *same* attack beats its floor on the undefended run.
+
+    Pass the undefended run's level result (object or its JSON form).
+    """
+    if isinstance(undefended, dict):
+        undefended = LevelResult(
+            primary=undefended["primary"],
+            score=float(undefended["score"]),
+            floor=float(undefended["floor"]),
+            higher_is_better=bool(undefended.get("higher_is_better", True)),
+        )
+    return beats_floor(undefended)
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """An attack: a name, a validated config, and ``run``.
+
+    Implementations are dataclass-configured classes; ``run`` must only use what the views hold and keep
+    ground truth (the evaluator's) out of the attack itself — it is passed to metric functions only.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    def config(self) -> Any:
+        """The attack's typed, validated config (a dataclass)."""
+        ...
+
+    def run(self, views: Any) -> AttackResult:
+        """Run the attack on the given views and return its numbers."""
+        ...
+
+
+A = TypeVar("A")
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+def register(name: str) -> Callable[[A], A]:
+    """Class decorator: make an attack available as ``get(name)``. Names are unique."""
+
+    def deco(cls: A) -> A:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise AttackError(f"attack name {name!r} is already registered; pick another name")
+        _REGISTRY[name] = cls  # type: ignore[assignment]
+        return cls
+
+    return deco
+
+
+def get(name: str) -> Callable[..., Any]:
+    """The attack class registered under ``name`` (call it with config keywords to build an attack)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError as e:
+        raise AttackError(f"unknown attack {name!r}; choose one of {', '.join(names())}") from e
+
+
+def names() -> list[str]:
+    """Registered attack names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _clean(x: Any) -> Any:
+    """Convert tensors / numpy scalars to plain Python for JSON; NaN and inf become None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _clean(x.tolist())
+    if hasattr(x, "item") and not isinstance(x, str | bytes):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def require(cond: bool, message: str) -> None:
+    """Raise :class:`AttackError` with ``message`` (which should say what to do) unless ``cond`` holds."""
+    if not cond:
+        raise AttackError(message)

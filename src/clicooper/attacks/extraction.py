@@ -1,0 +1,249 @@
+"""Model extraction (DESIGN §7).
+
+* **Pooled trainers** — the trainers keep copies of their segments (§2 "deliver") and collude: they
+  rebuild a surrogate by training a new head and tail around the frozen pooled segments. With k labelled
+  samples per class that are also rows they received, the head is fitted by regression onto the
+  activations T1 received for those rows plus cross-entropy on the labels; the tail is pre-trained on the
+  last trainer's own outputs for every received row, pseudo-labelled by k-means seeded at the known class
+  means. With k = 0 (observations only) the tail learns k-means cluster ids and the head is aligned to the
+  received activation distribution (sliced Wasserstein) on unlabelled auxiliary images with an
+  information-maximisation term (Liang et al. 2020, "SHOT", ICML, §3.2); it is scored Hungarian-matched
+  since class names are unknown. The gain is reported against the same architecture trained from
+  scratch on the same k samples.
+* **Query client** — CopycatCNN (Correia-Silva et al. 2018, IJCNN) / KnockoffNets (Orekondy et al. 2019,
+  CVPR): query ``predict`` on auxiliary images and train a surrogate on the answers, with soft labels
+  (KL to the probabilities) and hard labels (CE on the argmax).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from torch import nn
+
+from clicooper.attacks import metrics
+from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.attacks.clustering import embed, seeded_kmeans
+from clicooper.attacks.inversion import sliced_wasserstein
+from clicooper.attacks.nets import batched, fit, random_shift, reinit
+from clicooper.attacks.views import Architecture, Views
+
+MODES = ("pooled", "query")
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """Settings of :class:`ExtractionAttack`."""
+
+    modes: tuple[str, ...] = MODES
+    ks: tuple[int, ...] = (0, 1, 10, 100)
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 1e-3
+    queries: int = 5000
+    max_shift: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = set(self.modes) - set(MODES)
+        require(not bad, f"unknown extraction modes {sorted(bad)}; choose from {MODES}")
+        require(all(k >= 0 for k in self.ks), "ks must be ≥ 0")
+        require(self.steps >= 1 and self.batch >= 1 and self.queries >= 1, "steps, batch, queries must be ≥ 1")
+        require(self.lr > 0, "lr must be > 0")
+
+
+def _fresh_tail(arch: Architecture, width: int, c: int, seed: int) -> nn.Module:
+    """The public tail if it maps ``width`` → C, else a linear layer (open tail or obfuscated outputs)."""
+    if arch.tail is not None:
+        t = reinit(arch.tail(), seed)
+        try:
+            if batched(t, torch.zeros(2, width)).shape[1] == c:
+                return t
+        except RuntimeError:
+            pass
+    torch.manual_seed(seed)
+    return nn.Linear(width, c)
+
+
+def _frozen(mods: list[nn.Module]) -> nn.Sequential:
+    body = nn.Sequential(*mods).eval()
+    for p in body.parameters():
+        p.requires_grad_(False)
+    return body
+
+
+def _predict_labels(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    model.eval()
+    return batched(model, x).argmax(1).numpy()
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, soft: bool, steps: int,
+                     batch: int, lr: float, max_shift: int, seed: int,
+                     params: list[nn.Parameter] | None = None,
+                     extra: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """Train ``model`` on (x, targets): CE on hard labels or KL to soft probabilities, shift augmentation."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        xb = random_shift(x[idx], max_shift, gen)
+        out = m(xb)
+        if soft:
+            ls = F.kl_div(F.log_softmax(out, 1), targets[idx], reduction="batchmean")
+        else:
+            ls = F.cross_entropy(out, targets[idx])
+        return ls + (extra(m, idx) if extra is not None else 0)
+
+    return fit(model, loss, x.shape[0], steps=steps, batch=batch, lr=lr, seed=seed, params=params)
+
+
+@register("extraction")
+class ExtractionAttack:
+    """Surrogate models from pooled trainer segments and from a query interface."""
+
+    name: ClassVar[str] = "extraction"
+    knowledge: ClassVar[tuple[str, ...]] = ("zero", "known", "aux", "query")
+    known_k: ClassVar[int] = 100
+
+    def __init__(self, **config: Any) -> None:
+        self.config = ExtractionConfig(**config)
+
+    def run(self, views: Views) -> AttackResult:
+        """Pooled-segment surrogates for each k, then query surrogates (soft, hard)."""
+        cfg, truth = self.config, views.truth
+        require(truth.x_test is not None and truth.y_test is not None, "extraction needs held-out test data")
+        x_test, y_test = truth.x_test.float(), truth.y_test.numpy()  # type: ignore[union-attr]
+        c = views.zero.public.num_classes
+        chance = metrics.majority_rate(y_test)
+        levels: dict[str, LevelResult] = {}
+        skipped: dict[str, str] = {}
+        if "pooled" in cfg.modes:
+            for k in cfg.ks:
+                why = self._pooled_ok(views, k)
+                if why:
+                    skipped[f"pooled-k{k}"] = why
+                    continue
+                levels[f"pooled-k{k}"] = self._pooled(views, k, x_test, y_test, chance)
+        if "query" in cfg.modes:
+            if views.predict is None or views.aux is None:
+                skipped["query"] = "needs a predict interface and auxiliary (query) data"
+            else:
+                levels.update(self._query(views, x_test, y_test, chance))
+        return AttackResult(attack=self.name, levels=levels,
+                            info={"parties": [v.received.party for v in views.pooled],
+                                  "epoch": views.zero.received.epoch, "test_rows": int(y_test.size),
+                                  "num_classes": c, "skipped": skipped, "config": cfg.__dict__})
+
+    # -- pooled trainers ---------------------------------------------------------------------------------
+
+    def _pooled_ok(self, views: Views, k: int) -> str:
+        pool = views.pooled
+        if not pool or pool[0].position != 1 or [v.position for v in pool] != list(range(1, len(pool) + 1)):
+            return "needs every trainer's view (build the view with party='pool')"
+        if k == 0 and views.aux is None:
+            return "k = 0 needs unlabelled auxiliary images to fit the head"
+        if k > 0 and (views.known is None or views.known.k < k):
+            return f"needs {k} known samples per class"
+        return ""
+
+    def _pooled(self, views: Views, k: int, x_test: torch.Tensor, y_test: np.ndarray, chance: float) -> LevelResult:
+        cfg, pool, arch = self.config, views.pooled, views.zero.public.architecture
+        c = views.zero.public.num_classes
+        body = _frozen([v.segment for v in pool])
+        a0 = pool[0].received.activations  # what T1 received, every row
+        feats = pool[-1].own_output()  # the last trainer's outputs, every row
+        width = feats.flatten(1).shape[1]
+        z = embed(feats.flatten(1).double().numpy(), "cosine", 64, cfg.seed)
+        if k == 0:
+            pseudo = KMeans(c, n_init=10, random_state=cfg.seed).fit_predict(z)
+        else:
+            kn = views.known.per_class(k)  # type: ignore[union-attr]
+            rows, ky = kn.rows.numpy(), kn.y.numpy()
+            pseudo = seeded_kmeans(z, rows, ky, c)
+            pseudo[rows] = ky
+        head = reinit(arch.head(), cfg.seed)
+        tail = nn.Sequential(nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed))
+        # 1) tail on the last trainer's own outputs, pseudo-labelled
+        train_classifier(tail, feats.flatten(1), torch.as_tensor(pseudo, dtype=torch.long), soft=False,
+                         steps=cfg.steps // 2, batch=128, lr=cfg.lr, max_shift=0, seed=cfg.seed)
+        model = nn.Sequential(head, body, tail)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if k == 0:
+            xa = views.aux.x.float()  # type: ignore[union-attr]
+
+            def loss0(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+                xb = random_shift(xa[idx], cfg.max_shift, gen)
+                h = m[0](xb)
+                ridx = torch.randint(0, a0.shape[0], (idx.numel(),), generator=gen)
+                p = F.softmax(m[2](m[1](h)), 1)
+                ent = -(p * p.clamp_min(1e-8).log()).sum(1).mean()
+                pm = p.mean(0)
+                div = (pm * pm.clamp_min(1e-8).log()).sum()  # −H(mean p): keep classes balanced
+                return sliced_wasserstein(h, a0[ridx], generator=gen) + 0.1 * (ent + div)
+
+            fit(model, loss0, xa.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
+                params=list(head.parameters()))
+            pred = _predict_labels(model, x_test)
+            acc = metrics.hungarian_accuracy(y_test, pred)
+            return LevelResult(primary="accuracy", score=acc, floor=metrics.hungarian_chance(y_test, pred),
+                               metrics={"oracle_accuracy": acc, "labelled_per_class": 0,
+                                        "note": "class names unknown at k = 0: Hungarian-matched"})
+        kn = views.known.per_class(k)  # type: ignore[union-attr]
+        xk, yk, a0k = kn.x.float(), kn.y.long(), a0[kn.rows]
+
+        # 2) head by regression onto T1's received activations for the known rows, + CE through the body
+        def reg(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(m[0](xk[idx]), a0k[idx]) / a0k.pow(2).mean().clamp_min(1e-12)
+
+        train_classifier(model, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                         max_shift=0, seed=cfg.seed, params=list(head.parameters()) + list(tail.parameters()),
+                         extra=reg)
+        acc = metrics.accuracy(y_test, _predict_labels(model, x_test))
+        # 3) the same architecture from scratch on the same k samples
+        scratch = nn.Sequential(reinit(arch.head(), cfg.seed + 1),
+                                *[reinit(f(), cfg.seed + 2 + i) for i, f in enumerate(arch.segments)],
+                                nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed + 9))
+        train_classifier(scratch, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                         max_shift=cfg.max_shift, seed=cfg.seed)
+        base = metrics.accuracy(y_test, _predict_labels(scratch, x_test))
+        return LevelResult(primary="accuracy", score=acc, floor=max(chance, base),
+                           metrics={"accuracy": acc, "scratch_accuracy": base, "advantage": acc - base,
+                                    "chance": chance, "labelled_per_class": k})
+
+    # -- query client ------------------------------------------------------------------------------------
+
+    def _query(self, views: Views, x_test: torch.Tensor, y_test: np.ndarray, chance: float) -> dict[str, LevelResult]:
+        cfg, arch = self.config, views.zero.public.architecture
+        c = views.zero.public.num_classes
+        xq = views.aux.x[: cfg.queries].float()  # type: ignore[union-attr]
+        probs = batched(views.predict, xq).float()  # type: ignore[arg-type]
+        require(probs.shape == (xq.shape[0], c), f"predict must return (N, {c}) probabilities, got {tuple(probs.shape)}")
+        victim_test = batched(views.predict, x_test).argmax(1).numpy()  # type: ignore[arg-type]
+        out: dict[str, LevelResult] = {}
+        for soft in (True, False):
+            model = build_model(arch, x_test.shape[1:], c, seed=cfg.seed)
+            targets = probs if soft else probs.argmax(1)
+            train_classifier(model, xq, targets, soft=soft, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                             max_shift=0, seed=cfg.seed)
+            pred = _predict_labels(model, x_test)
+            acc = metrics.accuracy(y_test, pred)
+            out["query-soft" if soft else "query-hard"] = LevelResult(
+                primary="accuracy", score=acc, floor=chance,
+                metrics={"accuracy": acc, "fidelity": metrics.accuracy(victim_test, pred),
+                         "victim_accuracy": metrics.accuracy(y_test, victim_test),
+                         "queries": int(xq.shape[0]), "relative": acc / max(metrics.accuracy(y_test, victim_test), 1e-12)})
+        return out
+
+
+def build_model(arch: Architecture, input_shape: Any, c: int, *, seed: int) -> nn.Sequential:
+    """The public architecture, freshly initialised, with a C-way output."""
+    head = reinit(arch.head(), seed)
+    segs = [reinit(f(), seed + 1 + i) for i, f in enumerate(arch.segments)]
+    width = int(math.prod(batched(nn.Sequential(head, *segs), torch.zeros(2, *input_shape)).shape[1:]))
+    return nn.Sequential(head, *segs, nn.Flatten(), _fresh_tail(arch, width, c, seed + 99))

@@ -1,0 +1,286 @@
+"""Model inversion by the first trainer T1: from what T1 receives back to the DO's input image.
+
+* **white-box** — the head leaked: a decoder is trained on auxiliary images passed through the head
+  (He et al. 2019, "Model Inversion Attacks against Collaborative Inference", ACSAC, §4 "inverse
+  network"), then refined per victim by optimising the image so the head reproduces what T1 received
+  (§3 "rMLE", with a total-variation prior). With activation protection on, the attacker simulates the
+  public noise distribution (σ and clip from ``config.json``) on its training pairs — never the secret
+  noise values.
+* **known-plaintext** — k of the DO's own images with what T1 received for them (no head): a decoder
+  fitted to the k pairs, with weight decay, dropout, early stopping on held-out pairs and, for conv heads,
+  shift augmentation that moves the image and its activation map together (translation equivariance).
+* **auxiliary-data black-box** — the head's architecture is public, its weights are not:
+  (i) a shadow head trained with a decoder as an auto-encoder on auxiliary data, optionally aligned to
+  the received distribution (sliced Wasserstein distance); (ii) UnSplit (Erdogan et al. 2022, "UnSplit:
+  Data-Oblivious Model Inversion, Model Stealing, and Label Inference Attacks Against Split Learning",
+  WPES, §4): jointly optimise the victims' images and a clone head so that the clone maps the images to
+  what T1 received, with a TV prior; (iii) a decoder trained on auxiliary data through the UnSplit clone.
+
+Scored on ≥ 500 victims from the DO's training rows, disjoint from every pair the attacker holds: mean
+SSIM (DESIGN §7 settings), PSNR, MSE, and the global / class floors on the same victims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clicooper.attacks import metrics
+from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.attacks.nets import Decoder, batched, fit, reinit
+from clicooper.attacks.views import NoiseSpec, Views
+
+MODES = ("white-box", "known-plaintext", "shadow", "unsplit")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings of :class:`InversionAttack`. ``steps`` are decoder minibatches; ``unsplit_rounds`` ×
+    ``unsplit_inner`` the UnSplit alternations; ``refine_steps`` the white-box per-victim optimisation."""
+
+    modes: tuple[str, ...] = MODES
+    known_counts: tuple[int, ...] = (100, 1000)
+    victims: int = 500
+    width: int = 32
+    steps: int = 800
+    batch: int = 64
+    lr: float = 1e-3
+    refine_steps: int = 200
+    tv_weight: float = 0.01
+    align_weight: float = 1.0
+    unsplit_rounds: int = 40
+    unsplit_inner: int = 10
+    grid: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = set(self.modes) - set(MODES)
+        require(not bad, f"unknown inversion modes {sorted(bad)}; choose from {MODES}")
+        require(all(k >= 2 for k in self.known_counts), "known_counts must be ≥ 2 (pairs per attack)")
+        require(self.victims >= 1 and self.steps >= 1 and self.batch >= 1, "victims, steps and batch must be ≥ 1")
+        require(self.lr > 0 and self.tv_weight >= 0 and self.align_weight >= 0, "lr > 0, weights ≥ 0")
+        require(self.width >= 4 and self.width % 2 == 0, "width must be an even number ≥ 4")
+
+
+def tv(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation per pixel (a smoothness prior on images)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 64,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sliced Wasserstein-2 distance between two samples of vectors (equal counts)."""
+    a, b = a.flatten(1), b.flatten(1)
+    p = torch.randn(a.shape[1], projections, generator=generator)
+    p = p / p.norm(dim=0, keepdim=True)
+    pa, pb = (a @ p).sort(0).values, (b @ p).sort(0).values
+    return ((pa - pb) ** 2).mean()
+
+
+def _shift_pair(z: torch.Tensor, x: torch.Tensor, factor: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll a batch of activation maps by (dy, dx) ∈ {-1, 0, 1}² and the images by ``factor`` × that."""
+    dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    return torch.roll(z, (dy, dx), (2, 3)), torch.roll(x, (dy * factor, dx * factor), (2, 3))
+
+
+def train_decoder(z: torch.Tensor | None, x: torch.Tensor, *, cfg: InversionConfig,
+                  encode: nn.Module | None = None, noise: NoiseSpec | None = None,
+                  augment_shift: int = 0, weight_decay: float = 0.0, dropout: float = 0.0,
+                  seed: int = 0, in_shape: tuple[int, ...] | None = None) -> Decoder:
+    """Fit a decoder to pairs ``(z, x)``, or to ``(noise(encode(x)), x)`` when ``encode`` is given.
+
+    10 % of the pairs (at least 2) are held out for early stopping.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    n_val = max(2, n // 10) if n >= 20 else 0
+    perm = torch.randperm(n, generator=gen)
+    val, tr = perm[:n_val], perm[n_val:]
+    shape = in_shape if in_shape is not None else tuple((z if z is not None else batched(encode, x[:2])).shape[1:])  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    dec = Decoder(shape, tuple(x.shape[1:]), width=cfg.width, dropout=dropout)
+
+    def inputs(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = x[idx]
+        if encode is not None:
+            with torch.no_grad():
+                zb = encode(xb)
+        else:
+            zb = z[idx]  # type: ignore[index]
+        if noise is not None:
+            zb = noise.simulate(zb, gen)
+        return zb, xb
+
+    def loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        zb, xb = inputs(tr[idx])
+        if augment_shift:
+            zb, xb = _shift_pair(zb, xb, augment_shift, gen)
+        return F.mse_loss(model(zb), xb)
+
+    def val_loss(model: nn.Module) -> float:
+        zb, xb = inputs(val)
+        return float(F.mse_loss(batched(model, zb), xb))
+
+    return fit(dec, loss, tr.numel(), steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=weight_decay,
+               seed=seed, val=val_loss if n_val else None, val_every=max(1, cfg.steps // 10))  # type: ignore[return-value]
+
+
+def refine(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, steps: int, tv_weight: float,
+           lr: float = 0.01) -> torch.Tensor:
+    """Optimise images so ``head(x) ≈ z`` from ``x0`` (He et al. rMLE with a TV prior), images in [0, 1]."""
+    logit = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).detach().requires_grad_(True)
+    opt = torch.optim.Adam([logit], lr=lr * 10)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        opt.zero_grad()
+        x = torch.sigmoid(logit)
+        loss = F.mse_loss(head(x), z) + tv_weight * tv(x)
+        loss.backward()
+        opt.step()
+    return torch.sigmoid(logit).detach()
+
+
+def unsplit(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, rounds: int, inner: int,
+            tv_weight: float, seed: int) -> tuple[torch.Tensor, nn.Module]:
+    """UnSplit (Erdogan et al. 2022, Alg. 1): alternate image and clone-head updates minimising
+    ``‖clone(x) − z‖² + λ·TV(x)``. Returns the images and the fitted clone."""
+    torch.manual_seed(seed)
+    logit = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).detach().requires_grad_(True)
+    opt_x = torch.optim.Adam([logit], lr=0.05)
+    opt_h = torch.optim.Adam(head.parameters(), lr=1e-3)
+    head.train()
+    for _ in range(rounds):
+        for opt in (opt_x, opt_h):
+            for _ in range(inner):
+                opt_x.zero_grad()
+                opt_h.zero_grad()
+                x = torch.sigmoid(logit)
+                loss = F.mse_loss(head(x), z) + tv_weight * tv(x)
+                loss.backward()
+                opt.step()
+    return torch.sigmoid(logit).detach(), head.eval()
+
+
+@register("inversion")
+class InversionAttack:
+    """Model inversion by T1 at the white-box, known-plaintext and auxiliary-data levels."""
+
+    name: ClassVar[str] = "inversion"
+    knowledge: ClassVar[tuple[str, ...]] = ("zero", "known", "aux", "white-box")
+    known_k: ClassVar[int] = 100
+
+    def __init__(self, **config: Any) -> None:
+        self.config = InversionConfig(**config)
+
+    def run(self, views: Views) -> AttackResult:
+        """Reconstruct the victims' images at every knowledge level the views allow."""
+        cfg, view, truth = self.config, views.zero, views.truth
+        require(truth.x is not None, "inversion needs the victims' true images in the truth to score")
+        require(view.position == 1, f"inversion is T1's attack; this view is {view.received.party}'s")
+        vic = truth.victims[: cfg.victims]
+        require(vic.numel() >= 1, "no victims left after removing the known rows; record more rows")
+        z_all = view.received.activations
+        z_vic, x_vic, y_vic = z_all[vic], truth.x[vic].float(), truth.y[vic]  # type: ignore[index]
+        if views.aux is not None and truth.aux_y is not None:
+            ref_x, ref_y = views.aux.x, truth.aux_y
+        else:
+            require(truth.x_test is not None, "floors need auxiliary or held-out images")
+            ref_x, ref_y = truth.x_test, truth.y_test  # type: ignore[assignment]
+        floors = metrics.inversion_floors(x_vic, y_vic, ref_x.float(), ref_y)
+        noise = view.public.noise
+        levels: dict[str, LevelResult] = {}
+        grids: dict[str, torch.Tensor] = {}
+        skipped: dict[str, str] = {}
+
+        def score(tag: str, recons: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
+            by = {k: metrics.image_scores(r, x_vic) for k, r in recons.items()}
+            best = max(by, key=lambda k: by[k]["ssim"])
+            levels[tag] = LevelResult(primary="ssim", score=by[best]["ssim"], floor=floors["global_floor"],
+                                      metrics={**by[best], **floors, "best_method": best, "by_method": by,
+                                               "victims": int(vic.numel()), **(extra or {})})
+            g = min(cfg.grid, vic.numel())
+            grids[f"grid/{tag}"] = torch.stack([x_vic[:g], recons[best][:g].float()])
+
+        x_shape = tuple(x_vic.shape[1:])
+        factor = x_shape[-1] // z_all.shape[-1] if z_all.dim() == 4 and x_shape[-1] % z_all.shape[-1] == 0 else 0
+        aux_x = views.aux.x.float() if views.aux is not None else None
+
+        if "white-box" in cfg.modes:
+            if views.white_box is None or aux_x is None:
+                skipped["white-box"] = "needs the leaked head and auxiliary data"
+            else:
+                head = views.white_box.head.eval()
+                dec = train_decoder(None, aux_x, cfg=cfg, encode=head, noise=noise, seed=cfg.seed)
+                r0 = batched(dec, z_vic)
+                recons = {"decoder": r0}
+                if cfg.refine_steps:
+                    recons["decoder+rMLE"] = refine(head, z_vic, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight)
+                score("white-box", recons)
+
+        if "known-plaintext" in cfg.modes:
+            if views.known is None:
+                skipped["known-plaintext"] = "needs known samples"
+            else:
+                c = view.public.num_classes
+                for count in cfg.known_counts:
+                    per = count // c
+                    if per < 1 or per > views.known.k:
+                        skipped[f"known-plaintext-{count}"] = f"the view holds {views.known.k} known samples per class"
+                        continue
+                    kn = views.known.per_class(per)
+                    dec = train_decoder(z_all[kn.rows], kn.x.float(), cfg=cfg, augment_shift=factor,
+                                        weight_decay=1e-4, dropout=0.1, seed=cfg.seed)
+                    score(f"known-plaintext-{count}", {"decoder": batched(dec, z_vic)},
+                          {"pairs": int(kn.rows.numel())})
+
+        if ("shadow" in cfg.modes or "unsplit" in cfg.modes) and aux_x is None:
+            skipped["aux"] = "needs auxiliary data"
+        elif "shadow" in cfg.modes or "unsplit" in cfg.modes:
+            arch = view.public.architecture
+            recons, extra = {}, {}
+            if "shadow" in cfg.modes:
+                for tag, w in (("shadow", 0.0), ("shadow-aligned", cfg.align_weight)):
+                    recons[tag] = self._shadow(arch.head, aux_x, z_all, z_vic, noise, w)
+            if "unsplit" in cfg.modes:
+                clone = reinit(arch.head(), cfg.seed)
+                x0 = aux_x.mean(0, keepdim=True).expand_as(x_vic).clone()
+                xs, clone = unsplit(clone, z_vic, x0, rounds=cfg.unsplit_rounds, inner=cfg.unsplit_inner,
+                                    tv_weight=cfg.tv_weight, seed=cfg.seed)
+                recons["unsplit"] = xs
+                dec = train_decoder(None, aux_x, cfg=cfg, encode=clone, noise=noise, seed=cfg.seed)
+                recons["unsplit+decoder"] = batched(dec, z_vic)
+            score("aux", recons, extra)
+        return AttackResult(attack=self.name, levels=levels, artifacts=grids,
+                            info={"party": view.received.party, "epoch": view.received.epoch,
+                                  "victims": int(vic.numel()), "skipped": skipped,
+                                  "noise_simulated": None if noise is None else noise.__dict__,
+                                  "config": cfg.__dict__})
+
+    def _shadow(self, make_head: Any, aux_x: torch.Tensor, z_all: torch.Tensor, z_vic: torch.Tensor,
+                noise: NoiseSpec | None, align: float) -> torch.Tensor:
+        """Shadow head + decoder trained as an auto-encoder on aux data; with ``align`` > 0 the shadow
+        head's outputs are also pulled towards the distribution of what T1 received."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        shadow = reinit(make_head(), cfg.seed + 1)
+        z_shape = tuple(z_all.shape[1:])
+        torch.manual_seed(cfg.seed)
+        model = nn.ModuleDict({"head": shadow, "dec": Decoder(z_shape, tuple(aux_x.shape[1:]), width=cfg.width)})
+
+        def loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            xb = aux_x[idx]
+            zb = m["head"](xb)  # type: ignore[index]
+            zn = noise.simulate(zb, gen) if noise is not None else zb
+            out = F.mse_loss(m["dec"](zn), xb)  # type: ignore[index]
+            if align:
+                ridx = torch.randint(0, z_all.shape[0], (idx.numel(),), generator=gen)
+                out = out + align * sliced_wasserstein(zn, z_all[ridx], generator=gen)
+            return out
+
+        fit(model, loss, aux_x.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed)
+        return batched(model["dec"], z_vic)  # type: ignore[arg-type]

@@ -1,0 +1,143 @@
+"""Run one attack on a run directory and store ``RUN/attacks/<name>.json`` (bookkeeping only; the math
+lives in the attack modules).
+
+The core supplies the public architecture (model zoo + ``plan.json``, weights re-drawn), the dataset
+(public loader ``clicooper.data.load_dataset``) and, for query attacks only, the DO's ``predict``
+interface (``clicooper.load_run``); it is imported lazily. What the *attacker* reads from the run
+directory goes through :class:`RunReader` (no ``secrets/``, no ``keys/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from safetensors.torch import save as _st_save
+
+from clicooper.attacks.base import get
+from clicooper.attacks.nets import reinit
+from clicooper.attacks.reader import RunReader
+from clicooper.attacks.views import Architecture, _epochs, build_view
+from clicooper.errors import AttackError
+
+#: Which parties an attack is run as when ``party`` is not given.
+DEFAULT_PARTIES = {"clustering": "each", "gradient-leak": "last", "inversion": "T1", "extraction": "pool"}
+
+
+def _factory(mod: Any, seed: int) -> Any:
+    return lambda: reinit(copy.deepcopy(mod), seed)
+
+
+def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture, Callable[..., Any] | None]:
+    """(dataset, architecture, predict) from the core, imported lazily.
+
+    The architecture comes from ``config.json`` + ``plan.json`` (public) through the model zoo with
+    re-drawn weights — no weight file is read. ``predict`` (the DO's query interface; it decodes labels
+    with the DO's key, as a deployed service would) is loaded only for query attacks.
+    """
+    try:
+        from clicooper.config import make_config
+        from clicooper.data import load_dataset
+        from clicooper.models.partition import Plan
+        from clicooper.runs import build_skeleton
+    except ImportError as e:
+        raise AttackError(f"the core run-directory API is not available ({e}); install the full package") from e
+    config = make_config(**reader.read_json("config.json"))
+    plan = Plan.from_dict(reader.read_json("plan.json"))
+    dataset = load_dataset(config.dataset)
+    _, modules = build_skeleton(config, plan, int(plan.extra.get("num_classes", dataset.num_classes)))
+    arch = Architecture(head=_factory(modules["DO:head"], 1),
+                        segments=[_factory(modules[p.party], 2 + i) for i, p in enumerate(plan.segments)],
+                        tail=_factory(modules["DO:tail"], 99) if "DO:tail" in modules else None)
+    predict = None
+    if need_predict:
+        from clicooper import load_run
+
+        predict = load_run(reader.root).predict
+    return dataset, arch, predict
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_attack(
+    run_dir: str | Path,
+    name: str,
+    *,
+    knowledge: Sequence[str] | None = None,
+    party: str | None = None,
+    aux_range: tuple[int, int] | None = None,
+    aux_source: Literal["train", "test"] = "test",
+    victims: int = 500,
+    epochs: Literal["last", "all"] | Sequence[int] = "last",
+    known_k: int | None = None,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Run attack ``name`` on ``run_dir``, write ``RUN/attacks/<name>.json`` atomically and return its dict.
+
+    ``knowledge`` defaults to every level the attack uses; ``party`` to the attack's natural attacker
+    (``DEFAULT_PARTIES``); ``epochs`` to the last recorded epoch; ``aux_range`` to the first half of the
+    test split. ``config`` is passed to the attack's config dataclass. Reconstruction grids are written
+    to ``RUN/attacks/<name>_artifacts.safetensors``.
+    """
+    t0 = time.time()
+    cls = get(name)
+    attack = cls(**(config or {}))
+    reader = RunReader(run_dir)
+    levels = list(knowledge) if knowledge is not None else list(getattr(cls, "knowledge", ("zero", "known")))
+    eps = _epochs(reader, epochs)
+    dataset, arch, predict = _load_core(reader, "query" in levels)
+    k_trainers = len(arch.segments)
+    kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
+    who = party or DEFAULT_PARTIES.get(name, "each")
+    parties = ([f"T{i}" for i in range(1, k_trainers + 1)] if who == "each"
+               else [f"T{k_trainers}"] if who == "last" else [who])
+    cfg_json = reader.read_json("config.json")
+    results: list[dict[str, Any]] = []
+    artifacts: dict[str, Any] = {}
+    for p in parties:
+        for ep in eps:
+            views = build_view(run_dir, p, levels, epoch=ep, architecture=arch, dataset=dataset, config=cfg_json,
+                               known_k=kk, aux_range=aux_range, aux_source=aux_source, victims=victims,
+                               predict=predict, seed=seed, reader=reader)
+            res = attack.run(views)
+            results.append({"party": p, "epoch": ep, "views": views.info, **res.to_json()})
+            artifacts.update({f"{p}/epoch_{ep}/{k}": v.contiguous() for k, v in res.artifacts.items()})
+    out = {
+        "attack": name,
+        "run_dir": str(reader.root),
+        "settings": {"knowledge": levels, "parties": parties, "epochs": eps, "known_k": kk,
+                     "aux": {"source": aux_source, "range": list(aux_range) if aux_range else "first half of test"},
+                     "victims": victims, "seed": seed, "config": attack.config.__dict__,
+                     "note": "defaults fit a small budget: recorded subset of rows, last epoch only"},
+        "results": results,
+        "headline": {r["party"]: r["levels"] for r in results if r["epoch"] == eps[-1]},
+        "seconds": round(time.time() - t0, 2),
+    }
+    out = json.loads(json.dumps(out, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    if write:
+        base = reader.root / "attacks"
+        if artifacts:
+            _atomic_write(base / f"{name}_artifacts.safetensors", _st_save(artifacts))
+            out["artifacts"] = f"attacks/{name}_artifacts.safetensors"
+        _atomic_write(base / f"{name}.json", json.dumps(out, indent=2, sort_keys=True).encode())
+    return out

@@ -1,0 +1,339 @@
+"""Message records ⇄ protobuf ``Envelope`` (the one place that converts; Flower-style paired names).
+
+``x_to_proto`` never fails on a record party code built (except an unsupported dtype or an oversized
+tensor, which is the sender's bug and raised at once). ``x_from_proto`` treats its input as hostile:
+every field is checked and anything off raises :class:`~clicooper.errors.WireError` whose message says
+what was wrong, so the transport can log the reason and drop the message (DESIGN §1: nothing received
+from the network is trusted).
+
+Tensors are raw little-endian C-contiguous bytes + dtype name + shape (never pickle).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from clicooper.errors import ConfigError, WireError
+from clicooper.net import clicooper_pb2 as pb
+from clicooper.protocol.messages import (
+    Activations,
+    Control,
+    Gradients,
+    Header,
+    Labels,
+    Message,
+    dtype_from_name,
+    dtype_name,
+    message_kind,
+    tensor_bytes,
+    validate_tensor,
+)
+
+if sys.byteorder != "little":  # pragma: no cover - all supported platforms are little-endian
+    raise ImportError("clicooper.net assumes a little-endian host (the wire carries little-endian bytes)")
+
+#: Party names: what certificates, peer tables and headers may contain.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KINDS = ("activations", "gradients", "labels", "control")
+_MODES = ("train", "infer")
+_MiB = 1 << 20
+
+_M = TypeVar("_M", Activations, Gradients, Labels, Control)
+
+#: A shape pattern: ``None`` matches any size in that dim (the batch dim: last batch, micro-batches).
+ShapePattern = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Size limits for one run. Derive them from the plan with :meth:`for_shapes`.
+
+    ``max_message_bytes`` (largest tensor or control record plus ``margin_bytes`` for the envelope) is
+    also what the gRPC channel and server are configured with (``grpc.max_send_message_length`` /
+    ``grpc.max_receive_message_length``), replacing gRPC's 4 MiB default.
+    """
+
+    max_tensor_bytes: int = 64 * _MiB
+    max_control_bytes: int = 4 * _MiB
+    max_ndim: int = 8
+    max_control_entries: int = 4096
+    max_str_len: int = 256
+    margin_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for field_name in ("max_tensor_bytes", "max_control_bytes", "max_ndim", "max_control_entries",
+                           "max_str_len", "margin_bytes"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"WireLimits.{field_name} must be a positive int, got {value!r}")
+        if self.max_message_bytes >= 2**31:
+            raise ConfigError(
+                f"WireLimits allow {self.max_message_bytes} bytes per message; gRPC's limit is < 2 GiB: "
+                "use smaller batches or micro-batches"
+            )
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest serialized ``Envelope`` accepted or sent (body plus envelope margin)."""
+        return max(self.max_tensor_bytes, self.max_control_bytes) + self.margin_bytes
+
+    @classmethod
+    def for_shapes(
+        cls,
+        shapes: Sequence[Sequence[int]],
+        *,
+        itemsize: int = 4,
+        headroom: float = 1.25,
+        **overrides: int,
+    ) -> WireLimits:
+        """Limits sized for the largest of ``shapes`` (full batch shapes from the plan) * ``headroom``."""
+        if not shapes:
+            raise ConfigError("WireLimits.for_shapes needs at least one tensor shape from the plan")
+        largest = max(math.prod(int(d) for d in s) for s in shapes) * itemsize
+        return cls(max_tensor_bytes=max(1024, int(largest * headroom)), **overrides)
+
+
+# ----------------------------------------------------------------------------------------------- encode
+
+
+def message_to_proto(msg: Message, *, limits: WireLimits | None = None) -> pb.Envelope:
+    """Encode a record as an ``Envelope`` (``run_id``/``seq`` taken from its header as stamped)."""
+    h = msg.header
+    env = pb.Envelope(
+        run_id=h.run_id, sender=h.sender, receiver=h.receiver, seq=h.seq, epoch=h.epoch, step=h.step,
+        micro=h.micro, n_micro=h.n_micro, kind=message_kind(msg),
+    )
+    if isinstance(msg, Control):
+        env.control.kind = msg.kind
+        env.control.payload.update(msg.payload)
+        if limits is not None and _control_size(msg.kind, msg.payload) > limits.max_control_bytes:
+            raise WireError(
+                f"control {msg.kind!r} to {h.receiver} is larger than max_control_bytes="
+                f"{limits.max_control_bytes}; raise WireLimits.max_control_bytes on every party"
+            )
+        return env
+    t = msg.tensor
+    data = tensor_bytes(t)
+    if limits is not None and len(data) > limits.max_tensor_bytes:
+        raise WireError(
+            f"{message_kind(msg)} tensor {tuple(t.shape)} to {h.receiver} is {len(data)} bytes, above "
+            f"max_tensor_bytes={limits.max_tensor_bytes}; derive WireLimits from the plan's largest tensor"
+        )
+    env.tensor.dtype = dtype_name(t.dtype)
+    env.tensor.shape.extend(int(s) for s in t.shape)
+    env.tensor.data = data
+    if isinstance(msg, Activations):
+        env.tensor.mode = msg.mode
+    return env
+
+
+def activations_to_proto(msg: Activations, *, limits: WireLimits | None = None) -> pb.Envelope:
+    """Encode :class:`Activations` (see :func:`message_to_proto`)."""
+    return message_to_proto(msg, limits=limits)
+
+
+def gradients_to_proto(msg: Gradients, *, limits: WireLimits | None = None) -> pb.Envelope:
+    """Encode :class:`Gradients` (see :func:`message_to_proto`)."""
+    return message_to_proto(msg, limits=limits)
+
+
+def labels_to_proto(msg: Labels, *, limits: WireLimits | None = None) -> pb.Envelope:
+    """Encode :class:`Labels` (see :func:`message_to_proto`)."""
+    return message_to_proto(msg, limits=limits)
+
+
+def control_to_proto(msg: Control, *, limits: WireLimits | None = None) -> pb.Envelope:
+    """Encode :class:`Control` (see :func:`message_to_proto`)."""
+    return message_to_proto(msg, limits=limits)
+
+
+def message_to_bytes(msg: Message, *, limits: WireLimits | None = None) -> bytes:
+    """Serialized ``Envelope`` (deterministic: map entries sorted), as pinned by the golden-byte test."""
+    return message_to_proto(msg, limits=limits).SerializeToString(deterministic=True)
+
+
+# ----------------------------------------------------------------------------------------------- decode
+
+
+def envelope_from_bytes(data: bytes, *, limits: WireLimits) -> pb.Envelope:
+    """Parse raw bytes into an ``Envelope``; size and protobuf errors become :class:`WireError`."""
+    if len(data) > limits.max_message_bytes:
+        raise WireError(f"message of {len(data)} bytes exceeds max_message_bytes={limits.max_message_bytes}")
+    try:
+        return pb.Envelope.FromString(data)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise WireError(f"not a valid Envelope ({type(e).__name__}: {e})") from e
+
+
+def message_from_bytes(
+    data: bytes, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+) -> Message:
+    """Parse and validate raw bytes: :func:`envelope_from_bytes` then :func:`message_from_proto`."""
+    return message_from_proto(envelope_from_bytes(data, limits=limits), limits=limits,
+                              expected_shape=expected_shape)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise WireError(f"{what} {value[:80]!r} is not a valid party name")
+    return value
+
+
+def _check_int(value: int, what: str, *, low: int) -> int:
+    if value < low:
+        raise WireError(f"{what}={value} is out of range (must be >= {low})")
+    return int(value)
+
+
+def header_from_proto(env: pb.Envelope, *, limits: WireLimits) -> Header:
+    """Validated :class:`Header` of an envelope (names, counters and micro-batch indices)."""
+    if len(env.run_id) > limits.max_str_len:
+        raise WireError(f"run_id is {len(env.run_id)} characters, above {limits.max_str_len}")
+    sender = _check_name(env.sender, "sender")
+    receiver = _check_name(env.receiver, "receiver")
+    n_micro = _check_int(env.n_micro, "n_micro", low=1)
+    micro = _check_int(env.micro, "micro", low=0)
+    if micro >= n_micro:
+        raise WireError(f"micro={micro} is not below n_micro={n_micro}")
+    return Header(
+        sender=sender, receiver=receiver, epoch=_check_int(env.epoch, "epoch", low=0),
+        step=_check_int(env.step, "step", low=0), micro=micro, n_micro=n_micro, run_id=env.run_id,
+        seq=int(env.seq),
+    )
+
+
+def tensor_from_proto(
+    payload: pb.TensorPayload, *, limits: WireLimits, expected_shape: ShapePattern | None = None,
+    what: str = "tensor",
+) -> torch.Tensor:
+    """Validated tensor of a payload: known dtype, sane shape, exact byte count, finite values."""
+    dtype = dtype_from_name(payload.dtype)
+    shape = tuple(int(d) for d in payload.shape)
+    data = payload.data  # read once: each attribute access may copy the bytes out of the parsed message
+    if len(shape) > limits.max_ndim:
+        raise WireError(f"{what}: {len(shape)} dims, above max_ndim={limits.max_ndim}")
+    if any(d < 0 for d in shape):
+        raise WireError(f"{what}: negative dim in shape {shape}")
+    if len(data) > limits.max_tensor_bytes:
+        raise WireError(f"{what}: {len(data)} bytes, above max_tensor_bytes={limits.max_tensor_bytes}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = math.prod(shape)  # exact (Python ints): no overflow trick can fake a match
+    if numel * itemsize != len(data):
+        raise WireError(
+            f"{what}: shape {shape} of {payload.dtype} needs {numel * itemsize} bytes, got {len(data)}"
+        )
+    if expected_shape is not None:
+        if len(shape) != len(expected_shape) or any(
+            e is not None and e != d for d, e in zip(shape, expected_shape, strict=False)
+        ):
+            pattern = tuple("*" if e is None else e for e in expected_shape)
+            raise WireError(f"{what}: shape {shape} but the plan expects {pattern}")
+    # bytearray: one copy into a writable buffer torch may own (frombuffer on bytes warns and aliases)
+    t = torch.frombuffer(bytearray(data), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+    t = t.reshape(shape)
+    _check_finite(t, what)
+    return t
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    """Reject NaN/Inf like :func:`~clicooper.protocol.messages.validate_tensor`, ~15x faster.
+
+    ``torch.isfinite(t).all()`` takes ~3.5 ms on a 3.2 MB activation with one thread, NumPy ~0.2 ms:
+    on the receive path that was most of the decode time.
+    """
+    if not t.is_floating_point():
+        return
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        validate_tensor(t, what=what)
+        return
+    if not bool(np.isfinite(t.numpy()).all()):
+        raise WireError(f"{what}: contains NaN or Inf values; the sender is faulty or malicious")
+
+
+def message_from_proto(
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+) -> Message:
+    """Validated record of an ``Envelope``; raises :class:`WireError` naming the first problem found.
+
+    ``expected_shape`` (a pattern, ``None`` = any size) is checked for tensor messages. Routing checks
+    that need the receiver's state (run id, sender identity, seq) belong to the transport.
+    """
+    header = header_from_proto(env, limits=limits)
+    kind = env.kind
+    if kind not in _KINDS:
+        raise WireError(f"unknown message kind {kind[:40]!r}; expected one of {_KINDS}")
+    body = env.WhichOneof("body")
+    if (body == "control") != (kind == "control") or body is None:
+        raise WireError(f"kind {kind!r} does not match the envelope body ({body or 'none'})")
+    what = f"{kind} from {header.sender}"
+    if kind == "control":
+        c = env.control
+        if not c.kind or len(c.kind) > limits.max_str_len:
+            raise WireError(f"{what}: control kind must be 1..{limits.max_str_len} characters")
+        if len(c.payload) > limits.max_control_entries:
+            raise WireError(f"{what}: {len(c.payload)} payload entries, above {limits.max_control_entries}")
+        payload = dict(c.payload)
+        if _control_size(c.kind, payload) > limits.max_control_bytes:
+            raise WireError(f"{what}: payload above max_control_bytes={limits.max_control_bytes}")
+        return Control(header=header, kind=c.kind, payload=payload)
+    p = env.tensor
+    if kind == "activations":
+        if p.mode not in _MODES:
+            raise WireError(f"{what}: mode {p.mode[:40]!r} is not one of {_MODES}")
+    elif p.mode:
+        raise WireError(f"{what}: mode is only allowed on activations")
+    tensor = tensor_from_proto(p, limits=limits, expected_shape=expected_shape, what=what)
+    if kind == "activations":
+        return Activations(header=header, tensor=tensor, mode=p.mode)  # type: ignore[arg-type]
+    if kind == "gradients":
+        if not tensor.is_floating_point():
+            raise WireError(f"{what}: gradients must be floating point, got {p.dtype}")
+        return Gradients(header=header, tensor=tensor)
+    if tensor.dtype != torch.int64 or tensor.dim() != 1:
+        raise WireError(f"{what}: labels must be a 1-D int64 tensor, got {p.dtype} {tuple(tensor.shape)}")
+    return Labels(header=header, tensor=tensor)
+
+
+def activations_from_proto(
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+) -> Activations:
+    """Decode an envelope that must hold :class:`Activations`."""
+    return _expect(message_from_proto(env, limits=limits, expected_shape=expected_shape), Activations)
+
+
+def gradients_from_proto(
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+) -> Gradients:
+    """Decode an envelope that must hold :class:`Gradients`."""
+    return _expect(message_from_proto(env, limits=limits, expected_shape=expected_shape), Gradients)
+
+
+def labels_from_proto(
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+) -> Labels:
+    """Decode an envelope that must hold :class:`Labels`."""
+    return _expect(message_from_proto(env, limits=limits, expected_shape=expected_shape), Labels)
+
+
+def control_from_proto(env: pb.Envelope, *, limits: WireLimits) -> Control:
+    """Decode an envelope that must hold a :class:`Control`."""
+    return _expect(message_from_proto(env, limits=limits), Control)
+
+
+def _expect(msg: Message, cls: type[_M]) -> _M:
+    if not isinstance(msg, cls):
+        raise WireError(f"expected {cls.__name__.lower()}, got {message_kind(msg)}")
+    return msg
+
+
+def _control_size(kind: str, payload: Mapping[str, str]) -> int:
+    return len(kind.encode()) + sum(len(k.encode()) + len(v.encode()) for k, v in payload.items())
