@@ -247,9 +247,13 @@ def export(
 
 
 def _register_subcommands() -> None:
-    from clicooper import cli_provenance
+    """Attach the command groups that live in their own modules (provenance, attacks/report, network)."""
+    import importlib
+    import importlib.util
 
-    cli_provenance.register(app)
+    for name in ("clicooper.cli_provenance", "clicooper.cli_attacks", "clicooper.cli_net"):
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(app)
 
 
 _register_subcommands()
