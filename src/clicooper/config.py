@@ -49,8 +49,9 @@ class WatermarkConfig(_Strict):
     """Dynamic chained watermark (DESIGN §5)."""
 
     enabled: bool = True
-    strength: float = Field(0.01, ge=0.0, description="λ of the watermark regularizer")
-    max_extra_steps: int = Field(200, ge=0, description="bounded watermark-only steps to reach BER 0")
+    strength: float = Field(0.1, ge=0.0, description="λ of the watermark regularizer")
+    max_extra_steps: int = Field(500, ge=0, description="bounded watermark-only steps to reach BER 0")
+    min_params: int = Field(10_000, ge=1, description="segments with fewer weights carry no mark")
 
 
 class RunConfig(_Strict):

@@ -91,13 +91,15 @@ def run_attack(
     seed: int = 0,
     config: dict[str, Any] | None = None,
     write: bool = True,
+    annotate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run attack ``name`` on ``run_dir``, write ``RUN/attacks/<name>.json`` atomically and return its dict.
 
     ``knowledge`` defaults to every level the attack uses; ``party`` to the attack's natural attacker
     (``DEFAULT_PARTIES``); ``epochs`` to the last recorded epoch; ``aux_range`` to the first half of the
     test split. ``config`` is passed to the attack's config dataclass. Reconstruction grids are written
-    to ``RUN/attacks/<name>_artifacts.safetensors``.
+    to ``RUN/attacks/<name>_artifacts.safetensors``. ``annotate`` adds keys to ``settings`` (e.g. the
+    budget name used by ``clicooper attack --budget``).
     """
     t0 = time.time()
     cls = get(name)
@@ -128,7 +130,8 @@ def run_attack(
         "settings": {"knowledge": levels, "parties": parties, "epochs": eps, "known_k": kk,
                      "aux": {"source": aux_source, "range": list(aux_range) if aux_range else "first half of test"},
                      "victims": victims, "seed": seed, "config": attack.config.__dict__,
-                     "note": "defaults fit a small budget: recorded subset of rows, last epoch only"},
+                     "note": "defaults fit a small budget: recorded subset of rows, last epoch only",
+                     **(annotate or {})},
         "results": results,
         "headline": {r["party"]: r["levels"] for r in results if r["epoch"] == eps[-1]},
         "seconds": round(time.time() - t0, 2),

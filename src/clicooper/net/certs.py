@@ -143,3 +143,24 @@ def load_party_cert(directory: Path, name: str, *, with_key: bool = True) -> Par
         raise KeyFileError(f"cannot read the TLS certificate of {name} in {directory}: {e}; "
                            "create it with generate_party_cert / `clicooper certs`") from e
     return PartyCert(name=name, cert_pem=cert_pem, key_pem=key_pem)
+
+
+def write_cert_set(names: Iterable[str], directory: Path, *, valid_days: int = 365) -> dict[str, str]:
+    """``clicooper certs``: a certificate + key per party in ``directory`` and ``fingerprints.json``.
+
+    Each party keeps its own ``NAME.key`` (mode 0600) and everybody gets all ``NAME.crt`` and
+    ``fingerprints.json`` (the pin table: a node trusts exactly these certificates). Refuses to overwrite an
+    existing set (a new set changes the run id).
+    """
+    import json
+
+    directory = Path(directory)
+    if (directory / "fingerprints.json").exists():
+        raise ConfigError(f"{directory} already holds a certificate set; choose another --out or delete it "
+                          "(new certificates change the run id: every node must get the new set)")
+    certs = generate_party_certs(names, valid_days=valid_days)
+    for c in certs.values():
+        save_party_cert(c, directory)
+    fps = fingerprints(certs)
+    (directory / "fingerprints.json").write_text(json.dumps(fps, indent=2) + "\n", encoding="utf-8")
+    return fps

@@ -81,7 +81,14 @@ def capacity_for(config: RunConfig, n: int) -> CapacityPlan:
     if not wm.enabled or n < 1:
         return CapacityPlan(n, False, 0, 0, 0, wm.strength, 0, n // 8, -1, -1, False,
                             reason="watermark disabled in the run config" if not wm.enabled else "no weights")
-    return plan_capacity(n, planned_rounds=config.epochs, lam=wm.strength, max_extra_steps=wm.max_extra_steps)
+    if n < wm.min_params:
+        # DESIGN §5: a segment too small for a robust mark gets none, stated in the plan. Measured on
+        # fmnist-cnn's 1,290-weight tail: a 128-bit mark needed 300+ watermark-only steps per round and
+        # cost accuracy, because the task's gradients on so few weights keep undoing it.
+        return CapacityPlan(n, False, 0, 0, 0, wm.strength, 0, n // 8, -1, -1, False,
+                            reason=f"{n} weights < watermark.min_params = {wm.min_params}: no mark")
+    return plan_capacity(n, planned_rounds=config.epochs, lam=wm.strength, max_extra_steps=wm.max_extra_steps,
+                         robust_min_params=wm.min_params)
 
 
 def _dataset_salt(run_dir: Path, *, create: bool) -> bytes:
