@@ -1,0 +1,251 @@
+"""``clicooper launch --local``: every party as its own process on 127.0.0.1, supervised.
+
+The launcher writes ``RUN/config.json`` and ``RUN/plan.json``, a pinned certificate set in ``RUN/certs``
+(unless plaintext loopback was asked for), one run directory per party in ``RUN/nodes/<party>``, then
+starts one ``python -m clicooper.net.node`` per party on free loopback ports and follows their JSON-line
+events. When a node dies (crash, SIGKILL, error), it stops the others and starts them all again on fresh
+ports: the nodes roll back to the last round every party checkpointed (see :mod:`clicooper.net.node`),
+so the run finishes with the same weights as an uninterrupted one. At the end it collects each party's
+delivered weights into ``RUN/model/`` (the layout of an in-process run: ``clicooper evaluate RUN`` works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clicooper import rundir
+from clicooper.config import RunConfig, make_config
+from clicooper.errors import ConfigError, WireError
+from clicooper.net.builder import load_run_config, neighbours, party_names
+
+#: (party, round, step): SIGKILL that party right after it reports this step (tests, chaos drills).
+KillPoint = tuple[str, int, int]
+Event = dict[str, Any]
+
+
+@dataclass
+class LaunchResult:
+    """What :func:`launch_local` did."""
+
+    run_dir: Path
+    restarts: int
+    seconds: float
+    kills: list[KillPoint] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound then released; a node that loses the race exits
+    with "port in use" and the launcher retries on fresh ports)."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _config_of(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return make_config(**config)
+    return load_run_config(config)
+
+
+def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunConfig, list[str]]:
+    """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
+    from clicooper.data import load_dataset
+    from clicooper.net.certs import write_cert_set
+    from clicooper.training.loop import plan_for
+
+    notices = []
+    rundir.check_new_run_dir(out)
+    if config.provenance:
+        notices.append("provenance is off for launched runs (nodes keep no ledger yet; docs/network.md)")
+        config = make_config(**(config.model_dump() | {"provenance": False}))
+    ds = load_dataset(config.dataset)
+    config = config.resolved(len(ds.train_ids(config.train_range)))
+    _, plan = plan_for(config, ds)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / rundir.CONFIG, config.model_dump(mode="json"))
+    rundir.write_json(out / rundir.PLAN, asdict(plan))
+    if not insecure:
+        write_cert_set(party_names(config), out / "certs")
+    for p in party_names(config):
+        (out / "nodes" / p).mkdir(parents=True, exist_ok=True)
+    return config, notices
+
+
+class _Proc:
+    def __init__(self, party: str, popen: subprocess.Popen[str], events: queue.Queue[Event]):
+        self.party, self.popen = party, popen
+        self.thread = threading.Thread(target=self._read, args=(events,), daemon=True)
+        self.thread.start()
+
+    def _read(self, events: queue.Queue[Event]) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(ev, dict):
+                events.put(ev)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 3 s (only this launcher's own child)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(3.0)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5.0)
+
+
+def _start_nodes(out: Path, config: RunConfig, *, insecure: bool, idle_timeout_s: float,
+                 events: queue.Queue[Event]) -> dict[str, _Proc]:
+    names = party_names(config)
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    procs: dict[str, _Proc] = {}
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for p in names:
+        peers = ",".join(f"{q}=127.0.0.1:{ports[q]}" for q in neighbours(config, p))
+        cmd = [sys.executable, "-m", "clicooper.net.node", "--config", str(out / rundir.CONFIG), "--party", p,
+               "--run-dir", str(out / "nodes" / p), "--listen", f"127.0.0.1:{ports[p]}", "--peers", peers,
+               "--connect-timeout", "20", "--idle-timeout", str(idle_timeout_s)]
+        cmd += ["--insecure-loopback"] if insecure else ["--certs", str(out / "certs")]
+        log = open(out / "nodes" / p / "node.log", "a", encoding="utf-8")  # noqa: SIM115 - child owns it
+        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        log.close()
+        procs[p] = _Proc(p, popen, events)
+    return procs
+
+
+def _log_tail(out: Path, party: str) -> str:
+    f = out / "nodes" / party / "node.log"
+    lines = f.read_text("utf-8", errors="replace").strip().splitlines() if f.is_file() else []
+    errs = [ln for ln in lines if ln.startswith("error:")]
+    return (errs or lines or ["(no output)"])[-1]
+
+
+def collect(out: Path, config: RunConfig) -> dict[str, Any]:
+    """Copy every party's delivered weights into ``RUN/model`` (+ metrics, secrets); add test accuracy."""
+    from clicooper.runs import load_run
+
+    (out / rundir.MODEL_DIR).mkdir(exist_ok=True)
+    for p in party_names(config):
+        src = out / "nodes" / p / rundir.MODEL_DIR
+        for f in sorted(src.glob("*.safetensors")):
+            shutil.copy2(f, out / rundir.MODEL_DIR / f.name)
+    do_dir = out / "nodes" / "DO"
+    if (do_dir / rundir.SECRETS).is_dir() and not (out / rundir.SECRETS).exists():
+        shutil.copytree(do_dir / rundir.SECRETS, out / rundir.SECRETS)
+    metrics = rundir.read_json(do_dir / rundir.METRICS)
+    run = load_run(out)
+    ds = run.dataset()
+    acc = run.accuracy(ds.x_test, ds.y_test)
+    if metrics["epochs"]:
+        metrics["epochs"][-1]["test_acc"] = acc
+    metrics["final_test_acc"] = acc
+    metrics["do_flop_share"] = run.plan.do_flop_share
+    rundir.write_json(out / rundir.METRICS, metrics)
+    rundir.write_json(out / rundir.STATE, {"completed_rounds": config.epochs})
+    return metrics
+
+
+def launch_local(
+    config: RunConfig | dict[str, Any] | str | Path,
+    out: str | Path,
+    *,
+    insecure_loopback: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    kill_at: Iterable[KillPoint] = (),
+    max_restarts: int = 3,
+    timeout_s: float = 3600.0,
+    idle_timeout_s: float = 120.0,
+) -> LaunchResult:
+    """Run ``config`` with one process per party on loopback; see the module docstring.
+
+    ``kill_at`` SIGKILLs a party right after it reports a step (each point once, in order) to exercise
+    crash and resume; each kill costs one restart. Raises :class:`WireError` naming the failing party and
+    its last error line when a node fails more than ``max_restarts`` times, or after ``timeout_s``.
+    """
+    t_start = time.monotonic()
+    out = Path(out)
+    config, notices = prepare_run(_config_of(config), out, insecure=insecure_loopback)
+    kills = list(kill_at)
+    for party, _, _ in kills:
+        if party not in party_names(config):
+            raise ConfigError(f"kill point names {party}, not a party of this run")
+    done_kills: list[KillPoint] = []
+    restarts = 0
+    events: queue.Queue[Event] = queue.Queue()
+    while True:
+        procs = _start_nodes(out, config, insecure=insecure_loopback, idle_timeout_s=idle_timeout_s, events=events)
+        failed: str | None = None
+        try:
+            while True:
+                if time.monotonic() - t_start > timeout_s:
+                    raise WireError(f"launch did not finish within {timeout_s:.0f} s; node logs are in {out}/nodes")
+                try:
+                    ev = events.get(timeout=0.1)
+                except queue.Empty:
+                    ev = None
+                if ev is not None:
+                    if on_event is not None:
+                        on_event(ev)
+                    if (kills and ev.get("event") == "step"
+                            and (ev.get("party"), ev.get("round"), ev.get("step")) == kills[0]):
+                        victim = procs[kills[0][0]].popen
+                        if victim.poll() is None:
+                            victim.send_signal(signal.SIGKILL)
+                        done_kills.append(kills.pop(0))
+                codes = {p: pr.popen.poll() for p, pr in procs.items()}
+                bad = [p for p, c in codes.items() if c not in (None, 0)]
+                if bad:
+                    failed = bad[0]
+                    break
+                if all(c == 0 for c in codes.values()):
+                    break
+        finally:
+            for pr in procs.values():
+                pr.stop()
+            for pr in procs.values():
+                pr.thread.join(2.0)
+            while not events.empty():  # events of stopped nodes
+                ev = events.get_nowait()
+                if on_event is not None:
+                    on_event(ev)
+        if failed is None:
+            break
+        killed = done_kills and done_kills[-1][0] == failed and procs[failed].popen.returncode == -signal.SIGKILL
+        restarts += 1
+        if on_event is not None:
+            on_event({"event": "restart", "party": failed, "restarts": restarts,
+                      "why": "killed (drill)" if killed else _log_tail(out, failed)})
+        if restarts > max_restarts:
+            raise WireError(f"node {failed} failed: {_log_tail(out, failed)} (after {restarts - 1} restart(s); "
+                            f"logs in {out}/nodes/*/node.log)")
+    metrics = collect(out, config)
+    return LaunchResult(out, restarts, time.monotonic() - t_start, done_kills, metrics, notices)
