@@ -6,8 +6,10 @@
 from clicooper.attacks.base import Attack, AttackResult, LevelResult, get, informative, names, register
 from clicooper.attacks.clustering import ClusteringAttack
 from clicooper.attacks.extraction import ExtractionAttack
+from clicooper.attacks.forgery import ForgeryAttack  # noqa: F401  (registers "forgery")
 from clicooper.attacks.gradient_leak import GradientLeakAttack
 from clicooper.attacks.inversion import InversionAttack
+from clicooper.attacks.removal import RemovalAttack  # noqa: F401  (registers "removal")
 from clicooper.attacks.runner import run_attack
 from clicooper.attacks.views import build_view
 
