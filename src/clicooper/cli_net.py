@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(..., "--config", help="run config (.json/.toml); the same file on every node"),
         party: str = typer.Option(..., "--party", help="DO | T1 … TK"),
         key: Path = typer.Option(None, "--key", help="this party's private TLS key (default CERTS/<party>.key)"),
+        identity: Path = typer.Option(None, "--identity", help="this party's Ed25519 ledger key (provenance; "
+                                      "default RUN_DIR/keys/<party>.key, created for a new run)"),
         run_dir: Path = typer.Option(..., "--run-dir", help="this party's own run directory (checkpoints)"),
         peers: str = typer.Option(..., "--peers", help="name=host:port,… of the parties this one talks to"),
         listen: str = typer.Option(..., "--listen", help="host:port to listen on"),
@@ -36,7 +38,7 @@ def register(app: typer.Typer) -> None:
         from clicooper.net.node import NodeOptions, parse_peers, run_node
 
         run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
-                             certs=certs, key=key, insecure_loopback=insecure_loopback, plan=plan,
+                             certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
                              connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout))
 
     @app.command()

@@ -65,6 +65,7 @@ class NodeParty:
     modules: dict[str, nn.Sequential]
     dataset: Any = None  # DO only
     privacy: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None  # the whole initial model (the DO hashes its architecture for the genesis)
 
     @property
     def own_plan_entries(self) -> list[str]:
@@ -151,7 +152,7 @@ def build_party(
             holds_tail=open_tail and i == k - 1, input_shape=tuple(prev.output_shape), hash_transcripts=hash_tx,
         )
     return NodeParty(name=name, party=party, config=config, plan=plan, modules=modules,
-                     dataset=dataset if name == "DO" else None, privacy=p)
+                     dataset=dataset if name == "DO" else None, privacy=p, model=model)
 
 
 def check_plan(config: RunConfig, plan: Plan) -> None:

@@ -7,6 +7,8 @@ events. When a node dies (crash, SIGKILL, error), it stops the others and starts
 ports: the nodes roll back to the last round every party checkpointed (see :mod:`clicooper.net.node`),
 so the run finishes with the same weights as an uninterrupted one. At the end it collects each party's
 delivered weights into ``RUN/model/`` (the layout of an in-process run: ``clicooper evaluate RUN`` works).
+With provenance on, each party gets its own ledger key in ``RUN/nodes/<party>/keys/``; at the end the
+byte-identical ledger copies become ``RUN/ledger.jsonl`` (``clicooper verify RUN``).
 """
 
 from __future__ import annotations
@@ -78,14 +80,20 @@ def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunCon
     from clicooper.net.certs import write_cert_set
     from clicooper.training.loop import plan_for
 
-    notices = []
+    notices: list[str] = []
     rundir.check_new_run_dir(out)
-    if config.provenance:
-        notices.append("provenance is off for launched runs (nodes keep no ledger yet; docs/network.md)")
-        config = make_config(**(config.model_dump() | {"provenance": False}))
     ds = load_dataset(config.dataset)
     config = config.resolved(len(ds.train_ids(config.train_range)))
-    _, plan = plan_for(config, ds)
+    model, plan = plan_for(config, ds)
+    if config.provenance:
+        # the per-position watermark capacity in plan.json, as an in-process run writes it; every node reads
+        # this plan, so every node derives the same run id
+        from clicooper.models.partition import split_model
+        from clicooper.training.provenance_hooks import capacity_for, num_params
+
+        mods = split_model(model, plan)
+        plan.extra["watermark"] = {str(pp.position): capacity_for(config, num_params(mods[pp.party])).to_json()
+                                   for pp in plan.parties}
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / rundir.CONFIG, config.model_dump(mode="json"))
     rundir.write_json(out / rundir.PLAN, asdict(plan))
@@ -93,6 +101,12 @@ def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunCon
         write_cert_set(party_names(config), out / "certs")
     for p in party_names(config):
         (out / "nodes" / p).mkdir(parents=True, exist_ok=True)
+        if config.provenance:  # each party's own ledger key, in its own run directory only
+            from clicooper.provenance.identity import Identity
+            from clicooper.training.provenance_hooks import key_path
+
+            key_path(out / "nodes" / p, p).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            Identity.generate().save(key_path(out / "nodes" / p, p))
     return config, notices
 
 
@@ -159,6 +173,8 @@ def collect(out: Path, config: RunConfig) -> dict[str, Any]:
         for f in sorted(src.glob("*.safetensors")):
             shutil.copy2(f, out / rundir.MODEL_DIR / f.name)
     do_dir = out / "nodes" / "DO"
+    if config.provenance:
+        collect_ledger(out, config)
     if (do_dir / rundir.SECRETS).is_dir() and not (out / rundir.SECRETS).exists():
         shutil.copytree(do_dir / rundir.SECRETS, out / rundir.SECRETS)
     metrics = rundir.read_json(do_dir / rundir.METRICS)
@@ -172,6 +188,28 @@ def collect(out: Path, config: RunConfig) -> dict[str, Any]:
     rundir.write_json(out / rundir.METRICS, metrics)
     rundir.write_json(out / rundir.STATE, {"completed_rounds": config.epochs})
     return metrics
+
+
+def collect_ledger(out: Path, config: RunConfig) -> None:
+    """Check that every party's ledger copy is byte-identical, then write ``RUN/ledger.jsonl`` and
+    ``RUN/keys/<party>.pub`` (hex public keys read from each party's own key file, for ``verify``)."""
+    from clicooper.provenance.identity import load_identity
+    from clicooper.training.provenance_hooks import key_path
+
+    copies = {p: (out / "nodes" / p / rundir.LEDGER) for p in party_names(config)}
+    missing = [p for p, f in copies.items() if not f.is_file()]
+    if missing:
+        raise WireError(f"no ledger copy from {', '.join(missing)} in {out}/nodes: see their node.log")
+    data = {p: f.read_bytes() for p, f in copies.items()}
+    differ = [p for p, b in data.items() if b != data["DO"]]
+    if differ:
+        raise WireError(f"the ledger copies of {', '.join(differ)} differ from the DO's: the run's ledger is not "
+                        f"agreed; compare {out}/nodes/*/{rundir.LEDGER}")
+    (out / rundir.LEDGER).write_bytes(data["DO"])
+    (out / rundir.KEYS).mkdir(exist_ok=True)
+    for p in party_names(config):
+        pub = load_identity(key_path(out / "nodes" / p, p)).public_key
+        (out / rundir.KEYS / f"{p}.pub").write_text(pub.hex() + "\n", "ascii")
 
 
 def launch_local(

@@ -20,7 +20,9 @@ never see them):
 4. after the last round the DO sends ``shutdown``; every node flushes and exits 0.
 
 Progress goes to stdout as JSON lines (``{"event": "step", "party": …, "round": …, "step": …}``), which
-``clicooper launch`` reads. Provenance (the ledger) is not kept by nodes yet: run them with provenance off.
+``clicooper launch`` reads. With ``provenance: true`` every node keeps its own ledger copy and signs its own
+stage entries with its own key (:mod:`clicooper.net.node_ledger`): the genesis is agreed after step 1, the
+stage entries are exchanged in position order before step 3's checkpoints, the closing before step 4.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ from clicooper.net.builder import (
     shape_table,
 )
 from clicooper.net.grpc_transport import GrpcTransport
+from clicooper.net.node_ledger import (
+    CLOSE,
+    CLOSE_SIG,
+    ENTRY,
+    GENESIS,
+    GENESIS_PROPOSE,
+    GENESIS_SIG,
+    STAGE,
+    NodeLedger,
+    genesis_from_wire,
+    wire_entry,
+)
 from clicooper.net.serde import WireLimits
 from clicooper.net.tls import TlsConfig
 from clicooper.protocol.messages import Control, Header, Message
@@ -72,6 +86,7 @@ class NodeOptions:
     peers: dict[str, str]
     certs: Path | None = None
     key: Path | None = None
+    identity: Path | None = None  # Ed25519 ledger key (default RUN_DIR/keys/<party>.key, made if missing)
     insecure_loopback: bool = False
     plan: Path | None = None
     connect_timeout_s: float = 30.0
@@ -186,9 +201,6 @@ class Node:
         names = party_names(given)
         if opts.party not in names:
             raise ConfigError(f"--party {opts.party} is not a party of this run; choose one of {', '.join(names)}")
-        if given.provenance:
-            raise ConfigError("nodes do not keep the provenance ledger yet: set \"provenance\": false in the run "
-                              "config (clicooper launch does this), or train in-process with `clicooper train`")
         self.name = opts.party
         self.peers = neighbours(given, self.name)
         missing = [p for p in self.peers if p not in opts.peers]
@@ -233,6 +245,11 @@ class Node:
             expected_shapes=shape_table(self.node.plan, given), connect_timeout_s=opts.connect_timeout_s,
         )
         self._last_step_event = 0.0
+        self.pins = pins
+        self.prov: NodeLedger | None = None
+        if given.provenance:
+            n = self.node
+            self.prov = NodeLedger(self.name, self.config, n.plan, n.modules, n.party, self.run_dir, opts.identity)
 
     # -- events ---------------------------------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> None:
@@ -278,7 +295,10 @@ class Node:
 
     def _run_trainer(self) -> dict[str, Any]:
         party = self.node.party
-        self.ctl("DO", HELLO, completed=completed_rounds(self.run_dir))
+        hello: dict[str, Any] = {"completed": completed_rounds(self.run_dir)}
+        if self.prov is not None:
+            hello |= {"public_key": self.prov.identity.public_key.hex(), "entries": self.prov.count()}
+        self.ctl("DO", HELLO, **hello)
         steps_before = party.steps_taken
         while True:
             msg = self.recv("the data owner" if steps_before == party.steps_taken else "activations or gradients")
@@ -286,12 +306,20 @@ class Node:
                 r = int(msg.payload.get("round", "0"))
                 if msg.kind == START:
                     self.rollback(r)
+                    if self.prov is not None and r < self.config.epochs:
+                        self.prov.round_start(r)
                     self.emit("start", round=r, epochs=int(msg.payload["epochs"]), steps=int(msg.payload["steps"]))
                     self.ctl("DO", READY, r)
                 elif msg.kind == ROUND_END:
+                    if self.prov is not None:
+                        self.prov.round_end_hooks_off()
                     save_round(self.node, self.run_dir, r)
+                    if self.prov is not None and r + 1 < self.config.epochs:
+                        self.prov.round_start(r + 1)
                     self.emit("round", round=r)
                     self.ctl("DO", ROUND_SAVED, r, round=r)
+                elif self.prov is not None and msg.kind in (GENESIS_PROPOSE, GENESIS, STAGE, ENTRY, CLOSE):
+                    self._trainer_ledger(msg, r)
                 elif msg.kind == SHUTDOWN:
                     return {"steps": party.steps_taken, "completed_rounds": completed_rounds(self.run_dir)}
                 else:
@@ -302,6 +330,23 @@ class Node:
                 self.transport.send(reply)
             if party.steps_taken != n0:
                 self.emit("step", round=msg.header.epoch, step=msg.header.step)
+
+    def _trainer_ledger(self, msg: Control, r: int) -> None:
+        """Ledger records from the DO (see :mod:`clicooper.net.node_ledger`)."""
+        prov = self.prov
+        assert prov is not None
+        if msg.kind == GENESIS_PROPOSE:
+            self.ctl("DO", GENESIS_SIG, signature=prov.sign_genesis(msg.payload["genesis"]))
+        elif msg.kind == GENESIS:
+            prov.create(genesis_from_wire(msg.payload["entry"]))
+            self.emit("ledger", entries=prov.count())
+        elif msg.kind == STAGE:
+            entry, _ = prov.own_stage(r, int(msg.payload["position"]))
+            self.ctl("DO", ENTRY, r, entry=wire_entry(entry))
+        elif msg.kind == ENTRY:
+            prov.accept(msg)
+        elif msg.kind == CLOSE:
+            self.ctl("DO", CLOSE_SIG, r, signature=prov.closing_signature())
 
     def _wait_all(self, kind: str, parties: list[str], on_other: Callable[[Message], None]) -> dict[str, Control]:
         got: dict[str, Control] = {}
@@ -326,6 +371,8 @@ class Node:
         hellos = self._wait_all(HELLO, trainers, self._do_handle)
         done = {p: int(m.payload.get("completed", "0")) for p, m in hellos.items()} | {"DO": completed_rounds(self.run_dir)}
         r0 = min(min(done.values()), cfg.epochs)
+        if self.prov is not None:
+            self._do_genesis(hellos)
         train_ids = self.node.dataset.train_ids(cfg.train_range)
         bs = cfg.batch_size
         assert bs is not None  # resolved above
@@ -344,6 +391,8 @@ class Node:
         self._wait_all(READY, trainers, self._do_handle)
         self.emit("start", round=r0, epochs=cfg.epochs, steps=steps, rolled_back_from=done)
         for r in range(r0, cfg.epochs):
+            if self.prov is not None:
+                self.prov.round_start(r)
             order = epoch_order(train_ids, seed=cfg.seed, epoch=r)
             t0 = time.perf_counter()
             for s in range(steps):
@@ -353,6 +402,7 @@ class Node:
                     self._do_handle(self.recv(f"the replies of step {s} of round {r}"))
                 self.emit("step", round=r, step=s, steps=steps)
             secs = time.perf_counter() - t0
+            prov_report = self._do_round_ledger(r) if self.prov is not None else None
             for p in trainers:
                 self.ctl(p, ROUND_END, r, round=r)
             self._wait_all(ROUND_SAVED, trainers, self._do_handle)
@@ -361,12 +411,88 @@ class Node:
             m = {"epoch": r + 1, "loss": stats.loss_sum / max(1, stats.count),
                  "train_acc": stats.correct / max(1, stats.count), "seconds": secs,
                  "samples_per_s": len(order) / secs if secs > 0 else 0.0, "transport": "grpc"}
+            if prov_report is not None:
+                m["provenance"] = prov_report
             metrics["epochs"].append(m)
             rundir.write_json(metrics_file, metrics)
             self.emit("round", round=r, loss=m["loss"], train_acc=m["train_acc"], seconds=secs)
+        if self.prov is not None:
+            self._do_close()
         for p in trainers:
             self.ctl(p, SHUTDOWN, cfg.epochs)
         return {"steps": do.steps_taken, "completed_rounds": cfg.epochs, "resumed_from": r0}
+
+
+    # -- ledger (DO side; protocol in clicooper.net.node_ledger) -----------------------------------------
+    def _do_genesis(self, hellos: dict[str, Control]) -> None:
+        """Agree on the signed genesis (new run) and bring every trainer's copy up to the DO's."""
+        prov = self.prov
+        assert prov is not None
+        trainers = self.peers
+        if prov.ledger is None:
+            keys = {}
+            for p, m in hellos.items():
+                if int(m.payload.get("entries", "0")) > 0:
+                    raise WireError(f"{p} holds a ledger but the DO has none in {self.run_dir}: restore the DO's "
+                                    "ledger.jsonl, or start every party with a fresh run directory")
+                try:
+                    keys[p] = bytes.fromhex(m.payload["public_key"])
+                except (KeyError, ValueError) as e:
+                    raise WireError(f"{p}'s node-hello carries no public key: run every node with provenance on") from e
+            n = self.node
+            assert n.model is not None and n.dataset is not None
+            body = prov.propose_genesis(keys, n.dataset, n.dataset.train_ids(self.config.train_range), n.model,
+                                        self.pins or None)
+            for p in trainers:
+                self.ctl(p, GENESIS_PROPOSE, genesis=json.dumps(body.to_json()))
+            sigs = self._wait_all(GENESIS_SIG, trainers, self._do_handle)
+            prov.create(prov.assemble_genesis(body, {p: m.payload["signature"] for p, m in sigs.items()}))
+            self.emit("ledger", entries=prov.count())
+        assert prov.ledger is not None
+        entries = prov.ledger.entries
+        for p, m in hellos.items():  # catch-up: entries a restarted trainer lacks (same link, checked there)
+            have = int(m.payload.get("entries", "0"))
+            if have == 0:
+                self.ctl(p, GENESIS, 0, entry=wire_entry(entries[0]))
+                have = 1
+            for e in entries[have:]:
+                self.ctl(p, ENTRY, 0, entry=wire_entry(e))
+
+    def _do_round_ledger(self, r: int) -> dict[str, Any]:
+        """Round end: stage entries in position order, each drafted by its owner, checked and relayed."""
+        prov = self.prov
+        assert prov is not None
+        prov.round_end_hooks_off()
+        report: dict[str, Any] = {}
+        for pos in prov.positions:
+            if pos.owner == self.name:
+                entry, rep = prov.own_stage(r, pos.position)
+                report[str(pos.position)] = rep
+                text, skip = wire_entry(entry), None
+            else:
+                self.ctl(pos.owner, STAGE, r, round=r, position=pos.position)
+                got = self._wait_all(ENTRY, [pos.owner], self._do_handle)[pos.owner]
+                prov.accept(got, expect=(r, pos.position))
+                text, skip = got.payload["entry"], pos.owner
+                report[str(pos.position)] = {"party": pos.plan_party, **{
+                    k: v for k, v in json.loads(text)["metrics"].items() if k == "extra_watermark_steps"}}
+            for p in self.peers:
+                if p != skip:
+                    self.ctl(p, ENTRY, r, entry=text)
+        return report
+
+    def _do_close(self) -> None:
+        prov = self.prov
+        assert prov is not None and prov.ledger is not None
+        if prov.ledger.closed:
+            return
+        for p in self.peers:
+            self.ctl(p, CLOSE, self.config.epochs)
+        sigs = self._wait_all(CLOSE_SIG, self.peers, self._do_handle)
+        closing = prov.close({p: m.payload["signature"] for p, m in sigs.items()})
+        for p in self.peers:
+            self.ctl(p, ENTRY, self.config.epochs, entry=wire_entry(closing))
+        self.emit("ledger", entries=prov.count(), closed=True)
 
 
 def run_node(opts: NodeOptions) -> dict[str, Any]:
@@ -388,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin; the 
     ap.add_argument("--peers", required=True)
     ap.add_argument("--certs", type=Path)
     ap.add_argument("--key", type=Path)
+    ap.add_argument("--identity", type=Path)
     ap.add_argument("--plan", type=Path)
     ap.add_argument("--insecure-loopback", action="store_true")
     ap.add_argument("--connect-timeout", type=float, default=30.0)
@@ -395,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin; the 
     a = ap.parse_args(argv)
     try:
         run_node(NodeOptions(config=a.config, party=a.party, run_dir=a.run_dir, listen=a.listen,
-                             peers=parse_peers(a.peers), certs=a.certs, key=a.key, plan=a.plan,
+                             peers=parse_peers(a.peers), certs=a.certs, key=a.key, identity=a.identity, plan=a.plan,
                              insecure_loopback=a.insecure_loopback, connect_timeout_s=a.connect_timeout,
                              idle_timeout_s=a.idle_timeout, events=sys.stdout))
     except CliCooperError as e:
