@@ -89,3 +89,4 @@ def digits_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
         nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 64), nn.ReLU(),
         nn.Linear(64, num_outputs),
     )
+from clicooper.models import private as _private  # noqa: E402,F401  (registers the privacy-oriented models)

@@ -1,0 +1,138 @@
+"""Privacy-oriented architectures for the data owner (issue 5, docs/privacy-frontier.md).
+
+Idea: the DO's head is a *cheap* strided conv into a *low-dimensional*, L2-normalised cut, so
+
+* the cut can carry little more than the class (an information bottleneck: with noise of norm ρ a release
+  carries at most (d/2)·log2(1 + 1/ρ²) bits),
+* the DP clip of DESIGN §3 is exact: every cut vector has norm ``scale`` (use ``dp.clip_norm = scale`` =
+  1.0), so the clip never distorts the signal and σ is the noise-to-signal ratio per unit norm
+  (noise norm ≈ σ·√d),
+* the trainers still hold most of the FLOPs: wide segments after the cut.
+
+The partitioner (``models/partition.py``) gives the DO the *first parametrised unit* as head, so each head
+here is ONE module (:class:`BottleneckHead` / :class:`SpatialBottleneckHead`): conv + pooling + linear +
+normalisation all stay with the DO. The last layer (one Linear) is the DO's tail in U-shape.
+
+Registered names (import this module, or ``clicooper.models.zoo`` once it imports it):
+
+* ``fmnist-private-d16`` / ``fmnist-private-d64`` — dense cut of d = 16 / 64 values; trainers: a wide MLP.
+* ``fmnist-private-s4`` — spatial cut 4×7×7 (196 values, L2-normalised as a whole); trainers: convs.
+
+``fmnist-cnn`` (the reference, DESIGN §2) is untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clicooper.errors import ConfigError
+from clicooper.models.zoo import register
+
+
+class L2Normalize(nn.Module):
+    """Scale each sample (all non-batch dims) to L2 norm ``scale``."""
+
+    def __init__(self, scale: float = 1.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.scale, self.eps = float(scale), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.flatten(1).norm(dim=1).clamp_min(self.eps)
+        return x * (self.scale / n).view(-1, *([1] * (x.dim() - 1)))
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class BottleneckHead(nn.Module):
+    """Conv(c→ch, 5×5, stride 2) + ReLU + AvgPool2 + Flatten + Linear(ch·(H/4)·(W/4) → d) + L2-normalise.
+
+    One parametrised unit, so the partitioner hands all of it to the DO.
+    """
+
+    def __init__(self, in_ch: int, hw: tuple[int, int], d: int, *, channels: int = 16, scale: float = 1.0) -> None:
+        super().__init__()
+        h, w = hw
+        if h % 4 or w % 4:
+            raise ConfigError(f"the private heads need H and W divisible by 4, got {h}×{w}")
+        self.conv = nn.Conv2d(in_ch, channels, 5, stride=2, padding=2)
+        self.fc = nn.Linear(channels * (h // 4) * (w // 4), d)
+        self.norm = L2Normalize(scale)
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.avg_pool2d(F.relu(self.conv(x)), 2)
+        return self.norm(self.fc(a.flatten(1)))  # (B, d), ‖·‖ = scale
+
+
+class SpatialBottleneckHead(nn.Module):
+    """Conv(c→16, 5×5, s2) + ReLU + Conv1×1(16→k) + AvgPool2 + L2-normalise: a (k, H/4, W/4) cut."""
+
+    def __init__(self, in_ch: int, hw: tuple[int, int], k: int, *, channels: int = 16, scale: float = 1.0) -> None:
+        super().__init__()
+        h, w = hw
+        if h % 4 or w % 4:
+            raise ConfigError(f"the private heads need H and W divisible by 4, got {h}×{w}")
+        self.conv = nn.Conv2d(in_ch, channels, 5, stride=2, padding=2)
+        self.mix = nn.Conv2d(channels, k, 1)
+        self.norm = L2Normalize(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.avg_pool2d(self.mix(F.relu(self.conv(x))), 2))  # (B, k, H/4, W/4)
+
+
+def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"{name} expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
+    c, h, w = input_shape
+    return c, h, w
+
+
+def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
+                  name: str = "fmnist-private") -> nn.Sequential:
+    """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out)."""
+    c, h, w = _hw(input_shape, name)
+    return nn.Sequential(
+        BottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
+        nn.Linear(d, width), nn.ReLU(),  # trainers
+        nn.Linear(width, width), nn.ReLU(),
+        nn.Linear(width, 256), nn.ReLU(),
+        nn.Linear(256, num_outputs),  # DO tail
+    )
+
+
+def spatial_private(input_shape: tuple[int, ...], num_outputs: int, *, k: int = 4,
+                    name: str = "fmnist-private-s4") -> nn.Sequential:
+    """Head = :class:`SpatialBottleneckHead` (k×H/4×W/4 cut) | conv64 | conv128-pool + fc256 | tail."""
+    c, h, w = _hw(input_shape, name)
+    h4, w4 = h // 4, w // 4
+    return nn.Sequential(
+        SpatialBottleneckHead(c, (h, w), k),  # DO: (B, k, H/4, W/4), unit norm
+        nn.Conv2d(k, 64, 3, padding=1), nn.ReLU(),  # trainers
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(128 * h4 * w4, 256), nn.ReLU(),
+        nn.Linear(256, num_outputs),  # DO tail
+    )
+
+
+@register("fmnist-private-d16", "private: cheap strided conv head → 16-d L2-normalised cut | wide MLP | fc")
+def fmnist_private_d16(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """Dense 16-d cut (see module docstring)."""
+    return dense_private(input_shape, num_outputs, d=16, name="fmnist-private-d16")
+
+
+@register("fmnist-private-d64", "private: cheap strided conv head → 64-d L2-normalised cut | wide MLP | fc")
+def fmnist_private_d64(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """Dense 64-d cut (see module docstring)."""
+    return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64")
+
+
+@register("fmnist-private-s4", "private: cheap strided conv head → 4×7×7 L2-normalised cut | convs | fc")
+def fmnist_private_s4(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """Spatial 4-channel cut (see module docstring)."""
+    return spatial_private(input_shape, num_outputs, k=4, name="fmnist-private-s4")
+
+
+PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4")
