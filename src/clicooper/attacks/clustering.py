@@ -36,7 +36,7 @@ class ClusteringConfig:
     preserved; it keeps 6,272-wide conv activations tractable). ``max_rows`` caps the rows clustered.
     """
 
-    sources: tuple[str, ...] = ("activations", "gradients", "output")
+    sources: tuple[str, ...] = ("activations", "gradients", "output", "labels")
     clusterers: tuple[str, ...] = CLUSTERERS
     known_ks: tuple[int, ...] = (1, 10)
     pca_dims: int = 64
@@ -62,6 +62,8 @@ def source_features(view: ZeroKnowledgeView, source: str) -> np.ndarray | None:
     if source == "activations":
         t = rec.activations
     elif source == "gradients":
+        if rec.gradients is None:
+            return None
         t = rec.gradients
     elif source == "output":
         t = view.own_output()

@@ -74,7 +74,10 @@ class GradientLeakAttack:
         """Zero-knowledge (norm + oracle cosine clustering) and known-sample k cosine attacks."""
         cfg, view = self.config, views.zero
         c = view.public.num_classes
-        n = min(view.received.gradients.shape[0], cfg.max_rows)
+        require(view.received.gradients is not None,
+                f"{view.received.party} receives no gradient (the open tail's last trainer computes the loss "
+                "itself and receives the labels); attack T1…T(K-1) with --party, or use clustering on the labels")
+        n = min(view.received.gradients.shape[0], cfg.max_rows)  # type: ignore[union-attr]
         g = view.received.gradients[:n].flatten(1).double().numpy()
         y = views.truth.y[:n].numpy()
         u = _unit(g)

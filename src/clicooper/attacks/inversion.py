@@ -130,8 +130,11 @@ def train_decoder(z: torch.Tensor | None, x: torch.Tensor, *, cfg: InversionConf
 
 
 def refine(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, steps: int, tv_weight: float,
-           lr: float = 0.01) -> torch.Tensor:
-    """Optimise images so ``head(x) ≈ z`` from ``x0`` (He et al. rMLE with a TV prior), images in [0, 1]."""
+           lr: float = 0.01, clip: float | None = None) -> torch.Tensor:
+    """Optimise images so ``head(x) ≈ z`` from ``x0`` (He et al. rMLE with a TV prior), images in [0, 1].
+
+    ``clip``: the public per-sample clip norm of activation protection; the head's output is clipped the same
+    way before it is compared with what T1 received (the noise itself is zero-mean and left to the MSE)."""
     logit = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).detach().requires_grad_(True)
     opt = torch.optim.Adam([logit], lr=lr * 10)
     for p in head.parameters():
@@ -139,7 +142,11 @@ def refine(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, steps: int, tv
     for _ in range(steps):
         opt.zero_grad()
         x = torch.sigmoid(logit)
-        loss = F.mse_loss(head(x), z) + tv_weight * tv(x)
+        out = head(x)
+        if clip is not None:
+            flat = out.flatten(1)
+            out = (flat * (clip / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)).view_as(out)
+        loss = F.mse_loss(out, z) + tv_weight * tv(x)
         loss.backward()
         opt.step()
     return torch.sigmoid(logit).detach()
@@ -219,7 +226,8 @@ class InversionAttack:
                 r0 = batched(dec, z_vic)
                 recons = {"decoder": r0}
                 if cfg.refine_steps:
-                    recons["decoder+rMLE"] = refine(head, z_vic, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight)
+                    recons["decoder+rMLE"] = refine(head, z_vic, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight,
+                                                     clip=None if noise is None else noise.clip)
                 score("white-box", recons)
 
         if "known-plaintext" in cfg.modes:

@@ -90,14 +90,14 @@ class Received:
     party: str
     epoch: int
     activations: torch.Tensor  # (N, …) forward input
-    gradients: torch.Tensor  # (N, …) d loss / d own output
+    gradients: torch.Tensor | None  # (N, …) d loss / d own output; None for the open tail's last trainer
     labels: torch.Tensor | None = None  # (N,) open tail only, as received (obfuscated)
 
     def __post_init__(self) -> None:
         n = self.activations.shape[0]
         if n == 0:
             raise AttackError(f"{self.party} epoch {self.epoch}: no recorded rows; record observations")
-        if self.gradients.shape[0] != n or (self.labels is not None and self.labels.shape[0] != n):
+        if (self.gradients is not None and self.gradients.shape[0] != n) or (self.labels is not None and self.labels.shape[0] != n):
             raise AttackError(
                 f"{self.party} epoch {self.epoch}: activations, gradients and labels have different row "
                 "counts; the observation file is corrupt — re-record it"
@@ -271,11 +271,14 @@ def _epochs(reader: RunReader, epochs: str | Sequence[int]) -> list[int]:
 
 def _load_received(reader: RunReader, party: str, epoch: int) -> tuple[Received, torch.Tensor]:
     obs = reader.read_tensors(f"observations/{party}/epoch_{epoch}.safetensors")
-    for key in ("sample_ids", "activations", "gradients"):
+    for key in ("sample_ids", "activations"):
         if key not in obs:
             raise AttackError(f"observations/{party}/epoch_{epoch}.safetensors lacks {key!r}; re-record it")
+    if "gradients" not in obs and "labels" not in obs:  # only the open tail's last trainer receives no gradient
+        raise AttackError(f"observations/{party}/epoch_{epoch}.safetensors lacks 'gradients'; re-record it")
+    grads = obs.get("gradients")
     rec = Received(party=party, epoch=epoch, activations=obs["activations"].float(),
-                   gradients=obs["gradients"].float(), labels=obs.get("labels"))
+                   gradients=None if grads is None else grads.float(), labels=obs.get("labels"))
     return rec, obs["sample_ids"].long()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from clicooper.protocol.messages import Control, Message, canonical_bytes
+from clicooper.protocol.messages import Control, Message, update_hash
 
 #: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
 StepHook = Callable[[nn.Module], "torch.Tensor | None"]
@@ -39,7 +39,7 @@ class PartyBase:
         h = self.transcripts.get(key)
         if h is None:
             h = self.transcripts[key] = hashlib.sha256()
-        h.update(canonical_bytes(msg))
+        update_hash(h, msg)
 
     def transcript_digests(self) -> dict[str, str]:
         """Current digests, ``{"T2:sent": hex, "T2:recv": hex, …}``."""

@@ -11,6 +11,7 @@ Sample ids never appear here: the data owner keeps them (DESIGN §2).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import Literal, Union
@@ -129,6 +130,44 @@ def message_kind(msg: Message) -> str:
     return type(msg).__name__.lower()
 
 
+def _canonical_parts(msg: Message) -> list[bytes | memoryview]:
+    """The pieces of :func:`canonical_bytes`, the tensor data as a zero-copy view where possible."""
+    h = msg.header
+    parts: list[bytes | memoryview] = [
+        _lp_str(message_kind(msg)),
+        _lp_str(h.sender),
+        _lp_str(h.receiver),
+        _lp_str(str(h.epoch)),
+        _lp_str(str(h.step)),
+        _lp_str(str(h.micro)),
+        _lp_str(str(h.n_micro)),
+    ]
+    if isinstance(msg, Control):
+        parts.append(_lp_str(msg.kind))
+        for k in sorted(msg.payload):
+            parts.append(_lp_str(k))
+            parts.append(_lp_str(msg.payload[k]))
+        return parts
+    t = msg.tensor
+    if isinstance(msg, Activations):
+        parts.append(_lp_str(msg.mode))
+    parts.append(_lp_str(dtype_name(t.dtype)))
+    parts.append(_lp_str(",".join(str(int(s)) for s in t.shape)))
+    c = t.detach().to("cpu").contiguous()
+    if c.dtype == torch.bfloat16:
+        c = c.view(torch.int16)
+    data = memoryview(c.numpy()).cast("B")
+    parts.append(struct.pack(">Q", data.nbytes))
+    parts.append(data)
+    return parts
+
+
+def update_hash(hasher: "hashlib._Hash", msg: Message) -> None:
+    """Feed ``canonical_bytes(msg)`` into ``hasher`` without building it (no copy of the tensor data)."""
+    for part in _canonical_parts(msg):
+        hasher.update(part)
+
+
 def canonical_bytes(msg: Message) -> bytes:
     """Unambiguous bytes of a message (header excluding seq/run_id, kind, dtype, shape, data).
 
@@ -171,5 +210,7 @@ def validate_tensor(
     """Reject NaN/Inf and (optionally) an unexpected shape, with a :class:`WireError` that says which."""
     if expected_shape is not None and tuple(t.shape) != tuple(expected_shape):
         raise WireError(f"{what}: shape {tuple(t.shape)} but expected {tuple(expected_shape)}")
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    # Fast path: a finite sum proves every element finite (NaN/Inf propagate); only a non-finite sum
+    # (NaN/Inf present, or a rare overflow) pays for the exact element-wise check.
+    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise WireError(f"{what}: contains NaN or Inf values; the sender is faulty or malicious")
