@@ -1,0 +1,110 @@
+"""Named attack budgets: the settings ``clicooper attack --budget`` and ``clicooper report`` use.
+
+``full`` is each attack's library defaults (500 victims, decoders of 800 minibatches, every level). ``demo``
+fits ``make demo`` (two runs attacked on 2 shared CPU cores within a few minutes) and is still informative on
+an undefended ``fmnist-cnn`` run: every level keeps its attack, with fewer victims, shorter decoders, fewer
+k-means restarts and fewer extraction steps. Each result file records the budget and the settings used.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from clicooper.errors import AttackError
+
+#: Attacks run by ``--attack all``, cheapest first.
+ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "extraction", "inversion")
+
+#: Per budget and attack: keyword arguments of ``run_attack`` (``victims``, ``epochs``, ``known_k``,
+#: ``config``). Missing keys take ``run_attack``'s defaults.
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {
+        "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
+        "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
+        "inversion": {"victims": 200,
+                      "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 200, "steps": 200,
+                                 "refine_steps": 60, "unsplit_rounds": 10, "unsplit_inner": 5,
+                                 "known_counts": (1000,)}},
+        "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 200, "queries": 2000}},
+    },
+    "smoke": {
+        "gradient-leak": {"epochs": "all", "config": {"n_init": 1, "known_ks": (1,)}, "known_k": 1},
+        "clustering": {"epochs": "all", "known_k": 1,
+                       "config": {"n_init": 1, "max_rows": 500, "clusterers": ("kmeans",), "known_ks": (1,)}},
+        "inversion": {"victims": 16, "known_k": 2,
+                      "config": {"victims": 16, "steps": 20, "width": 8, "refine_steps": 3, "unsplit_rounds": 2,
+                                 "unsplit_inner": 2, "known_counts": (20,)}},
+        "extraction": {"known_k": 1, "config": {"ks": (0, 1), "steps": 10, "queries": 100}},
+    },
+    "full": {
+        "gradient-leak": {"epochs": "all"},
+        "clustering": {"epochs": "all"},
+        "inversion": {},
+        "extraction": {},
+    },
+}
+
+DESCRIPTIONS = {
+    "demo": "demo budget: the recorded subset, gradient-leak on every recorded epoch; on the last epoch: "
+            "clustering (k-means, cosine k-means, 2 restarts), inversion on 200 victims (white-box decoder of 200 "
+            "minibatches + 60 rMLE steps, known-plaintext 1,000 pairs, UnSplit 10×5 rounds; no shadow head) and "
+            "extraction k ∈ {0, 10} (200 steps) and query with 2,000 queries",
+    "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts; figures are not meaningful)",
+    "full": "full budget: library defaults (500 victims, 800-minibatch decoders, extraction k ∈ {0, 1, 10, 100} "
+            "and 5,000 queries); clustering/gradient-leak on every recorded epoch, the others on the last",
+}
+
+
+def budget_names() -> list[str]:
+    """Known budget names."""
+    return sorted(BUDGETS)
+
+
+def settings_for(budget: str, attack: str) -> dict[str, Any]:
+    """A fresh copy of the ``run_attack`` keyword arguments of ``attack`` under ``budget``."""
+    if budget not in BUDGETS:
+        raise AttackError(f"unknown budget {budget!r}; choose one of {', '.join(budget_names())}")
+    if attack not in BUDGETS[budget]:
+        raise AttackError(f"unknown attack {attack!r}; choose one of {', '.join(ALL_ATTACKS)} or all")
+    return copy.deepcopy(BUDGETS[budget][attack])
+
+
+def parse_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"all"``, one name, a comma-separated list or a sequence → attack names in run order."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise AttackError("no attack given; choose one of " + ", ".join(ALL_ATTACKS) + " or all")
+    if "all" in items:
+        return list(ALL_ATTACKS)
+    bad = [s for s in items if s not in ALL_ATTACKS]
+    if bad:
+        raise AttackError(f"unknown attack {bad[0]!r}; choose one of {', '.join(ALL_ATTACKS)} or all")
+    return [a for a in ALL_ATTACKS if a in items]
+
+
+def run_suite(run_dir: Any, attacks: str | list[str] | tuple[str, ...] = "all", *, budget: str = "demo",
+              overrides: dict[str, Any] | None = None, progress: Any = None) -> dict[str, Any]:
+    """Run several attacks on ``run_dir`` with a named budget; ``overrides`` (non-None values of
+    ``run_attack`` keywords: ``knowledge``, ``party``, ``aux_range``, ``aux_source``, ``victims``,
+    ``epochs``, ``known_k``, ``seed``) win over the budget. Each result gets ``settings["budget"]``.
+
+    Returns ``{"budget": …, "budget_description": …, "attacks": {name: result dict}}``.
+    """
+    from clicooper.attacks.runner import run_attack
+
+    names = parse_attacks(attacks)
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    out: dict[str, Any] = {"budget": budget, "budget_description": DESCRIPTIONS.get(budget, budget), "attacks": {}}
+    for name in names:
+        kw = settings_for(budget, name)
+        kw.update(over)
+        if "victims" in over and name == "inversion":
+            kw.setdefault("config", {})["victims"] = over["victims"]
+        if progress is not None:
+            progress(f"attack {name} ({budget} budget) …")
+        res = run_attack(run_dir, name, annotate={"budget": budget,
+                                                  "budget_description": DESCRIPTIONS.get(budget, budget)}, **kw)
+        out["attacks"][name] = res
+    return out
+

@@ -1,0 +1,128 @@
+"""PNG figures of the attack report (matplotlib, Agg backend; no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+NOT_INFORMATIVE = "not informative"
+
+
+def _img(ax: Any, x: torch.Tensor) -> None:
+    x = x.detach().float().clamp(0, 1)
+    if x.dim() == 3 and x.shape[0] == 1:
+        ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    elif x.dim() == 3:
+        ax.imshow(x.permute(1, 2, 0).numpy())
+    else:
+        ax.imshow(x.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def reconstruction_grid(path: Path, level: str, run_grid: torch.Tensor, base_grid: torch.Tensor | None, *,
+                        run_label: str, run_score: float | None, base_score: float | None, floor: float | None,
+                        informative: bool) -> None:
+    """Rows: originals, the run's reconstructions, (the baseline's originals if different,) the baseline's
+    reconstructions. Grids are ``(2, G, C, H, W)``: originals, reconstructions."""
+    rows: list[tuple[str, torch.Tensor]] = [("original", run_grid[0]), (run_label, run_grid[1])]
+    if base_grid is not None:
+        if base_grid.shape != run_grid.shape or not torch.equal(base_grid[0], run_grid[0]):
+            rows.append(("original (baseline victims)", base_grid[0]))
+        rows.append(("undefended baseline", base_grid[1]))
+    g = max(r[1].shape[0] for r in rows)
+    fig, axes = plt.subplots(len(rows), g, figsize=(1.2 * g, 1.3 * len(rows) + 0.6), squeeze=False)
+    for i, (name, imgs) in enumerate(rows):
+        for j in range(g):
+            ax = axes[i][j]
+            if j < imgs.shape[0]:
+                _img(ax, imgs[j])
+            else:
+                ax.axis("off")
+        axes[i][0].set_ylabel(name, fontsize=7)
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    title = f"inversion {level}: SSIM {run_label} {fmt(run_score)}, baseline {fmt(base_score)} (floor {fmt(floor)})"
+    if not informative:
+        title += f"\n{NOT_INFORMATIVE.upper()}: the undefended baseline does not beat its floor"
+    fig.suptitle(title, fontsize=8, color="black" if informative else "darkred")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_vs_metric(path: Path, rows: list[dict[str, Any]], run_acc: float | None, base_acc: float | None,
+                       run_label: str) -> None:
+    """One panel per attack: each (party, level) as a segment from the baseline (open marker, undefended
+    accuracy) to the run (filled marker, its accuracy); not-informative rows grey and flagged."""
+    attacks = sorted({r["attack"] for r in rows})
+    if not attacks:
+        return
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], attacks, strict=True):
+        for r in (r for r in rows if r["attack"] == name):
+            label = f"{r['party']} {r['level']}" + ("" if r["informative"] else f" ({NOT_INFORMATIVE})")
+            color = None if r["informative"] else "grey"
+            xs, ys = [], []
+            if base_acc is not None and r.get("baseline_score") is not None:
+                xs.append(base_acc)
+                ys.append(r["baseline_score"])
+            if run_acc is not None and r.get("score") is not None:
+                xs.append(run_acc)
+                ys.append(r["score"])
+            if not xs:
+                continue
+            (line,) = ax.plot(xs, ys, "-" if r["informative"] else "--", color=color, label=label, linewidth=1)
+            if len(xs) == 2:
+                ax.plot(xs[:1], ys[:1], "o", mfc="none", color=line.get_color())
+                ax.plot(xs[1:], ys[1:], "o", color=line.get_color())
+            else:
+                ax.plot(xs, ys, "o", color=line.get_color())
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("test accuracy (open: undefended baseline, filled: " + run_label + ")", fontsize=7)
+        ax.set_ylabel("attack metric (primary)", fontsize=8)
+        ax.legend(fontsize=6, loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metric_per_epoch(path: Path, series: list[dict[str, Any]], run_label: str) -> bool:
+    """One panel per attack: the primary metric per recorded epoch, the run solid, the baseline dashed,
+    floors dotted. ``series`` items: attack, party, level, run {epoch: score}, base {epoch: score},
+    floor {epoch: floor}, informative. Returns False (no file) when no attack has more than one epoch."""
+    attacks = sorted({s["attack"] for s in series if max(len(s["run"]), len(s["base"])) > 1})
+    if not attacks:
+        return False
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], attacks, strict=True):
+        for s in (s for s in series if s["attack"] == name):
+            label = f"{s['party']} {s['level']}" + ("" if s["informative"] else f" ({NOT_INFORMATIVE})")
+            color = None if s["informative"] else "grey"
+            (line,) = ax.plot(sorted(s["run"]), [s["run"][e] for e in sorted(s["run"])], "o-", color=color,
+                              label=f"{label} – {run_label}", linewidth=1, markersize=3)
+            if s["base"]:
+                ax.plot(sorted(s["base"]), [s["base"][e] for e in sorted(s["base"])], "s--",
+                        color=line.get_color(), label=f"{label} – undefended", linewidth=1, markersize=3)
+            if s["floor"]:
+                ax.plot(sorted(s["floor"]), [s["floor"][e] for e in sorted(s["floor"])], ":",
+                        color=line.get_color(), linewidth=0.8)
+        ax.set_title(f"{name} (dotted: floor)", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("attack metric (primary)", fontsize=8)
+        ax.legend(fontsize=5, loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
