@@ -16,7 +16,15 @@ from torch import nn
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
-from clicooper.protocol.messages import Activations, Control, Gradients, Header, Labels, Message, validate_tensor
+from clicooper.protocol.messages import (
+    Activations,
+    Control,
+    Gradients,
+    Header,
+    Labels,
+    Message,
+    validate_tensor,
+)
 
 
 class Protector(Protocol):

@@ -8,7 +8,15 @@ from torch import nn
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
-from clicooper.protocol.messages import Activations, Control, Gradients, Header, Labels, Message, validate_tensor
+from clicooper.protocol.messages import (
+    Activations,
+    Control,
+    Gradients,
+    Header,
+    Labels,
+    Message,
+    validate_tensor,
+)
 
 _Key = tuple[int, int, int]  # (epoch, step, micro)
 

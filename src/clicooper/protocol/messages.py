@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import struct
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
@@ -88,8 +88,8 @@ class Control:
     payload: dict[str, str] = field(default_factory=dict)
 
 
-Message = Union[Activations, Gradients, Labels, Control]
-TensorMessage = Union[Activations, Gradients, Labels]
+Message = Activations | Gradients | Labels | Control
+TensorMessage = Activations | Gradients | Labels
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -162,7 +162,7 @@ def _canonical_parts(msg: Message) -> list[bytes | memoryview]:
     return parts
 
 
-def update_hash(hasher: "hashlib._Hash", msg: Message) -> None:
+def update_hash(hasher: hashlib._Hash, msg: Message) -> None:
     """Feed ``canonical_bytes(msg)`` into ``hasher`` without building it (no copy of the tensor data)."""
     for part in _canonical_parts(msg):
         hasher.update(part)
