@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the demo through the real CLI."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--defense", default="labels")
     ap.add_argument("--observe-count", type=int, default=2000, help="recorded rows (the attacks' subset)")
     ap.add_argument("--budget", default="demo", help="attack budget of the report: demo | full")
