@@ -6,6 +6,7 @@ carries its messages (in-process or gRPC).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from clicooper.protocol.messages import Control, Message, update_hash
 StepHook = Callable[[nn.Module], "torch.Tensor | None"]
 
 
-class PartyBase:
+class PartyBase(abc.ABC):
     """Common bookkeeping. Subclasses implement ``_handle``."""
 
     def __init__(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer, *, hash_transcripts: bool):
@@ -53,8 +54,9 @@ class PartyBase:
             self._update_transcript(m.header.receiver, "sent", m)
         return out
 
-    def _handle(self, msg: Message) -> list[Message]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _handle(self, msg: Message) -> list[Message]:
+        """Party-specific processing of one message (the transcript bookkeeping is done by ``handle``)."""
 
     def _step(self) -> None:
         """Add hook terms (e.g. the watermark regularizer), then step this party's own optimizer."""

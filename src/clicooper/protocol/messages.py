@@ -174,29 +174,7 @@ def canonical_bytes(msg: Message) -> bytes:
     ``seq`` and ``run_id`` are excluded so that sender and receiver hash the same bytes whatever the
     transport stamps; the ledger binds the run id separately.
     """
-    h = msg.header
-    parts = [
-        _lp_str(message_kind(msg)),
-        _lp_str(h.sender),
-        _lp_str(h.receiver),
-        _lp_str(str(h.epoch)),
-        _lp_str(str(h.step)),
-        _lp_str(str(h.micro)),
-        _lp_str(str(h.n_micro)),
-    ]
-    if isinstance(msg, Control):
-        parts.append(_lp_str(msg.kind))
-        for k in sorted(msg.payload):
-            parts.append(_lp_str(k))
-            parts.append(_lp_str(msg.payload[k]))
-    else:
-        t = msg.tensor
-        if isinstance(msg, Activations):
-            parts.append(_lp_str(msg.mode))
-        parts.append(_lp_str(dtype_name(t.dtype)))
-        parts.append(_lp_str(",".join(str(int(s)) for s in t.shape)))
-        parts.append(_lp(tensor_bytes(t)))
-    return b"".join(parts)
+    return b"".join(bytes(p) for p in _canonical_parts(msg))
 
 
 def with_stamp(msg: Message, *, run_id: str, seq: int) -> Message:
