@@ -24,34 +24,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from clicooper.encoding import lp
 from clicooper.errors import PrivacyError
 
 KEY_BYTES = 32
 _ZERO_NONCE = bytes(16)  # cryptography's ChaCha20 nonce = 4-byte LE counter ‖ 12-byte nonce
 
 Field = int | str | bytes
-
-
-def _field_bytes(value: Field) -> bytes:
-    if isinstance(value, bool):  # bool is an int subclass; refuse it rather than encode "True"
-        raise TypeError("booleans are not allowed as PRF fields")
-    if isinstance(value, int):
-        return str(value).encode("ascii")
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    raise TypeError(f"unsupported PRF field type {type(value).__name__}")
-
-
-def lp(*fields: Field) -> bytes:
-    """Length-prefixed concatenation: each field as 8-byte big-endian length ‖ bytes."""
-    out = bytearray()
-    for f in fields:
-        b = _field_bytes(f)
-        out += len(b).to_bytes(8, "big")
-        out += b
-    return bytes(out)
 
 
 def prf(key: bytes, tag: str, *fields: Field) -> bytes:

@@ -27,9 +27,8 @@ import rfc8785
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from clicooper.encoding import lp
 from clicooper.errors import LedgerError
-
-Part = bytes | bytearray | str | int
 
 #: HKDF-SHA256 can produce at most 255 hash blocks.
 HKDF_MAX_LENGTH = 255 * 32
@@ -48,32 +47,6 @@ def canonical_json(value: Any) -> bytes:
             f"value cannot be written as canonical JSON (RFC 8785): {e}; use finite floats, integers "
             "below 2**53 and string keys"
         ) from e
-
-
-def _part_bytes(part: Part) -> bytes:
-    # bool is an int subclass; True would silently become b"1".
-    if isinstance(part, bool):
-        raise TypeError("lp(): bool parts are ambiguous; pass an int or a str")
-    if isinstance(part, int):
-        return str(part).encode("ascii")
-    if isinstance(part, str):
-        return part.encode("utf-8")
-    if isinstance(part, (bytes, bytearray)):
-        return bytes(part)
-    raise TypeError(f"lp(): unsupported part type {type(part).__name__}; pass bytes, str or int")
-
-
-def lp(*parts: Part) -> bytes:
-    """Length-prefixed concatenation: for each part, 8-byte big-endian length then the bytes.
-
-    ``int`` parts are encoded as decimal ASCII (``-3`` → ``b"-3"``), ``str`` as UTF-8, ``bytes`` as is.
-    """
-    out = bytearray()
-    for part in parts:
-        b = _part_bytes(part)
-        out += len(b).to_bytes(8, "big")
-        out += b
-    return bytes(out)
 
 
 def sha256_hex(data: bytes) -> str:
