@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -19,6 +21,20 @@ from clicooper.protocol.messages import Control, Message, update_hash
 StepHook = Callable[[nn.Module], "torch.Tensor | None"]
 
 
+_HASH_POOL: ThreadPoolExecutor | None = None
+_HASH_POOL_LOCK = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """One FIFO worker per process for transcript hashing (``hashlib`` releases the GIL on big buffers,
+    so SHA-256 of the tensor bytes overlaps the party's compute instead of adding to it)."""
+    global _HASH_POOL
+    with _HASH_POOL_LOCK:
+        if _HASH_POOL is None:
+            _HASH_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clicooper-transcript")
+        return _HASH_POOL
+
+
 class PartyBase(abc.ABC):
     """Common bookkeeping. Subclasses implement ``_handle``."""
 
@@ -27,20 +43,41 @@ class PartyBase(abc.ABC):
         self.module = module
         self.optimizer = optimizer
         self.hash_transcripts = hash_transcripts
-        self.transcripts: dict[str, hashlib._Hash] = {}
+        self._transcripts: dict[str, hashlib._Hash] = {}
+        self._pending: Future[None] | None = None  # the last hashing job submitted (the worker is FIFO)
         self.step_hooks: list[StepHook] = []
         self.steps_taken = 0
         self.samples_processed = 0
 
     # -- transcripts (DESIGN §5): running SHA-256 per link and direction over tensor messages ----------
+    # The hashing runs on a background FIFO worker, in submission order. A message is immutable once sent
+    # (parties never modify a tensor in place after putting it in a message), so hashing it later gives the
+    # same digest. Every read (``transcript_digests``) or reset first waits for the pending jobs.
     def _update_transcript(self, peer: str, direction: str, msg: Message) -> None:
         if not self.hash_transcripts or isinstance(msg, Control):
             return
         key = f"{peer}:{direction}"
-        h = self.transcripts.get(key)
+        h = self._transcripts.get(key)
         if h is None:
-            h = self.transcripts[key] = hashlib.sha256()
-        update_hash(h, msg)
+            h = self._transcripts[key] = hashlib.sha256()
+        self._pending = _hash_pool().submit(update_hash, h, msg)
+
+    def _drain_transcripts(self) -> None:
+        """Wait until every submitted hashing job of this party is done (re-raising its error, if any)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    @property
+    def transcripts(self) -> dict[str, hashlib._Hash]:
+        """The running hashes, per ``"peer:direction"`` (complete: pending jobs are waited for)."""
+        self._drain_transcripts()
+        return self._transcripts
+
+    @transcripts.setter
+    def transcripts(self, value: dict[str, hashlib._Hash]) -> None:
+        self._drain_transcripts()
+        self._transcripts = value
 
     def transcript_digests(self) -> dict[str, str]:
         """Current digests, ``{"T2:sent": hex, "T2:recv": hex, …}``."""
