@@ -64,6 +64,35 @@ class PartyCert:
         return f"PartyCert(name={self.name!r}, fingerprint={self.fingerprint[:16]}…)"
 
 
+#: What to do about a certificate outside its validity period (a run's certificates are pinned in its genesis).
+RENEW_HINT = ("create a new certificate set with `clicooper certs RUN_CONFIG` for a new run; a run's certificates "
+              "are pinned in its genesis and cannot be rotated mid-run")
+
+
+def check_cert_validity(name: str, cert_pem_or_der: bytes, *, now: dt.datetime | None = None,
+                        role: str = "") -> None:
+    """Refuse party ``name``'s certificate outside its validity period (:class:`ConfigError` with the date).
+
+    ``role`` qualifies the name in the message (e.g. ``"this party"`` or ``"peer"``).
+    """
+    try:
+        if cert_pem_or_der.lstrip().startswith(b"-----BEGIN"):
+            cert = x509.load_pem_x509_certificate(cert_pem_or_der)
+        else:
+            cert = x509.load_der_x509_certificate(cert_pem_or_der)
+    except ValueError as e:
+        raise ConfigError(f"the TLS certificate of {name} is not a certificate ({e}): {RENEW_HINT}") from e
+    now = now or dt.datetime.now(dt.UTC)
+    who = f"the TLS certificate of {role + ' ' if role else ''}{name}"
+    fmt = "%Y-%m-%d %H:%M:%S UTC"
+    if now > cert.not_valid_after_utc:
+        raise ConfigError(f"{who} expired on {cert.not_valid_after_utc.strftime(fmt)} (valid from "
+                          f"{cert.not_valid_before_utc.strftime(fmt)}; now {now.strftime(fmt)}): {RENEW_HINT}")
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(f"{who} is not valid before {cert.not_valid_before_utc.strftime(fmt)} (now "
+                          f"{now.strftime(fmt)}): check this machine's clock, or {RENEW_HINT}")
+
+
 def generate_party_cert(name: str, *, valid_days: int = 365, hosts: Iterable[str] = ()) -> PartyCert:
     """A fresh key and self-signed certificate for ``name``.
 

@@ -5,8 +5,10 @@ The launcher writes ``RUN/config.json`` and ``RUN/plan.json``, a pinned certific
 starts one ``python -m clicooper.net.node`` per party on free loopback ports and follows their JSON-line
 events. When a node dies (crash, SIGKILL, error), it stops the others and starts them all again on fresh
 ports: the nodes roll back to the last round every party checkpointed (see :mod:`clicooper.net.node`),
-so the run finishes with the same weights as an uninterrupted one. At the end it collects each party's
-delivered weights into ``RUN/model/`` (the layout of an in-process run: ``clicooper evaluate RUN`` works).
+so the run finishes with the same weights as an uninterrupted one. At the end the trainers deliver their
+segments to the DO over their links (:mod:`clicooper.net.delivery`), and the launcher takes the model files
+from the DO's run directory — what the DO received and checked, never the trainers' own copies — into
+``RUN/model/`` (the layout of an in-process run: ``clicooper evaluate RUN`` works).
 With provenance on, each party gets its own ledger key in ``RUN/nodes/<party>/keys/``; at the end the
 byte-identical ledger copies become ``RUN/ledger.jsonl`` (``clicooper verify RUN``).
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
-from clicooper.errors import ConfigError, WireError
+from clicooper.errors import ConfigError, RunDirError, WireError
 from clicooper.net.builder import load_run_config, neighbours, party_names
 
 #: (party, round, step): SIGKILL that party right after it reports this step (tests, chaos drills).
@@ -163,16 +165,30 @@ def _log_tail(out: Path, party: str) -> str:
     return (errs or lines or ["(no output)"])[-1]
 
 
-def collect(out: Path, config: RunConfig) -> dict[str, Any]:
-    """Copy every party's delivered weights into ``RUN/model`` (+ metrics, secrets); add test accuracy."""
-    from clicooper.runs import load_run
+def _do_finished(out: Path) -> bool:
+    f = out / "nodes" / "DO" / rundir.STATE
+    try:
+        return f.is_file() and bool(rundir.read_json(f).get("finished", False))
+    except RunDirError:  # unreadable: not finished
+        return False
 
-    (out / rundir.MODEL_DIR).mkdir(exist_ok=True)
-    for p in party_names(config):
-        src = out / "nodes" / p / rundir.MODEL_DIR
-        for f in sorted(src.glob("*.safetensors")):
-            shutil.copy2(f, out / rundir.MODEL_DIR / f.name)
+
+def collect(out: Path, config: RunConfig) -> dict[str, Any]:
+    """Copy the model files the DO holds — its own head/tail and the segments the trainers delivered to it
+    in band — into ``RUN/model`` (+ metrics, secrets); add test accuracy."""
+    from clicooper.models.partition import Plan
+    from clicooper.runs import load_run, model_file
+
     do_dir = out / "nodes" / "DO"
+    plan = Plan.from_dict(rundir.read_json(out / rundir.PLAN))
+    files = [model_file(pp.party) for pp in sorted(plan.parties, key=lambda x: x.position)]
+    missing = [f for f in files if not (do_dir / rundir.MODEL_DIR / f).is_file()]
+    if missing:
+        raise WireError(f"the DO holds no {', '.join(missing)} in {do_dir / rundir.MODEL_DIR}: the segments were "
+                        f"not delivered; see {out}/nodes/*/node.log")
+    (out / rundir.MODEL_DIR).mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy2(do_dir / rundir.MODEL_DIR / f, out / rundir.MODEL_DIR / f)
     if config.provenance:
         collect_ledger(out, config)
     if (do_dir / rundir.SECRETS).is_dir() and not (out / rundir.SECRETS).exists():
@@ -275,6 +291,11 @@ def launch_local(
                 ev = events.get_nowait()
                 if on_event is not None:
                     on_event(ev)
+        if failed is not None and _do_finished(out):
+            # the DO holds every checked segment and has sent shutdown: a trainer failing on its way out
+            # (e.g. while flushing) changes nothing, and a restart would only be refused ("run is closed")
+            notices.append(f"{failed} exited with an error after the DO had finished: {_log_tail(out, failed)}")
+            failed = None
         if failed is None:
             break
         killed = done_kills and done_kills[-1][0] == failed and procs[failed].popen.returncode == -signal.SIGKILL

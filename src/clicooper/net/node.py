@@ -17,7 +17,12 @@ never see them):
    checkpoint (weights + optimizer, safetensors) and its model file, then answers ``node-round-saved``;
    then the DO writes its own. A party is at most one round ahead of another, and every party keeps its
    older round checkpoints, so ``R-1`` always exists where needed;
-4. after the last round the DO sends ``shutdown``; every node flushes and exits 0.
+4. after the last round (and the ledger's closing) the DO collects the trainers' final segments in band
+   (:mod:`clicooper.net.delivery`: ``node-deliver`` → ``node-segment`` … ``node-segment-end``), checks each
+   against its plan and the ledger's final commitment and writes it into its own ``model/``; it then marks
+   its run directory finished (``state.json {"finished": true}``) and sends ``shutdown``; every trainer
+   marks its own finished, flushes and exits 0. A node started again on a finished run directory stops
+   with "the run is closed, nothing to resume" and changes nothing.
 
 Progress goes to stdout as JSON lines (``{"event": "step", "party": …, "round": …, "step": …}``), which
 ``clicooper launch`` reads. With ``provenance: true`` every node keeps its own ledger copy and signs its own
@@ -38,7 +43,7 @@ from typing import Any, TextIO
 import torch
 
 from clicooper import rundir
-from clicooper.errors import ConfigError, RunDirError, WireError
+from clicooper.errors import ConfigError, LedgerError, RunDirError, WireError
 from clicooper.net.builder import (
     NodeParty,
     build_party,
@@ -50,6 +55,15 @@ from clicooper.net.builder import (
     read_plan,
     run_id_for,
     shape_table,
+)
+from clicooper.net.delivery import (
+    DELIVER,
+    SEGMENT,
+    SEGMENT_END,
+    ExpectedSegment,
+    SegmentInbox,
+    chunk_bytes,
+    segment_payloads,
 )
 from clicooper.net.grpc_transport import GrpcTransport
 from clicooper.net.node_ledger import (
@@ -67,6 +81,7 @@ from clicooper.net.node_ledger import (
 from clicooper.net.serde import WireLimits
 from clicooper.net.tls import TlsConfig
 from clicooper.protocol.messages import Control, Header, Message
+from clicooper.provenance.entries import Closing
 from clicooper.runs import model_file
 from clicooper.training.loop import epoch_order
 
@@ -178,15 +193,51 @@ def load_round(node: NodeParty, run_dir: Path, r: int) -> None:
         raise RunDirError(f"optimizer checkpoint of {p.name} in {d} is corrupt: {e}") from e
 
 
+def model_file_metadata(node: NodeParty, entry: str, epoch: int) -> dict[str, str]:
+    """Metadata of plan entry ``entry``'s model file (as an in-process run writes it)."""
+    pp = node.plan.party(entry)
+    return {"party": entry, "position": str(pp.position), "model": node.config.model, "epoch": str(epoch),
+            "layers": json.dumps(pp.layers)}
+
+
 def save_model_files(node: NodeParty, run_dir: Path, epoch: int) -> None:
     """This party's delivered weights in ``model/`` (same files and metadata as an in-process run)."""
     for entry in node.own_plan_entries:
-        pp = node.plan.party(entry)
-        rundir.save_tensors(
-            run_dir / rundir.MODEL_DIR / model_file(entry), node.modules[entry].state_dict(),
-            {"party": entry, "position": str(pp.position), "model": node.config.model, "epoch": str(epoch),
-             "layers": json.dumps(pp.layers)},
-        )
+        rundir.save_tensors(run_dir / rundir.MODEL_DIR / model_file(entry), node.modules[entry].state_dict(),
+                            model_file_metadata(node, entry, epoch))
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether this party's run directory is marked finished (segments delivered, ``shutdown`` done)."""
+    f = Path(run_dir) / rundir.STATE
+    return f.is_file() and bool(rundir.read_json(f).get("finished", False))
+
+
+def mark_finished(run_dir: Path, rounds: int) -> None:
+    rundir.write_json(Path(run_dir) / rundir.STATE, {"completed_rounds": rounds, "finished": True})
+
+
+def check_run_open(run_dir: Path, party: str, *, provenance: bool) -> None:
+    """Refuse to start on a run directory whose run is over ("expired session"); reads, never writes.
+
+    Over = marked finished (the DO: every segment received and checked; a trainer: ``shutdown`` received
+    after delivering) and, with provenance, the ledger copy holds the closing entry. A closed ledger whose
+    delivery was cut short is NOT over: the nodes resume and deliver again.
+    """
+    run_dir = Path(run_dir)
+    if not run_finished(run_dir):
+        return
+    what = "it finished"
+    if provenance and (run_dir / rundir.LEDGER).is_file():
+        from clicooper.provenance.ledger import Ledger
+
+        led = Ledger.open(run_dir / rundir.LEDGER, repair=False)
+        if not led.closed:
+            return
+        what = f"its ledger {run_dir / rundir.LEDGER} holds the closing entry ({led.rounds_completed} rounds)"
+    raise RunDirError(f"{party}: the run in {run_dir} is closed — {what} and the trainers' segments were "
+                      "delivered — so there is nothing to resume; start a new run with a fresh --run-dir for "
+                      "every node (and new certificates: `clicooper certs RUN_CONFIG`)")
 
 
 # ---------------------------------------------------------------------------------------------- the node
@@ -207,6 +258,7 @@ class Node:
         if missing:
             raise ConfigError(f"--peers lacks {', '.join(missing)}: {self.name} talks to {', '.join(self.peers)}; "
                               "give name=host:port for each")
+        check_run_open(Path(opts.run_dir), self.name, provenance=bool(given.provenance))
         if opts.insecure_loopback:
             tls, pins = None, {}
         else:
@@ -320,8 +372,13 @@ class Node:
                     self.ctl("DO", ROUND_SAVED, r, round=r)
                 elif self.prov is not None and msg.kind in (GENESIS_PROPOSE, GENESIS, STAGE, ENTRY, CLOSE):
                     self._trainer_ledger(msg, r)
+                elif msg.kind == DELIVER:
+                    self._deliver(msg)
                 elif msg.kind == SHUTDOWN:
-                    return {"steps": party.steps_taken, "completed_rounds": completed_rounds(self.run_dir)}
+                    done = completed_rounds(self.run_dir)
+                    if done >= self.config.epochs:
+                        mark_finished(self.run_dir, done)
+                    return {"steps": party.steps_taken, "completed_rounds": done}
                 else:
                     raise WireError(f"{self.name}: unexpected {msg.kind} from the DO")
                 continue
@@ -347,6 +404,29 @@ class Node:
             prov.accept(msg)
         elif msg.kind == CLOSE:
             self.ctl("DO", CLOSE_SIG, r, signature=prov.closing_signature())
+
+    def _deliver(self, msg: Control) -> None:
+        """Send this party's final segment file (the one at ``position``) to the DO in chunks."""
+        try:
+            position = int(msg.payload["position"])
+        except (KeyError, ValueError) as e:
+            raise WireError(f"{self.name}: {DELIVER} from the DO names no position") from e
+        entries = [e for e in self.node.own_plan_entries if self.node.plan.party(e).position == position]
+        if not entries:
+            raise WireError(f"{self.name}: the DO asks for position {position}, which {self.name} does not hold: "
+                            "every party must run the same config and plan.json")
+        entry, done = entries[0], completed_rounds(self.run_dir)
+        if done < self.config.epochs:
+            raise WireError(f"{self.name}: the DO asks for the final segment, but only {done} of "
+                            f"{self.config.epochs} rounds are checkpointed here; restart every node")
+        f = self.run_dir / rundir.MODEL_DIR / model_file(entry)
+        if not f.is_file():  # e.g. deleted by hand: the weights in memory are those of the last checkpoint
+            save_model_files(self.node, self.run_dir, done)
+        data = f.read_bytes()
+        chunk = chunk_bytes(self.transport.limits)
+        for kind, payload in segment_payloads(data, position=position, file=model_file(entry), chunk=chunk):
+            self.ctl("DO", kind, self.config.epochs, **payload)
+        self.emit("delivered", position=position, bytes=len(data))
 
     def _wait_all(self, kind: str, parties: list[str], on_other: Callable[[Message], None]) -> dict[str, Control]:
         got: dict[str, Control] = {}
@@ -418,6 +498,8 @@ class Node:
             self.emit("round", round=r, loss=m["loss"], train_acc=m["train_acc"], seconds=secs)
         if self.prov is not None:
             self._do_close()
+        self._do_collect_segments()
+        mark_finished(self.run_dir, cfg.epochs)
         for p in trainers:
             self.ctl(p, SHUTDOWN, cfg.epochs)
         return {"steps": do.steps_taken, "completed_rounds": cfg.epochs, "resumed_from": r0}
@@ -480,6 +562,52 @@ class Node:
                 if p != skip:
                     self.ctl(p, ENTRY, r, entry=text)
         return report
+
+    def expected_segments(self) -> list[ExpectedSegment]:
+        """DO: what each trainer position must deliver (names/shapes/dtypes from its own copy of the initial
+        model, the model file's metadata, and with provenance the closing entry's final commitment)."""
+        final: dict[str, str] | None = None
+        if self.prov is not None:
+            led = self.prov.ledger
+            if led is None or not led.closed:
+                raise LedgerError("the DO's ledger is not closed: the segments are checked against the closing "
+                                  "entry's final commitments; restart every node to finish the run")
+            closing = led.entries[-1]
+            assert isinstance(closing, Closing)
+            final = dict(closing.final_commitments)
+        out = []
+        for pp in sorted(self.node.plan.parties, key=lambda x: x.position):
+            if pp.party.startswith("DO"):
+                continue
+            commit = None
+            if final is not None:
+                commit = final.get(str(pp.position))
+                if commit is None:
+                    raise LedgerError(f"the closing entry holds no final commitment for position {pp.position} "
+                                      f"({pp.party}): the ledger is not of this plan")
+            out.append(ExpectedSegment.of_state(
+                pp.party, pp.position, model_file(pp.party), self.node.modules[pp.party].state_dict(),
+                model_file_metadata(self.node, pp.party, self.config.epochs), commit))
+        return out
+
+    def _do_collect_segments(self) -> None:
+        """DO: ask every trainer for its final segment, check each (:mod:`clicooper.net.delivery`) and write it
+        atomically into this node's ``model/``; a refused segment stops the node and nothing of it is kept."""
+        expected = self.expected_segments()
+        inbox = SegmentInbox(expected, max_chunk=chunk_bytes(self.transport.limits))
+        for e in expected:
+            self.ctl(e.trainer, DELIVER, self.config.epochs, round=self.config.epochs, position=e.position,
+                     file=e.file)
+        while not inbox.done:
+            msg = self.recv(f"the final segments of {', '.join(inbox.missing)}")
+            if isinstance(msg, Control) and msg.kind in (SEGMENT, SEGMENT_END):
+                got = inbox.feed(msg)
+                if got is not None:
+                    exp, data, _ = got
+                    rundir.atomic_write_bytes(self.run_dir / rundir.MODEL_DIR / exp.file, data)
+                    self.emit("segment", trainer=exp.trainer, position=exp.position, bytes=len(data))
+            else:
+                self._do_handle(msg)
 
     def _do_close(self) -> None:
         prov = self.prov

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from clicooper.errors import ConfigError
-from clicooper.net.certs import PartyCert, cert_fingerprint, party_dns_name
+from clicooper.net.certs import PartyCert, cert_fingerprint, check_cert_validity, party_dns_name
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ class TlsConfig:
 
     ``pinned`` maps each peer to the fingerprint fixed in the genesis; ``peer_certs`` holds the peers'
     PEM certificates (gRPC needs the certificate, not only its hash) and is checked against ``pinned``
-    here, so a swapped certificate file is a :class:`ConfigError` before any connection is made.
+    here, so a swapped certificate file is a :class:`ConfigError` before any connection is made. So is a
+    certificate (own or peer's) outside its validity period: it would fail every handshake later with an
+    obscure TLS error.
     """
 
     identity: PartyCert
@@ -54,6 +56,9 @@ class TlsConfig:
         missing = set(pinned) - set(self.peer_certs)
         if missing:
             raise ConfigError(f"pinned peers without a certificate: {sorted(missing)}")
+        check_cert_validity(self.identity.name, self.identity.cert_pem, role="this party")
+        for name, pem in self.peer_certs.items():
+            check_cert_validity(name, pem, role="peer")
 
     @classmethod
     def from_certs(
