@@ -275,22 +275,32 @@ def embed_until_zero(module: nn.Module, marks: Sequence[Mark], *, lam: float,
                      optimizer: torch.optim.Optimizer, max_steps: int) -> int:
     """Extra watermark-only steps on ``module`` until every bit of ``marks`` is right; returns steps used.
 
-    Each step: ``zero_grad``, ``watermark_loss(...).backward()``, ``optimizer.step()`` — only the
-    party's own segment moves. Raises :class:`LedgerError` if BER > 0 after ``max_steps`` steps: the
-    stage must not be committed (raise ``max_steps`` or λ, or lower n in the plan).
+    The steps use a **fresh** Adam with the learning rate of the party's ``optimizer`` (whose state is left
+    untouched): stepping the party's own Adam would replay its training momentum on every weight at each
+    extra step — measured on fmnist-cnn, 10 such steps cost 1.5 points of test accuracy (0.8639 → 0.8485)
+    and 23 steps 9 points. A fresh Adam moves only the weights the marks' projections read (the others get
+    zero gradient), by about ``lr`` per step. Each step: ``zero_grad``, ``watermark_loss(...).backward()``,
+    ``step()`` — only the party's own segment moves. Raises :class:`LedgerError` if BER > 0 after
+    ``max_steps`` steps: the stage must not be committed (raise ``max_steps`` or λ, or lower n in the plan).
     """
+    params = [p for p in module.parameters() if p.requires_grad]
+    fresh: torch.optim.Optimizer | None = None
     for step in range(max_steps + 1):
         wrong, total = module_errors(module, marks)
         if wrong == 0:
             # leave no gradient behind: the next training step must start from zero, exactly as after a
             # resume from the checkpoint (a stale .grad here made resumed runs diverge)
             optimizer.zero_grad(set_to_none=True)
+            for q in params:
+                q.grad = None
             return step
         if step == max_steps:
             break
-        optimizer.zero_grad(set_to_none=True)
+        if fresh is None:
+            fresh = torch.optim.Adam(params, lr=float(optimizer.param_groups[0]["lr"]))
+        fresh.zero_grad(set_to_none=True)
         watermark_loss(module, marks, lam=lam).backward()
-        optimizer.step()
+        fresh.step()
     raise LedgerError(
         f"watermark still has {wrong}/{total} wrong bits after {max_steps} extra steps; the stage cannot be "
         "committed: raise the extra-step bound or λ, or lower n_bits in the plan"
