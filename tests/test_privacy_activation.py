@@ -233,3 +233,55 @@ def test_noise_is_a_function_of_id_round_and_shape_prefix(ids: list[int], round_
 
     assert torch.equal(full[0], single[0])
     assert torch.isfinite(full).all()
+
+
+def _whole_array_noise(secret: bytes, d: int, ids: list[int], round_: int, stream: str) -> torch.Tensor:
+    """The plain vectorised formula over the whole batch at once (fresh arrays, no chunks, no reuse)."""
+    import numpy as np
+
+    from clicooper.privacy._keyed import chacha20_keystreams, prf
+
+    p, b = (d + 1) // 2, len(ids)
+    keys = [prf(secret, "clicooper/noise", stream, round_, i) for i in ids]
+    raw = np.frombuffer(bytes(chacha20_keystreams(keys, 12 * p)), dtype=np.uint8).reshape(b, 12 * p)
+    w, v = raw[:, : 8 * p].view("<u8"), raw[:, 8 * p :].view("<u4")
+    u = ((w >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    rho = np.sqrt(-2.0 * np.log(u)).astype(np.float32)
+    theta = v.astype(np.float32) * np.float32(2.0 * math.pi / 2.0**32)
+    z = np.concatenate([rho * np.cos(theta), rho * np.sin(theta)], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(z[:, :d]))
+
+
+@pytest.mark.parametrize(("shape", "b"), [((32, 14, 14), 45), ((7,), 300), ((1,), 3), ((3, 5, 5), 129)])
+def test_chunked_noise_is_bit_identical_to_the_whole_array_formula(shape: tuple[int, ...], b: int) -> None:
+    # keyed_standard_normal works a few rows at a time in reused buffers; the values must not change
+    ids = [3 * i + 11 for i in range(b)]
+    z = keyed_standard_normal(SECRET, shape, sample_ids=ids, round=4, stream="act")
+
+    assert torch.equal(z.reshape(b, -1), _whole_array_noise(SECRET, math.prod(shape), ids, 4, "act"))
+    again = keyed_standard_normal(SECRET, shape, sample_ids=ids[::-1], round=4, stream="act")
+    assert torch.equal(again, z.flip(0))  # scratch reuse leaves nothing behind between calls
+
+
+def test_protect_is_exactly_clip_plus_noise_with_the_same_gradient() -> None:
+    p = ActivationProtector(sigma=0.8, clip_norm=0.9, secret=SECRET)
+    a = torch.randn(6, *SHAPE, requires_grad=True)
+    b = a.detach().clone().requires_grad_()
+    g = torch.randn(6, *SHAPE)
+
+    out = p.protect(a, sample_ids=list(range(6)), round=2)
+    ref = clip_per_sample(b, 0.9) + p.noise(SHAPE, sample_ids=list(range(6)), round=2)
+    out.backward(g)
+    ref.backward(g)
+
+    assert torch.equal(out, ref) and torch.equal(a.grad, b.grad)
+
+
+def test_prf_many_equals_one_prf_per_item() -> None:
+    from clicooper.privacy._keyed import prf, prf_many
+
+    ids = [0, 7, 10**12, 3]
+    assert prf_many(SECRET, "clicooper/noise", "act", 9, last=ids) == [
+        prf(SECRET, "clicooper/noise", "act", 9, i) for i in ids
+    ]
+    assert prf_many(SECRET, "clicooper/noise", "act", 9, last=[]) == []

@@ -65,3 +65,31 @@ def test_gradient_protection_needs_its_own_clip_norm(tmp_path: Path) -> None:
     with pytest.raises(PrivacyError, match="grad_clip_norm"):
         mechanisms_for_run(config, tmp_path, 10, new_run=True)
     assert not secrets_dir(tmp_path).exists()
+
+
+def test_unset_sigma_is_derived_from_the_cut_and_recorded(tmp_path: Path) -> None:
+    config = make_config(defense="clicooper", model="fmnist-private-d64")
+
+    with pytest.raises(PrivacyError, match="cut shape"):
+        mechanisms_for_run(config, tmp_path, 10, new_run=True)
+    assert not secrets_dir(tmp_path).exists()  # refused before any secret is written
+
+    m = mechanisms_for_run(config, tmp_path, 10, new_run=True, cut_shape=(64,))
+    assert m["protector"].sigma == 0.125
+    assert m["sigma"]["source"] == "noise-ratio" and m["sigma"]["cut_dim"] == 64
+    assert "σ = 0.125" in m["notice"] and "back up" in m["notice"]
+    noise = m["record_after"](2)["activation_noise"]
+    assert noise["sigma_source"] == "noise-ratio" and noise["sigma_derivation"]["noise_to_signal"] == 1.0
+
+
+def test_explicit_sigma_zero_is_clip_only_and_labelled_infinite(tmp_path: Path) -> None:
+    m = mechanisms_for_run(
+        make_config(defense="dp", dp={"sigma": 0.0}), tmp_path, 10, new_run=True, cut_shape=(8,)
+    )
+
+    record = m["record_after"](1)
+    assert m["protector"].sigma == 0.0 and m["prefetcher"] is None
+    assert record["activation_noise"]["sigma_source"] == "explicit"
+    assert "clip only" in record["activation_noise"]["note"]
+    assert record["reports"][0]["epsilon"] in ("inf", float("inf"))
+    assert "ε = ∞" in m["notice"]

@@ -63,6 +63,13 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
     from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
 
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    dp_opts = {k: opts.pop(k) for k in ("sigma", "noise_ratio", "target_epsilon") if k in opts}
+    dp_opts = {k: v for k, v in dp_opts.items() if v is not None}
+    if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
+        dp_file = fields.get("dp") or {}
+        if not isinstance(dp_file, dict):
+            raise typer.BadParameter("the config file's dp must be a table of fields")
+        fields["dp"] = {**dp_file, **dp_opts}
     if opts.get("capacities") is not None:
         opts["capacities"] = parse_capacities(opts["capacities"])
     if opts.get("train_range") is not None:
@@ -71,8 +78,26 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
     return make_config(**fields)
 
 
+def _presets_epilog() -> str:
+    from clicooper.privacy.presets import PRESETS
+
+    lines = ["Privacy presets (--preset NAME; all --defense clicooper, clip_norm 1; figures measured in "
+             "docs/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
+    lines += [f"{p.name}: {p.description}" for p in PRESETS.values()]
+    lines.append("Without --sigma, --target-epsilon or a preset, --defense dp/clicooper uses "
+                 "σ = noise_ratio/√d (d = values per sample at the cut; noise_ratio 1 unless given).")
+    return "\n\n".join(lines)
+
+
+def _preset_help() -> str:
+    from clicooper.privacy.presets import PRESETS
+
+    return (" | ".join(PRESETS) + ": named privacy preset (model, defense clicooper, σ); "
+            "explicit options and config fields override it. See below.")
+
+
 # ------------------------------------------------------------------------------------------------------
-@app.command()
+@app.command(epilog=_presets_epilog())
 @guarded
 def train(
     out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
@@ -91,6 +116,12 @@ def train(
     observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     defense: str = typer.Option(None, help="none | dp | labels | clicooper"),
+    preset: str = typer.Option(None, help=_preset_help()),
+    sigma: float = typer.Option(None, help="dp.sigma: noise std / clip norm; 0 = clip only (ε = ∞)"),
+    noise_ratio: float = typer.Option(None, help="dp.noise_ratio ρ (default 1): with σ unset, σ = ρ/√d"),
+    target_epsilon: float = typer.Option(
+        None, help="dp.target_epsilon: choose the smallest σ with this per-release ε (head fixed) after --epochs"
+    ),
     config_file: Path = typer.Option(None, "--config", help="run.toml / run.json with the same fields"),
     resume: Path = typer.Option(None, "--resume", help="continue an interrupted run directory"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
@@ -109,7 +140,8 @@ def train(
             config_file, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
-            device=device, defense=defense,
+            device=device, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
+            target_epsilon=target_epsilon,
         )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -137,10 +169,29 @@ def train(
     }
     if "privacy" in (metrics["epochs"][-1] if metrics["epochs"] else {}):
         summary["privacy"] = metrics["epochs"][-1]["privacy"]
+    summary["preset"] = run.config.preset
+    noise = _activation_noise(run.path)
+    if noise is not None:
+        summary["sigma"] = noise.get("sigma_derivation") or {"sigma": noise.get("sigma")}
     if as_json:
         emit_json(summary)
     else:
+        if noise is not None and noise.get("sigma_derivation"):
+            from clicooper.privacy.defaults import describe_sigma
+
+            err.print(describe_sigma(noise["sigma_derivation"]), highlight=False)
         out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run.path})")
+
+
+def _activation_noise(run_dir: Path) -> dict[str, Any] | None:
+    """``activation_noise`` of ``RUN/privacy.json`` (σ, clip norm, how σ was chosen), if any."""
+    from clicooper import rundir
+
+    f = Path(run_dir) / rundir.PRIVACY
+    if not f.is_file():
+        return None
+    noise = rundir.read_json(f).get("activation_noise")
+    return noise if isinstance(noise, dict) else None
 
 
 @app.command()

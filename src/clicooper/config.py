@@ -25,17 +25,66 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DPConfig(_Strict):
-    """Activation protection at the cut (DESIGN §3). ``sigma`` is the noise multiplier of the clip norm."""
+SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
-    sigma: float = Field(0.0, ge=0.0, description="noise std / clip norm (σ); 0 disables noise")
-    clip_norm: float = Field(1.0, gt=0.0, description="per-sample L2 clip norm S of the head output")
+
+class DPConfig(_Strict):
+    """Activation protection at the cut (DESIGN §3). ``sigma`` is the noise multiplier of the clip norm.
+
+    σ left unset is chosen when the run starts (:mod:`clicooper.privacy.defaults`): from ``target_epsilon``
+    if given, else ``σ = noise_ratio / √d`` for a cut of ``d`` values per sample. ``sigma_source`` records
+    how σ was chosen (filled in; ``"explicit"`` when ``sigma`` is given).
+    """
+
+    sigma: float | None = Field(
+        None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="noise std / clip norm (σ); 0 = clip only (ε = ∞); unset: derived (target_epsilon or noise_ratio)",
+    )
+    noise_ratio: float = Field(
+        1.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="ρ = noise norm / clipped signal norm; with σ unset, σ = ρ/√d (d = values per sample at the cut)",
+    )
+    target_epsilon: float | None = Field(
+        None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="with σ unset: the smallest σ whose per-release ε (head fixed) after `epochs` is at most this",
+    )
+    sigma_source: SigmaSource | None = Field(None, description="how σ was chosen (filled in, not an input)")
+    clip_norm: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="per-sample L2 clip norm S of the head output"
+    )
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     protect_gradients: bool = Field(False, description="also noise the gradient the DO sends back (U-shape)")
     grad_clip_norm: float | None = Field(
-        None, gt=0.0, description="per-sample clip norm of the returned gradient (needed with protect_gradients)"
+        None,
+        gt=0.0,
+        description="per-sample clip norm of the returned gradient (needed with protect_gradients)",
     )
     accountant: Literal["pld", "rdp"] = "pld"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mark_explicit(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sigma") is not None and data.get("sigma_source") is None:
+            data = {**data, "sigma_source": "explicit"}
+        return data
+
+    @model_validator(mode="after")
+    def _sigma_choice(self) -> DPConfig:
+        if self.sigma is None and self.sigma_source is not None:
+            raise ValueError("dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)")
+        if self.sigma_source == "explicit" and self.target_epsilon is not None:
+            raise ValueError(
+                "give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them"
+            )
+        if self.sigma_source == "target-epsilon" and self.target_epsilon is None:
+            raise ValueError("dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set")
+        return self
 
 
 class LabelConfig(_Strict):
@@ -79,6 +128,19 @@ class RunConfig(_Strict):
     labels: LabelConfig = LabelConfig()
     watermark: WatermarkConfig = WatermarkConfig()
     provenance: bool = Field(True, description="keep a signed ledger (DESIGN §5)")
+    preset: str | None = Field(
+        None,
+        description="named privacy preset (clicooper.privacy.presets); explicit fields override its values",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            from clicooper.privacy.presets import apply_preset
+
+            data = apply_preset(data)
+        return data
 
     @field_validator("capacities")
     @classmethod
@@ -105,12 +167,22 @@ class RunConfig(_Strict):
             raise ValueError("micro_batches cannot exceed batch_size")
         return self
 
-    def resolved(self, num_train: int) -> RunConfig:
-        """This config with dataset-dependent defaults filled in (what ``config.json`` records)."""
-        if self.batch_size is not None:
-            return self
-        bs = 128 if num_train >= 6400 else 16
-        return make_config(**(self.model_dump() | {"batch_size": max(bs, self.micro_batches)}))
+    def resolved(self, num_train: int, *, dataset: Any = None) -> RunConfig:
+        """This config with dataset-dependent defaults filled in (what ``config.json`` records).
+
+        The batch size, and for defense ``dp``/``clicooper`` with σ unset, σ
+        (:func:`clicooper.privacy.defaults.resolve_sigma`: target ε, else ``noise_ratio/√d`` with ``d`` from
+        the plan on ``dataset``, which is loaded by name when not given).
+        """
+        cfg = self
+        if cfg.batch_size is None:
+            bs = 128 if num_train >= 6400 else 16
+            cfg = make_config(**(cfg.model_dump() | {"batch_size": max(bs, cfg.micro_batches)}))
+        if cfg.protect_activations and cfg.dp.sigma is None:
+            from clicooper.privacy.defaults import resolve_sigma
+
+            cfg = resolve_sigma(cfg, dataset=dataset)
+        return cfg
 
     @property
     def obfuscate_labels(self) -> bool:

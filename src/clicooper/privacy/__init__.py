@@ -5,32 +5,38 @@
 * :mod:`.accountant` — ε of the releases (PLD / RDP via ``dp-accounting``), DP-SGD composition, query budget.
 * :mod:`.labels` — secret label obfuscation (keyed permutation + rotating sub-classes).
 * :mod:`.label_dp` — label DP by randomized response with a prior, one draw per sample.
+* :mod:`.presets` — named presets (``--preset``); :mod:`.defaults` — how an unset σ is chosen.
+* :mod:`.prefetch` — the next batch's noise, drawn on a background thread.
 
 See ``docs/privacy.md`` for what each hides and does not hide, and for the data owner's integration calls.
 """
 
-from clicooper.privacy.accountant import (
-    COVERS_DPSGD,
-    COVERS_LABEL_DP,
-    COVERS_QUERIES,
-    COVERS_RELEASES,
-    PrivacyReport,
-    QueryBudget,
-    epsilon,
-    epsilon_with_dpsgd_head,
-    sigma_for_epsilon,
-)
-from clicooper.privacy.activation import ActivationProtector
-from clicooper.privacy.label_dp import RandomizedResponse
-from clicooper.privacy.labels import LabelCodec
-from clicooper.privacy.secrets import (
-    LABEL_KEY,
-    LABEL_KEY_BACKUP_REMINDER,
-    NOISE_SECRET,
-    backup_reminder,
-    create_secrets,
-    load_secret,
-)
+# The names below load lazily (PEP 562), so that light modules of this package (``presets``, ``defaults``,
+# ``prefetch``) can be imported, e.g. by the CLI and the config validation, without loading
+# ``dp-accounting`` and torch.
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "COVERS_DPSGD": "accountant",
+    "COVERS_LABEL_DP": "accountant",
+    "COVERS_QUERIES": "accountant",
+    "COVERS_RELEASES": "accountant",
+    "PrivacyReport": "accountant",
+    "QueryBudget": "accountant",
+    "epsilon": "accountant",
+    "epsilon_with_dpsgd_head": "accountant",
+    "sigma_for_epsilon": "accountant",
+    "ActivationProtector": "activation",
+    "RandomizedResponse": "label_dp",
+    "LabelCodec": "labels",
+    "LABEL_KEY": "secrets",
+    "LABEL_KEY_BACKUP_REMINDER": "secrets",
+    "NOISE_SECRET": "secrets",
+    "backup_reminder": "secrets",
+    "create_secrets": "secrets",
+    "load_secret": "secrets",
+}
 
 __all__ = [
     "COVERS_DPSGD",
@@ -52,3 +58,40 @@ __all__ = [
     "load_secret",
     "sigma_for_epsilon",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from clicooper.privacy.accountant import (
+        COVERS_DPSGD,
+        COVERS_LABEL_DP,
+        COVERS_QUERIES,
+        COVERS_RELEASES,
+        PrivacyReport,
+        QueryBudget,
+        epsilon,
+        epsilon_with_dpsgd_head,
+        sigma_for_epsilon,
+    )
+    from clicooper.privacy.activation import ActivationProtector
+    from clicooper.privacy.label_dp import RandomizedResponse
+    from clicooper.privacy.labels import LabelCodec
+    from clicooper.privacy.secrets import (
+        LABEL_KEY,
+        LABEL_KEY_BACKUP_REMINDER,
+        NOISE_SECRET,
+        backup_reminder,
+        create_secrets,
+        load_secret,
+    )

@@ -38,6 +38,21 @@ def prf(key: bytes, tag: str, *fields: Field) -> bytes:
     return hmac.new(key, lp(tag, *fields), hashlib.sha256).digest()
 
 
+def prf_many(key: bytes, tag: str, *fields: Field, last: Iterable[Field]) -> list[bytes]:
+    """``[prf(key, tag, *fields, x) for x in last]``, absorbing the common prefix into HMAC once.
+
+    ``lp`` is a plain concatenation of length-prefixed parts, so ``lp(tag, *fields, x) = lp(tag, *fields)
+    ‖ lp(x)`` and a copy of the HMAC state after the prefix gives the same digest as :func:`prf`.
+    """
+    base = hmac.new(key, lp(tag, *fields), hashlib.sha256)
+    out = []
+    for x in last:
+        h = base.copy()
+        h.update(lp(x))
+        out.append(h.digest())
+    return out
+
+
 def prf_u64(key: bytes, tag: str, *fields: Field) -> int:
     """The first 8 bytes of :func:`prf` as a big-endian unsigned integer."""
     return int.from_bytes(prf(key, tag, *fields)[:8], "big")
@@ -80,11 +95,21 @@ class KeyedStream:
                 return w % bound
 
 
-def chacha20_keystreams(keys: Sequence[bytes], nbytes: int) -> bytearray:
-    """Concatenated ChaCha20 keystreams, ``nbytes`` per key (nonce and counter zero)."""
+def chacha20_keystreams(
+    keys: Sequence[bytes], nbytes: int, *, out: bytearray | memoryview | None = None
+) -> bytearray | memoryview:
+    """Concatenated ChaCha20 keystreams, ``nbytes`` per key (nonce and counter zero).
+
+    ``out``, if given, is a writable buffer of at least ``len(keys) * nbytes`` bytes that receives the
+    keystreams (its first ``len(keys) * nbytes`` bytes) and is returned; otherwise a new ``bytearray``.
+    """
+    total = len(keys) * nbytes
+    if out is None:
+        out = bytearray(total)
+    view = memoryview(out).cast("B")
+    if len(view) < total:
+        raise ValueError(f"out holds {len(view)} bytes; {total} needed")
     zeros = bytes(nbytes)
-    out = bytearray(len(keys) * nbytes)
-    view = memoryview(out)
     for i, k in enumerate(keys):
         enc = Cipher(algorithms.ChaCha20(k, _ZERO_NONCE), mode=None).encryptor()
         enc.update_into(zeros, view[i * nbytes : (i + 1) * nbytes])  # no per-key copy or join

@@ -24,13 +24,18 @@ uniform would cut them at 5.9 σ, adding ≈ 10⁻⁶ to δ per release).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from clicooper.errors import PrivacyError
-from clicooper.privacy._keyed import chacha20_keystreams, check_key, prf
+from clicooper.privacy._keyed import chacha20_keystreams, check_key, prf_many
+
+if TYPE_CHECKING:
+    from clicooper.privacy.prefetch import NoisePrefetcher
 
 NOISE_TAG = "clicooper/noise"
 STREAM_ACT = "act"
@@ -65,6 +70,66 @@ def _check_stream(stream: str) -> str:
     return stream
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch buffers for :func:`keyed_standard_normal` (reused: no page faults per call).
+
+    Fresh multi-megabyte temporaries cost more than the arithmetic (the kernel zero-fills every new page),
+    so the intermediates of a chunk of rows live here; only the returned array is new. About
+    :data:`_CHUNK_BYTES` per thread (or one item's 32·⌈D/2⌉ bytes, if larger), kept for the thread's life.
+    """
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, dtype=np.uint8)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        if self.buf.nbytes < nbytes:
+            self.buf = np.empty(nbytes, dtype=np.uint8)
+        return self.buf[:nbytes]
+
+
+_WS = _Workspace()
+_CHUNK_BYTES = 2 << 20  # rows per chunk: about this many bytes of scratch (fewer, longer GIL-free calls)
+# scratch bytes per Box-Muller pair: keystream, float64 radius, rho, theta, cos/sin
+_WS_BYTES_PER_PAIR = 12 + 8 + 4 + 4 + 4
+
+
+def _gaussian_rows(keys: Sequence[bytes], p: int, z: np.ndarray) -> None:
+    """Write the Box–Muller output of ``keys`` (one row each) into ``z[:, :p]`` (cos) and ``z[:, p:]`` (sin).
+
+    Every operation is elementwise and the same ufunc on the same dtypes as the plain formula in the module
+    docstring, only into reused buffers and a few rows at a time, so the values are bit-identical to
+    computing whole arrays at once (a test compares with that straightforward version).
+    """
+    b = len(keys)
+    scratch = _WS.take(min(b, max(1, _CHUNK_BYTES // (_WS_BYTES_PER_PAIR * p))) * _WS_BYTES_PER_PAIR * p)
+    rows = len(scratch) // (_WS_BYTES_PER_PAIR * p)
+    for start in range(0, b, rows):
+        n = min(rows, b - start)
+        pairs = n * p
+        raw = scratch[: 12 * pairs].reshape(n, 12 * p)
+        u = scratch[12 * pairs : 20 * pairs].view(np.float64).reshape(n, p)
+        rho = scratch[20 * pairs : 24 * pairs].view(np.float32).reshape(n, p)
+        theta = scratch[24 * pairs : 28 * pairs].view(np.float32).reshape(n, p)
+        trig = scratch[28 * pairs : 32 * pairs].view(np.float32).reshape(n, p)
+        chacha20_keystreams(keys[start : start + n], 12 * p, out=raw)
+        w = raw[:, : 8 * p].view("<u8")  # (n, P) radius words (rows are contiguous: no copy)
+        v = raw[:, 8 * p :].view("<u4")  # (n, P) angle words
+        np.right_shift(w, np.uint64(11), out=w)
+        np.copyto(u, w, casting="unsafe")  # exact: < 2**53
+        u += 0.5
+        u *= 2.0**-53  # in (0, 1): log never sees 0
+        np.log(u, out=u)
+        u *= -2.0
+        np.sqrt(u, out=u)
+        np.copyto(rho, u, casting="same_kind")  # float64 -> float32, as astype
+        np.copyto(theta, v, casting="unsafe")  # u32 -> float32, as astype
+        theta *= _TWO_PI_OVER_2_32
+        np.cos(theta, out=trig)
+        np.multiply(rho, trig, out=z[start : start + n, :p])
+        np.sin(theta, out=trig)
+        np.multiply(rho, trig, out=z[start : start + n, p:])
+
+
 def keyed_standard_normal(
     secret: bytes,
     item_shape: Sequence[int],
@@ -73,7 +138,10 @@ def keyed_standard_normal(
     round: int,
     stream: str,
 ) -> torch.Tensor:
-    """Unit Gaussian noise, shape ``(B, *item_shape)`` float32 on the CPU, keyed as in the module doc."""
+    """Unit Gaussian noise, shape ``(B, *item_shape)`` float32 on the CPU, keyed as in the module doc.
+
+    Thread-safe (scratch buffers are per thread); the returned tensor is new and owned by the caller.
+    """
     secret = check_key(secret, "noise secret")
     round = _check_round(round)
     stream = _check_stream(stream)
@@ -83,17 +151,9 @@ def keyed_standard_normal(
     if b == 0 or d == 0:
         return torch.zeros((b, *item_shape), dtype=torch.float32)
     p = (d + 1) // 2
-    keys = [prf(secret, NOISE_TAG, stream, round, i) for i in ids]
-    raw = np.frombuffer(chacha20_keystreams(keys, 12 * p), dtype=np.uint8).reshape(b, 12 * p)
-    w = raw[:, : 8 * p].view("<u8")  # (B, P) radius words (rows are contiguous: no copy)
-    v = raw[:, 8 * p :].view("<u4")  # (B, P) angle words
-    u = ((w >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1): log never sees 0
-    rho = np.sqrt(-2.0 * np.log(u)).astype(np.float32)
-    theta = v.astype(np.float32)
-    theta *= _TWO_PI_OVER_2_32
+    keys = prf_many(secret, NOISE_TAG, stream, round, last=ids)  # [prf(secret, NOISE_TAG, stream, round, i)]
     z = np.empty((b, 2 * p), dtype=np.float32)  # (B, 2P): cos half, then sin half
-    np.multiply(rho, np.cos(theta), out=z[:, :p])
-    np.multiply(rho, np.sin(theta), out=z[:, p:])
+    _gaussian_rows(keys, p, z)
     return torch.from_numpy(z[:, :d].copy() if 2 * p != d else z).reshape(b, *item_shape)
 
 
@@ -112,7 +172,9 @@ class ActivationProtector:
     is :attr:`accounting_noise_multiplier` ``= sigma / 2`` (see :mod:`clicooper.privacy.accountant`).
     """
 
-    def __init__(self, *, sigma: float, clip_norm: float, secret: bytes) -> None:
+    def __init__(
+        self, *, sigma: float, clip_norm: float, secret: bytes, prefetcher: NoisePrefetcher | None = None
+    ) -> None:
         if not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             raise PrivacyError(f"sigma must be a finite number >= 0 (0 = clip only), got {sigma!r}")
         if not isinstance(clip_norm, int | float) or not math.isfinite(clip_norm) or clip_norm <= 0:
@@ -120,6 +182,9 @@ class ActivationProtector:
         self.sigma = float(sigma)
         self.clip_norm = float(clip_norm)
         self._secret = check_key(secret, "noise secret")
+        #: optional :class:`~clicooper.privacy.prefetch.NoisePrefetcher`: draws the predicted next batch's
+        #: noise on a background thread (same values; a miss is computed inline)
+        self.prefetcher = prefetcher
 
     def __repr__(self) -> str:  # never print the secret
         return f"ActivationProtector(sigma={self.sigma}, clip_norm={self.clip_norm}, secret=<hidden>)"
@@ -142,9 +207,27 @@ class ActivationProtector:
         round: int,
         stream: str = STREAM_ACT,
     ) -> torch.Tensor:
-        """The noise ``N(0, σ²S²I)`` that :meth:`protect` adds, shape ``(B, *item_shape)``, float32 CPU."""
-        z = keyed_standard_normal(self._secret, item_shape, sample_ids=sample_ids, round=round, stream=stream)
-        return z * self.noise_std
+        """The noise ``N(0, σ²S²I)`` that :meth:`protect` adds, shape ``(B, *item_shape)``, float32 CPU.
+
+        With a :attr:`prefetcher`, it is taken from there when it was computed ahead (the same values),
+        and the batch predicted next is started in the background.
+        """
+        shape = tuple(int(s) for s in item_shape)
+        pf = self.prefetcher
+        if pf is None or pf.closed:
+            return self._compute_noise(shape, sample_ids, round, stream)
+        ids = _ids_list(sample_ids, len(sample_ids))
+        round = _check_round(round)
+        stream = _check_stream(stream)
+        z = pf.take(self, stream, round, shape, ids)
+        pf.ahead(self, self._compute_noise, stream, round, shape, ids)
+        return z if z is not None else self._compute_noise(shape, ids, round, stream)
+
+    def _compute_noise(
+        self, item_shape: tuple[int, ...], ids: torch.Tensor | Sequence[int], round: int, stream: str
+    ) -> torch.Tensor:
+        z = keyed_standard_normal(self._secret, item_shape, sample_ids=ids, round=round, stream=stream)
+        return z.mul_(self.noise_std)  # z is new: scale in place (same kernel and values as z * std)
 
     def protect(
         self,
@@ -170,4 +253,9 @@ class ActivationProtector:
         if self.sigma == 0.0:
             return clipped
         n = self.noise(tuple(a.shape[1:]), sample_ids=ids, round=round, stream=stream)
-        return clipped + n.to(device=a.device, dtype=a.dtype)
+        n = n.to(device=a.device, dtype=a.dtype)
+        if n._is_view() or n.requires_grad:  # a slice of a prefetched batch: leave it alone
+            return clipped + n
+        # n is ours alone: add into it (n + c == c + n exactly; the sum stays in a's graph) rather than
+        # into a fresh tensor, whose first touch of every page costs more than the addition
+        return n.add_(clipped)

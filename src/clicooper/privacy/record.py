@@ -22,10 +22,18 @@ RECORD_VERSION = 1
 NOISE_FORMAT = "HMAC-SHA256 -> ChaCha20 -> Box-Muller (53-bit radius), v1"
 
 
-def _protector_settings(p: ActivationProtector | None, stream: str) -> dict[str, Any] | None:
+def _protector_settings(
+    p: ActivationProtector | None, stream: str, derivation: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     if p is None:
         return None
-    return {"sigma": p.sigma, "clip_norm": p.clip_norm, "stream": stream, "noise_format": NOISE_FORMAT}
+    out = {"sigma": p.sigma, "clip_norm": p.clip_norm, "stream": stream, "noise_format": NOISE_FORMAT}
+    if derivation is not None:
+        out["sigma_source"] = derivation.get("source")
+        out["sigma_derivation"] = derivation
+    if p.sigma == 0.0:
+        out["note"] = "sigma = 0: clip only, no noise; epsilon = inf (no formal guarantee)"
+    return out
 
 
 def privacy_record(
@@ -39,12 +47,15 @@ def privacy_record(
     dpsgd: dict[str, Any] | None = None,
     query_budget: QueryBudget | None = None,
     accountant: Accountant = "pld",
+    sigma_derivation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the JSON-ready ``privacy.json`` dict for a run of ``epochs`` completed rounds.
 
     ``dpsgd``, when the head is trained with Opacus, holds the keyword arguments of
     :func:`~clicooper.privacy.accountant.epsilon_with_dpsgd_head` other than ``sigma``, ``epochs`` and
     ``delta``: ``noise_multiplier``, ``sample_rate``, ``steps`` and optionally ``release_sampling``.
+    ``sigma_derivation`` (from :func:`clicooper.privacy.defaults.sigma_derivation`) says how the activations'
+    σ was chosen (explicit, target-epsilon, preset or noise-ratio) and is recorded with their settings.
     """
     reports: list[dict[str, Any]] = []
     if activations is not None:
@@ -66,7 +77,7 @@ def privacy_record(
         "version": RECORD_VERSION,
         "epochs_accounted": epochs,
         "delta": delta,
-        "activation_noise": _protector_settings(activations, "act"),
+        "activation_noise": _protector_settings(activations, "act", sigma_derivation),
         "gradient_noise": _protector_settings(gradients, "grad"),
         "label_obfuscation": None
         if codec is None

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clicooper.errors import PrivacyError
 from clicooper.privacy.activation import ActivationProtector
+from clicooper.privacy.defaults import describe_sigma, resolve_sigma, sigma_derivation
 from clicooper.privacy.label_dp import RandomizedResponse
 from clicooper.privacy.labels import LabelCodec
+from clicooper.privacy.prefetch import EpochSchedule, NoisePrefetcher
 from clicooper.privacy.record import privacy_record
 from clicooper.privacy.secrets import LABEL_KEY, NOISE_SECRET, backup_reminder, create_secrets, load_secret
 
@@ -27,47 +30,83 @@ def label_codec_for_run(run_dir: str | Path, config: RunConfig, num_classes: int
     )
 
 
+_KEYS = (
+    "protector",
+    "grad_protector",
+    "label_encoder",
+    "label_noiser",
+    "epsilon_after",
+    "record_after",
+    "notice",
+    "sigma",
+    "prefetcher",
+    "close",
+)
+
+
 def mechanisms_for_run(
-    config: RunConfig, run_dir: str | Path, num_classes: int, *, new_run: bool
+    config: RunConfig,
+    run_dir: str | Path,
+    num_classes: int,
+    *,
+    new_run: bool,
+    cut_shape: Sequence[int] | None = None,
+    schedule: EpochSchedule | None = None,
 ) -> dict[str, Any]:
     """Build ``{"protector", "grad_protector", "label_encoder", "label_noiser", "epsilon_after",
-    "record_after", "notice"}`` for the DO (values ``None`` where a mechanism is off).
+    "record_after", "notice", "sigma", "prefetcher", "close"}`` for the DO (``None`` where a mechanism is off).
 
-    Creates the secrets on a new run (``notice`` is then the label-key backup reminder to print) and
-    loads them on resume. ``epsilon_after(E)`` gives the labelled ε reports after E completed epochs (for
-    ``metrics.json``); ``record_after(E)`` the whole ``privacy.json`` dict.
+    Creates the secrets on a new run (``notice`` then starts with the label-key backup reminder to print)
+    and loads them on resume. ``epsilon_after(E)`` gives the labelled ε reports after E completed epochs
+    (for ``metrics.json``); ``record_after(E)`` the whole ``privacy.json`` dict. ``sigma`` is how the
+    activation σ was chosen (:func:`clicooper.privacy.defaults.sigma_derivation`; its one-line summary is
+    part of ``notice``).
+
+    ``cut_shape`` (per-sample shape of the head's output) lets an unset σ be derived here by the
+    noise-ratio rule and is recorded in ``privacy.json``. ``schedule`` (the DO's batch order) turns on a
+    :class:`~clicooper.privacy.prefetch.NoisePrefetcher`: the next batch's noise is drawn on one background
+    thread, with the same values; ``close()`` stops it (call it when training ends, also on error).
     """
-    out: dict[str, Any] = dict.fromkeys(
-        (
-            "protector",
-            "grad_protector",
-            "label_encoder",
-            "label_noiser",
-            "epsilon_after",
-            "record_after",
-            "notice",
-        )
-    )
+    out: dict[str, Any] = dict.fromkeys(_KEYS)
     if not (config.protect_activations or config.obfuscate_labels or config.labels.label_dp_epsilon):
         return out
     dp = config.dp
     grad_clip = getattr(dp, "grad_clip_norm", None)
+    # Everything that can be refused is checked before any secret is written, so a corrected config can
+    # start the same run dir.
     if config.protect_activations and dp.protect_gradients and grad_clip is None:
-        # Checked before any secret is written, so a corrected config can start the same run dir.
         raise PrivacyError(
             "dp.protect_gradients needs its own clip norm for the returned gradient (its rows are "
             "about 1/batch_size the scale of a per-sample gradient); set dp.grad_clip_norm"
         )
+    derivation = None
+    if config.protect_activations:
+        if dp.sigma is None:
+            if dp.target_epsilon is None and cut_shape is None:
+                raise PrivacyError(
+                    "dp.sigma is unset and no cut shape is known to derive it; resolve the config first "
+                    "(RunConfig.resolved(num_train, dataset=...)) or pass cut_shape="
+                )
+            config = resolve_sigma(config, cut_shape=cut_shape)
+            dp = config.dp
+        derivation = sigma_derivation(config, cut_shape=cut_shape)
     create_secrets(run_dir, exist_ok=not new_run)
-    if new_run:
-        out["notice"] = backup_reminder(run_dir)
+    notice = [backup_reminder(run_dir)] if new_run else []
     noise_secret = load_secret(run_dir, NOISE_SECRET)
 
-    act = grad = None
+    act = grad = prefetcher = None
     if config.protect_activations:
-        act = ActivationProtector(sigma=dp.sigma, clip_norm=dp.clip_norm, secret=noise_secret)
+        assert dp.sigma is not None
+        if schedule is not None and dp.sigma > 0:
+            prefetcher = NoisePrefetcher(schedule)
+        act = ActivationProtector(
+            sigma=dp.sigma, clip_norm=dp.clip_norm, secret=noise_secret, prefetcher=prefetcher
+        )
         if dp.protect_gradients:
-            grad = ActivationProtector(sigma=dp.sigma, clip_norm=grad_clip, secret=noise_secret)
+            grad = ActivationProtector(
+                sigma=dp.sigma, clip_norm=grad_clip, secret=noise_secret, prefetcher=prefetcher
+            )
+        notice.append(describe_sigma(derivation))
     codec = label_codec_for_run(run_dir, config, num_classes) if config.obfuscate_labels else None
     rr = None
     if config.labels.label_dp_epsilon is not None and config.topology == "open-tail":
@@ -84,6 +123,7 @@ def mechanisms_for_run(
             codec=codec,
             label_dp=rr,
             accountant=dp.accountant,
+            sigma_derivation=derivation,
         )
 
     def epsilon_after(epochs: int) -> dict[str, Any]:
@@ -96,5 +136,9 @@ def mechanisms_for_run(
         label_noiser=rr,
         epsilon_after=epsilon_after if (act is not None or rr is not None) else None,
         record_after=record_after,
+        notice="\n".join(notice) or None,
+        sigma=derivation,
+        prefetcher=prefetcher,
+        close=prefetcher.close if prefetcher is not None else None,
     )
     return out

@@ -243,7 +243,7 @@ def train(
         metrics = {"epochs": []}
     assert isinstance(config, RunConfig)
     dataset = load_dataset(config.dataset)
-    config = config.resolved(len(dataset.train_ids(config.train_range)))  # also validates the range
+    config = config.resolved(len(dataset.train_ids(config.train_range)), dataset=dataset)  # also validates the range
     from clicooper.training.privacy_hooks import build_privacy
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -312,4 +312,7 @@ def train(
             f"interrupted; {done_now} completed round(s) are saved in {run_dir}. "
             f"Continue with: clicooper train --resume {run_dir}"
         ) from e
+    finally:
+        if privacy.get("close") is not None:
+            privacy["close"]()  # the noise-prefetch thread (privacy/prefetch.py)
     return load_run(run_dir)
