@@ -97,8 +97,14 @@ def test_baseline_must_be_comparable(digits_run: Path, tmp_path: Path) -> None:
     base = Path(shutil.copytree(digits_run, tmp_path / "base"))
     cfg = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**cfg, "seed": 7}))
-    with pytest.raises(ConfigError, match="same model, data and seed"):
+    with pytest.raises(ConfigError, match="same data and seed .* differ in seed"):
         make_report(run, tmp_path / "r", baseline=base, budget="smoke")
+    # another architecture only when asked for (the undefended reference beside a private model)
+    (base / "config.json").write_text(json.dumps({**cfg, "model": "digits-cnn"}))
+    with pytest.raises(ConfigError, match="differ in model"):
+        make_report(run, tmp_path / "r", baseline=base, budget="smoke")
+    with pytest.raises(ConfigError, match="differ in model"):
+        make_report(run, tmp_path / "r", baseline=base, budget="smoke", baseline_model="digits-mlp-x")
     (base / "config.json").write_text(json.dumps({**cfg, "defense": "dp"}))
     r = runner.invoke(app, ["report", str(run), "--baseline", str(base), "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "must be undefended" in r.stderr and "Traceback" not in r.stderr

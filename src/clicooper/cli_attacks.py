@@ -124,6 +124,9 @@ def register(app: typer.Typer) -> None:
         baseline: Path = typer.Option(None, help="undefended run with the same model, data and seed "
                                                  "(default: train one into REPORT_DIR/baseline)"),
         out_dir: Path = typer.Option(..., "--out", help="report directory (report.md, report.json, PNGs)"),
+        baseline_model: str = typer.Option(None, "--baseline-model",
+                                           help="architecture of the undefended baseline when it is not the run's "
+                                                "(e.g. fmnist-cnn, the reference, beside a private model)"),
         budget: str = typer.Option("demo", help="attack budget for attacks not yet run: demo | full"),
         attack_name: str = typer.Option("all", "--attack", help="attacks to report (default all)"),
         rerun: bool = typer.Option(False, "--rerun", help="re-run attacks even if RUN/attacks/<name>.json exists"),
@@ -133,7 +136,7 @@ def register(app: typer.Typer) -> None:
         from clicooper.report import make_report
 
         rep = make_report(run_dir, out_dir, baseline=baseline, budget=budget, attacks=attack_name, rerun=rerun,
-                          progress=lambda m: err.print(m, highlight=False))
+                          progress=lambda m: err.print(m, highlight=False), baseline_model=baseline_model)
         if not as_json:
             err.print(f"wrote {out_dir / 'report.md'}", highlight=False)
         emit_json({"report": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),

@@ -77,7 +77,8 @@ def anchors(results: dict[str, dict[str, Any]], open_tail: dict[str, Any] | None
     return out
 
 
-def _train(out: Path, *, defense: str, seed: int, epochs: int, topology: str, observe_count: int) -> Path:
+def _train(out: Path, *, defense: str, seed: int, epochs: int, topology: str, observe_count: int,
+           sigma: float = 0.0) -> Path:
     from clicooper.training.loop import train
 
     if (out / "metrics.json").is_file():
@@ -86,7 +87,8 @@ def _train(out: Path, *, defense: str, seed: int, epochs: int, topology: str, ob
         raise SystemExit(f"error: {out} exists but is not a finished run; remove it and run again")
     train({"dataset": "fashion-mnist", "model": "fmnist-cnn", "trainers": 2, "topology": topology,
            "epochs": epochs, "train_range": (0, 50000), "record_observations": True, "observe_count": observe_count,
-           "defense": defense, "seed": seed}, out=out)
+           "defense": defense, "seed": seed}
+          | ({"dp": {"sigma": sigma}} if defense in ("dp", "clicooper") else {}), out=out)
     return out
 
 
@@ -110,8 +112,12 @@ def _acc(run: Path) -> float | None:
 
 
 def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budget: str, epochs: int, defenses: list[str], open_tail: bool,
-              observe_count: int, attacks: list[str], log: Any = None) -> dict[str, Any]:
-    """Train, attack and summarise (see module docstring). Returns the ``headline.json`` dict."""
+              observe_count: int, attacks: list[str], log: Any = None, sigma: float = 0.0) -> dict[str, Any]:
+    """Train, attack and summarise (see module docstring). Returns the ``headline.json`` dict.
+
+    ``sigma``: the activation noise of the ``dp``/``clicooper`` runs, given explicitly (the committed
+    figures use 0: label obfuscation + clipping on ``fmnist-cnn``; the bottleneck presets are measured by
+    ``clicooper.research.frontier``)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.time()
     runs_dir = runs_dir or Path("runs") / "reproduce"
@@ -120,14 +126,14 @@ def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budg
         for d in defenses:
             ts = time.time()
             run = _train(runs_dir / f"{d}-s{seed}", defense=d, seed=seed, epochs=epochs, topology="u-shape",
-                         observe_count=observe_count)
+                         observe_count=observe_count, sigma=sigma)
             log(f"seed {seed} defense {d}: trained ({time.time() - ts:.0f} s); attacking …")
             ta = time.time()
             res = _attacks(run, attacks, budget, log)
             ot = None
             if open_tail:
                 otr = _train(runs_dir / f"open-tail-{d}-s{seed}", defense=d, seed=seed, epochs=epochs,
-                             topology="open-tail", observe_count=observe_count)
+                             topology="open-tail", observe_count=observe_count, sigma=sigma)
                 ot = _attacks(otr, ["clustering"], budget, log)["clustering"]
             levels = {f"{n}/{p}/{lv}": {"score": r["score"], "floor": r["floor"], "beats_floor": r["beats_floor"],
                                         "primary": r["primary"]}
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attacks", default="gradient-leak,clustering,extraction,inversion")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-open-tail", action="store_true", help="skip the open-tail label-inference runs")
+    ap.add_argument("--sigma", type=float, default=0.0,
+                    help="activation noise σ of the defended runs (default 0, as in the committed figures)")
     a = ap.parse_args(argv)
     import torch
 
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     rep = reproduce(Path(a.out), runs_dir=Path(a.runs_dir), seeds=[int(s) for s in a.seeds.split(",")], budget=a.budget, epochs=a.epochs,
                     defenses=a.defenses.split(","), open_tail=not a.no_open_tail, observe_count=a.observe_count,
-                    attacks=a.attacks.split(","), log=None)
+                    attacks=a.attacks.split(","), log=None, sigma=a.sigma)
     print(json.dumps({"headline": str(Path(a.out) / "headline.md"), "seconds": rep["seconds"]}))
 
 

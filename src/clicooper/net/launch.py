@@ -85,7 +85,7 @@ def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunCon
     notices: list[str] = []
     rundir.check_new_run_dir(out)
     ds = load_dataset(config.dataset)
-    config = config.resolved(len(ds.train_ids(config.train_range)))
+    config = config.resolved(len(ds.train_ids(config.train_range)), dataset=ds)
     model, plan = plan_for(config, ds)
     if config.provenance:
         # the per-position watermark capacity in plan.json, as an in-process run writes it; every node reads

@@ -279,7 +279,7 @@ class Node:
             from clicooper.training.privacy_hooks import build_privacy
 
             ds = load_dataset(given.dataset)
-            self.config = given.resolved(len(ds.train_ids(given.train_range)))
+            self.config = given.resolved(len(ds.train_ids(given.train_range)), dataset=ds)
             new_run = completed_rounds(self.run_dir) == 0 and not (self.run_dir / rundir.SECRETS).exists()
             privacy = build_privacy(self.config, self.run_dir, ds, new_run=new_run)
             self.node = build_party(self.config, "DO", dataset=ds, privacy=privacy, plan=plan)

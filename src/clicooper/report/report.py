@@ -19,8 +19,10 @@ from clicooper.attacks import informative
 from clicooper.attacks.budgets import DESCRIPTIONS, parse_attacks, run_suite
 from clicooper.errors import ConfigError, RunDirError
 
-#: Config fields that must match between a run and its baseline (DESIGN §7: same model, data and seed).
-MUST_MATCH = ("dataset", "model", "seed")
+#: Config fields that must match between a run and its baseline (DESIGN §7: same data and seed). The model
+#: may differ only on request (``baseline_model``: e.g. a private architecture against the undefended
+#: reference ``fmnist-cnn``, issue 5); the report then says so in its header.
+MUST_MATCH = ("dataset", "seed")
 #: Fields that should match; a difference is reported as a warning.
 SHOULD_MATCH = ("trainers", "topology", "epochs", "train_range", "observe", "observe_count", "batch_size", "lr")
 #: Settings of an attack result compared between run and baseline (a difference is a warning).
@@ -63,16 +65,19 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None) -> Path:
+def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *, model: str | None = None) -> Path:
     """Train the undefended counterpart of ``run_dir`` (same config, ``defense="none"``, observations
-    recorded) into ``out``; reuse ``out`` if it already holds that finished run."""
+    recorded; ``model`` replaces the run's model when given) into ``out``; reuse ``out`` if it already
+    holds that finished run."""
     from clicooper.training.loop import train
 
     cfg = _read_json(Path(run_dir) / "config.json")
-    want = {**cfg, "defense": "none", "record_observations": True}
+    want = {**cfg, "defense": "none", "record_observations": True, "model": model or cfg.get("model")}
+    if "preset" in want:
+        want["preset"] = None  # a preset would bring its own model and defense back
     if (out / "metrics.json").is_file() and (out / "config.json").is_file():
         have = _read_json(out / "config.json")
-        if all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "defense")):
+        if all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "model", "defense")):
             if progress:
                 progress(f"reusing the undefended baseline in {out}")
             return out
@@ -87,11 +92,15 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None) -
     return out
 
 
-def _check_comparable(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
+def _check_comparable(run: dict[str, Any], base: dict[str, Any], baseline_model: str | None = None) -> list[str]:
     bad = [k for k in MUST_MATCH if run["config"].get(k) != base["config"].get(k)]
+    want_model = baseline_model or run["config"].get("model")
+    if base["config"].get("model") != want_model:
+        bad.append("model")
     if bad:
         raise ConfigError(
-            "the baseline must be trained with the same model, data and seed; they differ in "
+            "the baseline must be trained with the same data and seed and the same model (or the one given "
+            "as the baseline model); they differ in "
             + ", ".join(f"{k} ({run['config'].get(k)!r} vs {base['config'].get(k)!r})" for k in bad)
             + " — retrain the baseline or omit --baseline to train one")
     if base["config"].get("defense", "none") != "none":
@@ -172,8 +181,11 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Path | None = None,
                 budget: str = "demo", attacks: str | list[str] = "all", rerun: bool = False,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, baseline_model: str | None = None) -> dict[str, Any]:
     """Attack ``run_dir`` and its undefended baseline (trained if not given) and write the report.
+
+    ``baseline_model``: the baseline's architecture when it is not the run's (e.g. the undefended reference
+    ``fmnist-cnn`` beside a private model); the report's header shows both models.
 
     Returns the ``report.json`` dict (plus ``rows_by_key``).
     """
@@ -192,7 +204,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
                           "retrain with --record-observations")
     out_dir.mkdir(parents=True, exist_ok=True)
     if baseline is None:
-        base_dir = train_baseline(run_dir, out_dir / "baseline", progress)
+        base_dir = train_baseline(run_dir, out_dir / "baseline", progress, model=baseline_model)
         trained_baseline = True
     else:
         base_dir, trained_baseline = Path(baseline), False
@@ -200,7 +212,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
             raise ConfigError("--baseline is the run itself; give the undefended run trained with the same "
                               "model, data and seed")
     base = run_summary(base_dir)
-    warnings = _check_comparable(run, base)
+    warnings = _check_comparable(run, base, baseline_model)
 
     results: dict[str, dict[str, Any]] = {}
     base_results: dict[str, dict[str, Any]] = {}
@@ -298,6 +310,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
     L.append("| | run | undefended baseline |\n|---|---|---|")
     L.append(f"| run directory | `{run['run']}` | `{base['run']}`"
              + (" (trained by this report)" if base.get("trained_by_report") else "") + " |")
+    L.append(f"| model | {run.get('model')} | {base.get('model', run.get('model'))} |")
     L.append(f"| defense | {run['defense']} | {base['defense']} |")
     L.append(f"| test accuracy | {_fmt(run['test_acc'])} | {_fmt(base['test_acc'])} |")
     L.append(f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
