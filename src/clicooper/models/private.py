@@ -83,6 +83,21 @@ class SpatialBottleneckHead(nn.Module):
         return self.norm(F.avg_pool2d(self.mix(F.relu(self.conv(x))), 2))  # (B, k, H/4, W/4)
 
 
+class LinearBottleneckHead(nn.Module):
+    """Flatten + Linear(C·H·W → d) + L2-normalise: no convolution and no non-linearity at the DO, so the DO
+    alone (this head + a linear tail) is a linear model on the pixels and every non-linear feature has to
+    come from the trainers."""
+
+    def __init__(self, in_features: int, d: int, *, scale: float = 1.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, d)
+        self.norm = L2Normalize(scale)
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x.flatten(1)))  # (B, d), ‖·‖ = scale
+
+
 def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ConfigError(f"{name} expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
@@ -96,6 +111,19 @@ def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, wid
     c, h, w = _hw(input_shape, name)
     return nn.Sequential(
         BottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
+        nn.Linear(d, width), nn.ReLU(),  # trainers
+        nn.Linear(width, width), nn.ReLU(),
+        nn.Linear(width, 256), nn.ReLU(),
+        nn.Linear(256, num_outputs),  # DO tail
+    )
+
+
+def linear_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
+                   name: str = "fmnist-private-lin") -> nn.Sequential:
+    """Head = :class:`LinearBottleneckHead` (d-dim linear cut) | wide MLP d→W→W→256 | tail Linear(256→out)."""
+    c, h, w = _hw(input_shape, name)
+    return nn.Sequential(
+        LinearBottleneckHead(c * h * w, d),  # DO: (B, d), unit norm
         nn.Linear(d, width), nn.ReLU(),  # trainers
         nn.Linear(width, width), nn.ReLU(),
         nn.Linear(width, 256), nn.ReLU(),
@@ -135,4 +163,10 @@ def fmnist_private_s4(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequ
     return spatial_private(input_shape, num_outputs, k=4, name="fmnist-private-s4")
 
 
-PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4")
+@register("fmnist-private-lin64", "private: linear head → 64-d L2-normalised cut | wide MLP | fc")
+def fmnist_private_lin64(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """Dense 64-d *linear* cut: the DO alone is a linear model (see :class:`LinearBottleneckHead`)."""
+    return linear_private(input_shape, num_outputs, d=64, name="fmnist-private-lin64")
+
+
+PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64")

@@ -308,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="first 3 grid points only")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps)
+    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed)
     grid = default_grid(a.quick)
     for item in filter(None, a.extra.split(",")):
         m, s, *d = item.split(":")
