@@ -216,6 +216,51 @@ def informative_levels(rows: list[dict[str, Any]]) -> dict[str, bool]:
     return out
 
 
+def seed_summary(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], str]:
+    """Per setting (tag), the mean and 95 % t-interval over the seeds in ``run_dirs`` (one ``--runs``
+    directory per seed) of accuracy, Δ vs the reference of the *same seed*, DO-alone, trainer gain and the
+    three inversion SSIMs; returns the rows and a Markdown table."""
+    from clicooper.attacks.metrics import confidence_interval
+
+    per: dict[str, list[dict[str, Any]]] = {}
+    ref: dict[int, float] = {}
+    for d in run_dirs:
+        for f in sorted(Path(d).glob("*/frontier_row.json")):
+            r = json.loads(f.read_text())
+            seed = int(r["budget"]["seed"])
+            per.setdefault(r["tag"], []).append(r)
+            if r["model"] == REFERENCE and r["defense"] == "none":
+                ref[seed] = r["test_acc"]
+
+    def ci(vals: list[float], nd: int = 4, scale: float = 1.0) -> str:
+        c = confidence_interval([v * scale for v in vals])
+        return f"{c['mean']:.{nd}f} [{c['low']:.{nd}f}, {c['high']:.{nd}f}]"
+
+    out, lines = [], [
+        "| setting | seeds | acc | Δ vs reference (pt) | DO-alone | trainer gain (pt) | DO share | KP-100 | KP-1000 | WB | class floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, rows in per.items():
+        rows.sort(key=lambda r: r["budget"]["seed"])
+        seeds = [int(r["budget"]["seed"]) for r in rows]
+        acc = [r["test_acc"] for r in rows]
+        delta = [r["test_acc"] - ref[s] for r, s in zip(rows, seeds, strict=True) if s in ref]
+        alone = [r["do_alone_acc"] for r in rows]
+        gain = [r["trainer_gain"] for r in rows]
+        inv = {lv: [r["inversion"][lv]["ssim"] for r in rows if r["inversion"].get(lv)] for lv in LEVELS}
+        floor = [r["inversion"]["white-box"]["class_floor"] for r in rows
+                 if r["inversion"].get("white-box") and r["inversion"]["white-box"].get("class_floor") is not None]
+        out.append({"tag": tag, "seeds": seeds, "acc": acc, "delta_vs_reference": delta, "do_alone": alone,
+                    "trainer_gain": gain, "inversion": inv, "class_floor": floor,
+                    "do_flop_share": rows[0]["do_flop_share"]})
+        lines.append(
+            f"| {tag} | {','.join(map(str, seeds))} | {ci(acc)} | {ci(delta, 2, 100) if delta else '–'} | "
+            f"{ci(alone)} | {ci(gain, 2, 100)} | {rows[0]['do_flop_share']:.3f} | "
+            + " | ".join(ci(inv[lv], 3) if inv[lv] else "–" for lv in LEVELS)
+            + f" | {ci(floor, 3) if floor else '–'} |")
+    return out, "\n".join(lines) + "\n"
+
+
 def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None:
     info = informative_levels(rows)
     ref = next((r for r in rows if r["model"] == REFERENCE and r["defense"] == "none"), None)
@@ -309,7 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
+    ap.add_argument("--summary", default="", help="comma-separated --runs directories (one per seed): print the "
+                    "mean and 95 %% interval per setting over them (and write RESULTS/frontier_seeds.{json,md})")
     a = ap.parse_args(argv)
+    if a.summary:
+        rows, table = seed_summary([Path(d) for d in a.summary.split(",")])
+        res = Path(a.results)
+        res.mkdir(parents=True, exist_ok=True)
+        (res / "frontier_seeds.json").write_text(json.dumps({"runs": a.summary.split(","), "rows": rows}, indent=2))
+        (res / "frontier_seeds.md").write_text(table)
+        print(table)
+        return 0
     torch.set_num_threads(a.threads)
     b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed)
     grid = default_grid(a.quick)
