@@ -1,10 +1,10 @@
-"""Transcript hashes (DESIGN §5) are computed on a background worker: they must equal the plain SHA-256
-of the canonical bytes of every tensor message, in order, per link and direction."""
+"""Transcript hashes (DESIGN §5) are computed on a background worker: they must equal the plain BLAKE3
+(docs/provenance.md: the transcript hash) of the canonical bytes of every tensor message, in order, per link
+and direction."""
 
 from __future__ import annotations
 
-import hashlib
-
+import blake3
 import torch
 from torch import nn
 
@@ -19,9 +19,9 @@ def _trainer() -> Trainer:
                    input_shape=(6,), hash_transcripts=True)
 
 
-def test_background_transcripts_equal_plain_sha256() -> None:
+def test_background_transcripts_equal_plain_blake3() -> None:
     t = _trainer()
-    recv, sent = hashlib.sha256(), hashlib.sha256()
+    recv, sent = blake3.blake3(), blake3.blake3()
     for step in range(5):
         x = torch.randn(4, 6)
         msg = Activations(Header("DO", "T1", 0, step), x)
@@ -48,3 +48,18 @@ def test_reset_waits_for_pending_jobs() -> None:
     t.transcripts = {}  # a new stage: pending jobs of the old one finish first and are not lost into the new
     assert t.transcript_digests() == {}
     assert set(before) == {"DO:recv", "DO:sent"}
+
+
+def test_transcript_hash_known_answer() -> None:
+    """Pins the transcript hash: BLAKE3 of the empty input is the published test vector, and a
+    ``TranscriptHasher`` digest equals BLAKE3 over ``lp("clicooper/transcript") ‖ lp(canonical bytes)``."""
+    from clicooper.provenance.canonical import lp
+    from clicooper.provenance.transcript import TRANSCRIPT_HASH, TranscriptHasher, new_transcript_hash
+
+    assert TRANSCRIPT_HASH == "blake3"
+    assert new_transcript_hash().hexdigest() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    msg = Activations(Header("DO", "T1", 0, 0), torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    th = TranscriptHasher()
+    th.sent(1, msg)
+    expect = blake3.blake3(lp("clicooper/transcript") + lp(canonical_bytes(msg))).hexdigest()
+    assert th.digests() == {"1:sent": expect}

@@ -98,6 +98,22 @@ class LinearBottleneckHead(nn.Module):
         return self.norm(self.fc(x.flatten(1)))  # (B, d), ‖·‖ = scale
 
 
+class ScaledInputLinear(nn.Linear):
+    """``Linear(x · in_scale)``: the first trainer layer after a unit-norm cut sees coordinates of order 1
+    (``in_scale = √d``) instead of 1/√d. Where it sits on the trainer's side of the cut, it changes nothing
+    the DO releases (clip, noise and ε are those of the unit-norm cut)."""
+
+    def __init__(self, in_features: int, out_features: int, *, in_scale: float) -> None:
+        super().__init__(in_features, out_features)
+        self.in_scale = float(in_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.in_scale)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", in_scale={self.in_scale:g}"
+
+
 def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ConfigError(f"{name} expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
@@ -106,12 +122,16 @@ def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
 
 
 def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
-                  name: str = "fmnist-private") -> nn.Sequential:
-    """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out)."""
+                  name: str = "fmnist-private", rescale: bool = False) -> nn.Sequential:
+    """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out).
+
+    ``rescale``: the trainers' first layer multiplies the received cut by √d (:class:`ScaledInputLinear`).
+    """
     c, h, w = _hw(input_shape, name)
+    first = ScaledInputLinear(d, width, in_scale=d ** 0.5) if rescale else nn.Linear(d, width)
     return nn.Sequential(
         BottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
-        nn.Linear(d, width), nn.ReLU(),  # trainers
+        first, nn.ReLU(),  # trainers
         nn.Linear(width, width), nn.ReLU(),
         nn.Linear(width, 256), nn.ReLU(),
         nn.Linear(256, num_outputs),  # DO tail
@@ -169,4 +189,11 @@ def fmnist_private_lin64(input_shape: tuple[int, ...], num_outputs: int) -> nn.S
     return linear_private(input_shape, num_outputs, d=64, name="fmnist-private-lin64")
 
 
-PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64")
+@register("fmnist-private-d64r", "private: as fmnist-private-d64, the trainers rescale the cut by √d")
+def fmnist_private_d64r(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """``fmnist-private-d64`` whose first trainer layer sees the cut ×√64 (:class:`ScaledInputLinear`)."""
+    return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64r", rescale=True)
+
+
+PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64",
+                  "fmnist-private-d64r")

@@ -7,15 +7,16 @@ carries its messages (in-process or gRPC).
 from __future__ import annotations
 
 import abc
-import hashlib
 import threading
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from clicooper.protocol.messages import Control, Message, update_hash
+from clicooper.provenance.transcript import new_transcript_hash
 
 #: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
 StepHook = Callable[[nn.Module], "torch.Tensor | None"]
@@ -26,8 +27,8 @@ _HASH_POOL_LOCK = threading.Lock()
 
 
 def _hash_pool() -> ThreadPoolExecutor:
-    """One FIFO worker per process for transcript hashing (``hashlib`` releases the GIL on big buffers,
-    so SHA-256 of the tensor bytes overlaps the party's compute instead of adding to it)."""
+    """One FIFO worker per process for transcript hashing (BLAKE3 releases the GIL on big buffers, so
+    hashing the tensor bytes can overlap the party's compute where a core is free)."""
     global _HASH_POOL
     with _HASH_POOL_LOCK:
         if _HASH_POOL is None:
@@ -43,13 +44,13 @@ class PartyBase(abc.ABC):
         self.module = module
         self.optimizer = optimizer
         self.hash_transcripts = hash_transcripts
-        self._transcripts: dict[str, hashlib._Hash] = {}
+        self._transcripts: dict[str, Any] = {}
         self._pending: Future[None] | None = None  # the last hashing job submitted (the worker is FIFO)
         self.step_hooks: list[StepHook] = []
         self.steps_taken = 0
         self.samples_processed = 0
 
-    # -- transcripts (DESIGN §5): running SHA-256 per link and direction over tensor messages ----------
+    # -- transcripts (DESIGN §5): running BLAKE3 per link and direction over tensor messages -----------
     # The hashing runs on a background FIFO worker, in submission order. A message is immutable once sent
     # (parties never modify a tensor in place after putting it in a message), so hashing it later gives the
     # same digest. Every read (``transcript_digests``) or reset first waits for the pending jobs.
@@ -59,7 +60,7 @@ class PartyBase(abc.ABC):
         key = f"{peer}:{direction}"
         h = self._transcripts.get(key)
         if h is None:
-            h = self._transcripts[key] = hashlib.sha256()
+            h = self._transcripts[key] = new_transcript_hash()
         self._pending = _hash_pool().submit(update_hash, h, msg)
 
     def _drain_transcripts(self) -> None:
@@ -69,13 +70,13 @@ class PartyBase(abc.ABC):
             pending.result()
 
     @property
-    def transcripts(self) -> dict[str, hashlib._Hash]:
+    def transcripts(self) -> dict[str, Any]:
         """The running hashes, per ``"peer:direction"`` (complete: pending jobs are waited for)."""
         self._drain_transcripts()
         return self._transcripts
 
     @transcripts.setter
-    def transcripts(self, value: dict[str, hashlib._Hash]) -> None:
+    def transcripts(self, value: dict[str, Any]) -> None:
         self._drain_transcripts()
         self._transcripts = value
 
