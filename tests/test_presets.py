@@ -81,7 +81,7 @@ def test_explicit_fields_override_the_preset() -> None:
     assert (partial.model, partial.dp.sigma, partial.dp.delta) == ("fmnist-private-d16", 0.25, 1e-6)
     # a target ε decides σ: the preset leaves it unset
     target = make_config(preset="private-balanced", dp={"target_epsilon": 100.0})
-    assert target.dp.sigma is None and target.model == "fmnist-private-d64"
+    assert target.dp.sigma is None and target.model == "fmnist-private-d64r"
 
 
 def test_unknown_preset_is_a_config_error_listing_the_valid_names() -> None:

@@ -1,8 +1,8 @@
 """``make demo``: the main job on the default dataset, as a new user would run it, then the attack report.
 
 1. Trains the DO's model with the ``clicooper`` defense — by default the ``private-balanced`` preset
-   (``fmnist-private-d64``: a cheap head into a 64-d L2-normalised cut, keyed Gaussian noise σ = 0.125,
-   i.e. noise norm = signal norm, plus secret label obfuscation) — with 2 trainers (U-shape) on
+   (``fmnist-private-d64r``: a cheap head into a 64-d L2-normalised cut, keyed Gaussian noise σ = 0.125,
+   i.e. noise norm = signal norm, plus secret label obfuscation; the trainers rescale the cut by √64) — with 2 trainers (U-shape) on
    Fashion-MNIST samples 0:50000 (the rest stays free as attackers' auxiliary data), recording what the
    trainers receive for a fixed subset of 2,000 rows, into a fresh directory under ``runs/`` (an existing
    run is never overwritten). ``--defense D`` trains the reference ``fmnist-cnn`` with defense D instead.
