@@ -44,7 +44,7 @@ def _doc_rows() -> dict[str, list[str]]:
 def test_presets_are_the_frontier_table_rows() -> None:
     rows = _doc_rows()
 
-    assert preset_names() == ["private-light", "private-balanced", "private-strong"] == list(rows)
+    assert preset_names() == ["private-light", "private-balanced", "private-strong", "private-accurate"] == list(rows)
     for name, (model, sigma, rho, *figures) in rows.items():
         p = PRESETS[name]
         assert (p.model, p.sigma, p.clip_norm, p.defense) == (model, float(sigma), 1.0, "clicooper")
@@ -53,7 +53,7 @@ def test_presets_are_the_frontier_table_rows() -> None:
             assert fig in p.description, (name, fig)
 
 
-@pytest.mark.parametrize("name", ["private-light", "private-balanced", "private-strong"])
+@pytest.mark.parametrize("name", ["private-light", "private-balanced", "private-strong", "private-accurate"])
 def test_preset_fills_model_defense_sigma_and_clip(name: str) -> None:
     c = make_config(preset=name)
     p = get_preset(name)
@@ -85,7 +85,7 @@ def test_explicit_fields_override_the_preset() -> None:
 
 
 def test_unknown_preset_is_a_config_error_listing_the_valid_names() -> None:
-    with pytest.raises(ConfigError, match="private-light, private-balanced, private-strong"):
+    with pytest.raises(ConfigError, match="private-light, private-balanced, private-strong, private-accurate"):
         make_config(preset="private-max")
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("Private-Balanced")

@@ -47,23 +47,28 @@ class L2Normalize(nn.Module):
 
 
 class BottleneckHead(nn.Module):
-    """Conv(c→ch, 5×5, stride 2) + ReLU + AvgPool2 + Flatten + Linear(ch·(H/4)·(W/4) → d) + L2-normalise.
+    """Conv(c→ch, 5×5, stride 2) + ReLU + Avg/MaxPool2 + Flatten + Linear(ch·(H/4)·(W/4) → d) + L2-normalise.
 
     One parametrised unit, so the partitioner hands all of it to the DO.
     """
 
-    def __init__(self, in_ch: int, hw: tuple[int, int], d: int, *, channels: int = 16, scale: float = 1.0) -> None:
+    def __init__(self, in_ch: int, hw: tuple[int, int], d: int, *, channels: int = 16, scale: float = 1.0,
+                 pool: str = "avg") -> None:
         super().__init__()
         h, w = hw
         if h % 4 or w % 4:
             raise ConfigError(f"the private heads need H and W divisible by 4, got {h}×{w}")
+        if pool not in ("avg", "max"):
+            raise ConfigError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.conv = nn.Conv2d(in_ch, channels, 5, stride=2, padding=2)
         self.fc = nn.Linear(channels * (h // 4) * (w // 4), d)
         self.norm = L2Normalize(scale)
         self.d = d
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.avg_pool2d(F.relu(self.conv(x)), 2)
+        a = F.relu(self.conv(x))
+        a = F.max_pool2d(a, 2) if self.pool == "max" else F.avg_pool2d(a, 2)
         return self.norm(self.fc(a.flatten(1)))  # (B, d), ‖·‖ = scale
 
 
@@ -122,7 +127,8 @@ def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
 
 
 def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
-                  name: str = "fmnist-private", rescale: bool = False) -> nn.Sequential:
+                  name: str = "fmnist-private", rescale: bool = False, channels: int = 16,
+                  pool: str = "avg") -> nn.Sequential:
     """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out).
 
     ``rescale``: the trainers' first layer multiplies the received cut by √d (:class:`ScaledInputLinear`).
@@ -130,7 +136,7 @@ def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, wid
     c, h, w = _hw(input_shape, name)
     first = ScaledInputLinear(d, width, in_scale=d ** 0.5) if rescale else nn.Linear(d, width)
     return nn.Sequential(
-        BottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
+        BottleneckHead(c, (h, w), d, channels=channels, pool=pool),  # DO: (B, d), unit norm
         first, nn.ReLU(),  # trainers
         nn.Linear(width, width), nn.ReLU(),
         nn.Linear(width, 256), nn.ReLU(),
@@ -195,5 +201,31 @@ def fmnist_private_d64r(input_shape: tuple[int, ...], num_outputs: int) -> nn.Se
     return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64r", rescale=True)
 
 
+@register("fmnist-private-d64m", "private: as fmnist-private-d64r with max pooling in the DO's head")
+def fmnist_private_d64m(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """``fmnist-private-d64r`` whose head max-pools instead of average-pooling (same FLOPs)."""
+    return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64m", rescale=True, pool="max")
+
+
+@register("fmnist-private-d64w", "private: as fmnist-private-d64r with a 32-channel head conv")
+def fmnist_private_d64w(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """``fmnist-private-d64r`` with 32 head channels instead of 16 (about twice the DO's FLOPs)."""
+    return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64w", rescale=True, channels=32)
+
+
+@register("fmnist-private-d64wm", "private: as fmnist-private-d64w with max pooling in the DO's head")
+def fmnist_private_d64wm(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """32 head channels and max pooling (``d64w`` + ``d64m``)."""
+    return dense_private(input_shape, num_outputs, d=64, name="fmnist-private-d64wm", rescale=True, channels=32,
+                         pool="max")
+
+
+@register("fmnist-private-d128r", "private: 128-d L2-normalised cut, trainers rescale it by √d")
+def fmnist_private_d128r(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """``fmnist-private-d64r`` with a 128-d cut (at equal ρ, twice the bits per release)."""
+    return dense_private(input_shape, num_outputs, d=128, name="fmnist-private-d128r", rescale=True)
+
+
 PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64",
-                  "fmnist-private-d64r")
+                  "fmnist-private-d64r", "fmnist-private-d64m", "fmnist-private-d64w",
+                  "fmnist-private-d64wm", "fmnist-private-d128r")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import nn

@@ -1,0 +1,48 @@
+"""Accuracy-only probe of one configuration at a given budget (no observations, no attacks, no provenance).
+
+Used for the full-budget table of docs/privacy-frontier.md, where attacks on every point would not fit:
+
+    python -m clicooper.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
+
+``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line: model, σ, seed, final test
+accuracy and the accuracy after every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--sigma", type=float, required=True, help="σ per unit clip norm; -1: no defense")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--train", type=int, default=50000, help="training rows 0:N")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True, help="new run directory")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from clicooper import train
+
+    cfg: dict = {"dataset": "fashion-mnist", "model": a.model, "trainers": 2, "epochs": a.epochs, "seed": a.seed,
+                 "train_range": (0, a.train), "provenance": False,
+                 "defense": "clicooper" if a.sigma >= 0 else "none"}
+    if a.sigma >= 0:
+        cfg["dp"] = {"sigma": a.sigma, "clip_norm": 1.0}
+    train(cfg, out=a.out)
+    m = json.loads((Path(a.out) / "metrics.json").read_text())
+    print(json.dumps({"model": a.model, "sigma": a.sigma, "seed": a.seed, "acc": m["final_test_acc"],
+                      "by_epoch": [e["test_acc"] for e in m["epochs"]]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
