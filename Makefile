@@ -31,10 +31,12 @@ demo: $(STAMP) $(FMNIST)
 test: $(STAMP) $(FMNIST)
 	$(BIN)/python -m pytest -q
 
-# In-process: centralized vs split (plain, defended, with provenance), interleaved medians.
+# In-process: centralized vs split (plain, defended, with provenance), interleaved medians: torch on every
+# core, then one compute thread (a core left to the transcript-hash worker and the noise prefetcher).
 # Then the same model over loopback gRPC, one process per party (M = 1 and 4 micro-batches).
 bench: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.bench
+	$(BIN)/python -m clicooper.bench --threads 1
 	$(BIN)/python -m clicooper.net.bench_node --micro 1,4
 
 reproduce: $(STAMP) $(FMNIST)
