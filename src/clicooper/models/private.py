@@ -72,6 +72,27 @@ class BottleneckHead(nn.Module):
         return self.norm(self.fc(a.flatten(1)))  # (B, d), ‖·‖ = scale
 
 
+class TwoConvBottleneckHead(nn.Module):
+    """Conv(c→ch1, 5×5, s2) + ReLU + Conv(ch1→ch2, 3×3, s2) + ReLU + Flatten + Linear(ch2·(H/4)·(W/4) → d)
+    + L2-normalise: a second (strided, cheap) conv instead of pooling, as one parametrised unit."""
+
+    def __init__(self, in_ch: int, hw: tuple[int, int], d: int, *, ch1: int = 16, ch2: int = 16,
+                 scale: float = 1.0) -> None:
+        super().__init__()
+        h, w = hw
+        if h % 4 or w % 4:
+            raise ConfigError(f"the private heads need H and W divisible by 4, got {h}×{w}")
+        self.conv1 = nn.Conv2d(in_ch, ch1, 5, stride=2, padding=2)
+        self.conv2 = nn.Conv2d(ch1, ch2, 3, stride=2, padding=1)
+        self.fc = nn.Linear(ch2 * (h // 4) * (w // 4), d)
+        self.norm = L2Normalize(scale)
+        self.d = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.norm(self.fc(a.flatten(1)))  # (B, d), ‖·‖ = scale
+
+
 class SpatialBottleneckHead(nn.Module):
     """Conv(c→16, 5×5, s2) + ReLU + Conv1×1(16→k) + AvgPool2 + L2-normalise: a (k, H/4, W/4) cut."""
 
@@ -226,6 +247,20 @@ def fmnist_private_d128r(input_shape: tuple[int, ...], num_outputs: int) -> nn.S
     return dense_private(input_shape, num_outputs, d=128, name="fmnist-private-d128r", rescale=True)
 
 
+@register("fmnist-private-d64c2", "private: two strided convs (16, 16 channels) → 64-d cut, trainers rescale")
+def fmnist_private_d64c2(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """``fmnist-private-d64r`` with :class:`TwoConvBottleneckHead` as the DO's head."""
+    c, h, w = _hw(input_shape, "fmnist-private-d64c2")
+    d, width = 64, 1024
+    return nn.Sequential(
+        TwoConvBottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
+        ScaledInputLinear(d, width, in_scale=d ** 0.5), nn.ReLU(),  # trainers
+        nn.Linear(width, width), nn.ReLU(),
+        nn.Linear(width, 256), nn.ReLU(),
+        nn.Linear(256, num_outputs),  # DO tail
+    )
+
+
 PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64",
                   "fmnist-private-d64r", "fmnist-private-d64m", "fmnist-private-d64w",
-                  "fmnist-private-d64wm", "fmnist-private-d128r")
+                  "fmnist-private-d64wm", "fmnist-private-d128r", "fmnist-private-d64c2")
