@@ -63,7 +63,7 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
     from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
 
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    dp_opts = {k: opts.pop(k) for k in ("sigma", "noise_ratio", "target_epsilon") if k in opts}
+    dp_opts = {k: opts.pop(k) for k in ("sigma", "noise_ratio", "target_epsilon", "max_sigma") if k in opts}
     dp_opts = {k: v for k, v in dp_opts.items() if v is not None}
     if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
         dp_file = fields.get("dp") or {}
@@ -122,6 +122,13 @@ def train(
     target_epsilon: float = typer.Option(
         None, help="dp.target_epsilon: choose the smallest σ with this per-release ε (head fixed) after --epochs"
     ),
+    max_sigma: float = typer.Option(
+        None, help="dp.max_sigma (default 1000): the largest σ --target-epsilon may choose; more is refused"
+    ),
+    max_epsilon: float = typer.Option(
+        None, help="stop cleanly (saved, resumable) before an epoch that would take any ε of privacy.json above "
+        "this; a limit of this invocation: resume with a larger one to continue",
+    ),
     config_file: Path = typer.Option(None, "--config", help="run.toml / run.json with the same fields"),
     resume: Path = typer.Option(None, "--resume", help="continue an interrupted run directory"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
@@ -141,7 +148,7 @@ def train(
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
-            target_epsilon=target_epsilon,
+            target_epsilon=target_epsilon, max_sigma=max_sigma,
         )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -159,7 +166,7 @@ def train(
                 f"test acc {m['test_acc']:.4f}  {m['samples_per_s']:.0f} samples/s"
             )
 
-        run = run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+        run = run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch, max_epsilon=max_epsilon)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:
         err.print(plan_table(run.plan))
@@ -170,6 +177,8 @@ def train(
     if "privacy" in (metrics["epochs"][-1] if metrics["epochs"] else {}):
         summary["privacy"] = metrics["epochs"][-1]["privacy"]
     summary["preset"] = run.config.preset
+    if metrics.get("stopped"):
+        summary["stopped"] = metrics["stopped"]
     noise = _activation_noise(run.path)
     if noise is not None:
         summary["sigma"] = noise.get("sigma_derivation") or {"sigma": noise.get("sigma")}
@@ -180,7 +189,15 @@ def train(
             from clicooper.privacy.defaults import describe_sigma
 
             err.print(describe_sigma(noise["sigma_derivation"]), highlight=False)
-        out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run.path})")
+        st = summary.get("stopped")
+        if st:
+            err.print(
+                f"stopped before epoch {st['before_epoch']}: ε ({st['covers']}) would reach "
+                f"{st['epsilon_after_next_epoch']:.4g} > --max-epsilon {st['max_epsilon']:g}. "
+                f"{st['completed_epochs']} epoch(s) are saved; continue with: clicooper train --resume "
+                f"{run.path} --max-epsilon LARGER", highlight=False)
+        if summary["test_acc"] is not None:
+            out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run.path})")
 
 
 def _activation_noise(run_dir: Path) -> dict[str, Any] | None:

@@ -54,6 +54,12 @@ class DPConfig(_Strict):
         allow_inf_nan=False,
         description="with σ unset: the smallest σ whose per-release ε (head fixed) after `epochs` is at most this",
     )
+    max_sigma: float = Field(
+        1000.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="the largest σ that dp.target_epsilon may choose; a target that needs more is refused",
+    )
     sigma_source: SigmaSource | None = Field(None, description="how σ was chosen (filled in, not an input)")
     clip_norm: float = Field(
         1.0, gt=0.0, allow_inf_nan=False, description="per-sample L2 clip norm S of the head output"

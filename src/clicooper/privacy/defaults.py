@@ -70,10 +70,11 @@ def resolve_sigma(
 
         try:
             sigma = sigma_for_epsilon(
-                epsilon=dp.target_epsilon, delta=dp.delta, epochs=config.epochs, accountant=dp.accountant
+                epsilon=dp.target_epsilon, delta=dp.delta, epochs=config.epochs, accountant=dp.accountant,
+                max_sigma=dp.max_sigma,
             )
         except PrivacyError as e:
-            raise ConfigError(f"dp.target_epsilon: {e}") from e
+            raise ConfigError(f"dp.target_epsilon: {e} (--max-sigma / dp.max_sigma)") from e
         source = "target-epsilon"
     else:
         if cut_shape is None:

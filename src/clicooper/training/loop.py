@@ -10,6 +10,7 @@ epoch): no hidden RNG state).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -207,6 +208,15 @@ class Session:
         }
 
 
+def _over_budget(reports: list[dict[str, Any]], max_epsilon: float) -> dict[str, Any] | None:
+    """The first ε report above ``max_epsilon`` (``None`` when all fit)."""
+    for rep in reports:
+        eps = rep.get("epsilon")
+        if eps is not None and float(eps) > max_epsilon:
+            return rep
+    return None
+
+
 def _write_state(run_dir: Path, completed: int) -> None:
     rundir.write_json(run_dir / rundir.STATE, {"completed_rounds": completed})
 
@@ -219,11 +229,21 @@ def train(
     progress: Progress | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: RoundHooks | None = None,
+    max_epsilon: float | None = None,
 ) -> RunHandle:
     """Train a model cooperatively and return the loaded run (see module docstring).
 
     Give ``config`` and ``out`` for a new run, or ``resume=RUN`` to continue an interrupted one.
+
+    ``max_epsilon`` (a limit of this invocation, not part of the run's config): before each epoch, the
+    ε every DP report of ``privacy.json`` would have after it is computed; if one would exceed the limit,
+    training stops cleanly *before* that epoch — the completed epochs are saved, the ledger stays open, and
+    ``metrics.json`` gets a ``"stopped"`` record — and ``--resume`` with a larger limit continues it.
     """
+    if max_epsilon is not None:
+        if isinstance(max_epsilon, bool) or not isinstance(max_epsilon, int | float) or not math.isfinite(max_epsilon) \
+                or max_epsilon <= 0:
+            raise ConfigError(f"max_epsilon must be a finite number > 0, got {max_epsilon!r}")
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / rundir.CONFIG).is_file():
@@ -246,6 +266,13 @@ def train(
     config = config.resolved(len(dataset.train_ids(config.train_range)), dataset=dataset)  # also validates the range
     from clicooper.training.privacy_hooks import build_privacy
 
+    if max_epsilon is not None and not (config.protect_activations or config.labels.label_dp_epsilon):
+        raise ConfigError(
+            "--max-epsilon limits the run's DP guarantee, but this run releases nothing under one; use "
+            "--defense dp or clicooper (or drop --max-epsilon)")
+    if max_epsilon is not None and config.protect_activations and config.dp.sigma == 0:
+        raise ConfigError("--max-epsilon with σ = 0: clipping alone has ε = ∞, so no epoch fits the budget; "
+                          "give σ > 0 (--sigma, --noise-ratio or --target-epsilon)")
     run_dir.mkdir(parents=True, exist_ok=True)
     privacy = build_privacy(config, run_dir, dataset, new_run=resume is None)
     session = Session(config, dataset, run_dir, privacy=privacy)
@@ -282,8 +309,20 @@ def train(
              "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}",
              "epochs": list(range(1, config.epochs + 1)), "format": "docs/INTERNAL_API.md#run-directory-run"},
         )
+    stopped: dict[str, Any] | None = None
+    metrics.pop("stopped", None)
     try:
         for r in range(done, config.epochs):
+            if max_epsilon is not None and privacy.get("epsilon_after") is not None:
+                over = _over_budget(privacy["epsilon_after"](r + 1)["reports"], max_epsilon)
+                if over is not None:
+                    stopped = {"reason": "max_epsilon", "before_epoch": r + 1, "completed_epochs": r,
+                               "max_epsilon": max_epsilon, "epsilon_after_next_epoch": over["epsilon"],
+                               "covers": over.get("covers"), "released": over.get("released")}
+                    metrics["stopped"] = stopped
+                    rundir.write_json(run_dir / rundir.METRICS, metrics)
+                    _write_state(run_dir, r)
+                    break
             if hooks is not None:
                 hooks.on_round_start(r, session.parties)
             m = session.run_round(r, progress)
@@ -304,8 +343,8 @@ def train(
             _write_state(run_dir, r + 1)
             if on_epoch is not None:
                 on_epoch(m)
-        if hooks is not None:
-            hooks.on_run_end(session.parties)
+        if hooks is not None and stopped is None:
+            hooks.on_run_end(session.parties)  # a budget stop leaves the ledger open: the run can resume
     except KeyboardInterrupt as e:
         done_now = int(rundir.read_json(run_dir / rundir.STATE)["completed_rounds"]) if (run_dir / rundir.STATE).is_file() else 0
         raise InterruptedRun(
