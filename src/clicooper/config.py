@@ -28,6 +28,13 @@ class _Strict(BaseModel):
 SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
 
+class HeadDPSGDConfig(_Strict):
+    """DP-SGD on the DO's head (privacy/dpsgd.py): per-sample clip ``max_grad_norm``, noise multiplier."""
+
+    noise_multiplier: float = Field(..., gt=0.0, allow_inf_nan=False, description="noise std / max_grad_norm")
+    max_grad_norm: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="per-sample gradient clip C")
+
+
 class DPConfig(_Strict):
     """Activation protection at the cut (DESIGN §3). ``sigma`` is the noise multiplier of the clip norm.
 
@@ -72,6 +79,10 @@ class DPConfig(_Strict):
         description="per-sample clip norm of the returned gradient (needed with protect_gradients)",
     )
     accountant: Literal["pld", "rdp"] = "pld"
+    head_dpsgd: HeadDPSGDConfig | None = Field(
+        None, description="train the DO's head with DP-SGD; privacy.json then also reports the composed "
+        "'DP-SGD head + releases' ε"
+    )
 
     @model_validator(mode="before")
     @classmethod

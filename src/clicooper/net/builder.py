@@ -26,6 +26,7 @@ from clicooper.models import zoo
 from clicooper.models.partition import Plan, split_model
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.trainer import Trainer
+from clicooper.privacy.dpsgd import head_dpsgd_for
 from clicooper.runs import num_outputs_for
 from clicooper.training.loop import plan_for, resolve_device
 
@@ -139,7 +140,7 @@ def build_party(
             grad_protector=p.get("grad_protector"), label_encoder=p.get("label_encoder"),
             label_noiser=p.get("label_noiser"),
             expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
-            hash_transcripts=hash_tx, device=device,
+            hash_transcripts=hash_tx, device=device, head_dpsgd=head_dpsgd_for(head, p),
         )
     else:
         i = tnames.index(name)

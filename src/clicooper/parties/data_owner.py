@@ -8,7 +8,7 @@ Privacy mechanisms are plugged in through three small protocols (see :mod:`clico
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from clicooper.protocol.messages import (
     Message,
     validate_tensor,
 )
+
+if TYPE_CHECKING:
+    from clicooper.privacy.dpsgd import HeadDPSGD
 
 
 class Protector(Protocol):
@@ -67,6 +70,7 @@ class StepState:
     y: list[torch.Tensor]
     targets: list[torch.Tensor]
     releases: dict[int, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for DP-SGD on the head
     batch_size: int = 0
     grads_back: int = 0
 
@@ -100,6 +104,7 @@ class DataOwner(PartyBase):
         expected_return_shape: tuple[int, ...] | None = None,
         hash_transcripts: bool = False,
         device: torch.device | str = "cpu",
+        head_dpsgd: HeadDPSGD | None = None,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -111,6 +116,7 @@ class DataOwner(PartyBase):
         self.protector, self.grad_protector = protector, grad_protector
         self.label_encoder, self.label_noiser = label_encoder, label_noiser
         self.expected_return_shape = expected_return_shape
+        self.head_dpsgd = head_dpsgd  # DP-SGD on the head (privacy/dpsgd.py) instead of its plain gradient
         self.device = torch.device(device)
         self.state: StepState | None = None
         self.stats = EpochStats()
@@ -146,6 +152,8 @@ class DataOwner(PartyBase):
             a0 = self.head(x)  # (b, …) head output
             rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
             st.releases[j] = rel
+            if self.head_dpsgd is not None:
+                st.inputs[j] = x
             if self.tail is None:
                 out.append(Labels(Header("DO", self.last, epoch, step, j, m), tgt.detach().cpu()))
             out.append(Activations(Header("DO", self.first, epoch, step, j, m), rel.detach()))
@@ -187,9 +195,15 @@ class DataOwner(PartyBase):
             if rel is None:
                 raise WireError(f"DO: duplicate gradient for micro-batch {h.micro}")
             validate_tensor(msg.tensor, expected_shape=tuple(rel.shape), what="DO: gradient from T1")
-            rel.backward(msg.tensor.to(self.device))
+            if self.head_dpsgd is None:
+                rel.backward(msg.tensor.to(self.device))
+            else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
+                self.head_dpsgd.accumulate(st.inputs.pop(h.micro), msg.tensor.to(self.device),
+                                           batch_size=st.batch_size)
             st.grads_back += 1
             if st.grads_back == len(st.ids):
+                if self.head_dpsgd is not None:
+                    self.head_dpsgd.finalize(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
                 self._step()
                 self.state = None
             return []

@@ -37,6 +37,7 @@ _KEYS = (
     "label_noiser",
     "epsilon_after",
     "record_after",
+    "head_dpsgd",
     "notice",
     "sigma",
     "prefetcher",
@@ -79,6 +80,10 @@ def mechanisms_for_run(
             "dp.protect_gradients needs its own clip norm for the returned gradient (its rows are "
             "about 1/batch_size the scale of a per-sample gradient); set dp.grad_clip_norm"
         )
+    if dp.head_dpsgd is not None and not config.protect_activations:
+        raise PrivacyError(
+            "dp.head_dpsgd composes DP-SGD on the head with the activation releases; it needs "
+            "--defense dp or clicooper (the releases of an unprotected head would void it)")
     derivation = None
     if config.protect_activations:
         if dp.sigma is None:
@@ -114,7 +119,15 @@ def mechanisms_for_run(
             epsilon=config.labels.label_dp_epsilon, num_classes=num_classes, key=noise_secret
         )
 
+    head_dpsgd = None
+    if dp.head_dpsgd is not None:
+        head_dpsgd = {"noise_multiplier": dp.head_dpsgd.noise_multiplier,
+                      "max_grad_norm": dp.head_dpsgd.max_grad_norm, "secret": noise_secret}
+
     def record_after(epochs: int) -> dict[str, Any]:
+        # shuffled fixed-size batches: one DP-SGD step per sample per epoch, no subsampling amplification
+        dpsgd = None if head_dpsgd is None else {
+            "noise_multiplier": head_dpsgd["noise_multiplier"], "sample_rate": 1.0, "steps": epochs}
         return privacy_record(
             epochs=epochs,
             delta=dp.delta,
@@ -122,6 +135,7 @@ def mechanisms_for_run(
             gradients=grad,
             codec=codec,
             label_dp=rr,
+            dpsgd=dpsgd,
             accountant=dp.accountant,
             sigma_derivation=derivation,
         )
@@ -136,6 +150,7 @@ def mechanisms_for_run(
         label_noiser=rr,
         epsilon_after=epsilon_after if (act is not None or rr is not None) else None,
         record_after=record_after,
+        head_dpsgd=head_dpsgd,
         notice="\n".join(notice) or None,
         sigma=derivation,
         prefetcher=prefetcher,

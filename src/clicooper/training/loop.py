@@ -28,6 +28,7 @@ from clicooper.models import zoo
 from clicooper.models.partition import Plan, make_plan, split_model
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.trainer import Trainer
+from clicooper.privacy.dpsgd import head_dpsgd_for
 from clicooper.protocol.inproc import InProcessNetwork
 from clicooper.runs import RunHandle, load_run, model_file, num_outputs_for
 from clicooper.training.observe import ObservationRecorder, subset_ids
@@ -119,7 +120,7 @@ class Session:
             grad_protector=p.get("grad_protector"), label_encoder=p.get("label_encoder"),
             label_noiser=p.get("label_noiser"),
             expected_return_shape=None if open_tail else tuple(self.plan.segments[-1].output_shape),
-            hash_transcripts=hash_tx, device=self.device,
+            hash_transcripts=hash_tx, device=self.device, head_dpsgd=head_dpsgd_for(head, p),
         )
         self.label_encoder = p.get("label_encoder")
         self.net = InProcessNetwork([self.do, *self.trainers])
@@ -266,6 +267,9 @@ def train(
     config = config.resolved(len(dataset.train_ids(config.train_range)), dataset=dataset)  # also validates the range
     from clicooper.training.privacy_hooks import build_privacy
 
+    if config.dp.head_dpsgd is not None and not config.protect_activations:
+        raise ConfigError("dp.head_dpsgd composes DP-SGD on the head with the activation releases; it needs "
+                          "--defense dp or clicooper")
     if max_epsilon is not None and not (config.protect_activations or config.labels.label_dp_epsilon):
         raise ConfigError(
             "--max-epsilon limits the run's DP guarantee, but this run releases nothing under one; use "
