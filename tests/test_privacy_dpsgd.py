@@ -123,3 +123,11 @@ def test_digits_run_with_dpsgd_head_reports_the_composed_epsilon(tmp_path: Path)
     assert composed[0]["epsilon"] == pytest.approx(want.epsilon) and 0 < want.epsilon < float("inf")
     assert composed[0]["params"]["sample_rate"] == 1.0
     assert handle.config.dp.head_dpsgd is not None
+
+
+def test_cli_options_set_head_dpsgd() -> None:
+    from clicooper.cli import _config_from_options
+
+    cfg = _config_from_options(None, defense="dp", sigma=0.5, head_dpsgd=1.5, head_dpsgd_clip=0.5)
+    assert (cfg.dp.head_dpsgd.noise_multiplier, cfg.dp.head_dpsgd.max_grad_norm) == (1.5, 0.5)
+    assert _config_from_options(None, defense="dp", sigma=0.5, head_dpsgd=None).dp.head_dpsgd is None

@@ -65,6 +65,11 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
     dp_opts = {k: opts.pop(k) for k in ("sigma", "noise_ratio", "target_epsilon", "max_sigma") if k in opts}
     dp_opts = {k: v for k, v in dp_opts.items() if v is not None}
+    nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
+    if clip is not None and nm is None:
+        raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
+    if nm is not None:
+        dp_opts["head_dpsgd"] = {"noise_multiplier": nm} | ({"max_grad_norm": clip} if clip is not None else {})
     if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
         dp_file = fields.get("dp") or {}
         if not isinstance(dp_file, dict):
@@ -125,6 +130,11 @@ def train(
     max_sigma: float = typer.Option(
         None, help="dp.max_sigma (default 1000): the largest σ --target-epsilon may choose; more is refused"
     ),
+    head_dpsgd: float = typer.Option(
+        None, help="train the DO's head with DP-SGD at this noise multiplier (dp.head_dpsgd; privacy.json then "
+        "also reports the composed 'DP-SGD head + releases' ε)",
+    ),
+    head_dpsgd_clip: float = typer.Option(None, help="per-sample gradient clip C of --head-dpsgd (default 1)"),
     max_epsilon: float = typer.Option(
         None, help="stop cleanly (saved, resumable) before an epoch that would take any ε of privacy.json above "
         "this; a limit of this invocation: resume with a larger one to continue",
@@ -148,7 +158,8 @@ def train(
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
-            target_epsilon=target_epsilon, max_sigma=max_sigma,
+            target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
+            head_dpsgd_clip=head_dpsgd_clip,
         )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
