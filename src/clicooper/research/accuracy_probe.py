@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train", type=int, default=50000, help="training rows 0:N")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--head-dpsgd", type=float, default=None, help="DP-SGD noise multiplier on the DO's head (clip 1)")
     ap.add_argument("--out", required=True, help="new run directory")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -37,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
                  "defense": "clicooper" if a.sigma >= 0 else "none"}
     if a.sigma >= 0:
         cfg["dp"] = {"sigma": a.sigma, "clip_norm": 1.0}
+        if a.head_dpsgd is not None:
+            cfg["dp"]["head_dpsgd"] = {"noise_multiplier": a.head_dpsgd, "max_grad_norm": 1.0}
     train(cfg, out=a.out)
     m = json.loads((Path(a.out) / "metrics.json").read_text())
+    privacy = Path(a.out) / "privacy.json"
+    eps = ({r["covers"]: r["epsilon"] for r in json.loads(privacy.read_text())["reports"]}
+           if privacy.is_file() else {})
     print(json.dumps({"model": a.model, "sigma": a.sigma, "seed": a.seed, "acc": m["final_test_acc"],
-                      "by_epoch": [e["test_acc"] for e in m["epochs"]]}))
+                      "by_epoch": [e["test_acc"] for e in m["epochs"]], "epsilon": eps}))
     return 0
 
 
