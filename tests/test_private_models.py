@@ -26,7 +26,8 @@ def test_head_is_the_cheap_single_unit(name: str) -> None:
     plan = make_plan(m, model_name=name, input_shape=SHAPE, trainers=2)
     head = plan.head
     assert head.layers == [0], "the whole private head must be one unit (the first layer)"
-    assert isinstance(m[0], (private.BottleneckHead, private.SpatialBottleneckHead, private.LinearBottleneckHead))
+    assert isinstance(m[0], (private.BottleneckHead, private.SpatialBottleneckHead, private.LinearBottleneckHead,
+                             private.TwoConvBottleneckHead))
     # cheap: the trainers hold most of the FLOPs, the DO (head + tail) at most 15 %
     assert plan.do_flop_share <= 0.15
     assert all(seg.flops > head.flops for seg in plan.segments)
