@@ -147,17 +147,10 @@ def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     return c, h, w
 
 
-def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
-                  name: str = "fmnist-private", rescale: bool = False, channels: int = 16,
-                  pool: str = "avg") -> nn.Sequential:
-    """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out).
-
-    ``rescale``: the trainers' first layer multiplies the received cut by √d (:class:`ScaledInputLinear`).
-    """
-    c, h, w = _hw(input_shape, name)
-    first = ScaledInputLinear(d, width, in_scale=d ** 0.5) if rescale else nn.Linear(d, width)
+def _after_cut(head: nn.Module, first: nn.Module, width: int, num_outputs: int) -> nn.Sequential:
+    """``head`` (DO) | ``first`` + ReLU, Linear W→W, Linear W→256 (trainers) | Linear(256→out) (DO tail)."""
     return nn.Sequential(
-        BottleneckHead(c, (h, w), d, channels=channels, pool=pool),  # DO: (B, d), unit norm
+        head,  # DO: (B, d), unit norm
         first, nn.ReLU(),  # trainers
         nn.Linear(width, width), nn.ReLU(),
         nn.Linear(width, 256), nn.ReLU(),
@@ -165,17 +158,31 @@ def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, wid
     )
 
 
+def dense_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
+                  name: str = "fmnist-private", rescale: bool = False, channels: int = 16,
+                  pool: str = "avg") -> nn.Sequential:
+    """Head = :class:`BottleneckHead` (d-dim cut) | wide MLP d→W→W→256 (trainers) | tail Linear(256→out).
+
+    ``rescale``: the trainers' first layer multiplies the received cut by √d (:class:`ScaledInputLinear`).
+    Initialisation order (it decides the weights a seed gives, so the measured figures stay reproducible):
+    head first without ``rescale`` (as the d16/d64 rows were measured), the first trainer layer first with it.
+    """
+    c, h, w = _hw(input_shape, name)
+    if rescale:
+        first: nn.Module = ScaledInputLinear(d, width, in_scale=d ** 0.5)
+        head = BottleneckHead(c, (h, w), d, channels=channels, pool=pool)
+    else:
+        head = BottleneckHead(c, (h, w), d, channels=channels, pool=pool)
+        first = nn.Linear(d, width)
+    return _after_cut(head, first, width, num_outputs)
+
+
 def linear_private(input_shape: tuple[int, ...], num_outputs: int, *, d: int, width: int = 1024,
                    name: str = "fmnist-private-lin") -> nn.Sequential:
     """Head = :class:`LinearBottleneckHead` (d-dim linear cut) | wide MLP d→W→W→256 | tail Linear(256→out)."""
     c, h, w = _hw(input_shape, name)
-    return nn.Sequential(
-        LinearBottleneckHead(c * h * w, d),  # DO: (B, d), unit norm
-        nn.Linear(d, width), nn.ReLU(),  # trainers
-        nn.Linear(width, width), nn.ReLU(),
-        nn.Linear(width, 256), nn.ReLU(),
-        nn.Linear(256, num_outputs),  # DO tail
-    )
+    head = LinearBottleneckHead(c * h * w, d)
+    return _after_cut(head, nn.Linear(d, width), width, num_outputs)
 
 
 def spatial_private(input_shape: tuple[int, ...], num_outputs: int, *, k: int = 4,
@@ -252,13 +259,8 @@ def fmnist_private_d64c2(input_shape: tuple[int, ...], num_outputs: int) -> nn.S
     """``fmnist-private-d64r`` with :class:`TwoConvBottleneckHead` as the DO's head."""
     c, h, w = _hw(input_shape, "fmnist-private-d64c2")
     d, width = 64, 1024
-    return nn.Sequential(
-        TwoConvBottleneckHead(c, (h, w), d),  # DO: (B, d), unit norm
-        ScaledInputLinear(d, width, in_scale=d ** 0.5), nn.ReLU(),  # trainers
-        nn.Linear(width, width), nn.ReLU(),
-        nn.Linear(width, 256), nn.ReLU(),
-        nn.Linear(256, num_outputs),  # DO tail
-    )
+    head = TwoConvBottleneckHead(c, (h, w), d)
+    return _after_cut(head, ScaledInputLinear(d, width, in_scale=d ** 0.5), width, num_outputs)
 
 
 PRIVATE_MODELS = ("fmnist-private-d16", "fmnist-private-d64", "fmnist-private-s4", "fmnist-private-lin64",
