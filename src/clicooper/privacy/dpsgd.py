@@ -55,7 +55,6 @@ class HeadDPSGD:
         self.release = release if release is not None else (lambda a: a)
         self._names = [n for n, p in head.named_parameters() if p.requires_grad]
         self._sum: dict[str, torch.Tensor] | None = None
-        self.samples = 0
 
     def __repr__(self) -> str:  # never print the secret
         return f"HeadDPSGD(noise_multiplier={self.noise_multiplier}, max_grad_norm={self.max_grad_norm})"
@@ -78,8 +77,7 @@ class HeadDPSGD:
             _, pull = vjp(out, p)
             return pull(g_i.unsqueeze(0))[0]
 
-        grads = vmap(one, in_dims=(None, 0, 0))(params, x, grad_out * float(batch_size))
-        return grads
+        return vmap(one, in_dims=(None, 0, 0))(params, x, grad_out * float(batch_size))
 
     def accumulate(self, x: torch.Tensor, grad_out: torch.Tensor, *, batch_size: int) -> None:
         """Add the clipped per-sample gradients of one micro-batch to the step's sum."""
@@ -93,7 +91,6 @@ class HeadDPSGD:
             self._sum = {n: torch.zeros_like(g[0]) for n, g in grads.items()}
         for n, g in grads.items():
             self._sum[n] += (g * factor.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1)))).sum(0)
-        self.samples += b
 
     def finalize(self, *, epoch: int, step: int, batch_size: int) -> None:
         """Noise the step's sum, divide by ``batch_size`` and set it as the head's ``.grad``."""
@@ -111,7 +108,6 @@ class HeadDPSGD:
             off += k
             named[n].grad = noisy / float(batch_size)
         self._sum = None
-        self.samples = 0
 
 
 def head_dpsgd_for(head: nn.Module, privacy: dict | None) -> HeadDPSGD | None:
