@@ -93,3 +93,29 @@ def test_explicit_sigma_zero_is_clip_only_and_labelled_infinite(tmp_path: Path) 
     assert "clip only" in record["activation_noise"]["note"]
     assert record["reports"][0]["epsilon"] in ("inf", float("inf"))
     assert "ε = ∞" in m["notice"]
+
+
+def test_label_dp_outside_the_open_tail_is_refused() -> None:
+    with pytest.raises(ValueError, match="open tail"):
+        make_config(defense="labels", topology="u-shape", labels={"label_dp_epsilon": 2.0})
+
+
+def test_cli_per_mechanism_flags_reach_the_config(tmp_path: Path) -> None:
+    from clicooper.cli import _config_from_options
+
+    cfg = _config_from_options(
+        None, defense="clicooper", topology="open-tail", sigma=0.25, clip_norm=2.0, delta=1e-6,
+        protect_gradients=True, grad_clip_norm=0.01, expansion=3, label_dp_epsilon=4.0,
+    )
+    assert (cfg.dp.sigma, cfg.dp.clip_norm, cfg.dp.delta) == (0.25, 2.0, 1e-6)
+    assert (cfg.dp.protect_gradients, cfg.dp.grad_clip_norm) == (True, 0.01)
+    assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (3, 4.0)
+    # flags override a config file's tables key by key; unset flags leave the file's values
+    f = tmp_path / "run.json"
+    f.write_text('{"topology": "open-tail", "defense": "clicooper", "dp": {"sigma": 0.5, "delta": 1e-7},'
+                 ' "labels": {"expansion": 4}}')
+    cfg = _config_from_options(f, label_dp_epsilon=1.0, clip_norm=3.0, expansion=None)
+    assert (cfg.dp.sigma, cfg.dp.delta, cfg.dp.clip_norm) == (0.5, 1e-7, 3.0)
+    assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (4, 1.0)
+    with pytest.raises(ValueError, match="open tail"):
+        _config_from_options(None, defense="labels", label_dp_epsilon=1.0)

@@ -63,8 +63,12 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
     from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
 
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    dp_opts = {k: opts.pop(k) for k in ("sigma", "noise_ratio", "target_epsilon", "max_sigma") if k in opts}
+    dp_keys = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
+               "grad_clip_norm")
+    dp_opts = {k: opts.pop(k) for k in dp_keys if k in opts}
     dp_opts = {k: v for k, v in dp_opts.items() if v is not None}
+    label_opts = {k: opts.pop(k) for k in ("expansion", "label_dp_epsilon") if k in opts}
+    label_opts = {k: v for k, v in label_opts.items() if v is not None}
     nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
     if clip is not None and nm is None:
         raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
@@ -75,6 +79,11 @@ def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
         if not isinstance(dp_file, dict):
             raise typer.BadParameter("the config file's dp must be a table of fields")
         fields["dp"] = {**dp_file, **dp_opts}
+    if label_opts:  # --label-expansion / --label-dp-epsilon override the file's [labels] table, key by key
+        labels_file = fields.get("labels") or {}
+        if not isinstance(labels_file, dict):
+            raise typer.BadParameter("the config file's labels must be a table of fields")
+        fields["labels"] = {**labels_file, **label_opts}
     if opts.get("capacities") is not None:
         opts["capacities"] = parse_capacities(opts["capacities"])
     if opts.get("train_range") is not None:
@@ -135,6 +144,18 @@ def train(
         "also reports the composed 'DP-SGD head + releases' ε)",
     ),
     head_dpsgd_clip: float = typer.Option(None, help="per-sample gradient clip C of --head-dpsgd (default 1)"),
+    clip_norm: float = typer.Option(None, help="dp.clip_norm: per-sample L2 clip S of the head output (default 1)"),
+    delta: float = typer.Option(None, help="dp.delta of every (ε, δ) report (default 1e-5)"),
+    protect_gradients: bool = typer.Option(
+        None, "--protect-gradients", help="dp.protect_gradients: also clip + noise the gradient the DO sends back "
+        "to the last trainer (U-shape; needs --grad-clip-norm)",
+    ),
+    grad_clip_norm: float = typer.Option(None, help="dp.grad_clip_norm: per-sample clip of that gradient"),
+    label_expansion: int = typer.Option(None, help="labels.expansion m: secret sub-classes per class (default 2)"),
+    label_dp_epsilon: float = typer.Option(
+        None, help="labels.label_dp_epsilon: randomized-response label DP on the labels sent to the last trainer "
+        "(open tail only; one draw per sample, pure ε)",
+    ),
     max_epsilon: float = typer.Option(
         None, help="stop cleanly (saved, resumable) before an epoch that would take any ε of privacy.json above "
         "this; a limit of this invocation: resume with a larger one to continue",
@@ -159,7 +180,9 @@ def train(
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
-            head_dpsgd_clip=head_dpsgd_clip,
+            head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
+            protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
+            label_dp_epsilon=label_dp_epsilon,
         )
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

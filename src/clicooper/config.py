@@ -182,6 +182,12 @@ class RunConfig(_Strict):
             )
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
+        if self.labels.label_dp_epsilon is not None and self.topology != "open-tail":
+            raise ValueError(
+                "labels.label_dp_epsilon (randomized response) protects the labels sent to the last trainer, "
+                "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
+                "(in the U-shape the labels never leave the DO)"
+            )
         return self
 
     def resolved(self, num_train: int, *, dataset: Any = None) -> RunConfig:
