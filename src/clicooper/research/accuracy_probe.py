@@ -4,8 +4,10 @@ Used for the full-budget table of docs/privacy-frontier.md, where attacks on eve
 
     python -m clicooper.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
 
-``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line: model, σ, seed, final test
-accuracy and the accuracy after every epoch.
+``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line (also written to
+``OUT/probe.json``): model, σ, seed, final test accuracy and the accuracy after every epoch; with
+``--do-alone`` also the DO-alone accuracy (same head + a linear tail, trained without trainers) and the
+trainers' gain.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--head-dpsgd", type=float, default=None, help="DP-SGD noise multiplier on the DO's head (clip 1)")
     ap.add_argument("--out", required=True, help="new run directory")
+    ap.add_argument("--do-alone", action="store_true",
+                    help="also train the DO alone (same head + a linear tail, no trainers, no noise; same rows, "
+                    "epochs and seed) and report its accuracy and the trainers' gain")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from clicooper import train
@@ -45,8 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     privacy = Path(a.out) / "privacy.json"
     eps = ({r["covers"]: r["epsilon"] for r in json.loads(privacy.read_text())["reports"]}
            if privacy.is_file() else {})
-    print(json.dumps({"model": a.model, "sigma": a.sigma, "seed": a.seed, "acc": m["final_test_acc"],
-                      "by_epoch": [e["test_acc"] for e in m["epochs"]], "epsilon": eps}))
+    row = {"model": a.model, "sigma": a.sigma, "seed": a.seed, "acc": m["final_test_acc"],
+           "by_epoch": [e["test_acc"] for e in m["epochs"]], "epsilon": eps}
+    if a.do_alone:
+        from clicooper.data import load_dataset
+        from clicooper.research.frontier import Budget, do_alone_accuracy
+
+        alone = do_alone_accuracy(a.model, Budget(train=a.train, epochs=a.epochs, seed=a.seed),
+                                  load_dataset("fashion-mnist"))
+        row |= {"do_alone_acc": alone, "trainer_gain": m["final_test_acc"] - alone}
+    (Path(a.out) / "probe.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps(row))
     return 0
 
 
