@@ -1,0 +1,53 @@
+"""The research sweeps behind docs/privacy-frontier.md run end to end at a toy budget (figures meaningless)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tests.conftest import needs_fmnist
+
+
+def test_rr_keep_probability_matches_plain_rr() -> None:
+    from clicooper.research.label_dp import rr_keep_probability
+
+    assert rr_keep_probability(math.log(9.0), 10) == pytest.approx(0.5)
+    assert rr_keep_probability(1e-9, 10) == pytest.approx(0.1)
+
+
+@needs_fmnist
+def test_label_dp_sweep_trains_attacks_and_reports(tmp_path: Path) -> None:
+    from clicooper.research import label_dp
+
+    runs, res = tmp_path / "runs", tmp_path / "res"
+    argv = ["--runs", str(runs), "--results", str(res), "--train", "400", "--epochs", "1", "--eps", "2",
+            "--no-reference"]
+    assert label_dp.main(argv) == 0
+    rows = json.loads((res / "label_dp.json").read_text())["rows"]
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["label_dp_epsilon"] == 2.0 and r["epsilon"]["label-DP (RR)"] == pytest.approx(2.0)
+    assert r["budget"]["train"] == 400 and r["defense"] == "clicooper"
+    for party in ("T1", "T2"):
+        assert {"zero-knowledge", "known-1", "known-10"} <= set(r["attacks"][party])
+    assert r["attacks"]["T2"]["known-10"]["labels"] is not None  # the last trainer received labels
+    assert "| fmnist-private-d64w | clicooper | 2.0 |" in (res / "label_dp.md").read_text()
+    # cached: a second call trains nothing and rebuilds the same report
+    (runs / r["tag"] / "metrics.json").unlink()
+    assert label_dp.main(argv) == 0
+    assert json.loads((res / "label_dp.json").read_text())["rows"] == rows
+
+
+@needs_fmnist
+def test_accuracy_probe_reports_do_alone(tmp_path: Path) -> None:
+    from clicooper.research import accuracy_probe
+
+    out = tmp_path / "p"
+    assert accuracy_probe.main(["--model", "fmnist-private-d16", "--sigma", "0.25", "--epochs", "1", "--train",
+                                "300", "--do-alone", "--out", str(out)]) == 0
+    row = json.loads((out / "probe.json").read_text())
+    assert 0.0 <= row["do_alone_acc"] <= 1.0
+    assert row["trainer_gain"] == pytest.approx(row["acc"] - row["do_alone_acc"])
+    assert row["epsilon"]["per-release, head fixed"] > 0
