@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--preset", default="private-balanced",
+                    help="also time this privacy preset, undefended and defended on its own model ('' to skip)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -77,6 +79,16 @@ def main(argv: list[str] | None = None) -> None:
         "split_clicooper_defense": make_config(**base, defense="clicooper", dp={"sigma": 0.5, "clip_norm": 1.0}),
         "split_provenance": make_config(**(base | {"provenance": True})),
     }
+    preset_model = None
+    if args.preset:
+        from clicooper.privacy.presets import PRESETS
+
+        if args.preset not in PRESETS:
+            raise SystemExit(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+        preset_model = PRESETS[args.preset].model
+        # the preset's model without any defense, then the preset itself (model, σ, labels)
+        variants["preset_model_split"] = make_config(**(base | {"model": preset_model}))
+        variants["preset_defended"] = make_config(**(base | {"model": preset_model}), preset=args.preset)
     cfg0 = variants["split"]
     order = epoch_order(ds.train_ids(None), seed=0, epoch=0)
     batches = [order[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.steps)]
@@ -102,6 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         "provenance_vs_split": med["split_provenance"] / med["split"],
         "bytes_per_sample_per_cut": {k: v / n for k, v in nbytes.items()},
     }
+    if preset_model is not None:
+        result |= {
+            "preset": args.preset, "preset_model": preset_model,
+            # what the preset's mechanisms (keyed noise, clip, label codec) cost on its own architecture
+            "preset_defended_vs_preset_model_split": med["preset_defended"] / med["preset_model_split"],
+            # the preset as shipped against the undefended reference split
+            "preset_defended_vs_split": med["preset_defended"] / med["split"],
+        }
     print(json.dumps(result, indent=2))
 
 
