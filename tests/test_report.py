@@ -90,6 +90,18 @@ def test_report_with_baseline(defended_run: Path, digits_run: Path, tmp_path: Pa
     assert json.loads((base / "attacks" / "clustering.json").read_text())["settings"]["budget"] == "smoke"
     rep2 = make_report(run, tmp_path / "report2", baseline=base, budget="smoke", attacks="gradient-leak")
     assert rep2["attacks"]["gradient-leak"]["seconds"] == rep["attacks"]["gradient-leak"]["seconds"]
+    # DO-alone (head + linear tail, no trainers) beside accuracy and the FLOP share, for both; cached per run
+    for who, d in (("run", run), ("baseline", base)):
+        cached = json.loads((d / "do_alone.json").read_text())
+        assert rep[who]["do_alone_acc"] == cached["do_alone_acc"] and 0.0 < cached["do_alone_acc"] <= 1.0
+        assert rep[who]["trainer_gain"] == pytest.approx(rep[who]["test_acc"] - cached["do_alone_acc"])
+        cfg = json.loads((d / "config.json").read_text())
+        assert cached["settings"]["model"] == "digits-mlp" and cached["settings"]["epochs"] == cfg["epochs"]
+    assert rep2["run"]["do_alone_acc"] == rep["run"]["do_alone_acc"]
+    assert "DO-alone accuracy" in md and "trainers' gain" in md
+    rep3 = make_report(run, tmp_path / "report3", baseline=base, budget="smoke", attacks="gradient-leak",
+                       do_alone=False)
+    assert "do_alone_acc" not in rep3["run"] and "DO-alone" not in (tmp_path / "report3" / "report.md").read_text()
 
 
 def test_baseline_must_be_comparable(digits_run: Path, tmp_path: Path) -> None:

@@ -130,13 +130,17 @@ def register(app: typer.Typer) -> None:
         budget: str = typer.Option("demo", help="attack budget for attacks not yet run: demo | full"),
         attack_name: str = typer.Option("all", "--attack", help="attacks to report (default all)"),
         rerun: bool = typer.Option(False, "--rerun", help="re-run attacks even if RUN/attacks/<name>.json exists"),
+        do_alone: bool = typer.Option(True, "--do-alone/--no-do-alone",
+                                      help="train each one's DO alone (head + linear tail, no trainers) and report "
+                                           "the trainers' gain (cached in RUN/do_alone.json)"),
         as_json: bool = typer.Option(False, "--json", help="only the JSON object on stdout"),
     ) -> None:
         """Attack a run and its undefended baseline, and write report.md, report.json and plots."""
         from clicooper.report import make_report
 
         rep = make_report(run_dir, out_dir, baseline=baseline, budget=budget, attacks=attack_name, rerun=rerun,
-                          progress=lambda m: err.print(m, highlight=False), baseline_model=baseline_model)
+                          progress=lambda m: err.print(m, highlight=False), baseline_model=baseline_model,
+                          do_alone=do_alone)
         if not as_json:
             err.print(f"wrote {out_dir / 'report.md'}", highlight=False)
         emit_json({"report": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),

@@ -110,6 +110,37 @@ def _check_comparable(run: dict[str, Any], base: dict[str, Any], baseline_model:
             for k in SHOULD_MATCH if run["config"].get(k) != base["config"].get(k)]
 
 
+def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """DO-alone accuracy for a run's configuration (:mod:`clicooper.training.do_alone`: its head + a linear
+    tail, same rows, epochs, seed, batch size and learning rate, no trainers), cached in
+    ``RUN/do_alone.json`` together with the settings it was computed for."""
+    from clicooper.data import load_dataset
+    from clicooper.training.do_alone import do_alone_accuracy
+
+    cfg = _read_json(Path(run_dir) / "config.json")
+    rng = cfg.get("train_range")
+    key = {"model": cfg.get("model"), "dataset": cfg.get("dataset"), "train_range": list(rng) if rng else None,
+           "epochs": cfg.get("epochs"), "seed": cfg.get("seed"), "trainers": cfg.get("trainers"),
+           "batch_size": cfg.get("batch_size") or 128, "lr": cfg.get("lr", 1e-3)}
+    path = Path(run_dir) / "do_alone.json"
+    if path.is_file():
+        try:
+            have = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            have = {}
+        if have.get("settings") == key and isinstance(have.get("do_alone_acc"), float):
+            return have
+    if progress:
+        progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
+    t0 = time.time()
+    acc = do_alone_accuracy(key["model"], load_dataset(key["dataset"]), train_range=tuple(rng) if rng else None,
+                            epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
+                            batch_size=key["batch_size"], lr=key["lr"])
+    out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
+
 def _load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None) -> dict[str, Any]:
     path = run_dir / "attacks" / f"{name}.json"
     if path.is_file() and not rerun:
@@ -181,8 +212,12 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Path | None = None,
                 budget: str = "demo", attacks: str | list[str] = "all", rerun: bool = False,
-                progress: Progress | None = None, baseline_model: str | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, baseline_model: str | None = None,
+                do_alone: bool = True) -> dict[str, Any]:
     """Attack ``run_dir`` and its undefended baseline (trained if not given) and write the report.
+
+    ``do_alone``: also train each one's DO alone (head + linear tail, no trainers; cached in
+    ``RUN/do_alone.json``) and report the trainers' gain beside accuracy and the DO's FLOP share.
 
     ``baseline_model``: the baseline's architecture when it is not the run's (e.g. the undefended reference
     ``fmnist-cnn`` beside a private model); the report's header shows both models.
@@ -213,6 +248,11 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
                               "model, data and seed")
     base = run_summary(base_dir)
     warnings = _check_comparable(run, base, baseline_model)
+    if do_alone:
+        for summary, d in ((run, run_dir), (base, base_dir)):
+            summary["do_alone_acc"] = do_alone_for(d, progress)["do_alone_acc"]
+            summary["trainer_gain"] = (summary["test_acc"] - summary["do_alone_acc"]
+                                       if summary["test_acc"] is not None else None)
 
     results: dict[str, dict[str, Any]] = {}
     base_results: dict[str, dict[str, Any]] = {}
@@ -315,6 +355,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
     L.append(f"| test accuracy | {_fmt(run['test_acc'])} | {_fmt(base['test_acc'])} |")
     L.append(f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
              f"{_fmt(base['do_flop_share'], 4)} |")
+    if run.get("do_alone_acc") is not None:
+        L.append(f"| DO-alone accuracy (its head + a linear tail, no trainers) | {_fmt(run['do_alone_acc'])} | "
+                 f"{_fmt(base.get('do_alone_acc'))} |")
+        gain = [f"{100 * g:+.2f} pt" if g is not None else "–"
+                for g in (run.get("trainer_gain"), base.get("trainer_gain"))]
+        L.append(f"| trainers' gain (accuracy − DO-alone) | {gain[0]} | {gain[1]} |")
     L.append("")
     L.append("**Privacy (ε from `privacy.json`, each with what it covers):**\n")
     if run["epsilon"]:

@@ -36,15 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models in the zoo)
 from clicooper.data import load_dataset
-from clicooper.models import zoo
-from clicooper.models.partition import make_plan, split_model
 from clicooper.privacy.accountant import epsilon as dp_epsilon
-from clicooper.training.loop import epoch_order
 
 LEVELS = ("known-plaintext-100", "known-plaintext-1000", "white-box")
 REFERENCE = "fmnist-cnn"
@@ -99,29 +94,9 @@ def run_config(s: Setting, b: Budget) -> dict[str, Any]:
 
 def do_alone_accuracy(model_name: str, b: Budget, dataset: Any) -> float:
     """Head (same architecture and init seed as the split run) + a linear tail, trained by the DO alone."""
-    torch.manual_seed(b.seed)
-    model = zoo.build(model_name, dataset.input_shape, dataset.num_classes, seed=b.seed)
-    plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=b.trainers)
-    head = split_model(model, plan)["DO:head"]
-    feat = int(math.prod(plan.head.output_shape))
-    torch.manual_seed(b.seed + 17)
-    net = nn.Sequential(head, nn.Flatten(), nn.Linear(feat, dataset.num_classes))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    ids = dataset.train_ids((0, b.train))
-    x, y = dataset.x_train, dataset.y_train
-    net.train()
-    for e in range(b.epochs):
-        order = epoch_order(ids, seed=b.seed, epoch=e)
-        for i in range(0, len(order), 128):
-            bi = order[i : i + 128]
-            opt.zero_grad()
-            F.cross_entropy(net(x[bi].float()), y[bi]).backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        correct = sum(int((net(dataset.x_test[i : i + 2048].float()).argmax(1) == dataset.y_test[i : i + 2048]).sum())
-                      for i in range(0, len(dataset.x_test), 2048))
-    return correct / len(dataset.x_test)
+    from clicooper.training.do_alone import do_alone_accuracy as alone
+
+    return alone(model_name, dataset, train_range=(0, b.train), epochs=b.epochs, seed=b.seed, trainers=b.trainers)
 
 
 def _level(att: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -1,0 +1,50 @@
+"""DO-alone accuracy: the data owner's head + a linear tail, trained without any trainer (issue 5).
+
+The trainers' contribution to a configuration is ``split accuracy − DO-alone accuracy``. A low DO FLOP
+share alone can be gamed by adding useless trainer layers; this number cannot. The DO-alone model uses the
+same head architecture and init seed as the split run, the same training rows, epochs, shuffling
+(:func:`clicooper.training.loop.epoch_order`), batch size and Adam learning rate, true labels and no noise
+(nothing leaves the DO). Used by the frontier sweep, the accuracy probe and ``clicooper report``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clicooper.models import zoo
+from clicooper.models.partition import make_plan, split_model
+
+
+def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, int] | None, epochs: int,
+                      seed: int, trainers: int = 2, batch_size: int = 128, lr: float = 1e-3) -> float:
+    """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring)."""
+    from clicooper.training.loop import epoch_order
+
+    torch.manual_seed(seed)
+    model = zoo.build(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
+    plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)
+    head = split_model(model, plan)["DO:head"]
+    feat = int(math.prod(plan.head.output_shape))
+    torch.manual_seed(seed + 17)
+    net = nn.Sequential(head, nn.Flatten(), nn.Linear(feat, dataset.num_classes))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    ids = dataset.train_ids(train_range)
+    x, y = dataset.x_train, dataset.y_train
+    net.train()
+    for e in range(epochs):
+        order = epoch_order(ids, seed=seed, epoch=e)
+        for i in range(0, len(order), batch_size):
+            bi = order[i : i + batch_size]
+            opt.zero_grad()
+            F.cross_entropy(net(x[bi].float()), y[bi]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        correct = sum(int((net(dataset.x_test[i : i + 2048].float()).argmax(1) == dataset.y_test[i : i + 2048]).sum())
+                      for i in range(0, len(dataset.x_test), 2048))
+    return correct / len(dataset.x_test)
