@@ -18,7 +18,7 @@ def test_bench_reports_reference_and_preset_ratios(capsys: pytest.CaptureFixture
     assert set(med) == {"centralized", "split", "split_clicooper_defense", "split_provenance",
                         "preset_model_split", "preset_defended"}
     assert all(v > 0 for v in med.values())
-    assert out["preset"] == "private-balanced" and out["preset_model"] == "fmnist-private-d64r"
+    assert out["preset"] == "private-accurate" and out["preset_model"] == "fmnist-private-d64w"
     assert out["preset_defended_vs_split"] == pytest.approx(med["preset_defended"] / med["split"])
     assert out["preset_defended_vs_preset_model_split"] == pytest.approx(
         med["preset_defended"] / med["preset_model_split"])

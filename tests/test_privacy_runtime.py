@@ -119,3 +119,16 @@ def test_cli_per_mechanism_flags_reach_the_config(tmp_path: Path) -> None:
     assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (4, 1.0)
     with pytest.raises(ValueError, match="open tail"):
         _config_from_options(None, defense="labels", label_dp_epsilon=1.0)
+
+
+def test_noise_on_an_unmeasured_wide_cut_comes_with_advice(tmp_path: Path) -> None:
+    from clicooper.privacy.defaults import cut_advice
+
+    assert cut_advice("fmnist-private-d64w") is None
+    assert "--preset private-accurate" in cut_advice("fmnist-cnn")
+    assert "not measured" in cut_advice("digits-mlp", "digits")
+    m = mechanisms_for_run(make_config(defense="clicooper", dp={"sigma": 0.1}), tmp_path / "a", 10, new_run=True)
+    assert "--preset private-accurate" in m["notice"]
+    m = mechanisms_for_run(make_config(defense="clicooper", model="fmnist-private-d64", dp={"sigma": 0.1}),
+                           tmp_path / "b", 10, new_run=True)
+    assert "frontier measured" not in m["notice"]

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--preset", default="private-balanced",
+    ap.add_argument("--preset", default="private-accurate",
                     help="also time this privacy preset, undefended and defended on its own model ('' to skip)")
     args = ap.parse_args(argv)
     if args.threads > 0:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from clicooper.errors import PrivacyError
 from clicooper.privacy.activation import ActivationProtector
-from clicooper.privacy.defaults import describe_sigma, resolve_sigma, sigma_derivation
+from clicooper.privacy.defaults import cut_advice, describe_sigma, resolve_sigma, sigma_derivation
 from clicooper.privacy.label_dp import RandomizedResponse
 from clicooper.privacy.labels import LabelCodec
 from clicooper.privacy.prefetch import EpochSchedule, NoisePrefetcher
@@ -112,6 +112,8 @@ def mechanisms_for_run(
                 sigma=dp.sigma, clip_norm=grad_clip, secret=noise_secret, prefetcher=prefetcher
             )
         notice.append(describe_sigma(derivation))
+        if new_run and (advice := cut_advice(config.model, config.dataset)) is not None:
+            notice.append(advice)
     codec = label_codec_for_run(run_dir, config, num_classes) if config.obfuscate_labels else None
     rr = None
     if config.labels.label_dp_epsilon is not None and config.topology == "open-tail":
