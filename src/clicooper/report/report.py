@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clicooper import rundir
 from clicooper.attacks import informative
 from clicooper.attacks.budgets import DESCRIPTIONS, parse_attacks, run_suite
 from clicooper.errors import ConfigError, RunDirError
@@ -137,7 +138,7 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
                             batch_size=key["batch_size"], lr=key["lr"])
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
-    path.write_text(json.dumps(out, indent=2))
+    rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
     return out
 
 
