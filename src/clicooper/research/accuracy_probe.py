@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
            "by_epoch": [e["test_acc"] for e in m["epochs"]], "epsilon": eps}
     if a.do_alone:
         from clicooper.data import load_dataset
-        from clicooper.research.frontier import Budget, do_alone_accuracy
+        from clicooper.training.do_alone import do_alone_accuracy
 
-        alone = do_alone_accuracy(a.model, Budget(train=a.train, epochs=a.epochs, seed=a.seed),
-                                  load_dataset("fashion-mnist"))
+        alone = do_alone_accuracy(a.model, load_dataset("fashion-mnist"), train_range=(0, a.train),
+                                  epochs=a.epochs, seed=a.seed)
         row |= {"do_alone_acc": alone, "trainer_gain": m["final_test_acc"] - alone}
     (Path(a.out) / "probe.json").write_text(json.dumps(row, indent=2))
     print(json.dumps(row))
