@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
+from clicooper.encoding import lp
 from clicooper.errors import WireError
 
 #: dtypes allowed on the wire, by their canonical name.
@@ -116,15 +116,6 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.numpy().tobytes()
 
 
-def _lp(b: bytes) -> bytes:
-    """Length-prefix: 8-byte big-endian length, then the bytes."""
-    return struct.pack(">Q", len(b)) + b
-
-
-def _lp_str(s: str) -> bytes:
-    return _lp(s.encode("utf-8"))
-
-
 def message_kind(msg: Message) -> str:
     """Short kind name of a message: ``activations``, ``gradients``, ``labels`` or ``control``."""
     return type(msg).__name__.lower()
@@ -134,30 +125,21 @@ def _canonical_parts(msg: Message) -> list[bytes | memoryview]:
     """The pieces of :func:`canonical_bytes`, the tensor data as a zero-copy view where possible."""
     h = msg.header
     parts: list[bytes | memoryview] = [
-        _lp_str(message_kind(msg)),
-        _lp_str(h.sender),
-        _lp_str(h.receiver),
-        _lp_str(str(h.epoch)),
-        _lp_str(str(h.step)),
-        _lp_str(str(h.micro)),
-        _lp_str(str(h.n_micro)),
+        lp(message_kind(msg), h.sender, h.receiver, str(h.epoch), str(h.step), str(h.micro), str(h.n_micro))
     ]
     if isinstance(msg, Control):
-        parts.append(_lp_str(msg.kind))
-        for k in sorted(msg.payload):
-            parts.append(_lp_str(k))
-            parts.append(_lp_str(msg.payload[k]))
+        parts.append(lp(msg.kind, *(x for k in sorted(msg.payload) for x in (k, msg.payload[k]))))
         return parts
     t = msg.tensor
     if isinstance(msg, Activations):
-        parts.append(_lp_str(msg.mode))
-    parts.append(_lp_str(dtype_name(t.dtype)))
-    parts.append(_lp_str(",".join(str(int(s)) for s in t.shape)))
+        parts.append(lp(msg.mode))
+    parts.append(lp(dtype_name(t.dtype), ",".join(str(int(s)) for s in t.shape)))
     c = t.detach().to("cpu").contiguous()
     if c.dtype == torch.bfloat16:
         c = c.view(torch.int16)
     data = memoryview(c.numpy()).cast("B")
-    parts.append(struct.pack(">Q", data.nbytes))
+    # lp()'s 8-byte big-endian length, written apart so the tensor data stays a zero-copy view
+    parts.append(data.nbytes.to_bytes(8, "big"))
     parts.append(data)
     return parts
 
