@@ -8,9 +8,9 @@ import pytest
 import torch
 from google.protobuf import descriptor_pb2
 
-from clicooper.net import clicooper_pb2 as pb
-from clicooper.net import clicooper_pb2_grpc as pb_grpc
-from clicooper.net.gen_proto import GENERATED, PROTO, SRC_ROOT, generate
+from clicooper.net.proto import clicooper_pb2 as pb
+from clicooper.net.proto import clicooper_pb2_grpc as pb_grpc
+from clicooper.net.proto.gen_proto import GENERATED, PACKAGE_DIR, PROTO, SRC_ROOT, generate
 from clicooper.net.serde import WireLimits, message_from_bytes, message_to_bytes
 from clicooper.protocol.messages import Activations, Control, Header
 
@@ -39,15 +39,15 @@ def test_checked_in_code_matches_proto(tmp_path):
     # execute: read the fresh module's serialized descriptor (importing it would clash in the pool)
     fresh_src = paths[0].read_text()
     # assert: identical descriptors (version-independent), and identical files when protoc is the same
-    checked_in_src = (SRC_ROOT / "clicooper" / "net" / GENERATED[0]).read_text()
+    checked_in_src = (SRC_ROOT / PACKAGE_DIR / GENERATED[0]).read_text()
     marker = "AddSerializedFile(b'"
     fresh_desc = fresh_src.split(marker, 1)[1].split("')", 1)[0]
     checked_desc = checked_in_src.split(marker, 1)[1].split("')", 1)[0]
-    assert fresh_desc == checked_desc, f"regenerate with src/clicooper/net/gen_proto.sh ({PROTO})"
+    assert fresh_desc == checked_desc, f"regenerate with src/clicooper/net/proto/gen_proto.sh ({PROTO})"
     version = [ln for ln in fresh_src.splitlines() if "Protobuf Python Version" in ln]
     if version and version[0] in checked_in_src:  # same protoc: the files must be identical
         for name, path in zip(GENERATED, paths, strict=True):
-            assert path.read_text() == (SRC_ROOT / "clicooper" / "net" / name).read_text(), name
+            assert path.read_text() == (SRC_ROOT / PACKAGE_DIR / name).read_text(), name
 
 
 def test_service_shape():

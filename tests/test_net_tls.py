@@ -25,8 +25,8 @@ from clicooper.net import (
     load_party_cert,
     save_party_cert,
 )
-from clicooper.net import clicooper_pb2 as pb
 from clicooper.net.certs import party_dns_name
+from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import message_to_bytes
 from clicooper.net.testing import RawLinkClient, loopback_mesh
 from clicooper.protocol.messages import Activations, Header

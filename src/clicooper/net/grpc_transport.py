@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from clicooper.errors import ConfigError, WireError
-from clicooper.net import clicooper_pb2 as pb
 from clicooper.net.link import Admission, InboundLink, message_digest
 from clicooper.net.outbound import OutboundLink, channel_options
+from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import NAME_RE, ShapePattern, WireLimits, envelope_from_bytes, message_from_proto
 from clicooper.net.tls import TlsConfig, peer_fingerprint_of_context
 from clicooper.protocol.messages import Message, with_stamp

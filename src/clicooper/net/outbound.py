@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import grpc
 
 from clicooper.errors import WireError
-from clicooper.net import clicooper_pb2 as pb
 from clicooper.net.link import align_resend, message_digest
+from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import WireLimits, message_to_proto
 from clicooper.net.tls import TlsConfig, probe_certificate
 from clicooper.protocol.messages import Message, with_stamp

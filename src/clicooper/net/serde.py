@@ -23,7 +23,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from clicooper.errors import ConfigError, WireError
-from clicooper.net import clicooper_pb2 as pb
+from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.protocol.messages import (
     Activations,
     Control,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from clicooper.net import clicooper_pb2 as pb
+from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.certs import PartyCert, generate_party_certs, load_party_cert
 from clicooper.net.grpc_transport import GrpcTransport
 from clicooper.net.outbound import LINK_METHOD

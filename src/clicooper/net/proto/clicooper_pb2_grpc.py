@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from clicooper.net import clicooper_pb2 as clicooper_dot_net_dot_clicooper__pb2
+from clicooper.net.proto import clicooper_pb2 as clicooper_dot_net_dot_proto_dot_clicooper__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in clicooper/net/clicooper_pb2_grpc.py depends on'
+        + ' but the generated code in clicooper/net/proto/clicooper_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class LinkStub:
         """
         self.Stream = channel.stream_stream(
                 '/clicooper.v1.Link/Stream',
-                request_serializer=clicooper_dot_net_dot_clicooper__pb2.Envelope.SerializeToString,
-                response_deserializer=clicooper_dot_net_dot_clicooper__pb2.Ack.FromString,
+                request_serializer=clicooper_dot_net_dot_proto_dot_clicooper__pb2.Envelope.SerializeToString,
+                response_deserializer=clicooper_dot_net_dot_proto_dot_clicooper__pb2.Ack.FromString,
                 _registered_method=True)
 
 
@@ -57,8 +57,8 @@ def add_LinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=clicooper_dot_net_dot_clicooper__pb2.Envelope.FromString,
-                    response_serializer=clicooper_dot_net_dot_clicooper__pb2.Ack.SerializeToString,
+                    request_deserializer=clicooper_dot_net_dot_proto_dot_clicooper__pb2.Envelope.FromString,
+                    response_serializer=clicooper_dot_net_dot_proto_dot_clicooper__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,8 +86,8 @@ class Link:
             request_iterator,
             target,
             '/clicooper.v1.Link/Stream',
-            clicooper_dot_net_dot_clicooper__pb2.Envelope.SerializeToString,
-            clicooper_dot_net_dot_clicooper__pb2.Ack.FromString,
+            clicooper_dot_net_dot_proto_dot_clicooper__pb2.Envelope.SerializeToString,
+            clicooper_dot_net_dot_proto_dot_clicooper__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,
