@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from clicooper.errors import WireError
 from clicooper.net import serde
 from clicooper.net.serde import WireLimits, message_from_bytes, message_from_proto, message_to_proto
-from clicooper.net.testing import malformed_envelope_strategy
 from clicooper.protocol.messages import (
     WIRE_DTYPES,
     Activations,
@@ -22,6 +21,7 @@ from clicooper.protocol.messages import (
     Labels,
     canonical_bytes,
 )
+from support.net import malformed_envelope_strategy
 
 torch.set_num_threads(1)
 LIMITS = WireLimits(max_tensor_bytes=1 << 16, max_control_bytes=1 << 12)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clicooper.net import ServeResult, generate_party_certs, save_party_cert, serve_party
-from clicooper.net.testing import ChainDataOwner, ChainTrainer, loopback_mesh
+from support.net import ChainDataOwner, ChainTrainer, loopback_mesh
 
 torch.set_num_threads(1)
 
@@ -79,8 +79,9 @@ def test_chain_in_three_processes_with_pinned_tls(tmp_path):
     names = ["DO", "T1", "T2"]
     for c in generate_party_certs(names).values():
         save_party_cert(c, tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    procs = [subprocess.Popen([sys.executable, "-m", "clicooper.net.testing", "--name", n, "--parties",
+    here = Path(__file__).resolve().parent  # tests/: the children run support.chain_node
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
+    procs = [subprocess.Popen([sys.executable, "-m", "support.chain_node", "--name", n, "--parties",
                                ",".join(names), "--certs", str(tmp_path), "--steps", "4"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for n in names]

@@ -28,8 +28,8 @@ from clicooper.net import (
 from clicooper.net.certs import party_dns_name
 from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import message_to_bytes
-from clicooper.net.testing import RawLinkClient, loopback_mesh
 from clicooper.protocol.messages import Activations, Header
+from support.net import RawLinkClient, loopback_mesh
 
 torch.set_num_threads(1)
 RUN = "tls-run"
@@ -175,9 +175,10 @@ def test_two_namespaces_over_veth_with_pinned_tls(certs, tmp_path):
             ip("-n", n, "addr", "add", f"{addr}/24", "dev", v)
             ip("-n", n, "link", "set", v, "up")
             ip("-n", n, "link", "set", "lo", "up")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        here = Path(__file__).resolve().parent  # tests/: the children run support.chain_node
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), str(here)])}
         for n, name, addr in zip(ns, ("DO", "T1"), ips, strict=True):
-            cmd = ["ip", "netns", "exec", n, sys.executable, "-m", "clicooper.net.testing", "--name", name,
+            cmd = ["ip", "netns", "exec", n, sys.executable, "-m", "support.chain_node", "--name", name,
                    "--parties", "DO,T1", "--certs", str(tmp_path), "--listen", f"{addr}:0", "--run-id", RUN,
                    "--steps", "3", "--deadline", "30"]
             procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -15,8 +15,8 @@ from clicooper.errors import ConfigError, WireError
 from clicooper.net import GrpcTransport, WireLimits
 from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import message_to_bytes, message_to_proto
-from clicooper.net.testing import RawLinkClient, loopback_mesh, malformed_envelope_strategy
 from clicooper.protocol.messages import Activations, Control, Gradients, Header
+from support.net import RawLinkClient, loopback_mesh, malformed_envelope_strategy
 
 torch.set_num_threads(1)
 RUN = "test-run"
