@@ -35,6 +35,11 @@ PRIVACY = "privacy.json"
 STATE = "state.json"
 
 
+def model_file(party: str) -> str:
+    """File name of a plan entry's delivered weights inside ``model/`` (``head``, ``seg_<i>``, ``tail``)."""
+    return {"DO:head": "head", "DO:tail": "tail"}.get(party, f"seg_{party[1:]}") + ".safetensors"
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically (tmp file in the same folder, fsync, rename)."""
     path = Path(path)

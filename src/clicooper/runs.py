@@ -17,18 +17,10 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.data import Dataset, load_dataset
 from clicooper.errors import DataError, RunDirError
-from clicooper.models import zoo
-from clicooper.models.partition import Plan, split_model
-
-
-def num_outputs_for(config: RunConfig, num_classes: int) -> int:
-    """Width of the model's output layer: C, or C·m under label obfuscation."""
-    return num_classes * config.labels.expansion if config.obfuscate_labels else num_classes
-
-
-def model_file(party: str) -> str:
-    """File name of a party's delivered weights inside ``model/``."""
-    return {"DO:head": "head", "DO:tail": "tail"}.get(party, f"seg_{party[1:]}") + ".safetensors"
+from clicooper.models.blueprint import blueprint_for
+from clicooper.models.partition import Plan
+from clicooper.privacy.runtime import label_codec_for_run
+from clicooper.rundir import model_file
 
 
 @dataclass
@@ -72,8 +64,6 @@ class RunHandle:
         if not self.config.obfuscate_labels:
             return None
         if self._decoder is None:
-            from clicooper.privacy.runtime import label_codec_for_run
-
             self._decoder = label_codec_for_run(self.path, self.config, self.plan_num_classes)
         return self._decoder
 
@@ -111,8 +101,8 @@ class RunHandle:
 
 def build_skeleton(config: RunConfig, plan: Plan, num_classes: int) -> tuple[nn.Sequential, dict[str, nn.Sequential]]:
     """Model and per-party modules with the run's architecture (initial weights, to be overwritten)."""
-    model = zoo.build(config.model, tuple(plan.input_shape), num_outputs_for(config, num_classes), seed=config.seed)
-    return model, split_model(model, plan)
+    bp = blueprint_for(config, plan.input_shape, num_classes, plan=plan)
+    return bp.model, bp.modules()
 
 
 def load_run(path: str | Path) -> RunHandle:

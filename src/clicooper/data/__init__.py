@@ -5,5 +5,6 @@ data owner; trainers only ever see tensors. Nothing is downloaded at run time.
 """
 
 from clicooper.data.loaders import Dataset, load_dataset
+from clicooper.data.order import epoch_order, steps_in
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["Dataset", "epoch_order", "load_dataset", "steps_in"]

@@ -80,9 +80,13 @@ class Plan:
         """The DO's tail (U-shape) or ``None`` (open tail)."""
         return self.parties[-1] if self.parties[-1].party == "DO:tail" else None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (what ``plan.json`` holds)."""
+        return asdict(self)
+
     def to_json(self) -> str:
         """Pretty JSON of the plan."""
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:

@@ -13,7 +13,7 @@ The partitioner (``models/partition.py``) gives the DO the *first parametrised u
 here is ONE module (:class:`BottleneckHead` / :class:`SpatialBottleneckHead`): conv + pooling + linear +
 normalisation all stay with the DO. The last layer (one Linear) is the DO's tail in U-shape.
 
-Registered names (import this module, or ``clicooper.models.zoo`` once it imports it):
+Names (listed in :data:`MODELS`; :mod:`clicooper.models.zoo` builds them):
 
 * ``fmnist-private-d16`` / ``fmnist-private-d64`` — dense cut of d = 16 / 64 values; trainers: a wide MLP.
 * ``fmnist-private-s4`` — spatial cut 4×7×7 (196 values, L2-normalised as a whole); trainers: convs.
@@ -23,12 +23,27 @@ Registered names (import this module, or ``clicooper.models.zoo`` once it import
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clicooper.errors import ConfigError
-from clicooper.models.zoo import register
+
+Builder = Callable[[tuple[int, ...], int], nn.Sequential]
+#: name → (builder, one-line description); ``clicooper.models.zoo`` lists these beside its own models
+MODELS: dict[str, tuple[Builder, str]] = {}
+
+
+def register(name: str, doc: str) -> Callable[[Builder], Builder]:
+    """Add a builder ``f(input_shape, num_outputs) -> nn.Sequential`` to :data:`MODELS`."""
+
+    def deco(f: Builder) -> Builder:
+        MODELS[name] = (f, doc)
+        return f
+
+    return deco
 
 
 class L2Normalize(nn.Module):

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from clicooper.errors import ConfigError
+from clicooper.models import private
 
 Builder = Callable[[tuple[int, ...], int], nn.Sequential]
-_REGISTRY: dict[str, tuple[Builder, str]] = {}
+_REGISTRY: dict[str, tuple[Builder, str]] = dict(private.MODELS)  # the privacy-oriented models
 
 
 def register(name: str, doc: str) -> Callable[[Builder], Builder]:
@@ -89,4 +90,3 @@ def digits_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
         nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 64), nn.ReLU(),
         nn.Linear(64, num_outputs),
     )
-from clicooper.models import private as _private  # noqa: E402,F401  (registers the privacy-oriented models)

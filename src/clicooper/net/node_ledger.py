@@ -24,9 +24,7 @@ Because every copy appends exactly the same checked entries, the copies are byte
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,59 +33,24 @@ from torch import nn
 from clicooper import rundir
 from clicooper.config import RunConfig
 from clicooper.errors import LedgerError
+from clicooper.models.partition import Plan
 from clicooper.protocol.messages import Control
-from clicooper.provenance.commitments import (
-    architecture_hash,
-    config_hash,
-    dataset_commitment,
-    module_commitment,
-)
 from clicooper.provenance.entries import (
     Closing,
     Genesis,
-    PartyRecord,
     SignatureRecord,
     StageEntry,
     entry_bytes,
     entry_from_json,
     sign_multi,
 )
-from clicooper.provenance.identity import Identity, load_identity
 from clicooper.provenance.ledger import Ledger, parse_line
-from clicooper.provenance.watermark import (
-    Mark,
-    WatermarkTerm,
-    derive_stage_key,
-    embed_until_zero,
-    marks_for_round,
-    module_errors,
-    module_layout,
-)
-from clicooper.training.provenance_hooks import (
-    EXTRA_STEP_LAMBDA,
-    _dataset_salt,
-    capacity_for,
-    key_path,
-    num_params,
-    owner_of,
-)
+from clicooper.provenance.setup import genesis_body, key_path, load_or_create_identity
+from clicooper.provenance.stages import Position, StageEngine, positions_of
 
 GENESIS_PROPOSE, GENESIS_SIG, GENESIS, STAGE, ENTRY, CLOSE, CLOSE_SIG = (
     "node-genesis-propose", "node-genesis-sig", "node-genesis", "node-stage", "node-entry", "node-close",
     "node-close-sig")
-
-
-def load_or_create_identity(path: Path, *, create: bool) -> Identity:
-    """This party's key; created (0600) only for a fresh run without a key file."""
-    if Path(path).is_file():
-        return load_identity(path)
-    if not create:
-        raise LedgerError(f"identity {path} is missing but this node already has a ledger: restore its key "
-                          "(--identity) — another key cannot sign for the genesis' party")
-    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ident = Identity.generate()
-    ident.save(path)
-    return ident
 
 
 def wire_entry(entry: Any) -> str:
@@ -95,42 +58,25 @@ def wire_entry(entry: Any) -> str:
     return entry_bytes(entry).decode("utf-8")
 
 
-@dataclass
-class _Pos:
-    position: int
-    plan_party: str
-    owner: str
-    module: nn.Module | None  # None for other parties' positions
-    cap: Any = None
-    flops_per_sample: int = 0
-
-
 class NodeLedger:
     """The ledger side of one node: its identity, its ledger copy, its positions' watermarks."""
 
-    def __init__(self, name: str, config: RunConfig, plan: Any, modules: dict[str, nn.Module], party: Any,
+    def __init__(self, name: str, config: RunConfig, plan: Plan, modules: dict[str, nn.Module], party: Any,
                  run_dir: Path, identity_path: Path | None = None) -> None:
         self.name, self.config, self.plan, self.party = name, config, plan, party
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / rundir.LEDGER
-        self.positions: list[_Pos] = []
-        for pp in sorted(plan.parties, key=lambda x: x.position):
-            owner = owner_of(pp.party)
-            mod = modules[pp.party] if owner == name else None
-            cap = capacity_for(config, num_params(mod)) if mod is not None else None
-            self.positions.append(_Pos(pp.position, pp.party, owner, mod, cap, int(pp.flops)))
+        self.positions: list[Position] = positions_of(config, plan, modules, holder=name)
         self.ledger: Ledger | None = Ledger.open(self.path) if self.path.exists() else None
         self.identity = load_or_create_identity(Path(identity_path or key_path(self.run_dir, name)),
                                                 create=self.ledger is None)
         if self.ledger is not None:
             self._check_own_key(self.ledger.genesis)
-        self.marks: dict[int, list[Mark]] = {}
-        self.starts: dict[int, str] = {}
-        self.samples0 = self.steps0 = 0
+        self._engine: StageEngine | None = None
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
-    def own(self) -> list[_Pos]:
+    def own(self) -> list[Position]:
         return [p for p in self.positions if p.owner == self.name]
 
     def owner(self, position: int) -> str:
@@ -157,17 +103,9 @@ class NodeLedger:
     def propose_genesis(self, public_keys: dict[str, bytes], dataset: Any, train_ids: Any, model: nn.Module,
                         fingerprints: dict[str, str] | None = None) -> Genesis:
         """DO: the unsigned genesis body (parties in name order DO, T1, …)."""
-        names = ["DO", *sorted((n for n in public_keys if n != "DO"), key=lambda n: int(n[1:]))]
-        keys = dict(public_keys) | {"DO": self.identity.public_key}
-        fps = fingerprints or {}
-        parties = tuple(PartyRecord(n, keys[n], tuple(p.position for p in self.positions if p.owner == n),
-                                    fps.get(n)) for n in names)
-        salt = _dataset_salt(self.run_dir, create=True)
-        return Genesis(
-            config_hash=config_hash(self.config.model_dump(mode="json")),
-            dataset_commitment=dataset_commitment(salt, {"x": dataset.x_train, "y": dataset.y_train}, ids=train_ids),
-            architecture_hash=architecture_hash(model), planned_rounds=self.config.epochs,
-            topology=self.config.topology, parties=parties)
+        return genesis_body(self.config, self.run_dir, dataset=dataset, train_ids=train_ids, model=model,
+                            positions=self.positions, public_keys=dict(public_keys) | {"DO": self.identity.public_key},
+                            fingerprints=fingerprints)
 
     def sign_genesis(self, text: str) -> str:
         """Trainer: check a proposed body (own key and positions, rounds, topology, parties) and sign it."""
@@ -226,62 +164,26 @@ class NodeLedger:
         except LedgerError as e:
             raise LedgerError(f"{self.name} refuses the ledger entry relayed by {msg.header.sender}: {e}") from e
 
-    # -- rounds -----------------------------------------------------------------------------------------
+    # -- rounds (the stage engine, as in an in-process run) --------------------------------------------
+    @property
+    def engine(self) -> StageEngine:
+        """The stage engine over this node's ledger copy and its own positions."""
+        ledger = self._need()
+        if self._engine is None or self._engine.ledger is not ledger:
+            self._engine = StageEngine(ledger, self.positions, {self.name: self.identity})
+        return self._engine
+
     def round_start(self, r: int) -> None:
         """Marks and start commitments of this party's positions, fresh transcripts, watermark step hooks."""
-        ledger = self._need()
-        if ledger.closed:
-            raise LedgerError(f"the ledger of {self.run_dir} is closed; round {r} cannot be added")
-        hooks = []
-        for pos in self.own:
-            assert pos.module is not None
-            anchors = {q: ledger.anchor(q) for q in pos.cap.retained_for(r)}
-            self.marks[pos.position] = marks_for_round(self.identity, ledger.run_id, pos.position, r, anchors,
-                                                       pos.cap, module_layout(pos.module))
-            self.starts[pos.position] = module_commitment(pos.module)
-            if self.marks[pos.position]:
-                hooks.append(WatermarkTerm(pos.module, self.marks[pos.position], lam=pos.cap.lam))
-        self.party.transcripts = {}
-        self.party.step_hooks = hooks
-        self.samples0, self.steps0 = self.party.samples_processed, self.party.steps_taken
+        self.engine.begin_round(r, {self.name: self.party})
 
     def own_stage(self, r: int, position: int) -> tuple[StageEntry, dict[str, Any]]:
         """Owner: extra steps until BER = 0, draft + sign stage (r, position), append to own copy."""
-        ledger = self._need()
-        pos = next(p for p in self.own if p.position == position)
-        assert pos.module is not None
-        marks = self.marks.get(position, [])
-        wrong_before, total = module_errors(pos.module, marks)
-        extra = 0
-        if marks:
-            extra = embed_until_zero(pos.module, marks, lam=max(pos.cap.lam, EXTRA_STEP_LAMBDA),
-                                     optimizer=self.party.optimizer, max_steps=pos.cap.max_extra_steps)
-        wrong_after, _ = module_errors(pos.module, marks)
-        samples = self.party.samples_processed - self.samples0
-        wm = kc = None
-        if pos.cap.enabled:
-            sk = derive_stage_key(self.identity, ledger.run_id, r, position, ledger.anchor(r))
-            wm = pos.cap.mark_params(module_layout(pos.module), r, extra).to_json()
-            kc = sk.commitment
-        entry = ledger.draft_stage(
-            round=r, position=position, start=self.starts[position], end=module_commitment(pos.module),
-            transcripts=self.party.transcript_digests(), watermark=wm, key_commitment=kc,
-            metrics={"samples": samples, "flops_fwd_bwd": pos.flops_per_sample * samples,
-                     "steps": self.party.steps_taken - self.steps0, "extra_watermark_steps": extra})
-        committed = ledger.stage(r, position)
-        if committed is not None:  # round redone after a crash: must reproduce the committed entry exactly
-            entry = dataclasses.replace(entry, prev=committed.prev)
-            if entry.signed(self.identity) != committed:
-                raise LedgerError(f"round {r} was redone but stage ({r}, {position}) differs from the committed "
-                                  "entry; restore the round's checkpoint or start a new run")
-        signed = entry.signed(self.identity)
-        written = ledger.append(signed, allow_identical=True)
-        return signed, {"party": pos.plan_party, "bits": total, "extra_steps": extra, "committed": written,
-                        "ber_before_extra": wrong_before / total if total else None,
-                        "ber": wrong_after / total if total else None}
+        return self.engine.end_stage(r, position, self.party)
 
     def round_end_hooks_off(self) -> None:
-        self.party.step_hooks = []
+        """The round's steps are over: no watermark term on the extra steps' neighbours."""
+        self.engine.end_round({self.name: self.party})
 
     # -- closing ----------------------------------------------------------------------------------------
     def closing_signature(self) -> str:

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from clicooper.config import RunConfig, make_config
 from clicooper.errors import ConfigError, PrivacyError
-
-if TYPE_CHECKING:
-    from clicooper.config import RunConfig
-    from clicooper.data import Dataset
+from clicooper.privacy.accountant import sigma_for_epsilon
 
 DEFAULT_NOISE_RATIO = 1.0
 
@@ -43,31 +41,17 @@ def sigma_from_noise_ratio(*, noise_ratio: float, cut_dim: int) -> float:
     return float(noise_ratio) / math.sqrt(cut_dim)
 
 
-def cut_shape_for(config: RunConfig, dataset: Dataset) -> tuple[int, ...]:
-    """Per-sample shape of the DO head's output (what is clipped and noised), from the partition plan."""
-    from clicooper.training.loop import plan_for
-
-    _, plan = plan_for(config, dataset)
-    return tuple(int(s) for s in plan.head.output_shape)
-
-
-def resolve_sigma(
-    config: RunConfig, *, dataset: Dataset | None = None, cut_shape: Sequence[int] | None = None
-) -> RunConfig:
+def resolve_sigma(config: RunConfig, *, cut_shape: Sequence[int] | None = None) -> RunConfig:
     """``config`` with ``dp.sigma`` and ``dp.sigma_source`` filled in (see the module docstring).
 
-    A config that already has σ, or that does not protect activations, is returned as is. For the
-    noise-ratio rule the cut shape comes from ``cut_shape``, else from the plan of ``config`` on
-    ``dataset`` (loaded by name if not given).
+    A config that already has σ, or that does not protect activations, is returned as is. The noise-ratio
+    rule needs ``cut_shape``, the per-sample shape of the head's output
+    (:attr:`clicooper.models.blueprint.Blueprint.cut_shape`).
     """
-    from clicooper.config import make_config
-
     dp = config.dp
     if dp.sigma is not None or not config.protect_activations:
         return config
     if dp.target_epsilon is not None:
-        from clicooper.privacy.accountant import sigma_for_epsilon
-
         try:
             sigma = sigma_for_epsilon(
                 epsilon=dp.target_epsilon, delta=dp.delta, epochs=config.epochs, accountant=dp.accountant,
@@ -78,11 +62,8 @@ def resolve_sigma(
         source = "target-epsilon"
     else:
         if cut_shape is None:
-            if dataset is None:
-                from clicooper.data import load_dataset
-
-                dataset = load_dataset(config.dataset)
-            cut_shape = cut_shape_for(config, dataset)
+            raise PrivacyError("σ is unset and follows the noise-ratio rule, which needs the cut shape: pass "
+                               "cut_shape= (the model's Blueprint.cut_shape)")
         sigma = sigma_from_noise_ratio(
             noise_ratio=dp.noise_ratio, cut_dim=math.prod(int(s) for s in cut_shape)
         )

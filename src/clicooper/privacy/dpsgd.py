@@ -31,7 +31,8 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from clicooper.errors import PrivacyError
-from clicooper.privacy.activation import keyed_standard_normal
+from clicooper.privacy.activation import clip_per_sample, keyed_standard_normal
+from clicooper.privacy.runtime import PrivacyMechanisms
 
 STREAM_DPSGD = "dpsgd"
 
@@ -110,17 +111,13 @@ class HeadDPSGD:
         self._sum = None
 
 
-def head_dpsgd_for(head: nn.Module, privacy: dict | None) -> HeadDPSGD | None:
-    """The DO's :class:`HeadDPSGD` from :func:`clicooper.privacy.runtime.mechanisms_for_run`'s result
-    (``None`` unless ``dp.head_dpsgd`` is set); the release map is the activation protector's clip."""
-    spec = (privacy or {}).get("head_dpsgd")
+def head_dpsgd_for(head: nn.Module, privacy: PrivacyMechanisms) -> HeadDPSGD | None:
+    """The DO's :class:`HeadDPSGD` for ``privacy`` (``None`` unless ``dp.head_dpsgd`` is set); the release
+    map is the activation protector's clip (a validated config with ``dp.head_dpsgd`` always has one)."""
+    spec = privacy.head_dpsgd
     if spec is None:
         return None
-    protector = (privacy or {}).get("protector")
-    if protector is None:
-        raise PrivacyError("DP-SGD on the head needs the activation protector (--defense dp or clicooper)")
-    from clicooper.privacy.activation import clip_per_sample
-
-    clip = protector.clip_norm
-    return HeadDPSGD(head, noise_multiplier=spec["noise_multiplier"], max_grad_norm=spec["max_grad_norm"],
-                     secret=spec["secret"], release=lambda a: clip_per_sample(a, clip))
+    assert privacy.protector is not None  # RunConfig refuses dp.head_dpsgd without protected releases
+    clip = privacy.protector.clip_norm
+    return HeadDPSGD(head, noise_multiplier=spec.noise_multiplier, max_grad_norm=spec.max_grad_norm,
+                     secret=spec.secret, release=lambda a: clip_per_sample(a, clip))

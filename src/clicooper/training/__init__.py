@@ -1,1 +1,13 @@
-"""Training orchestration: builds parties over a transport and runs rounds."""
+"""In-process training: every party in one process over the session core (:mod:`clicooper.core`).
+
+- :mod:`.session` — :class:`Session`: the parties on the in-process network, one round's metrics;
+- :mod:`.run` — :func:`train`, the Python API behind ``clicooper train`` (new runs, resume, ε budget);
+- :mod:`.provenance_hooks` — the ledger and watermarks with every party's key at hand;
+- :mod:`.observe` — what each trainer received, for attack evaluators;
+- :mod:`.do_alone` — the DO's head + a linear layer trained alone (the trainers' gain).
+"""
+
+from clicooper.training.run import train
+from clicooper.training.session import RoundHooks, Session
+
+__all__ = ["RoundHooks", "Session", "train"]

@@ -3,7 +3,7 @@
 The trainers' contribution to a configuration is ``split accuracy − DO-alone accuracy``. A low DO FLOP
 share alone can be gamed by adding useless trainer layers; this number cannot. The DO-alone model uses the
 same head architecture and init seed as the split run, the same training rows, epochs, shuffling
-(:func:`clicooper.training.loop.epoch_order`), batch size and Adam learning rate, true labels and no noise
+(:func:`clicooper.data.epoch_order`), batch size and Adam learning rate, true labels and no noise
 (nothing leaves the DO). Used by the frontier sweep, the accuracy probe and ``clicooper report``.
 """
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clicooper.data import epoch_order
 from clicooper.models import zoo
 from clicooper.models.partition import make_plan, split_model
 
@@ -23,8 +24,6 @@ from clicooper.models.partition import make_plan, split_model
 def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, int] | None, epochs: int,
                       seed: int, trainers: int = 2, batch_size: int = 128, lr: float = 1e-3) -> float:
     """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring)."""
-    from clicooper.training.loop import epoch_order
-
     torch.manual_seed(seed)
     model = zoo.build(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
     plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clicooper.config.presets import apply_preset
 from clicooper.errors import ConfigError
 
 Topology = Literal["u-shape", "open-tail"]
@@ -147,15 +148,13 @@ class RunConfig(_Strict):
     provenance: bool = Field(True, description="keep a signed ledger (DESIGN §5)")
     preset: str | None = Field(
         None,
-        description="named privacy preset (clicooper.privacy.presets); explicit fields override its values",
+        description="named privacy preset (clicooper.config.presets); explicit fields override its values",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("preset") is not None:
-            from clicooper.privacy.presets import apply_preset
-
             data = apply_preset(data)
         return data
 
@@ -188,24 +187,22 @@ class RunConfig(_Strict):
                 "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
                 "(in the U-shape the labels never leave the DO)"
             )
+        if self.dp.head_dpsgd is not None and not self.protect_activations:
+            raise ValueError(
+                "dp.head_dpsgd composes DP-SGD on the head with the activation releases; it needs "
+                "--defense dp or clicooper (the releases of an unprotected head would void it)")
         return self
 
-    def resolved(self, num_train: int, *, dataset: Any = None) -> RunConfig:
-        """This config with dataset-dependent defaults filled in (what ``config.json`` records).
+    def resolved(self, num_train: int) -> RunConfig:
+        """This config with its batch size filled in (128, or 16 under 6,400 training samples).
 
-        The batch size, and for defense ``dp``/``clicooper`` with σ unset, σ
-        (:func:`clicooper.privacy.defaults.resolve_sigma`: target ε, else ``noise_ratio/√d`` with ``d`` from
-        the plan on ``dataset``, which is loaded by name when not given).
+        σ, when unset, is chosen from the cut shape by :func:`clicooper.privacy.defaults.resolve_sigma`
+        (the session core calls it once the model's plan is known).
         """
-        cfg = self
-        if cfg.batch_size is None:
-            bs = 128 if num_train >= 6400 else 16
-            cfg = make_config(**(cfg.model_dump() | {"batch_size": max(bs, cfg.micro_batches)}))
-        if cfg.protect_activations and cfg.dp.sigma is None:
-            from clicooper.privacy.defaults import resolve_sigma
-
-            cfg = resolve_sigma(cfg, dataset=dataset)
-        return cfg
+        if self.batch_size is not None:
+            return self
+        bs = 128 if num_train >= 6400 else 16
+        return make_config(**(self.model_dump() | {"batch_size": max(bs, self.micro_batches)}))
 
     @property
     def obfuscate_labels(self) -> bool:

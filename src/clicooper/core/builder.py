@@ -1,0 +1,87 @@
+"""The one party builder: the DO or a trainer of a run, over the run's blueprint.
+
+An in-process run builds every party from one blueprint (:func:`build_parties`); a node builds its own
+party from a blueprint of the same config, seed and plan, so every process starts from the same weights.
+The contract test (``tests/test_node_contract.py``) compares the final weights of both paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from clicooper.config import RunConfig
+from clicooper.errors import ConfigError
+from clicooper.models.partition import Plan
+from clicooper.parties.data_owner import DataOwner
+from clicooper.parties.trainer import Trainer
+from clicooper.privacy.dpsgd import head_dpsgd_for
+from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
+
+
+def party_names(config: RunConfig) -> list[str]:
+    """``["DO", "T1", …, "TK"]``."""
+    return ["DO", *(f"T{i + 1}" for i in range(config.trainers))]
+
+
+def neighbours(config: RunConfig, name: str) -> list[str]:
+    """Parties ``name`` exchanges messages with: the DO talks to every trainer (control + both chain ends);
+    a trainer to its chain neighbours and the DO."""
+    names = party_names(config)
+    if name == "DO":
+        return names[1:]
+    t = names[1:]
+    i = t.index(name)
+    return sorted({"DO"} | ({t[i - 1]} if i > 0 else set()) | ({t[i + 1]} if i < len(t) - 1 else set()))
+
+
+def _adam(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=config.lr)
+
+
+def build_data_owner(
+    config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], dataset: Any, *,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: torch.device,
+) -> DataOwner:
+    """The DO: its head (and tail in U-shape), one Adam over both, its data and its privacy mechanisms."""
+    head, tail = modules["DO:head"], modules.get("DO:tail")
+    params = list(head.parameters()) + (list(tail.parameters()) if tail is not None else [])
+    open_tail = config.topology == "open-tail"
+    return DataOwner(
+        head=head, tail=tail, optimizer=_adam(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
+        trainers=party_names(config)[1:], micro_batches=config.micro_batches, protector=privacy.protector,
+        grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
+        label_noiser=privacy.label_noiser,
+        expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
+        hash_transcripts=bool(config.provenance), device=device, head_dpsgd=head_dpsgd_for(head, privacy),
+    )
+
+
+def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str) -> Trainer:
+    """Trainer ``name`` (``T<i>``): its segment, its Adam, its chain neighbours and input shape."""
+    tnames = party_names(config)[1:]
+    i, k = tnames.index(name), len(tnames)
+    prev = plan.head if i == 0 else plan.segments[i - 1]
+    mod = modules[name]
+    return Trainer(
+        name, mod, _adam(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
+        right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
+        input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
+    )
+
+
+def build_party(
+    config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *, dataset: Any = None,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: torch.device | None = None,
+) -> DataOwner | Trainer:
+    """Party ``name`` of the run (``DO`` needs its ``dataset``)."""
+    names = party_names(config)
+    if name not in names:
+        raise ConfigError(f"--party {name} is not a party of this run; choose one of {', '.join(names)}")
+    if name != "DO":
+        return build_trainer(config, plan, modules, name)
+    if dataset is None:
+        raise ConfigError("the data owner needs its dataset")
+    return build_data_owner(config, plan, modules, dataset, privacy=privacy, device=device or torch.device("cpu"))

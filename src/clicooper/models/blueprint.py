@@ -1,0 +1,78 @@
+"""A run's model, built and partitioned ONCE: the initial weights, the plan, the cut shape, the outputs.
+
+Every consumer of "what model does this run train" (the parties' builder, σ's noise-ratio rule, the genesis'
+architecture hash, ``clicooper plan``) reads one :class:`Blueprint` instead of building the model again:
+building is cheap, but counting its FLOPs (:func:`~clicooper.models.partition.make_plan`) imports torch's
+compiler stack and runs the model under a FLOP counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from clicooper.config import RunConfig
+from clicooper.errors import ConfigError
+from clicooper.models import zoo
+from clicooper.models.partition import Plan, make_plan, split_model
+
+
+def num_outputs_for(config: RunConfig, num_classes: int) -> int:
+    """Width of the model's output layer: C, or C·m under label obfuscation."""
+    return num_classes * config.labels.expansion if config.obfuscate_labels else num_classes
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """The initial model of a run (public weights from ``config.seed``) and its partition plan."""
+
+    model: nn.Sequential
+    plan: Plan
+    num_classes: int
+
+    @property
+    def cut_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the DO head's output: what is clipped, noised and released."""
+        return tuple(int(s) for s in self.plan.head.output_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the output layer (C, or C·m under label obfuscation)."""
+        return int(self.plan.extra["num_outputs"])
+
+    def modules(self) -> dict[str, nn.Sequential]:
+        """The model cut into ``{"DO:head", "T1", …, "DO:tail"}`` (views sharing the model's parameters)."""
+        return split_model(self.model, self.plan)
+
+
+def check_plan(config: RunConfig, plan: Plan) -> None:
+    """A plan read from disk must belong to this config (model, trainers, topology)."""
+    got = (plan.model, plan.trainers, plan.topology)
+    want = (config.model, config.trainers, config.topology)
+    if got != want:
+        raise ConfigError(f"the plan file is for (model, trainers, topology) = {got} but the config says {want}: "
+                          "give every node the run's own config.json and plan.json")
+
+
+def blueprint_for(
+    config: RunConfig, input_shape: Sequence[int], num_classes: int, *, plan: Plan | None = None
+) -> Blueprint:
+    """Build ``config.model`` once; partition it (FLOPs counted once) unless the run's ``plan`` is given.
+
+    A given plan (a run's ``plan.json``) must belong to ``config`` and is used as is: the model is built the
+    same way (same zoo builder, same seed), so its weights are those the plan was made from.
+    """
+    outputs = num_outputs_for(config, num_classes)
+    model = zoo.build(config.model, tuple(input_shape), outputs, seed=config.seed)
+    if plan is None:
+        plan = make_plan(model, model_name=config.model, input_shape=tuple(input_shape), trainers=config.trainers,
+                         capacities=config.capacities, topology=config.topology)
+        plan.extra["num_classes"] = num_classes
+        plan.extra["num_outputs"] = outputs
+    else:
+        check_plan(config, plan)
+        plan.extra.setdefault("num_classes", num_classes)
+        plan.extra.setdefault("num_outputs", outputs)
+    return Blueprint(model=model, plan=plan, num_classes=num_classes)

@@ -1,0 +1,111 @@
+"""All parties of one run in one process, connected by the in-process network, over the session core."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from clicooper.config import RunConfig
+from clicooper.core import checkpoint
+from clicooper.core.builder import build_data_owner, build_trainer, party_names
+from clicooper.core.rounds import run_round, round_metrics
+from clicooper.core.setup import resolve_device
+from clicooper.data import Dataset
+from clicooper.models.blueprint import Blueprint, blueprint_for
+from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
+from clicooper.protocol.inproc import InProcessNetwork
+from clicooper.protocol.messages import Message
+
+#: progress(epoch (1-based), step (1-based), steps_in_epoch)
+Progress = Callable[[int, int, int], None]
+
+
+class RoundHooks(Protocol):
+    """Extension points around rounds (provenance uses them: ledger + watermark)."""
+
+    def on_round_start(self, r: int, parties: dict[str, Any]) -> None:
+        """Before the first step of round ``r`` (0-based)."""
+        ...
+
+    def on_round_end(self, r: int, parties: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """After the last step of round ``r``, before the checkpoint is written."""
+        ...
+
+    def on_run_end(self, parties: dict[str, Any]) -> None:
+        """After the last round."""
+        ...
+
+
+class InProcessDriver:
+    """:class:`~clicooper.core.rounds.StepDriver` over the in-process network: run every party until idle."""
+
+    def __init__(self, net: InProcessNetwork) -> None:
+        self.net = net
+
+    def run_step(self, messages: list[Message], *, round: int, step: int) -> None:
+        """Send the DO's messages and let every party handle what it receives until nothing is in flight."""
+        self.net.send_all(messages)
+        self.net.run_until_idle()
+
+
+class Session:
+    """All parties of one run, connected by an in-process network."""
+
+    def __init__(self, config: RunConfig, dataset: Dataset, run_dir: Path | None, *,
+                 blueprint: Blueprint | None = None, privacy: PrivacyMechanisms = NO_PRIVACY) -> None:
+        self.config, self.dataset, self.run_dir = config, dataset, run_dir
+        self.device = resolve_device(config.device)
+        self.blueprint = blueprint or blueprint_for(config, dataset.input_shape, dataset.num_classes)
+        self.model, self.plan = self.blueprint.model.to(self.device), self.blueprint.plan
+        self.modules = self.blueprint.modules()
+        self.do = build_data_owner(config, self.plan, self.modules, dataset, privacy=privacy, device=self.device)
+        self.trainers = [build_trainer(config, self.plan, self.modules, n) for n in party_names(config)[1:]]
+        self.label_encoder = privacy.label_encoder
+        self.net = InProcessNetwork([self.do, *self.trainers])
+        self.train_ids = dataset.train_ids(config.train_range)
+
+    @property
+    def parties(self) -> dict[str, Any]:
+        """Parties by name."""
+        return {"DO": self.do} | {t.name: t for t in self.trainers}
+
+    def _dir(self) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("this session has no run directory")
+        return self.run_dir
+
+    def save_checkpoint(self, r: int) -> None:
+        """Weights + optimizer state of every party after round ``r``."""
+        checkpoint.save_checkpoint(self._dir(), r, self.parties.values())
+
+    def load_checkpoint(self, r: int) -> None:
+        """Inverse of :meth:`save_checkpoint`."""
+        checkpoint.load_checkpoint(self._dir(), r, self.parties.values())
+
+    def save_model_files(self, epoch: int) -> None:
+        """Write each party's delivered weights to ``model/``."""
+        checkpoint.save_model_files(self._dir(), self.config, self.plan, self.modules, epoch)
+
+    @torch.no_grad()
+    def test_accuracy(self, batch_size: int = 2048) -> float:
+        """Local-path test accuracy of the current segments (as if delivered), on true labels."""
+        x, y = self.dataset.x_test, self.dataset.y_test
+        correct = 0
+        for i in range(0, len(x), batch_size):
+            p = self.model(x[i : i + batch_size].to(self.device)).softmax(1)
+            if self.label_encoder is not None:
+                p = self.label_encoder.decode_probs(p)
+            correct += int((p.argmax(1).cpu() == y[i : i + batch_size]).sum())
+        return correct / max(1, len(x))
+
+    def run_round(self, r: int, progress: Progress | None = None) -> dict[str, Any]:
+        """Train one epoch (round ``r``, 0-based) over the in-process network; return its metrics."""
+        self.net.take_bytes()
+        on_step = None if progress is None else (lambda r_, s, n: progress(r_ + 1, s + 1, n))
+        result = run_round(self.do, InProcessDriver(self.net), self.config, self.train_ids, r, on_step=on_step)
+        nbytes = self.net.take_bytes()
+        return round_metrics(r, result, self.config, test_acc=self.test_accuracy(), bytes_per_cut=nbytes,
+                             bytes_per_sample_per_cut={k: v / result.samples for k, v in nbytes.items()})
