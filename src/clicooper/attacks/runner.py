@@ -23,7 +23,7 @@ from safetensors.torch import save as _st_save
 from clicooper.attacks.base import get
 from clicooper.attacks.nets import reinit
 from clicooper.attacks.reader import RunReader
-from clicooper.attacks.views import Architecture, _epochs, build_view
+from clicooper.attacks.views import Architecture, build_view, recorded_epochs
 from clicooper.errors import AttackError
 
 #: Which parties an attack is run as when ``party`` is not given.
@@ -106,7 +106,7 @@ def run_attack(
     attack = cls(**(config or {}))
     reader = RunReader(run_dir)
     levels = list(knowledge) if knowledge is not None else list(getattr(cls, "knowledge", ("zero", "known")))
-    eps = _epochs(reader, epochs)
+    eps = recorded_epochs(reader, epochs)
     dataset, arch, predict = _load_core(reader, "query" in levels)
     k_trainers = len(arch.segments)
     kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
