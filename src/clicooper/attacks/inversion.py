@@ -22,7 +22,7 @@ SSIM (DESIGN §7 settings), PSNR, MSE, and the global / class floors on the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -173,6 +173,37 @@ def unsplit(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, rounds: int, 
     return torch.sigmoid(logit).detach(), head.eval()
 
 
+@dataclass
+class _Scoreboard:
+    """The victims of one inversion run and what it found: per-level results, grids, skipped modes."""
+
+    x: torch.Tensor  # (V, C, H, W) the victims' true images
+    z: torch.Tensor  # (V, …) what T1 received for them
+    floors: dict[str, float]
+    grid: int  # victims shown in each reconstruction grid
+    levels: dict[str, LevelResult] = field(default_factory=dict)
+    grids: dict[str, torch.Tensor] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def score(self, tag: str, recons: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
+        """Score every reconstruction method of level ``tag``; the best SSIM is the level's figure."""
+        by = {k: metrics.image_scores(r, self.x) for k, r in recons.items()}
+        best = max(by, key=lambda k: by[k]["ssim"])
+        self.levels[tag] = LevelResult(primary="ssim", score=by[best]["ssim"], floor=self.floors["global_floor"],
+                                       metrics={**by[best], **self.floors, "best_method": best, "by_method": by,
+                                                "victims": int(self.x.shape[0]), **(extra or {})})
+        self.grids[f"grid/{tag}"] = torch.stack([self.x[: self.grid], recons[best][: self.grid].float()])
+
+
+def _floor_reference(views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels the floors are computed from: the auxiliary data, else the held-out data."""
+    truth = views.truth
+    if views.aux is not None and truth.aux_y is not None:
+        return views.aux.x, truth.aux_y
+    require(truth.x_test is not None, "floors need auxiliary or held-out images")
+    return truth.x_test, truth.y_test  # type: ignore[return-value]
+
+
 @register("inversion")
 class InversionAttack:
     """Model inversion by T1 at the white-box, known-plaintext and auxiliary-data levels."""
@@ -191,83 +222,79 @@ class InversionAttack:
         require(view.position == 1, f"inversion is T1's attack; this view is {view.received.party}'s")
         vic = truth.victims[: cfg.victims]
         require(vic.numel() >= 1, "no victims left after removing the known rows; record more rows")
-        z_all = view.received.activations
-        z_vic, x_vic, y_vic = z_all[vic], truth.x[vic].float(), truth.y[vic]  # type: ignore[index]
-        if views.aux is not None and truth.aux_y is not None:
-            ref_x, ref_y = views.aux.x, truth.aux_y
-        else:
-            require(truth.x_test is not None, "floors need auxiliary or held-out images")
-            ref_x, ref_y = truth.x_test, truth.y_test  # type: ignore[assignment]
-        floors = metrics.inversion_floors(x_vic, y_vic, ref_x.float(), ref_y)
-        noise = view.public.noise
-        levels: dict[str, LevelResult] = {}
-        grids: dict[str, torch.Tensor] = {}
-        skipped: dict[str, str] = {}
-
-        def score(tag: str, recons: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
-            by = {k: metrics.image_scores(r, x_vic) for k, r in recons.items()}
-            best = max(by, key=lambda k: by[k]["ssim"])
-            levels[tag] = LevelResult(primary="ssim", score=by[best]["ssim"], floor=floors["global_floor"],
-                                      metrics={**by[best], **floors, "best_method": best, "by_method": by,
-                                               "victims": int(vic.numel()), **(extra or {})})
-            g = min(cfg.grid, vic.numel())
-            grids[f"grid/{tag}"] = torch.stack([x_vic[:g], recons[best][:g].float()])
-
-        x_shape = tuple(x_vic.shape[1:])
-        factor = x_shape[-1] // z_all.shape[-1] if z_all.dim() == 4 and x_shape[-1] % z_all.shape[-1] == 0 else 0
+        z_vic, x_vic, y_vic = view.received.activations[vic], truth.x[vic].float(), truth.y[vic]  # type: ignore[index]
+        ref_x, ref_y = _floor_reference(views)
+        board = _Scoreboard(x=x_vic, z=z_vic, floors=metrics.inversion_floors(x_vic, y_vic, ref_x.float(), ref_y),
+                            grid=min(cfg.grid, vic.numel()))
         aux_x = views.aux.x.float() if views.aux is not None else None
-
         if "white-box" in cfg.modes:
-            if views.white_box is None or aux_x is None:
-                skipped["white-box"] = "needs the leaked head and auxiliary data"
-            else:
-                head = views.white_box.head.eval()
-                dec = train_decoder(None, aux_x, cfg=cfg, encode=head, noise=noise, seed=cfg.seed)
-                r0 = batched(dec, z_vic)
-                recons = {"decoder": r0}
-                if cfg.refine_steps:
-                    recons["decoder+rMLE"] = refine(head, z_vic, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight,
-                                                     clip=None if noise is None else noise.clip)
-                score("white-box", recons)
-
+            self._white_box(views, board, aux_x)
         if "known-plaintext" in cfg.modes:
-            if views.known is None:
-                skipped["known-plaintext"] = "needs known samples"
-            else:
-                c = view.public.num_classes
-                for count in cfg.known_counts:
-                    per = count // c
-                    if per < 1 or per > views.known.k:
-                        skipped[f"known-plaintext-{count}"] = f"the view holds {views.known.k} known samples per class"
-                        continue
-                    kn = views.known.per_class(per)
-                    dec = train_decoder(z_all[kn.rows], kn.x.float(), cfg=cfg, augment_shift=factor,
-                                        weight_decay=1e-4, dropout=0.1, seed=cfg.seed)
-                    score(f"known-plaintext-{count}", {"decoder": batched(dec, z_vic)},
-                          {"pairs": int(kn.rows.numel())})
-
-        if ("shadow" in cfg.modes or "unsplit" in cfg.modes) and aux_x is None:
-            skipped["aux"] = "needs auxiliary data"
-        elif "shadow" in cfg.modes or "unsplit" in cfg.modes:
-            arch = view.public.architecture
-            recons, extra = {}, {}
-            if "shadow" in cfg.modes:
-                for tag, w in (("shadow", 0.0), ("shadow-aligned", cfg.align_weight)):
-                    recons[tag] = self._shadow(arch.head, aux_x, z_all, z_vic, noise, w)
-            if "unsplit" in cfg.modes:
-                clone = reinit(arch.head(), cfg.seed)
-                x0 = aux_x.mean(0, keepdim=True).expand_as(x_vic).clone()
-                xs, clone = unsplit(clone, z_vic, x0, rounds=cfg.unsplit_rounds, inner=cfg.unsplit_inner,
-                                    tv_weight=cfg.tv_weight, seed=cfg.seed)
-                recons["unsplit"] = xs
-                dec = train_decoder(None, aux_x, cfg=cfg, encode=clone, noise=noise, seed=cfg.seed)
-                recons["unsplit+decoder"] = batched(dec, z_vic)
-            score("aux", recons, extra)
-        return AttackResult(attack=self.name, levels=levels, artifacts=grids,
+            self._known_plaintext(views, board)
+        if "shadow" in cfg.modes or "unsplit" in cfg.modes:
+            self._aux(views, board, aux_x)
+        noise = view.public.noise
+        return AttackResult(attack=self.name, levels=board.levels, artifacts=board.grids,
                             info={"party": view.received.party, "epoch": view.received.epoch,
-                                  "victims": int(vic.numel()), "skipped": skipped,
+                                  "victims": int(vic.numel()), "skipped": board.skipped,
                                   "noise_simulated": None if noise is None else noise.__dict__,
                                   "config": cfg.__dict__})
+
+    def _white_box(self, views: Views, board: _Scoreboard, aux_x: torch.Tensor | None) -> None:
+        """Leaked head: a decoder trained on auxiliary images through the head, then rMLE refinement."""
+        cfg, noise = self.config, views.zero.public.noise
+        if views.white_box is None or aux_x is None:
+            board.skipped["white-box"] = "needs the leaked head and auxiliary data"
+            return
+        head = views.white_box.head.eval()
+        dec = train_decoder(None, aux_x, cfg=cfg, encode=head, noise=noise, seed=cfg.seed)
+        r0 = batched(dec, board.z)
+        recons = {"decoder": r0}
+        if cfg.refine_steps:
+            recons["decoder+rMLE"] = refine(head, board.z, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight,
+                                            clip=None if noise is None else noise.clip)
+        board.score("white-box", recons)
+
+    def _known_plaintext(self, views: Views, board: _Scoreboard) -> None:
+        """Known pairs: one decoder per count of known samples, fitted to those pairs only."""
+        cfg, view = self.config, views.zero
+        if views.known is None:
+            board.skipped["known-plaintext"] = "needs known samples"
+            return
+        z_all, x_shape = view.received.activations, tuple(board.x.shape[1:])
+        factor = x_shape[-1] // z_all.shape[-1] if z_all.dim() == 4 and x_shape[-1] % z_all.shape[-1] == 0 else 0
+        c = view.public.num_classes
+        for count in cfg.known_counts:
+            per = count // c
+            if per < 1 or per > views.known.k:
+                board.skipped[f"known-plaintext-{count}"] = f"the view holds {views.known.k} known samples per class"
+                continue
+            kn = views.known.per_class(per)
+            dec = train_decoder(z_all[kn.rows], kn.x.float(), cfg=cfg, augment_shift=factor,
+                                weight_decay=1e-4, dropout=0.1, seed=cfg.seed)
+            board.score(f"known-plaintext-{count}", {"decoder": batched(dec, board.z)},
+                        {"pairs": int(kn.rows.numel())})
+
+    def _aux(self, views: Views, board: _Scoreboard, aux_x: torch.Tensor | None) -> None:
+        """Auxiliary data, black-box head: shadow heads (plain and aligned) and UnSplit (+ a decoder)."""
+        cfg, view = self.config, views.zero
+        if aux_x is None:
+            board.skipped["aux"] = "needs auxiliary data"
+            return
+        arch, noise, z_all = view.public.architecture, view.public.noise, view.received.activations
+        recons: dict[str, torch.Tensor] = {}
+        if "shadow" in cfg.modes:
+            for tag, w in (("shadow", 0.0), ("shadow-aligned", cfg.align_weight)):
+                recons[tag] = self._shadow(arch.head, aux_x, z_all, board.z, noise, w)
+        if "unsplit" in cfg.modes:
+            clone = reinit(arch.head(), cfg.seed)
+            x0 = aux_x.mean(0, keepdim=True).expand_as(board.x).clone()
+            xs, clone = unsplit(clone, board.z, x0, rounds=cfg.unsplit_rounds, inner=cfg.unsplit_inner,
+                                tv_weight=cfg.tv_weight, seed=cfg.seed)
+            recons["unsplit"] = xs
+            dec = train_decoder(None, aux_x, cfg=cfg, encode=clone, noise=noise, seed=cfg.seed)
+            recons["unsplit+decoder"] = batched(dec, board.z)
+        board.score("aux", recons, {})
 
     def _shadow(self, make_head: Any, aux_x: torch.Tensor, z_all: torch.Tensor, z_vic: torch.Tensor,
                 noise: NoiseSpec | None, align: float) -> torch.Tensor:
