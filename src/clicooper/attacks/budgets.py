@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from clicooper.attacks.runner import run_attack
 from clicooper.errors import AttackError
 
 #: Attacks run by ``--attack all``, cheapest first.
@@ -91,8 +92,6 @@ def run_suite(run_dir: Any, attacks: str | list[str] | tuple[str, ...] = "all", 
 
     Returns ``{"budget": …, "budget_description": …, "attacks": {name: result dict}}``.
     """
-    from clicooper.attacks.runner import run_attack
-
     names = parse_attacks(attacks)
     over = {k: v for k, v in (overrides or {}).items() if v is not None}
     out: dict[str, Any] = {"budget": budget, "budget_description": DESCRIPTIONS.get(budget, budget), "attacks": {}}

@@ -3,16 +3,14 @@ lives in the attack modules).
 
 The core supplies the public architecture (model zoo + ``plan.json``, weights re-drawn), the dataset
 (public loader ``clicooper.data.load_dataset``) and, for query attacks only, the DO's ``predict``
-interface (``clicooper.load_run``); it is imported lazily. What the *attacker* reads from the run
-directory goes through :class:`RunReader` (no ``secrets/``, no ``keys/``).
+interface (``clicooper.runs.load_run``). What the *attacker* reads from the run directory goes through
+:class:`RunReader` (no ``secrets/``, no ``keys/``).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +22,11 @@ from clicooper.attacks.base import get
 from clicooper.attacks.nets import reinit
 from clicooper.attacks.reader import RunReader
 from clicooper.attacks.views import Architecture, build_view, recorded_epochs
-from clicooper.errors import AttackError
+from clicooper.config import make_config
+from clicooper.data import load_dataset
+from clicooper.models.partition import Plan
+from clicooper.rundir import atomic_write_bytes
+from clicooper.runs import build_skeleton, load_run
 
 #: Which parties an attack is run as when ``party`` is not given.
 DEFAULT_PARTIES = {"clustering": "each", "gradient-leak": "last", "inversion": "T1", "extraction": "pool"}
@@ -35,19 +37,12 @@ def _factory(mod: Any, seed: int) -> Any:
 
 
 def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture, Callable[..., Any] | None]:
-    """(dataset, architecture, predict) from the core, imported lazily.
+    """(dataset, architecture, predict) from the core.
 
     The architecture comes from ``config.json`` + ``plan.json`` (public) through the model zoo with
     re-drawn weights — no weight file is read. ``predict`` (the DO's query interface; it decodes labels
     with the DO's key, as a deployed service would) is loaded only for query attacks.
     """
-    try:
-        from clicooper.config import make_config
-        from clicooper.data import load_dataset
-        from clicooper.models.partition import Plan
-        from clicooper.runs import build_skeleton
-    except ImportError as e:
-        raise AttackError(f"the core run-directory API is not available ({e}); install the full package") from e
     config = make_config(**reader.read_json("config.json"))
     plan = Plan.from_dict(reader.read_json("plan.json"))
     dataset = load_dataset(config.dataset)
@@ -55,26 +50,24 @@ def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture
     arch = Architecture(head=_factory(modules["DO:head"], 1),
                         segments=[_factory(modules[p.party], 2 + i) for i, p in enumerate(plan.segments)],
                         tail=_factory(modules["DO:tail"], 99) if "DO:tail" in modules else None)
-    predict = None
-    if need_predict:
-        from clicooper import load_run
-
-        predict = load_run(reader.root).predict
+    predict = load_run(reader.root).predict if need_predict else None
     return dataset, arch, predict
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _parties(who: str, k_trainers: int) -> list[str]:
+    """The attacking parties ``who`` names: ``"each"`` trainer, the ``"last"`` one, or one by name."""
+    if who == "each":
+        return [f"T{i}" for i in range(1, k_trainers + 1)]
+    return [f"T{k_trainers}"] if who == "last" else [who]
+
+
+def _write(reader: RunReader, name: str, out: dict[str, Any], artifacts: dict[str, Any]) -> None:
+    """``RUN/attacks/<name>.json`` (and its artifacts' safetensors, named in ``out``), atomically."""
+    base = reader.root / "attacks"
+    if artifacts:
+        atomic_write_bytes(base / f"{name}_artifacts.safetensors", _st_save(artifacts))
+        out["artifacts"] = f"attacks/{name}_artifacts.safetensors"
+    atomic_write_bytes(base / f"{name}.json", json.dumps(out, indent=2, sort_keys=True).encode())
 
 
 def run_attack(
@@ -108,11 +101,8 @@ def run_attack(
     levels = list(knowledge) if knowledge is not None else list(getattr(cls, "knowledge", ("zero", "known")))
     eps = recorded_epochs(reader, epochs)
     dataset, arch, predict = _load_core(reader, "query" in levels)
-    k_trainers = len(arch.segments)
     kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
-    who = party or DEFAULT_PARTIES.get(name, "each")
-    parties = ([f"T{i}" for i in range(1, k_trainers + 1)] if who == "each"
-               else [f"T{k_trainers}"] if who == "last" else [who])
+    parties = _parties(party or DEFAULT_PARTIES.get(name, "each"), len(arch.segments))
     cfg_json = reader.read_json("config.json")
     results: list[dict[str, Any]] = []
     artifacts: dict[str, Any] = {}
@@ -138,9 +128,5 @@ def run_attack(
     }
     out = json.loads(json.dumps(out, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     if write:
-        base = reader.root / "attacks"
-        if artifacts:
-            _atomic_write(base / f"{name}_artifacts.safetensors", _st_save(artifacts))
-            out["artifacts"] = f"attacks/{name}_artifacts.safetensors"
-        _atomic_write(base / f"{name}.json", json.dumps(out, indent=2, sort_keys=True).encode())
+        _write(reader, name, out, artifacts)
     return out
