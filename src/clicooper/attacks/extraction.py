@@ -153,47 +153,70 @@ class ExtractionAttack:
         return ""
 
     def _pooled(self, views: Views, k: int, x_test: torch.Tensor, y_test: np.ndarray, chance: float) -> LevelResult:
+        """A surrogate around the frozen pooled segments: its tail pre-trained on pseudo-labelled outputs of
+        the last trainer, then its head fitted without (k = 0) or with k known samples per class."""
         cfg, pool, arch = self.config, views.pooled, views.zero.public.architecture
         c = views.zero.public.num_classes
         body = _frozen([v.segment for v in pool])
-        a0 = pool[0].received.activations  # what T1 received, every row
         feats = pool[-1].own_output()  # the last trainer's outputs, every row
         width = feats.flatten(1).shape[1]
-        z = embed(feats.flatten(1).double().numpy(), "cosine", 64, cfg.seed)
-        if k == 0:
-            pseudo = KMeans(c, n_init=10, random_state=cfg.seed).fit_predict(z)
-        else:
-            kn = views.known.per_class(k)  # type: ignore[union-attr]
-            rows, ky = kn.rows.numpy(), kn.y.numpy()
-            pseudo = seeded_kmeans(z, rows, ky, c)
-            pseudo[rows] = ky
+        pseudo = self._pseudo_labels(views, k, feats)
         head = reinit(arch.head(), cfg.seed)
         tail = nn.Sequential(nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed))
         # 1) tail on the last trainer's own outputs, pseudo-labelled
         train_classifier(tail, feats.flatten(1), torch.as_tensor(pseudo, dtype=torch.long), soft=False,
                          steps=cfg.steps // 2, batch=128, lr=cfg.lr, max_shift=0, seed=cfg.seed)
         model = nn.Sequential(head, body, tail)
-        gen = torch.Generator().manual_seed(cfg.seed)
         if k == 0:
-            xa = views.aux.x.float()  # type: ignore[union-attr]
+            return self._fit_unlabelled(views, model, x_test, y_test)
+        return self._fit_known(views, k, model, width, x_test, y_test, chance)
 
-            def loss0(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-                xb = random_shift(xa[idx], cfg.max_shift, gen)
-                h = m[0](xb)
-                ridx = torch.randint(0, a0.shape[0], (idx.numel(),), generator=gen)
-                p = F.softmax(m[2](m[1](h)), 1)
-                ent = -(p * p.clamp_min(1e-8).log()).sum(1).mean()
-                pm = p.mean(0)
-                div = (pm * pm.clamp_min(1e-8).log()).sum()  # −H(mean p): keep classes balanced
-                return sliced_wasserstein(h, a0[ridx], generator=gen) + 0.1 * (ent + div)
+    def _pseudo_labels(self, views: Views, k: int, feats: torch.Tensor) -> np.ndarray:
+        """A label for every received row from the last trainer's outputs: k-means cluster ids (k = 0), or
+        k-means seeded at the known samples' class means with the known rows' own labels (k > 0)."""
+        cfg, c = self.config, views.zero.public.num_classes
+        z = embed(feats.flatten(1).double().numpy(), "cosine", 64, cfg.seed)
+        if k == 0:
+            return KMeans(c, n_init=10, random_state=cfg.seed).fit_predict(z)
+        kn = views.known.per_class(k)  # type: ignore[union-attr]
+        rows, ky = kn.rows.numpy(), kn.y.numpy()
+        pseudo = seeded_kmeans(z, rows, ky, c)
+        pseudo[rows] = ky
+        return pseudo
 
-            fit(model, loss0, xa.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
-                params=list(head.parameters()))
-            pred = _predict_labels(model, x_test)
-            acc = metrics.hungarian_accuracy(y_test, pred)
-            return LevelResult(primary="accuracy", score=acc, floor=metrics.hungarian_chance(y_test, pred),
-                               metrics={"oracle_accuracy": acc, "labelled_per_class": 0,
-                                        "note": "class names unknown at k = 0: Hungarian-matched"})
+    def _fit_unlabelled(self, views: Views, model: nn.Sequential, x_test: torch.Tensor,
+                        y_test: np.ndarray) -> LevelResult:
+        """k = 0: the head aligned to what T1 received (sliced Wasserstein) on unlabelled auxiliary images,
+        with an information-maximisation term; scored Hungarian-matched."""
+        cfg, head = self.config, model[0]
+        a0 = views.pooled[0].received.activations  # what T1 received, every row
+        xa = views.aux.x.float()  # type: ignore[union-attr]
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def loss0(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+            xb = random_shift(xa[idx], cfg.max_shift, gen)
+            h = m[0](xb)
+            ridx = torch.randint(0, a0.shape[0], (idx.numel(),), generator=gen)
+            p = F.softmax(m[2](m[1](h)), 1)
+            ent = -(p * p.clamp_min(1e-8).log()).sum(1).mean()
+            pm = p.mean(0)
+            div = (pm * pm.clamp_min(1e-8).log()).sum()  # −H(mean p): keep classes balanced
+            return sliced_wasserstein(h, a0[ridx], generator=gen) + 0.1 * (ent + div)
+
+        fit(model, loss0, xa.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
+            params=list(head.parameters()))
+        pred = _predict_labels(model, x_test)
+        acc = metrics.hungarian_accuracy(y_test, pred)
+        return LevelResult(primary="accuracy", score=acc, floor=metrics.hungarian_chance(y_test, pred),
+                           metrics={"oracle_accuracy": acc, "labelled_per_class": 0,
+                                    "note": "class names unknown at k = 0: Hungarian-matched"})
+
+    def _fit_known(self, views: Views, k: int, model: nn.Sequential, width: int, x_test: torch.Tensor,
+                   y_test: np.ndarray, chance: float) -> LevelResult:
+        """k > 0: head and tail fitted on the known samples, against the same architecture from scratch."""
+        cfg, arch, c = self.config, views.zero.public.architecture, views.zero.public.num_classes
+        head, tail = model[0], model[2]
+        a0 = views.pooled[0].received.activations  # what T1 received, every row
         kn = views.known.per_class(k)  # type: ignore[union-attr]
         xk, yk, a0k = kn.x.float(), kn.y.long(), a0[kn.rows]
 
