@@ -172,15 +172,10 @@ class ClusteringAttack:
 
         if views.known is not None:
             for k in cfg.known_ks:
-                if k > views.known.k:
+                split = views.known.within(n, k, c)  # known rows beyond max_rows are not clustered
+                if split is None:
                     continue
-                kn = views.known.per_class(k)
-                sel = kn.rows.numpy() < n  # known rows beyond max_rows are not clustered
-                rows, ky = kn.rows.numpy()[sel], kn.y.numpy()[sel]
-                keep = np.ones(n, dtype=bool)
-                keep[views.known.rows.numpy()[views.known.rows.numpy() < n]] = False  # score on unknown rows
-                if len(np.unique(ky)) < c:
-                    continue
+                rows, ky, keep = split  # scored on the unknown rows
                 res: dict[str, Any] = {}
                 top = -1.0
                 for s, f in feats.items():

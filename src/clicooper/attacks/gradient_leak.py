@@ -105,15 +105,10 @@ class GradientLeakAttack:
 
         if views.known is not None:
             for k in cfg.known_ks:
-                if k > views.known.k:
+                split = views.known.within(n, k, c)
+                if split is None:
                     continue
-                kn = views.known.per_class(k)
-                sel = kn.rows.numpy() < n
-                rows, ky = kn.rows.numpy()[sel], kn.y.numpy()[sel]
-                if len(np.unique(ky)) < c:
-                    continue
-                keep = np.ones(n, dtype=bool)
-                keep[views.known.rows.numpy()[views.known.rows.numpy() < n]] = False
+                rows, ky, keep = split
                 refs0 = np.stack([u[rows[ky == j]].mean(0) for j in range(c)])
                 refined = KMeans(c, init=_unit(refs0), n_init=1).fit(u).cluster_centers_
                 out: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,6 +135,22 @@ class KnownSampleView:
         keep = torch.cat([torch.nonzero(self.y == c).flatten()[:k] for c in torch.unique(self.y)])
         keep = keep.sort().values
         return KnownSampleView(rows=self.rows[keep], x=self.x[keep], y=self.y[keep])
+
+    def within(self, n: int, k: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """For attacks on the first ``n`` received rows: the rows and labels of the first ``k`` known samples
+        per class that lie among them, and the mask (n,) of the rows to score on (every known row left out).
+        None when the view holds fewer than ``k`` per class or some class has no known row among the ``n``.
+        """
+        if k > self.k:
+            return None
+        kn = self.per_class(k)
+        sel = kn.rows.numpy() < n
+        rows, ky = kn.rows.numpy()[sel], kn.y.numpy()[sel]
+        if len(np.unique(ky)) < num_classes:
+            return None
+        keep = np.ones(n, dtype=bool)
+        keep[self.rows.numpy()[self.rows.numpy() < n]] = False
+        return rows, ky, keep
 
 
 @dataclass(frozen=True)
