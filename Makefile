@@ -26,7 +26,7 @@ $(FMNIST):
 data: $(FMNIST)
 
 demo: $(STAMP) $(FMNIST)
-	$(BIN)/python -m clicooper.demo --out $(DEMO_OUT)
+	$(BIN)/python -m clicooper.experiments.demo --out $(DEMO_OUT)
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/python -m pytest -q
@@ -35,12 +35,12 @@ test: $(STAMP) $(FMNIST)
 # core, then one compute thread (a core left to the transcript-hash worker and the noise prefetcher).
 # Then the same model over loopback gRPC, one process per party (M = 1 and 4 micro-batches).
 bench: $(STAMP) $(FMNIST)
-	$(BIN)/python -m clicooper.bench
-	$(BIN)/python -m clicooper.bench --threads 1
-	$(BIN)/python -m clicooper.net.bench_node --micro 1,4
+	$(BIN)/python -m clicooper.experiments.bench.inprocess
+	$(BIN)/python -m clicooper.experiments.bench.inprocess --threads 1
+	$(BIN)/python -m clicooper.experiments.bench.nodes --micro 1,4
 
 reproduce: $(STAMP) $(FMNIST)
-	$(BIN)/python -m clicooper.reproduce --out results
+	$(BIN)/python -m clicooper.experiments.reproduce --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -11,7 +11,7 @@ from tests.conftest import needs_fmnist
 
 
 def test_rr_keep_probability_matches_plain_rr() -> None:
-    from clicooper.research.label_dp import rr_keep_probability
+    from clicooper.experiments.research.label_dp import rr_keep_probability
 
     assert rr_keep_probability(math.log(9.0), 10) == pytest.approx(0.5)
     assert rr_keep_probability(1e-9, 10) == pytest.approx(0.1)
@@ -19,7 +19,7 @@ def test_rr_keep_probability_matches_plain_rr() -> None:
 
 @needs_fmnist
 def test_label_dp_sweep_trains_attacks_and_reports(tmp_path: Path) -> None:
-    from clicooper.research import label_dp
+    from clicooper.experiments.research import label_dp
 
     runs, res = tmp_path / "runs", tmp_path / "res"
     argv = ["--runs", str(runs), "--results", str(res), "--train", "400", "--epochs", "1", "--eps", "2",
@@ -42,7 +42,7 @@ def test_label_dp_sweep_trains_attacks_and_reports(tmp_path: Path) -> None:
 
 @needs_fmnist
 def test_accuracy_probe_reports_do_alone(tmp_path: Path) -> None:
-    from clicooper.research import accuracy_probe
+    from clicooper.experiments.research import accuracy_probe
 
     out = tmp_path / "p"
     assert accuracy_probe.main(["--model", "fmnist-private-d16", "--sigma", "0.25", "--epochs", "1", "--train",

@@ -2,7 +2,7 @@
 
 Used for the full-budget table of docs/privacy-frontier.md, where attacks on every point would not fit:
 
-    python -m clicooper.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
+    python -m clicooper.experiments.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
 
 ``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line (also written to
 ``OUT/probe.json``): model, σ, seed, final test accuracy and the accuracy after every epoch; with
@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models)
+from clicooper import train
+from clicooper.data import load_dataset
+from clicooper.training.do_alone import do_alone_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +39,6 @@ def main(argv: list[str] | None = None) -> int:
                     "epochs and seed) and report its accuracy and the trainers' gain")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from clicooper import train
-
     cfg: dict = {"dataset": "fashion-mnist", "model": a.model, "trainers": 2, "epochs": a.epochs, "seed": a.seed,
                  "train_range": (0, a.train), "provenance": False,
                  "defense": "clicooper" if a.sigma >= 0 else "none"}
@@ -53,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     row = {"model": a.model, "sigma": a.sigma, "seed": a.seed, "acc": m["final_test_acc"],
            "by_epoch": [e["test_acc"] for e in m["epochs"]], "epsilon": eps}
     if a.do_alone:
-        from clicooper.data import load_dataset
-        from clicooper.training.do_alone import do_alone_accuracy
-
         alone = do_alone_accuracy(a.model, load_dataset("fashion-mnist"), train_range=(0, a.train),
                                   epochs=a.epochs, seed=a.seed)
         row |= {"do_alone_acc": alone, "trainer_gain": m["final_test_acc"] - alone}

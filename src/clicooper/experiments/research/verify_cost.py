@@ -1,6 +1,6 @@
 """Cost of ``verify`` against the training it verifies (issue 6 target: under 1 % for a 10-epoch run).
 
-    python -m clicooper.research.verify_cost --out runs/verify10     # fmnist-cnn, K = 2, 10 epochs, rows 0:10000
+    python -m clicooper.experiments.research.verify_cost --out runs/verify10     # fmnist-cnn, K = 2, 10 epochs, rows 0:10000
 
 Trains with provenance on (one compute thread), then times ``verify_run`` over the ledger and the delivered
 segments (loading included) and the ``clicooper verify RUN --json`` process (interpreter start included).
@@ -18,6 +18,10 @@ from pathlib import Path
 
 import torch
 
+from clicooper import train
+from clicooper.provenance.delivered import load_segments
+from clicooper.provenance.verify import verify_run
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -28,10 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from clicooper import train
-    from clicooper.cli_provenance import load_segments
-    from clicooper.provenance.verify import verify_run
-
     run = Path(a.out)
     t0 = time.perf_counter()
     train({"dataset": "fashion-mnist", "model": a.model, "trainers": 2, "epochs": a.epochs, "seed": 0,

@@ -1,4 +1,4 @@
-"""Loopback benchmark of whole nodes: ``python -m clicooper.net.bench_node`` (docs/network.md "Measured").
+"""Loopback benchmark of whole nodes: ``python -m clicooper.experiments.bench.nodes`` (docs/network.md "Measured").
 
 * gRPC (one process per party, ``launch_local``) vs in-process (``train``) throughput on the same config,
   for each M (``grpc_vs_inproc_m{M}``), and the best of each transport over the M tried;
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from clicooper import rundir
-from clicooper.net.bench import serde_seconds
+from clicooper.experiments.bench.transport import serde_seconds
 from clicooper.net.builder import cut_shapes
 from clicooper.net.launch import launch_local
 from clicooper.net.serde import WireLimits
@@ -74,9 +74,9 @@ def bench(config: dict[str, Any], *, micro: tuple[int, ...] = (1, 4), workdir: P
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Print the figures as JSON (defaults: fmnist-cnn, K = 2, 32 steps of batch 128)."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.net.bench_node")
+    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.nodes")
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--trainers", type=int, default=2)
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--micro", default="1,4")
     ap.add_argument("--tls", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     cfg = {"dataset": a.dataset, "model": a.model, "trainers": a.trainers, "epochs": 1, "batch_size": a.batch_size,
            "train_range": (0, a.steps * a.batch_size), "device": "cpu"}
     res = bench(cfg, micro=tuple(int(m) for m in a.micro.split(",")), insecure_loopback=not a.tls)

@@ -8,7 +8,7 @@ as mean and 95 % Student-t interval over seeds (``attacks.metrics.confidence_int
 floor and the undefended value, with the anchors the design expects. Runs are kept under ``--runs-dir``
 (default ``runs/reproduce``, not in ``results/``: they are large) and reused when already finished (their stored attack results too, if made with the same budget).
 
-Not run in CI (hours on 2 CPU cores at the full budget). A reduced check: ``python -m clicooper.reproduce
+Not run in CI (hours on 2 CPU cores at the full budget). A reduced check: ``python -m clicooper.experiments.reproduce
 --out /tmp/r --seeds 0 --budget demo --epochs 1``.
 """
 
@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clicooper.attacks import informative
 from clicooper.attacks.budgets import DESCRIPTIONS, run_suite
 from clicooper.attacks.metrics import confidence_interval
+from clicooper.training.loop import train
 
 #: name → (description, expectation on the undefended run, how to read it from the results).
 ANCHORS: dict[str, tuple[str, str]] = {
@@ -79,8 +82,6 @@ def anchors(results: dict[str, dict[str, Any]], open_tail: dict[str, Any] | None
 
 def _train(out: Path, *, defense: str, seed: int, epochs: int, topology: str, observe_count: int,
            sigma: float = 0.0) -> Path:
-    from clicooper.training.loop import train
-
     if (out / "metrics.json").is_file():
         return out
     if out.exists():
@@ -111,64 +112,80 @@ def _acc(run: Path) -> float | None:
     return m.get("final_test_acc")
 
 
-def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budget: str, epochs: int, defenses: list[str], open_tail: bool,
-              observe_count: int, attacks: list[str], log: Any = None, sigma: float = 0.0) -> dict[str, Any]:
-    """Train, attack and summarise (see module docstring). Returns the ``headline.json`` dict.
+def _seed_item(runs_dir: Path, d: str, seed: int, *, budget: str, epochs: int, open_tail: bool,
+               observe_count: int, attacks: list[str], log: Any, sigma: float) -> dict[str, Any]:
+    """Train (or reuse) and attack one defense at one seed: its accuracy, anchors and every level."""
+    ts = time.time()
+    run = _train(runs_dir / f"{d}-s{seed}", defense=d, seed=seed, epochs=epochs, topology="u-shape",
+                 observe_count=observe_count, sigma=sigma)
+    log(f"seed {seed} defense {d}: trained ({time.time() - ts:.0f} s); attacking …")
+    ta = time.time()
+    res = _attacks(run, attacks, budget, log)
+    ot = None
+    if open_tail:
+        otr = _train(runs_dir / f"open-tail-{d}-s{seed}", defense=d, seed=seed, epochs=epochs,
+                     topology="open-tail", observe_count=observe_count, sigma=sigma)
+        ot = _attacks(otr, ["clustering"], budget, log)["clustering"]
+    levels = {f"{n}/{p}/{lv}": {"score": r["score"], "floor": r["floor"], "beats_floor": r["beats_floor"],
+                                "primary": r["primary"]}
+              for n, rr in res.items() for p, lvs in rr["headline"].items() for lv, r in lvs.items()}
+    return {"seed": seed, "run": str(run), "test_acc": _acc(run), "anchors": anchors(res, ot),
+            "levels": levels, "attack_seconds": round(time.time() - ta, 1)}
 
-    ``sigma``: the activation noise of the ``dp``/``clicooper`` runs, given explicitly (the committed
-    figures use 0: label obfuscation + clipping on ``fmnist-cnn``; the bottleneck presets are measured by
-    ``clicooper.research.frontier``)."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    t0 = time.time()
-    runs_dir = runs_dir or Path("runs") / "reproduce"
-    per_seed: dict[str, list[dict[str, Any]]] = {d: [] for d in defenses}
-    for seed in seeds:
-        for d in defenses:
-            ts = time.time()
-            run = _train(runs_dir / f"{d}-s{seed}", defense=d, seed=seed, epochs=epochs, topology="u-shape",
-                         observe_count=observe_count, sigma=sigma)
-            log(f"seed {seed} defense {d}: trained ({time.time() - ts:.0f} s); attacking …")
-            ta = time.time()
-            res = _attacks(run, attacks, budget, log)
-            ot = None
-            if open_tail:
-                otr = _train(runs_dir / f"open-tail-{d}-s{seed}", defense=d, seed=seed, epochs=epochs,
-                             topology="open-tail", observe_count=observe_count, sigma=sigma)
-                ot = _attacks(otr, ["clustering"], budget, log)["clustering"]
-            levels = {f"{n}/{p}/{lv}": {"score": r["score"], "floor": r["floor"], "beats_floor": r["beats_floor"],
-                                        "primary": r["primary"]}
-                      for n, rr in res.items() for p, lvs in rr["headline"].items() for lv, r in lvs.items()}
-            per_seed[d].append({"seed": seed, "run": str(run), "test_acc": _acc(run), "anchors": anchors(res, ot),
-                                "levels": levels, "attack_seconds": round(time.time() - ta, 1)})
-    summary: dict[str, Any] = {}
-    for d, items in per_seed.items():
-        keys = sorted({k for it in items for k in it["levels"]})
-        summary[d] = {
-            "test_acc": confidence_interval([it["test_acc"] for it in items]),
-            "anchors": {a: {"value": confidence_interval(v), "floor": confidence_interval(f) if f else None}
-                        for a in ANCHORS
-                        if (v := [it["anchors"][a]["value"] for it in items if a in it["anchors"]])
-                        for f in [[it["anchors"][a]["floor"] for it in items
-                                   if a in it["anchors"] and it["anchors"][a]["floor"] is not None]]},
-            "levels": {k: {"score": confidence_interval([it["levels"][k]["score"] for it in items if k in it["levels"]]),
-                           "floor": confidence_interval([it["levels"][k]["floor"] for it in items if k in it["levels"]]),
-                           "primary": next(it["levels"][k]["primary"] for it in items if k in it["levels"])}
-                       for k in keys},
-        }
+
+def _summarise_defense(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and interval over the seeds of one defense: accuracy, anchors (value, floor), every level."""
+    keys = sorted({k for it in items for k in it["levels"]})
+    return {
+        "test_acc": confidence_interval([it["test_acc"] for it in items]),
+        "anchors": {a: {"value": confidence_interval(v), "floor": confidence_interval(f) if f else None}
+                    for a in ANCHORS
+                    if (v := [it["anchors"][a]["value"] for it in items if a in it["anchors"]])
+                    for f in [[it["anchors"][a]["floor"] for it in items
+                               if a in it["anchors"] and it["anchors"][a]["floor"] is not None]]},
+        "levels": {k: {"score": confidence_interval([it["levels"][k]["score"] for it in items if k in it["levels"]]),
+                       "floor": confidence_interval([it["levels"][k]["floor"] for it in items if k in it["levels"]]),
+                       "primary": next(it["levels"][k]["primary"] for it in items if k in it["levels"])}
+                   for k in keys},
+    }
+
+
+def summarise(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per defense, :func:`_summarise_defense`; each level marked informative when the undefended run's
+    mean beats its floor (DESIGN §7)."""
+    summary = {d: _summarise_defense(items) for d, items in per_seed.items()}
     if "none" in summary:
         for d in summary:
             for k, v in summary[d]["levels"].items():
                 u = summary["none"]["levels"].get(k)
                 v["informative"] = bool(u) and informative({"primary": v["primary"], "score": u["score"]["mean"],
                                                              "floor": u["floor"]["mean"]})
+    return summary
+
+
+def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budget: str, epochs: int, defenses: list[str], open_tail: bool,
+              observe_count: int, attacks: list[str], log: Any = None, sigma: float = 0.0) -> dict[str, Any]:
+    """Train, attack and summarise (see module docstring). Returns the ``headline.json`` dict.
+
+    ``sigma``: the activation noise of the ``dp``/``clicooper`` runs, given explicitly (the committed
+    figures use 0: label obfuscation + clipping on ``fmnist-cnn``; the bottleneck presets are measured by
+    ``clicooper.experiments.research.frontier``)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    t0 = time.time()
+    runs_dir = runs_dir or Path("runs") / "reproduce"
+    per_seed: dict[str, list[dict[str, Any]]] = {d: [] for d in defenses}
+    for seed in seeds:
+        for d in defenses:
+            per_seed[d].append(_seed_item(runs_dir, d, seed, budget=budget, epochs=epochs, open_tail=open_tail,
+                                          observe_count=observe_count, attacks=attacks, log=log, sigma=sigma))
     rep = {
-        "command": "python -m clicooper.reproduce " + " ".join(sys.argv[1:]),
+        "command": "python -m clicooper.experiments.reproduce " + " ".join(sys.argv[1:]),
         "setup": {"runs_dir": str(runs_dir), "dataset": "fashion-mnist", "model": "fmnist-cnn", "trainers": 2, "epochs": epochs,
                   "train_range": [0, 50000], "observe_count": observe_count, "seeds": seeds, "defenses": defenses,
                   "open_tail": open_tail, "budget": budget, "budget_description": DESCRIPTIONS.get(budget, budget),
                   "ci": "95 % Student-t over seeds (n = 1: zero width)"},
         "anchors": {a: {"description": desc, "expected": exp} for a, (desc, exp) in ANCHORS.items()},
-        "summary": summary, "per_seed": per_seed, "seconds": round(time.time() - t0, 1),
+        "summary": summarise(per_seed), "per_seed": per_seed, "seconds": round(time.time() - t0, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "headline.json").write_text(json.dumps(rep, indent=2, default=str))
@@ -229,8 +246,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sigma", type=float, default=0.0,
                     help="activation noise σ of the defended runs (default 0, as in the committed figures)")
     a = ap.parse_args(argv)
-    import torch
-
     if a.threads:
         torch.set_num_threads(a.threads)
     rep = reproduce(Path(a.out), runs_dir=Path(a.runs_dir), seeds=[int(s) for s in a.seeds.split(",")], budget=a.budget, epochs=a.epochs,

@@ -1,0 +1,265 @@
+"""Privacy frontier sweep (issue 5): accuracy × inversion success × the DO's FLOP share, with DO-alone accuracy.
+
+For each configuration (model × σ; the cut width is part of the model name) it
+
+1. trains a split run (``clicooper.training.loop.train``; provenance off, observations recorded),
+2. reads test accuracy (local path: the DO holds every segment after delivery, no noise) and
+   ``plan.do_flop_share``,
+3. trains the **DO alone**: the same head (same init seed) + a linear tail, on the same rows, epochs,
+   shuffling, optimizer and batch size, without any trainer (nothing leaves the DO, so no noise). The
+   trainers' contribution is ``acc − do_alone_acc``; without it a low FLOP share could be gamed by adding
+   useless trainer layers,
+4. runs the inversion attack of ``clicooper.attacks`` on T1 with the **same settings for every run**:
+   known-plaintext decoders with k = 100 and 1,000 pairs, and the white-box decoder (leaked head, public
+   noise distribution simulated) + rMLE refinement; floors (global, class) on the same victims,
+5. reports ε of the releases (``privacy.accountant.epsilon``, PLD, δ = 1e-5), labelled
+   *per-release, head fixed*.
+
+Results: ``results/frontier.json``, ``results/frontier.md`` and ``results/frontier.png``
+(:mod:`~clicooper.experiments.research.frontier_report`). Each run's row is
+cached in ``RUNS/<tag>/frontier_row.json`` so an interrupted sweep resumes.
+
+    python -m clicooper.experiments.research.frontier --runs runs/frontier --train 15000 --epochs 3
+
+An attack figure on a defended run counts only if the same attack beats its floor on the undefended
+reference run (DESIGN §7); the table says so per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models in the zoo)
+from clicooper.attacks.runner import run_attack
+from clicooper.data import load_dataset
+from clicooper.experiments.research.frontier_report import (
+    LEVELS,
+    REFERENCE,
+    informative_levels,
+    plot,
+    seed_summary,
+    write_markdown,
+)
+from clicooper.privacy.accountant import epsilon as dp_epsilon
+from clicooper.training.do_alone import do_alone_accuracy as _do_alone
+from clicooper.training.loop import train
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the grid."""
+
+    model: str
+    sigma: float
+    defense: str  # "none" for the reference, "clicooper" otherwise
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}_{self.defense}_s{self.sigma:g}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Shared settings: the same for every run (training and attacks)."""
+
+    train: int = 15000
+    epochs: int = 3
+    seed: int = 0
+    trainers: int = 2
+    observe: int = 2000
+    victims: int = 300
+    attack_steps: int = 400
+    attack_width: int = 32
+    refine_steps: int = 100
+    delta: float = 1e-5
+
+    def attack_config(self) -> dict[str, Any]:
+        return {"modes": ("white-box", "known-plaintext"), "known_counts": (100, 1000), "victims": self.victims,
+                "steps": self.attack_steps, "width": self.attack_width, "refine_steps": self.refine_steps,
+                "seed": self.seed}
+
+
+def run_config(s: Setting, b: Budget) -> dict[str, Any]:
+    """The ``RunConfig`` fields of one split run."""
+    cfg: dict[str, Any] = {
+        "dataset": "fashion-mnist", "model": s.model, "trainers": b.trainers, "epochs": b.epochs,
+        "seed": b.seed, "train_range": (0, b.train), "batch_size": 128, "record_observations": True,
+        "observe": "subset", "observe_count": b.observe, "device": "cpu", "defense": s.defense,
+        "provenance": False,
+    }
+    if s.defense in ("dp", "clicooper"):
+        cfg["dp"] = {"sigma": s.sigma, "clip_norm": 1.0, "delta": b.delta}
+    return cfg
+
+
+def do_alone_accuracy(model_name: str, b: Budget, dataset: Any) -> float:
+    """Head (same architecture and init seed as the split run) + a linear tail, trained by the DO alone."""
+    return _do_alone(model_name, dataset, train_range=(0, b.train), epochs=b.epochs, seed=b.seed, trainers=b.trainers)
+
+
+def _level(att: dict[str, Any], name: str) -> dict[str, Any] | None:
+    lv = att["headline"]["T1"].get(name)
+    if lv is None:
+        return None
+    m = lv["metrics"]
+    return {"ssim": lv["score"], "global_floor": m.get("global_floor", lv["floor"]),
+            "class_floor": m.get("class_floor"), "beats_floor": lv["beats_floor"],
+            "psnr": m.get("psnr"), "best_method": m.get("best_method")}
+
+
+def _epsilon(s: Setting, b: Budget) -> dict[str, Any] | None:
+    """ε of the releases (PLD; RDP below σ = 0.2), ``None`` without activation noise."""
+    if s.defense not in ("dp", "clicooper") or s.sigma <= 0:
+        return None
+    rep = dp_epsilon(sigma=s.sigma, epochs=b.epochs, delta=b.delta, accountant="rdp" if s.sigma < 0.2 else "pld")
+    return {"epsilon": rep.epsilon, "delta": rep.delta, "accountant": rep.accountant, "covers": rep.covers}
+
+
+def _row(s: Setting, b: Budget, run_dir: Path, alone: float, att: dict[str, Any],
+         seconds: dict[str, float]) -> dict[str, Any]:
+    """The cached row of one measured setting."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    plan = json.loads((run_dir / "plan.json").read_text())
+    cut = plan["parties"][0]["output_shape"]
+    return {
+        "tag": s.tag, "model": s.model, "defense": s.defense, "sigma": s.sigma, "clip_norm": 1.0,
+        "cut_shape": cut, "cut_dim": int(math.prod(cut)),
+        "noise_to_signal": s.sigma * math.sqrt(math.prod(cut)) if s.defense in ("dp", "clicooper") else 0.0,
+        "test_acc": metrics["final_test_acc"], "acc_by_epoch": [m["test_acc"] for m in metrics["epochs"]],
+        "do_flop_share": plan["do_flop_share"], "do_alone_acc": alone,
+        "trainer_gain": metrics["final_test_acc"] - alone,
+        "inversion": {lv: _level(att, lv) for lv in LEVELS},
+        "epsilon": _epsilon(s, b),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "budget": b.__dict__,
+    }
+
+
+def measure(s: Setting, b: Budget, runs: Path, dataset: Any, *, fresh: bool = False) -> dict[str, Any]:
+    """Train, attack and account one setting; cached in ``runs/<tag>/frontier_row.json``."""
+    run_dir = runs / s.tag
+    cache = run_dir / "frontier_row.json"
+    if cache.is_file() and not fresh:
+        return json.loads(cache.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    t0 = time.time()
+    train(run_config(s, b), out=run_dir)
+    t1 = time.time()
+    alone = do_alone_accuracy(s.model, b, dataset)
+    t2 = time.time()
+    att = run_attack(run_dir, "inversion", knowledge=["known", "aux", "white-box"], party="T1",
+                     victims=b.victims, known_k=100, seed=b.seed, config=b.attack_config())
+    row = _row(s, b, run_dir, alone, att, {"train": t1 - t0, "do_alone": t2 - t1, "attack": time.time() - t2})
+    cache.write_text(json.dumps(row, indent=2))
+    # keep the disk small: the checkpoints are not needed any more
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return row
+
+
+def default_grid(quick: bool = False) -> list[Setting]:
+    """The reference, then each private model at σ ∈ {0, …} (σ is per unit clip norm; noise norm ≈ σ√d)."""
+    grid = [Setting(REFERENCE, 0.0, "none")]
+    sig = {"fmnist-private-d16": (0.0, 0.125, 0.25, 0.5), "fmnist-private-d64": (0.0, 0.0625, 0.125, 0.25),
+           "fmnist-private-s4": (0.0, 0.036, 0.07, 0.14)}
+    for m, ss in sig.items():
+        grid += [Setting(m, s, "clicooper") for s in ss]
+    # controls separating the two mechanisms' accuracy costs: label obfuscation alone on the reference,
+    # the private architectures without any defense
+    grid += [Setting(REFERENCE, 0.0, "labels"), Setting("fmnist-private-d16", 0.0, "none"),
+             Setting("fmnist-private-d64", 0.0, "none")]
+    return grid[:3] if quick else grid
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.research.frontier",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/frontier", help="where the run directories go")
+    ap.add_argument("--results", default="results", help="where frontier.{json,md,png} go")
+    ap.add_argument("--train", type=int, default=15000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--victims", type=int, default=300)
+    ap.add_argument("--attack-steps", type=int, default=400)
+    ap.add_argument("--only", default="", help="comma-separated tags or model names to run (default: whole grid)")
+    ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE],… (default defense clicooper)")
+    ap.add_argument("--quick", action="store_true", help="first 3 grid points only")
+    ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
+    ap.add_argument("--summary", default="", help="comma-separated --runs directories (one per seed): print the "
+                    "mean and 95 %% interval per setting over them (and write RESULTS/frontier_seeds.{json,md})")
+    return ap
+
+
+def grid_of(quick: bool, only: str, extra: str) -> list[Setting]:
+    """The default grid (``--quick``: its first points), kept to ``--only``, then the ``--extra`` points."""
+    grid = default_grid(quick)
+    if only:
+        keep = set(only.split(","))
+        grid = [g for g in grid if g.tag in keep or g.model in keep or (g.model == REFERENCE and "ref" in keep)]
+    for item in filter(None, extra.split(",")):
+        m, s, *d = item.split(":")
+        grid.append(Setting(m, float(s), d[0] if d else "clicooper"))
+    return grid
+
+
+def _write_seed_summary(run_dirs: str, results: Path) -> None:
+    rows, table = seed_summary([Path(d) for d in run_dirs.split(",")])
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "frontier_seeds.json").write_text(json.dumps({"runs": run_dirs.split(","), "rows": rows}, indent=2))
+    (results / "frontier_seeds.md").write_text(table)
+    print(table)
+
+
+def _sweep(grid: list[Setting], b: Budget, runs: Path) -> None:
+    dataset = load_dataset("fashion-mnist")
+    for s in grid:
+        t = time.time()
+        row = measure(s, b, runs, dataset)
+        print(f"[frontier] {s.tag}: acc {row['test_acc']:.4f} alone {row['do_alone_acc']:.4f} "
+              f"share {row['do_flop_share']:.3f} "
+              + " ".join(f"{lv} {row['inversion'][lv]['ssim']:.3f}" for lv in LEVELS if row['inversion'].get(lv))
+              + f" ({time.time() - t:.0f} s)", flush=True)
+
+
+def _write_reports(runs: Path, res: Path, command: str) -> None:
+    """``frontier.{json,md,png}`` from every cached row under ``runs``, in grid order."""
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*/frontier_row.json"))]
+    order = {g.tag: i for i, g in enumerate(default_grid())}
+    rows.sort(key=lambda r: (order.get(r["tag"], 999), r["model"], r["sigma"]))
+    (res / "frontier.json").write_text(json.dumps({"command": command, "informative": informative_levels(rows),
+                                                   "rows": rows}, indent=2))
+    write_markdown(rows, res / "frontier.md", command)
+    if rows:
+        plot(rows, res / "frontier.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.summary:
+        _write_seed_summary(a.summary, Path(a.results))
+        return 0
+    torch.set_num_threads(a.threads)
+    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed)
+    runs, res = Path(a.runs), Path(a.results)
+    runs.mkdir(parents=True, exist_ok=True)
+    res.mkdir(parents=True, exist_ok=True)
+    if not a.report_only:
+        _sweep(grid_of(a.quick, a.only, a.extra), b, runs)
+    command = "python -m clicooper.experiments.research.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+    _write_reports(runs, res, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
