@@ -1,0 +1,122 @@
+"""``report.md``: the report dict (``report.json``) rendered for humans, one function per section."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _fmt(v: Any, nd: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Title, the run's facts, and the run beside its baseline (accuracy, FLOP share, DO-alone)."""
+    L = [f"# CliCooper attack report: `{run['run']}`\n",
+         f"{run['dataset']} · {run['model']} · K = {run['trainers']} ({run['topology']}) · "
+         f"{run['epochs']} epochs · seed {run['seed']} · train range {run['train_range']}\n",
+         "| | run | undefended baseline |\n|---|---|---|",
+         f"| run directory | `{run['run']}` | `{base['run']}`"
+         + (" (trained by this report)" if base.get("trained_by_report") else "") + " |",
+         f"| model | {run.get('model')} | {base.get('model', run.get('model'))} |",
+         f"| defense | {run['defense']} | {base['defense']} |",
+         f"| test accuracy | {_fmt(run['test_acc'])} | {_fmt(base['test_acc'])} |",
+         f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
+         f"{_fmt(base['do_flop_share'], 4)} |"]
+    if run.get("do_alone_acc") is not None:
+        L.append(f"| DO-alone accuracy (its head + a linear tail, no trainers) | {_fmt(run['do_alone_acc'])} | "
+                 f"{_fmt(base.get('do_alone_acc'))} |")
+        gain = [f"{100 * g:+.2f} pt" if g is not None else "–"
+                for g in (run.get("trainer_gain"), base.get("trainer_gain"))]
+        L.append(f"| trainers' gain (accuracy − DO-alone) | {gain[0]} | {gain[1]} |")
+    L.append("")
+    return L
+
+
+def _privacy(run: dict[str, Any]) -> list[str]:
+    """Every ε of the run with what it covers."""
+    L = ["**Privacy (ε from `privacy.json`, each with what it covers):**\n"]
+    if run["epsilon"]:
+        for e in run["epsilon"]:
+            L.append(f"- ε = {_fmt(e['epsilon'])} (δ = {e['delta']}) — covers: *{e['covers']}*"
+                     + (f"; released: {e['released']}" if e.get("released") else ""))
+        if run.get("privacy_note"):
+            L.append(f"\n> {run['privacy_note']}")
+    else:
+        L.append("- no ε: this run releases nothing under a DP guarantee (no privacy.json reports)")
+    L.append("")
+    return L
+
+
+def _budget_and_warnings(rep: dict[str, Any]) -> list[str]:
+    """The attack budget, what *not informative* means, and the warnings."""
+    budgets = rep["budget"] if isinstance(rep["budget"], list) else [rep["budget"]]
+    L = [f"**Attack budget:** {', '.join(budgets)} — " + "; ".join(rep["budget_description"]) + "\n",
+         "Every figure is shown beside the same attack on the undefended baseline (DESIGN §7). A figure "
+         "is **not informative** when the attack does not beat its floor on the undefended baseline: "
+         "then the defended figure says nothing about protection (the attack is too weak or mis-aligned).\n"]
+    if rep["warnings"]:
+        L.append("**Warnings:**\n")
+        L += [f"- {w}" for w in rep["warnings"]]
+        L.append("")
+    return L
+
+
+def _results(rows: list[dict[str, Any]]) -> list[str]:
+    """The main table (one row per attack, party and level) and the secondary floors."""
+    L = ["## Attack results (last recorded epoch)\n",
+         "| attack | party | level | metric | run | run floor | undefended | undefended floor | "
+         "undefended beats floor | status |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        status = "informative" if r["informative"] else "**not informative**"
+        metric = r["primary"] + (f" ({r['best_method']})" if r.get("best_method") else "")
+        L.append(f"| {r['attack']} | {r['party']} | {r['level']} | {metric} | {_fmt(r['score'])} | "
+                 f"{_fmt(r['floor'])} | {_fmt(r['baseline_score'])} | {_fmt(r['baseline_floor'])} | "
+                 f"{_fmt(r['baseline_beats_floor'])} | {status} |")
+    extra = [r for r in rows if "class_floor" in r or "relative" in r]
+    if extra:
+        L.append("\nSecondary floors: inversion class floor (what the label alone gives) and query-extraction "
+                 "accuracy relative to the victim:\n")
+        L.append("| attack | party | level | run | run class floor / relative | undefended | "
+                 "undefended class floor / relative |\n|---|---|---|---|---|---|---|")
+        for r in extra:
+            a = r.get("class_floor", r.get("relative"))
+            b = r.get("baseline_class_floor", r.get("baseline_relative"))
+            L.append(f"| {r['attack']} | {r['party']} | {r['level']} | {_fmt(r['score'])} | {_fmt(a)} | "
+                     f"{_fmt(r['baseline_score'])} | {_fmt(b)} |")
+    return L
+
+
+def _figures(figures: list[dict[str, Any]]) -> list[str]:
+    L = ["\n## Figures\n"]
+    for f in figures:
+        flag = (" — **not informative:** " + ", ".join(f["not_informative"])) if f["not_informative"] else ""
+        L.append(f"### {f['kind']}{flag}\n\n![{f['kind']}]({f['file']})\n")
+    return L
+
+
+def _settings(rep: dict[str, Any]) -> list[str]:
+    """Each attack's settings and time, and the report's own."""
+    L = ["## Attack settings\n"]
+    for n, a in rep["attacks"].items():
+        s = a["settings"] or {}
+        L.append(f"- **{n}** ({_fmt(a['seconds'], 1)} s on the run, {_fmt(a['baseline_seconds'], 1)} s on the "
+                 f"baseline): budget {s.get('budget', 'unrecorded')}, knowledge {s.get('knowledge')}, parties "
+                 f"{s.get('parties')}, epochs {s.get('epochs')}, victims {s.get('victims')}, known_k "
+                 f"{s.get('known_k')}, aux {s.get('aux')}, seed {s.get('seed')}, config `{json.dumps(s.get('config'))}`")
+    L.append(f"\nGenerated {rep['created']} in {rep['seconds']} s. Numbers are one seed; see `make reproduce` "
+             "for multi-seed confidence intervals.\n")
+    return L
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    """The human report."""
+    run, base = rep["run"], rep["baseline"]
+    sections = (_runs_table(run, base), _privacy(run), _budget_and_warnings(rep), _results(rep["rows"]),
+                _figures(rep["figures"]), _settings(rep))
+    return "\n".join(line for section in sections for line in section)

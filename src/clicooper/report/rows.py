@@ -1,0 +1,82 @@
+"""The report's figures gathered from attack results: one row per (attack, party, level) beside the same
+attack on the baseline, per-epoch series for the plots, and the settings that differ between the two.
+Results are read from ``RUN/attacks/<name>.json`` when their budget matches, else the attack is run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clicooper.attacks import informative
+from clicooper.attacks.budgets import run_suite
+from clicooper.report.runs import Progress, read_json
+
+#: Settings of an attack result compared between run and baseline (a difference is a warning).
+SETTINGS_COMPARED = ("knowledge", "parties", "epochs", "victims", "known_k", "aux", "seed", "config", "budget")
+
+
+def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None) -> dict[str, Any]:
+    """Attack ``name``'s result on ``run_dir``: the stored one if it used ``budget`` (and not ``rerun``)."""
+    path = run_dir / "attacks" / f"{name}.json"
+    if path.is_file() and not rerun:
+        res = read_json(path)
+        if res.get("settings", {}).get("budget", budget) == budget:
+            if progress:
+                progress(f"reusing {path}")
+            return res
+    if progress:
+        progress(f"{run_dir}:")
+    return run_suite(run_dir, [name], budget=budget, progress=progress)["attacks"][name]
+
+
+def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per party and level of the last epoch, with the baseline's figures and the informative flag."""
+    rows = []
+    for party, levels in res.get("headline", {}).items():
+        for lv, r in levels.items():
+            b = ((base or {}).get("headline", {}).get(party) or {}).get(lv)
+            row = {
+                "key": f"{name}/{party}/{lv}", "attack": name, "party": party, "level": lv,
+                "primary": r["primary"], "higher_is_better": r.get("higher_is_better", True),
+                "score": r["score"], "floor": r["floor"], "beats_floor": r["beats_floor"],
+                "baseline_score": None if b is None else b["score"],
+                "baseline_floor": None if b is None else b["floor"],
+                "baseline_beats_floor": None if b is None else b["beats_floor"],
+                "informative": b is not None and b.get("score") is not None and informative(b),
+            }
+            m = r.get("metrics", {})
+            if "class_floor" in m:
+                row["class_floor"] = m["class_floor"]
+                row["baseline_class_floor"] = None if b is None else b.get("metrics", {}).get("class_floor")
+            if "best_method" in m:
+                row["best_method"] = m["best_method"]
+            if "relative" in m:
+                row["relative"] = m["relative"]
+                row["baseline_relative"] = None if b is None else b.get("metrics", {}).get("relative")
+            rows.append(row)
+    return rows
+
+
+def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,
+              flags: dict[str, bool]) -> list[dict[str, Any]]:
+    """Per (party, level): the run's and the baseline's score and the run's floor by epoch."""
+    series: dict[str, dict[str, Any]] = {}
+    for which, data in (("run", res), ("base", base or {})):
+        for r in data.get("results", []):
+            for lv, v in r.get("levels", {}).items():
+                key = f"{name}/{r['party']}/{lv}"
+                s = series.setdefault(key, {"attack": name, "party": r["party"], "level": lv, "run": {},
+                                            "base": {}, "floor": {}, "informative": flags.get(key, False)})
+                if v.get("score") is not None:
+                    s[which][int(r["epoch"])] = v["score"]
+                if which == "run" and v.get("floor") is not None:
+                    s["floor"][int(r["epoch"])] = v["floor"]
+    return list(series.values())
+
+
+def settings_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The :data:`SETTINGS_COMPARED` keys whose values differ between two attack results."""
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    return [k for k in SETTINGS_COMPARED if json.dumps(sa.get(k), sort_keys=True) != json.dumps(sb.get(k), sort_keys=True)]
