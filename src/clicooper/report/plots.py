@@ -27,6 +27,29 @@ def _img(ax: Any, x: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+def _style(item: dict[str, Any]) -> tuple[str, str | None]:
+    """Legend label and colour of a row or series: not-informative ones grey and flagged."""
+    label = f"{item['party']} {item['level']}" + ("" if item["informative"] else f" ({NOT_INFORMATIVE})")
+    return label, None if item["informative"] else "grey"
+
+
+def _panels(n: int, width: float) -> tuple[Any, Any]:
+    """A figure of ``n`` attack panels side by side."""
+    return plt.subplots(1, n, figsize=(width * n, 3.8), squeeze=False)
+
+
+def _finish_panel(ax: Any, legend_size: float) -> None:
+    ax.set_ylabel("attack metric (primary)", fontsize=8)
+    ax.legend(fontsize=legend_size, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def reconstruction_grid(path: Path, level: str, run_grid: torch.Tensor, base_grid: torch.Tensor | None, *,
                         run_label: str, run_score: float | None, base_score: float | None, floor: float | None,
                         informative: bool) -> None:
@@ -54,9 +77,7 @@ def reconstruction_grid(path: Path, level: str, run_grid: torch.Tensor, base_gri
     if not informative:
         title += f"\n{NOT_INFORMATIVE.upper()}: the undefended baseline does not beat its floor"
     fig.suptitle(title, fontsize=8, color="black" if informative else "darkred")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def accuracy_vs_metric(path: Path, rows: list[dict[str, Any]], run_acc: float | None, base_acc: float | None,
@@ -66,11 +87,10 @@ def accuracy_vs_metric(path: Path, rows: list[dict[str, Any]], run_acc: float | 
     attacks = sorted({r["attack"] for r in rows})
     if not attacks:
         return
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.8), squeeze=False)
+    fig, axes = _panels(len(attacks), 4.2)
     for ax, name in zip(axes[0], attacks, strict=True):
         for r in (r for r in rows if r["attack"] == name):
-            label = f"{r['party']} {r['level']}" + ("" if r["informative"] else f" ({NOT_INFORMATIVE})")
-            color = None if r["informative"] else "grey"
+            label, color = _style(r)
             xs, ys = [], []
             if base_acc is not None and r.get("baseline_score") is not None:
                 xs.append(base_acc)
@@ -88,12 +108,8 @@ def accuracy_vs_metric(path: Path, rows: list[dict[str, Any]], run_acc: float | 
                 ax.plot(xs, ys, "o", color=line.get_color())
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("test accuracy (open: undefended baseline, filled: " + run_label + ")", fontsize=7)
-        ax.set_ylabel("attack metric (primary)", fontsize=8)
-        ax.legend(fontsize=6, loc="best")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _finish_panel(ax, 6)
+    _save(fig, path)
 
 
 def metric_per_epoch(path: Path, series: list[dict[str, Any]], run_label: str) -> bool:
@@ -103,11 +119,10 @@ def metric_per_epoch(path: Path, series: list[dict[str, Any]], run_label: str) -
     attacks = sorted({s["attack"] for s in series if max(len(s["run"]), len(s["base"])) > 1})
     if not attacks:
         return False
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3.8), squeeze=False)
+    fig, axes = _panels(len(attacks), 4.5)
     for ax, name in zip(axes[0], attacks, strict=True):
         for s in (s for s in series if s["attack"] == name):
-            label = f"{s['party']} {s['level']}" + ("" if s["informative"] else f" ({NOT_INFORMATIVE})")
-            color = None if s["informative"] else "grey"
+            label, color = _style(s)
             (line,) = ax.plot(sorted(s["run"]), [s["run"][e] for e in sorted(s["run"])], "o-", color=color,
                               label=f"{label} – {run_label}", linewidth=1, markersize=3)
             if s["base"]:
@@ -119,10 +134,6 @@ def metric_per_epoch(path: Path, series: list[dict[str, Any]], run_label: str) -
         ax.set_title(f"{name} (dotted: floor)", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("attack metric (primary)", fontsize=8)
-        ax.legend(fontsize=5, loc="best")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _finish_panel(ax, 5)
+    _save(fig, path)
     return True
