@@ -29,6 +29,7 @@ demo: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.demo --out $(DEMO_OUT)
 
 test: $(STAMP) $(FMNIST)
+	$(BIN)/lint-imports --no-logo  # the layer contracts of pyproject.toml [tool.importlinter]
 	$(BIN)/python -m pytest -q
 
 # In-process: centralized vs split (plain, defended, with provenance), interleaved medians: torch on every
@@ -44,6 +45,7 @@ reproduce: $(STAMP) $(FMNIST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -17,7 +17,7 @@ needs_fmnist = pytest.mark.skipif(not FMNIST.is_file(), reason="Debian package d
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained digits run with observations (shared by read-only tests)."""
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     out = tmp_path_factory.mktemp("runs") / "digits"
     train(

@@ -14,7 +14,7 @@ from clicooper import load_run, rundir
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.models import zoo
 from clicooper.models.partition import make_plan
-from clicooper.training.loop import train
+from clicooper.training import train
 
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 3, "provenance": False}
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clicooper.config import make_config
-from clicooper.data import load_dataset
-from clicooper.training.loop import Session, epoch_order
+from clicooper.data import epoch_order, load_dataset
+from clicooper.training import Session
 
 
 def reference_model(input_features: int, num_outputs: int) -> nn.Sequential:

@@ -23,10 +23,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from clicooper.config import make_config
+from clicooper.core.checkpoint import model_file_metadata
 from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, LedgerError, RunDirError, WireError
+from clicooper.models.blueprint import blueprint_for
 from clicooper.net import TlsConfig, generate_party_certs, save_party_cert
-from clicooper.net.builder import build_party
+from clicooper.net.builder import node_party
 from clicooper.net.certs import PartyCert, party_dns_name
 from clicooper.net.delivery import (
     SEGMENT,
@@ -37,7 +39,7 @@ from clicooper.net.delivery import (
     segment_payloads,
 )
 from clicooper.net.launch import launch_local
-from clicooper.net.node import Node, NodeOptions, load_tls, model_file_metadata
+from clicooper.net.node import NodeOptions, load_tls, make_node
 from clicooper.protocol.messages import Control, Header
 from clicooper.provenance.commitments import segment_commitment
 from clicooper.provenance.ledger import Ledger
@@ -109,7 +111,7 @@ def test_node_on_a_closed_run_stops_and_changes_nothing(launched: Path, party: s
     with pytest.raises(
         RunDirError, match=rf"{party}: the run in .* is closed .*closing entry.*nothing to resume"
     ):
-        Node(opts)
+        make_node(opts)
     assert _tree(node_dir) == before
 
 
@@ -119,9 +121,9 @@ def t1_segment() -> tuple[ExpectedSegment, dict[str, torch.Tensor], dict[str, st
     """The DO's expectation of T1's segment and a genuine T1 segment (trained a little: not the initial one)."""
     cfg = make_config(**TINY).resolved(160)
     ds = load_dataset("digits")
-    do = build_party(cfg, "DO", dataset=ds)
+    do = node_party(cfg, "DO", blueprint_for(cfg, ds.input_shape, ds.num_classes), dataset=ds)
     state = {k: v + 0.01 for k, v in do.modules["T1"].state_dict().items()}
-    meta = model_file_metadata(do, "T1", cfg.epochs)
+    meta = model_file_metadata(cfg, do.plan, "T1", cfg.epochs)
     exp = ExpectedSegment.of_state(
         "T1", 1, "seg_1.safetensors", do.modules["T1"].state_dict(), meta, segment_commitment(state)
     )

@@ -14,11 +14,13 @@ from typer.testing import CliRunner
 
 from clicooper.cli import app
 from clicooper.config import make_config
+from clicooper.core.builder import party_names
 from clicooper.data import load_dataset
-from clicooper.net.builder import build_party, party_names
+from clicooper.models.blueprint import blueprint_for
+from clicooper.net.builder import node_party
 from clicooper.net.launch import launch_local
 from clicooper.runs import load_run
-from clicooper.training.loop import Session, train
+from clicooper.training import Session, train
 
 TINY = {"dataset": "digits", "model": "digits-mlp", "train_range": (0, 320), "provenance": False}
 
@@ -36,7 +38,8 @@ def test_builder_mirrors_session() -> None:
     ds = load_dataset("digits")
     session = Session(cfg, ds, None)
     # execute
-    built = {n: build_party(cfg, n, dataset=ds if n == "DO" else None, meta=ds) for n in party_names(cfg)}
+    built = {n: node_party(cfg, n, blueprint_for(cfg, ds.input_shape, ds.num_classes), dataset=ds if n == "DO" else None)
+             for n in party_names(cfg)}
     # assert: same weights, same wiring, same optimizer settings
     for name, ref in session.parties.items():
         p = built[name].party

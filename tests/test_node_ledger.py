@@ -19,7 +19,8 @@ from clicooper.cli import app
 from clicooper.config import make_config
 from clicooper.data import load_dataset
 from clicooper.errors import LedgerError
-from clicooper.net.builder import build_party
+from clicooper.models.blueprint import blueprint_for
+from clicooper.net.builder import node_party
 from clicooper.net.node_ledger import ENTRY, NodeLedger, wire_entry
 from clicooper.protocol.messages import Control, Header
 from clicooper.provenance.canonical import canonical_json
@@ -38,7 +39,8 @@ def three(tmp_path: Path) -> dict[str, NodeLedger]:
     """DO, T1, T2 with a signed genesis in each copy (the DO proposes, every party signs)."""
     ds = load_dataset("digits")
     cfg = make_config(**TINY).resolved(320)
-    built = {n: build_party(cfg, n, dataset=ds if n == "DO" else None, meta=ds) for n in ("DO", "T1", "T2")}
+    built = {n: node_party(cfg, n, blueprint_for(cfg, ds.input_shape, ds.num_classes), dataset=ds if n == "DO" else None)
+             for n in ("DO", "T1", "T2")}
     nl = {n: NodeLedger(n, cfg, b.plan, b.modules, b.party, tmp_path / n) for n, b in built.items()}
     body = nl["DO"].propose_genesis({n: nl[n].identity.public_key for n in ("T1", "T2")}, ds,
                                     ds.train_ids(cfg.train_range), built["DO"].model)

@@ -10,7 +10,7 @@ import pytest
 
 from clicooper.net.launch import launch_local
 from clicooper.runs import load_run
-from clicooper.training.loop import train
+from clicooper.training import train
 
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 3, "train_range": (0, 160),
        "provenance": False}  # batch 16: 10 steps per round

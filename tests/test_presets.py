@@ -11,23 +11,33 @@ import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from clicooper.config import load_config_file, make_config
+from clicooper.config.presets import PRESETS, apply_preset, get_preset, preset_names
+from clicooper.core.setup import resolve_run
 from clicooper.errors import ConfigError, PrivacyError
 from clicooper.privacy.accountant import epsilon, sigma_for_epsilon
 from clicooper.privacy.defaults import (
-    cut_shape_for,
     describe_sigma,
     resolve_sigma,
     sigma_derivation,
     sigma_from_noise_ratio,
 )
-from clicooper.privacy.presets import PRESETS, apply_preset, get_preset, preset_names
 
-FMNIST = SimpleNamespace(input_shape=(1, 28, 28), num_classes=10)  # what plan_for needs of a dataset
+FMNIST = SimpleNamespace(input_shape=(1, 28, 28), num_classes=10)  # what the blueprint needs of a dataset
+
+
+def _resolved(c: Any) -> Any:
+    """``c`` as a 60,000-sample Fashion-MNIST run records it (batch size, σ from the cut shape)."""
+    return resolve_run(c, num_train=60_000, input_shape=FMNIST.input_shape, num_classes=FMNIST.num_classes)[0]
+
+
+def _cut_shape(c: Any) -> tuple[int, ...]:
+    return resolve_run(c, num_train=60_000, input_shape=FMNIST.input_shape, num_classes=FMNIST.num_classes)[1].cut_shape
 DOC = Path(__file__).resolve().parents[1] / "docs" / "privacy-frontier.md"
 
 
@@ -104,7 +114,8 @@ def test_preset_is_recorded_and_a_reload_is_identical(tmp_path: Path) -> None:
 
 
 def test_train_help_lists_the_presets_and_cli_options_override_them(tmp_path: Path) -> None:
-    from clicooper.cli import _config_from_options, app
+    from clicooper.cli import app
+    from clicooper.cli.common import config_from_options as _config_from_options
 
     res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert res.exit_code == 0
@@ -128,9 +139,9 @@ def test_noise_ratio_rule_on_a_d64_cut_gives_an_eighth() -> None:
     c = make_config(defense="clicooper", model="fmnist-private-d64")
     assert c.dp.sigma is None and c.dp.noise_ratio == 1.0
 
-    r = c.resolved(60_000, dataset=FMNIST)
+    r = _resolved(c)
 
-    assert cut_shape_for(c, FMNIST) == (64,)
+    assert _cut_shape(c) == (64,)
     assert (r.dp.sigma, r.dp.sigma_source) == (0.125, "noise-ratio")
     d = sigma_derivation(r, cut_shape=(64,))
     assert d["cut_dim"] == 64 and d["noise_to_signal"] == pytest.approx(1.0)
@@ -140,9 +151,9 @@ def test_noise_ratio_rule_on_a_d64_cut_gives_an_eighth() -> None:
 def test_noise_ratio_rule_on_the_reference_cut() -> None:
     c = make_config(defense="dp", model="fmnist-cnn", dp={"noise_ratio": 1.0})
 
-    r = c.resolved(60_000, dataset=FMNIST)
+    r = _resolved(c)
 
-    assert cut_shape_for(c, FMNIST) == (32, 14, 14)
+    assert _cut_shape(c) == (32, 14, 14)
     assert r.dp.sigma == pytest.approx(1 / math.sqrt(6272), rel=1e-15)
     half = make_config(defense="dp", dp={"noise_ratio": 0.5})
     assert resolve_sigma(half, cut_shape=(32, 14, 14)).dp.sigma == pytest.approx(0.5 / math.sqrt(6272))
@@ -150,9 +161,9 @@ def test_noise_ratio_rule_on_the_reference_cut() -> None:
 
 def test_explicit_sigma_wins_and_zero_means_clip_only() -> None:
     c = make_config(defense="clicooper", dp={"sigma": 0.3, "noise_ratio": 4.0})
-    assert resolve_sigma(c, dataset=FMNIST).dp.sigma == 0.3
+    assert resolve_sigma(c).dp.sigma == 0.3
 
-    zero = make_config(defense="clicooper", dp={"sigma": 0.0}).resolved(60_000, dataset=FMNIST)
+    zero = _resolved(make_config(defense="clicooper", dp={"sigma": 0.0}))
     assert (zero.dp.sigma, zero.dp.sigma_source) == (0.0, "explicit")
     d = sigma_derivation(zero, cut_shape=(32, 14, 14))
     assert "clip only" in d["note"] and "ε = ∞" in describe_sigma(d)
@@ -163,7 +174,7 @@ def test_explicit_sigma_wins_and_zero_means_clip_only() -> None:
 def test_target_epsilon_wins_over_the_noise_ratio() -> None:
     c = make_config(defense="clicooper", epochs=3, dp={"target_epsilon": 50.0, "noise_ratio": 4.0})
 
-    r = c.resolved(60_000, dataset=FMNIST)
+    r = _resolved(c)
 
     assert r.dp.sigma_source == "target-epsilon"
     assert r.dp.sigma == sigma_for_epsilon(epsilon=50.0, delta=1e-5, epochs=3)
@@ -174,7 +185,7 @@ def test_target_epsilon_wins_over_the_noise_ratio() -> None:
 
 def test_no_sigma_is_derived_without_activation_protection() -> None:
     for defense in ("none", "labels"):
-        assert make_config(defense=defense).resolved(60_000, dataset=FMNIST).dp.sigma is None
+        assert _resolved(make_config(defense=defense)).dp.sigma is None
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
@@ -188,7 +199,7 @@ def test_noise_ratio_is_validated(bad: float) -> None:
 
 
 def test_a_derived_sigma_must_match_the_cut_it_is_used_with() -> None:
-    r = make_config(defense="clicooper", model="fmnist-private-d64").resolved(60_000, dataset=FMNIST)
+    r = _resolved(make_config(defense="clicooper", model="fmnist-private-d64"))
     moved = make_config(**(r.model_dump() | {"model": "fmnist-cnn"}))
 
     with pytest.raises(ConfigError, match="another cut"):
@@ -198,7 +209,7 @@ def test_a_derived_sigma_must_match_the_cut_it_is_used_with() -> None:
 
 
 def test_a_digits_run_records_the_preset_and_the_sigma_derivation(tmp_path: Path) -> None:
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     run = train(
         {

@@ -14,7 +14,7 @@ from clicooper.errors import ConfigError
 from clicooper.privacy.accountant import epsilon
 from clicooper.provenance.ledger import Ledger
 from clicooper.provenance.verify import verify_run
-from clicooper.training.loop import train
+from clicooper.training import train
 
 SIGMA = 1.0
 BASE = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 3, "seed": 0,
@@ -45,7 +45,7 @@ def test_max_epsilon_stops_before_the_epoch_and_a_larger_budget_resumes(tmp_path
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 3 and "stopped" not in metrics
     assert json.loads((run / "privacy.json").read_text())["epochs_accounted"] == 3
-    from clicooper.cli_provenance import load_segments
+    from clicooper.provenance.delivered import load_segments
 
     report = verify_run(run / "ledger.jsonl", load_segments(run))
     assert report.ok and report.closed and report.rounds_completed == 3

@@ -15,7 +15,7 @@ from clicooper.errors import ConfigError, PrivacyError
 from clicooper.privacy.accountant import COVERS_DPSGD, epsilon_with_dpsgd_head
 from clicooper.privacy.activation import clip_per_sample
 from clicooper.privacy.dpsgd import HeadDPSGD
-from clicooper.training.loop import train
+from clicooper.training import train
 
 S = 0.5
 
@@ -126,7 +126,7 @@ def test_digits_run_with_dpsgd_head_reports_the_composed_epsilon(tmp_path: Path)
 
 
 def test_cli_options_set_head_dpsgd() -> None:
-    from clicooper.cli import _config_from_options
+    from clicooper.cli.common import config_from_options as _config_from_options
 
     cfg = _config_from_options(None, defense="dp", sigma=0.5, head_dpsgd=1.5, head_dpsgd_clip=0.5)
     assert (cfg.dp.head_dpsgd.noise_multiplier, cfg.dp.head_dpsgd.max_grad_norm) == (1.5, 0.5)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from clicooper.data import epoch_order
 from clicooper.privacy import ActivationProtector
 from clicooper.privacy.prefetch import EpochSchedule, NoisePrefetcher
-from clicooper.training.loop import epoch_order
 
 SECRET = bytes(range(32))
 SHAPE = (4, 7, 7)
@@ -126,8 +126,9 @@ def test_close_is_idempotent_stops_the_thread_and_keeps_values() -> None:
 
 
 def _train(tmp: Path, monkeypatch: pytest.MonkeyPatch, *, prefetch: bool, **extra: Any) -> tuple[Any, dict]:
-    from clicooper.training import privacy_hooks
-    from clicooper.training.loop import train
+    from clicooper.core import privacy as privacy_hooks
+    from clicooper.training import run as training_run
+    from clicooper.training import train
 
     monkeypatch.setattr(privacy_hooks, "PREFETCH_NOISE", prefetch)
     # the same secrets for both runs (tests fix the secret), so that only the prefetch differs
@@ -135,13 +136,14 @@ def _train(tmp: Path, monkeypatch: pytest.MonkeyPatch, *, prefetch: bool, **extr
         "clicooper.privacy.secrets.os.urandom", lambda n: bytes((7 * i + 3) % 256 for i in range(n))
     )
     built: dict[str, Any] = {}
-    real = privacy_hooks.build_privacy
+    real = training_run.build_privacy
 
-    def spy(*a: Any, **k: Any) -> dict[str, Any]:
-        built.update(real(*a, **k))
-        return built
+    def spy(*a: Any, **k: Any) -> Any:
+        made = real(*a, **k)
+        built["prefetcher"] = made.prefetcher
+        return made
 
-    monkeypatch.setattr(privacy_hooks, "build_privacy", spy)
+    monkeypatch.setattr(training_run, "build_privacy", spy)
     config = {
         "dataset": "digits", "model": "digits-mlp", "defense": "clicooper", "epochs": 2,
         "train_range": (0, 200), "batch_size": 32, "micro_batches": 2, "provenance": False, "seed": 1,
@@ -184,17 +186,18 @@ def test_prefetch_defaults_to_on_only_with_a_spare_core(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from clicooper.config import make_config
+    from clicooper.core import privacy as privacy_hooks
     from clicooper.data import load_dataset
-    from clicooper.training import privacy_hooks
+    from clicooper.models.blueprint import blueprint_for
 
     ds = load_dataset("digits")
     cfg = make_config(dataset="digits", model="digits-mlp", defense="dp", dp={"sigma": 0.1}).resolved(1000)
+    bp = blueprint_for(cfg, ds.input_shape, ds.num_classes)
     monkeypatch.setattr(privacy_hooks, "PREFETCH_NOISE", None)
     for spare in (False, True):
         monkeypatch.setattr(privacy_hooks, "spare_core", lambda spare=spare: spare)
-        built = privacy_hooks.build_privacy(cfg, tmp_path / str(spare), ds, new_run=True)
-        assert (built["prefetcher"] is not None) is spare
-        if built["close"] is not None:
-            built["close"]()
-    off = privacy_hooks.build_privacy(cfg, tmp_path / "off", ds, new_run=True, prefetch=False)
-    assert off["prefetcher"] is None and off["close"] is None
+        built = privacy_hooks.build_privacy(cfg, tmp_path / str(spare), ds, bp, new_run=True)
+        assert (built.prefetcher is not None) is spare
+        built.close()
+    off = privacy_hooks.build_privacy(cfg, tmp_path / "off", ds, bp, new_run=True, prefetch=False)
+    assert off.prefetcher is None

@@ -10,6 +10,7 @@ import torch
 from clicooper.config import make_config
 from clicooper.errors import PrivacyError
 from clicooper.privacy import COVERS_LABEL_DP, COVERS_RELEASES, ActivationProtector, LabelCodec
+from clicooper.privacy.defaults import resolve_sigma
 from clicooper.privacy.runtime import label_codec_for_run, mechanisms_for_run
 from clicooper.privacy.secrets import secrets_dir
 
@@ -17,7 +18,9 @@ from clicooper.privacy.secrets import secrets_dir
 def test_no_defense_builds_nothing_and_writes_no_secrets(tmp_path: Path) -> None:
     m = mechanisms_for_run(make_config(defense="none"), tmp_path, 10, new_run=True)
 
-    assert all(v is None for v in m.values())
+    assert not m.enabled and not m.under_dp
+    assert all(getattr(m, f) is None for f in ("protector", "grad_protector", "label_encoder", "label_noiser",
+                                               "head_dpsgd", "sigma", "notice", "prefetcher"))
     assert not secrets_dir(tmp_path).exists()
 
 
@@ -26,22 +29,22 @@ def test_clicooper_defense_builds_protector_codec_and_labelled_epsilon(tmp_path:
 
     m = mechanisms_for_run(config, tmp_path, 10, new_run=True)
 
-    assert isinstance(m["protector"], ActivationProtector) and m["grad_protector"] is None
-    assert isinstance(m["label_encoder"], LabelCodec) and m["label_encoder"].num_outputs == 20
-    assert "back up" in m["notice"]
-    reports = m["epsilon_after"](1)["reports"]
+    assert isinstance(m.protector, ActivationProtector) and m.grad_protector is None
+    assert isinstance(m.label_encoder, LabelCodec) and m.label_encoder.num_outputs == 20
+    assert "back up" in m.notice
+    reports = m.epsilon_after(1)
     assert reports[0]["covers"] == COVERS_RELEASES
     assert reports[0]["epsilon"] == pytest.approx(4.38, rel=0.02)
 
 
 def test_resume_reuses_the_same_secrets(tmp_path: Path) -> None:
     config = make_config(defense="labels")
-    first = mechanisms_for_run(config, tmp_path, 10, new_run=True)["label_encoder"]
+    first = mechanisms_for_run(config, tmp_path, 10, new_run=True).label_encoder
 
     again = mechanisms_for_run(config, tmp_path, 10, new_run=False)
 
-    assert again["notice"] is None
-    assert again["label_encoder"].permutation == first.permutation
+    assert again.notice is None
+    assert again.label_encoder.permutation == first.permutation
     assert label_codec_for_run(tmp_path, config, 10).permutation == first.permutation
     with pytest.raises(PrivacyError):
         mechanisms_for_run(config, tmp_path, 10, new_run=True)  # would replace the label key
@@ -54,9 +57,9 @@ def test_open_tail_label_dp_is_reported(tmp_path: Path) -> None:
 
     y = torch.arange(10)
     assert torch.equal(
-        m["label_noiser"].noisy_labels(y, sample_ids=y), m["label_noiser"].noisy_labels(y, sample_ids=y)
+        m.label_noiser.noisy_labels(y, sample_ids=y), m.label_noiser.noisy_labels(y, sample_ids=y)
     )
-    assert [r["covers"] for r in m["epsilon_after"](3)["reports"]] == [COVERS_LABEL_DP]
+    assert [r["covers"] for r in m.epsilon_after(3)] == [COVERS_LABEL_DP]
 
 
 def test_gradient_protection_needs_its_own_clip_norm(tmp_path: Path) -> None:
@@ -70,15 +73,17 @@ def test_gradient_protection_needs_its_own_clip_norm(tmp_path: Path) -> None:
 def test_unset_sigma_is_derived_from_the_cut_and_recorded(tmp_path: Path) -> None:
     config = make_config(defense="clicooper", model="fmnist-private-d64")
 
-    with pytest.raises(PrivacyError, match="cut shape"):
+    with pytest.raises(PrivacyError, match="dp.sigma is unset"):
         mechanisms_for_run(config, tmp_path, 10, new_run=True)
     assert not secrets_dir(tmp_path).exists()  # refused before any secret is written
+    with pytest.raises(PrivacyError, match="cut shape"):
+        resolve_sigma(config)  # the noise-ratio rule needs the cut
 
-    m = mechanisms_for_run(config, tmp_path, 10, new_run=True, cut_shape=(64,))
-    assert m["protector"].sigma == 0.125
-    assert m["sigma"]["source"] == "noise-ratio" and m["sigma"]["cut_dim"] == 64
-    assert "σ = 0.125" in m["notice"] and "back up" in m["notice"]
-    noise = m["record_after"](2)["activation_noise"]
+    m = mechanisms_for_run(resolve_sigma(config, cut_shape=(64,)), tmp_path, 10, new_run=True, cut_shape=(64,))
+    assert m.protector.sigma == 0.125
+    assert m.sigma["source"] == "noise-ratio" and m.sigma["cut_dim"] == 64
+    assert "σ = 0.125" in m.notice and "back up" in m.notice
+    noise = m.record_after(2)["activation_noise"]
     assert noise["sigma_source"] == "noise-ratio" and noise["sigma_derivation"]["noise_to_signal"] == 1.0
 
 
@@ -87,12 +92,12 @@ def test_explicit_sigma_zero_is_clip_only_and_labelled_infinite(tmp_path: Path) 
         make_config(defense="dp", dp={"sigma": 0.0}), tmp_path, 10, new_run=True, cut_shape=(8,)
     )
 
-    record = m["record_after"](1)
-    assert m["protector"].sigma == 0.0 and m["prefetcher"] is None
+    record = m.record_after(1)
+    assert m.protector.sigma == 0.0 and m.prefetcher is None
     assert record["activation_noise"]["sigma_source"] == "explicit"
     assert "clip only" in record["activation_noise"]["note"]
     assert record["reports"][0]["epsilon"] in ("inf", float("inf"))
-    assert "ε = ∞" in m["notice"]
+    assert "ε = ∞" in m.notice
 
 
 def test_label_dp_outside_the_open_tail_is_refused() -> None:
@@ -101,7 +106,7 @@ def test_label_dp_outside_the_open_tail_is_refused() -> None:
 
 
 def test_cli_per_mechanism_flags_reach_the_config(tmp_path: Path) -> None:
-    from clicooper.cli import _config_from_options
+    from clicooper.cli.common import config_from_options as _config_from_options
 
     cfg = _config_from_options(
         None, defense="clicooper", topology="open-tail", sigma=0.25, clip_norm=2.0, delta=1e-6,
@@ -128,7 +133,7 @@ def test_noise_on_an_unmeasured_wide_cut_comes_with_advice(tmp_path: Path) -> No
     assert "--preset private-accurate" in cut_advice("fmnist-cnn")
     assert "not measured" in cut_advice("digits-mlp", "digits")
     m = mechanisms_for_run(make_config(defense="clicooper", dp={"sigma": 0.1}), tmp_path / "a", 10, new_run=True)
-    assert "--preset private-accurate" in m["notice"]
+    assert "--preset private-accurate" in m.notice
     m = mechanisms_for_run(make_config(defense="clicooper", model="fmnist-private-d64", dp={"sigma": 0.1}),
                            tmp_path / "b", 10, new_run=True)
-    assert "frontier measured" not in m["notice"]
+    assert "frontier measured" not in m.notice

@@ -71,7 +71,7 @@ def test_trains_one_epoch_split_with_noise(tmp_path, name: str) -> None:
     """One epoch of real split training (defense clicooper, σ > 0) on a tiny synthetic image set."""
     import numpy as np
 
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     rng = np.random.default_rng(0)
     n, c = 96, 3

@@ -12,17 +12,15 @@ from typer.testing import CliRunner
 
 from clicooper import rundir
 from clicooper.cli import app
-from clicooper.cli_provenance import load_segments, register
 from clicooper.errors import InterruptedRun
 from clicooper.models import zoo
-from clicooper.models.partition import split_model
+from clicooper.models.partition import Plan, split_model
 from clicooper.provenance import verify_run
+from clicooper.provenance.delivered import load_segments
 from clicooper.runs import model_file
-from clicooper.training import loop
-from clicooper.training.loop import train
+from clicooper.training import Session, train
 
 torch.set_num_threads(1)
-register(app)  # idempotent: harmless once cli.py calls it itself
 runner = CliRunner()
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 2, "provenance": True}
 
@@ -126,7 +124,7 @@ def test_reveal_and_prove(run: Path, tmp_path: Path) -> None:
     rep = json.loads(res.stdout.strip().splitlines()[-1])
     assert rep["verdict"] and rep["wrong_bits"] == 0 and rep["n_bits"] == 256 and rep["tau"] == 56
     # a freshly initialised model of the same architecture is not T1's
-    plan = loop.Plan.from_dict(rundir.read_json(run / rundir.PLAN))
+    plan = Plan.from_dict(rundir.read_json(run / rundir.PLAN))
     model = zoo.build("digits-mlp", tuple(plan.input_shape), 10, seed=12345)
     fresh = tmp_path / "fresh"
     for pp in plan.parties:
@@ -163,19 +161,19 @@ def test_interrupted_run_resumes_with_valid_ledger(tmp_path: Path) -> None:
 def test_crash_between_ledger_commit_and_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Round 1's entries are committed, its checkpoint is not: the redone round appends nothing new."""
     out = tmp_path / "run"
-    original = loop.Session.save_checkpoint
+    original = Session.save_checkpoint
 
-    def crash(self: loop.Session, r: int) -> None:
+    def crash(self: Session, r: int) -> None:
         if r == 1:
             raise KeyboardInterrupt
         original(self, r)
 
-    monkeypatch.setattr(loop.Session, "save_checkpoint", crash)
+    monkeypatch.setattr(Session, "save_checkpoint", crash)
     with pytest.raises(InterruptedRun):
         train(CFG, out=out)
     committed = (out / rundir.LEDGER).read_bytes()
     assert committed.count(b"\n") == 1 + 2 * 4  # genesis + two full rounds, no closing
-    monkeypatch.setattr(loop.Session, "save_checkpoint", original)
+    monkeypatch.setattr(Session, "save_checkpoint", original)
     train(resume=out)
     final = (out / rundir.LEDGER).read_bytes()
     assert final.startswith(committed) and final.count(b"\n") == committed.count(b"\n") + 1  # + closing

@@ -53,7 +53,7 @@ def test_not_informative_flag_logic() -> None:
 
 @pytest.fixture(scope="module")
 def defended_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     out = tmp_path_factory.mktemp("rep") / "labels"
     train({"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 1, "record_observations": True,
@@ -134,7 +134,7 @@ def test_cli_inversion_then_report_trains_baseline(tmp_path: Path) -> None:
     from safetensors.torch import load_file
     from sklearn.datasets import load_digits
 
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     d = load_digits()
     x = torch.nn.functional.interpolate(torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32), size=(16, 16),

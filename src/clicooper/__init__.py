@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 def load_run(path: Any) -> RunHandle:
     """Load a run directory (see :func:`clicooper.runs.load_run`)."""
-    from clicooper.runs import load_run as _load
+    from clicooper.runs import load_run as _load  # lazy, as train
 
     return _load(path)
 
 
 def train(config: Any = None, **kwargs: Any) -> RunHandle:
-    """Train cooperatively and return the run (see :func:`clicooper.training.loop.train`)."""
-    from clicooper.training.loop import train as _train
+    """Train cooperatively and return the run (see :func:`clicooper.training.run.train`)."""
+    from clicooper.training import train as _train  # lazy: importing any clicooper module runs this file
 
     return _train(config, **kwargs)

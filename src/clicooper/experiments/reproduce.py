@@ -26,7 +26,7 @@ import torch
 from clicooper.attacks import informative
 from clicooper.attacks.budgets import DESCRIPTIONS, run_suite
 from clicooper.attacks.metrics import confidence_interval
-from clicooper.training.loop import train
+from clicooper.training import train
 
 #: name → (description, expectation on the undefended run, how to read it from the results).
 ANCHORS: dict[str, tuple[str, str]] = {

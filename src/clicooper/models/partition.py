@@ -175,19 +175,11 @@ def _split_proportional(costs: list[int], caps: list[float]) -> list[int]:
     return sorted(cuts)
 
 
-def make_plan(
-    model: nn.Sequential,
-    *,
-    model_name: str,
-    input_shape: tuple[int, ...],
-    trainers: int,
-    capacities: list[float] | None = None,
-    topology: str = "u-shape",
-) -> Plan:
-    """Partition ``model`` for ``trainers`` trainers; raises :class:`ConfigError` for impossible plans."""
+def _checked_units(model: nn.Sequential, *, model_name: str, trainers: int, caps: list[float], topology: str
+                   ) -> list[list[int]]:
+    """The model's units, after refusing what no plan can satisfy (with what to do instead)."""
     if trainers < 1:
         raise ConfigError("need at least one trainer (--trainers K with K >= 1)")
-    caps = list(capacities) if capacities is not None else [1.0] * trainers
     if len(caps) != trainers:
         raise ConfigError(f"{len(caps)} capacities for {trainers} trainers; give one per trainer")
     if any(not (c > 0) for c in caps):
@@ -206,6 +198,21 @@ def make_plan(
             f"at least {trainers + reserved} (one per trainer plus the DO's head"
             f"{' and tail' if reserved == 2 else ''}); use fewer --trainers"
         )
+    return units
+
+
+def make_plan(
+    model: nn.Sequential,
+    *,
+    model_name: str,
+    input_shape: tuple[int, ...],
+    trainers: int,
+    capacities: list[float] | None = None,
+    topology: str = "u-shape",
+) -> Plan:
+    """Partition ``model`` for ``trainers`` trainers; raises :class:`ConfigError` for impossible plans."""
+    caps = list(capacities) if capacities is not None else [1.0] * trainers
+    units = _checked_units(model, model_name=model_name, trainers=trainers, caps=caps, topology=topology)
     flops, shapes = layer_costs(model, input_shape)
     head_u, rest = units[0], units[1:]
     tail_u = rest[-1] if topology == "u-shape" else None

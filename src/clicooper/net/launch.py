@@ -26,14 +26,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
+from clicooper.core.builder import neighbours, party_names
+from clicooper.core.checkpoint import run_finished
+from clicooper.core.setup import resolve_run
+from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, RunDirError, WireError
-from clicooper.net.builder import load_run_config, neighbours, party_names
+from clicooper.models.partition import Plan
+from clicooper.net.builder import load_run_config
+from clicooper.net.certs import write_cert_set
+from clicooper.provenance.identity import Identity, load_identity
+from clicooper.provenance.setup import key_path
+from clicooper.provenance.stages import positions_of
+from clicooper.rundir import model_file
+from clicooper.runs import load_run
 
 #: (party, round, step): SIGKILL that party right after it reports this step (tests, chaos drills).
 KillPoint = tuple[str, int, int]
@@ -78,35 +89,25 @@ def _config_of(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
 
 def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunConfig, list[str]]:
     """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
-    from clicooper.data import load_dataset
-    from clicooper.net.certs import write_cert_set
-    from clicooper.training.loop import plan_for
-
     notices: list[str] = []
     rundir.check_new_run_dir(out)
     ds = load_dataset(config.dataset)
-    config = config.resolved(len(ds.train_ids(config.train_range)), dataset=ds)
-    model, plan = plan_for(config, ds)
+    config, bp = resolve_run(config, num_train=len(ds.train_ids(config.train_range)), input_shape=ds.input_shape,
+                             num_classes=ds.num_classes)
+    plan = bp.plan
     if config.provenance:
         # the per-position watermark capacity in plan.json, as an in-process run writes it; every node reads
         # this plan, so every node derives the same run id
-        from clicooper.models.partition import split_model
-        from clicooper.training.provenance_hooks import capacity_for, num_params
-
-        mods = split_model(model, plan)
-        plan.extra["watermark"] = {str(pp.position): capacity_for(config, num_params(mods[pp.party])).to_json()
-                                   for pp in plan.parties}
+        plan.extra["watermark"] = {str(p.position): p.cap.to_json()
+                                   for p in positions_of(config, plan, bp.modules()) if p.cap is not None}
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / rundir.CONFIG, config.model_dump(mode="json"))
-    rundir.write_json(out / rundir.PLAN, asdict(plan))
+    rundir.write_json(out / rundir.PLAN, plan.to_dict())
     if not insecure:
         write_cert_set(party_names(config), out / "certs")
     for p in party_names(config):
         (out / "nodes" / p).mkdir(parents=True, exist_ok=True)
         if config.provenance:  # each party's own ledger key, in its own run directory only
-            from clicooper.provenance.identity import Identity
-            from clicooper.training.provenance_hooks import key_path
-
             key_path(out / "nodes" / p, p).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             Identity.generate().save(key_path(out / "nodes" / p, p))
     return config, notices
@@ -166,9 +167,8 @@ def _log_tail(out: Path, party: str) -> str:
 
 
 def _do_finished(out: Path) -> bool:
-    f = out / "nodes" / "DO" / rundir.STATE
     try:
-        return f.is_file() and bool(rundir.read_json(f).get("finished", False))
+        return run_finished(out / "nodes" / "DO")
     except RunDirError:  # unreadable: not finished
         return False
 
@@ -176,9 +176,6 @@ def _do_finished(out: Path) -> bool:
 def collect(out: Path, config: RunConfig) -> dict[str, Any]:
     """Copy the model files the DO holds — its own head/tail and the segments the trainers delivered to it
     in band — into ``RUN/model`` (+ metrics, secrets); add test accuracy."""
-    from clicooper.models.partition import Plan
-    from clicooper.runs import load_run, model_file
-
     do_dir = out / "nodes" / "DO"
     plan = Plan.from_dict(rundir.read_json(out / rundir.PLAN))
     files = [model_file(pp.party) for pp in sorted(plan.parties, key=lambda x: x.position)]
@@ -209,9 +206,6 @@ def collect(out: Path, config: RunConfig) -> dict[str, Any]:
 def collect_ledger(out: Path, config: RunConfig) -> None:
     """Check that every party's ledger copy is byte-identical, then write ``RUN/ledger.jsonl`` and
     ``RUN/keys/<party>.pub`` (hex public keys read from each party's own key file, for ``verify``)."""
-    from clicooper.provenance.identity import load_identity
-    from clicooper.training.provenance_hooks import key_path
-
     copies = {p: (out / "nodes" / p / rundir.LEDGER) for p in party_names(config)}
     missing = [p for p, f in copies.items() if not f.is_file()]
     if missing:
@@ -226,6 +220,61 @@ def collect_ledger(out: Path, config: RunConfig) -> None:
     for p in party_names(config):
         pub = load_identity(key_path(out / "nodes" / p, p)).public_key
         (out / rundir.KEYS / f"{p}.pub").write_text(pub.hex() + "\n", "ascii")
+
+
+class _Watch:
+    """One launch's node processes, watched: events forwarded, kill points fired, the first failure named."""
+
+    def __init__(self, out: Path, config: RunConfig, kills: list[KillPoint], on_event: Callable[[Event], None] | None,
+                 *, t_start: float, timeout_s: float) -> None:
+        self.out, self.config, self.kills, self.on_event = out, config, kills, on_event
+        self.t_start, self.timeout_s = t_start, timeout_s
+        self.done_kills: list[KillPoint] = []
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.procs: dict[str, _Proc] = {}
+
+    def _event(self, ev: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(ev)
+        if self.kills and ev.get("event") == "step" and (ev.get("party"), ev.get("round"), ev.get("step")) == self.kills[0]:
+            victim = self.procs[self.kills[0][0]].popen
+            if victim.poll() is None:
+                victim.send_signal(signal.SIGKILL)
+            self.done_kills.append(self.kills.pop(0))
+
+    def run_once(self, *, insecure: bool, idle_timeout_s: float) -> str | None:
+        """Start every node, follow them until all exit 0 (``None``) or one fails (its name)."""
+        self.procs = _start_nodes(self.out, self.config, insecure=insecure, idle_timeout_s=idle_timeout_s,
+                                  events=self.events)
+        try:
+            while True:
+                if time.monotonic() - self.t_start > self.timeout_s:
+                    raise WireError(f"launch did not finish within {self.timeout_s:.0f} s; node logs are in "
+                                    f"{self.out}/nodes")
+                try:
+                    self._event(self.events.get(timeout=0.1))
+                except queue.Empty:
+                    pass
+                codes = {p: pr.popen.poll() for p, pr in self.procs.items()}
+                bad = [p for p, c in codes.items() if c not in (None, 0)]
+                if bad:
+                    return bad[0]
+                if all(c == 0 for c in codes.values()):
+                    return None
+        finally:
+            for pr in self.procs.values():
+                pr.stop()
+            for pr in self.procs.values():
+                pr.thread.join(2.0)
+            while not self.events.empty():  # events of stopped nodes
+                ev = self.events.get_nowait()
+                if self.on_event is not None:
+                    self.on_event(ev)
+
+    def killed(self, party: str) -> bool:
+        """Whether ``party`` died of this launch's own kill drill."""
+        return bool(self.done_kills) and self.done_kills[-1][0] == party \
+            and self.procs[party].popen.returncode == -signal.SIGKILL
 
 
 def launch_local(
@@ -252,45 +301,10 @@ def launch_local(
     for party, _, _ in kills:
         if party not in party_names(config):
             raise ConfigError(f"kill point names {party}, not a party of this run")
-    done_kills: list[KillPoint] = []
+    watch = _Watch(out, config, kills, on_event, t_start=t_start, timeout_s=timeout_s)
     restarts = 0
-    events: queue.Queue[Event] = queue.Queue()
     while True:
-        procs = _start_nodes(out, config, insecure=insecure_loopback, idle_timeout_s=idle_timeout_s, events=events)
-        failed: str | None = None
-        try:
-            while True:
-                if time.monotonic() - t_start > timeout_s:
-                    raise WireError(f"launch did not finish within {timeout_s:.0f} s; node logs are in {out}/nodes")
-                try:
-                    ev = events.get(timeout=0.1)
-                except queue.Empty:
-                    ev = None
-                if ev is not None:
-                    if on_event is not None:
-                        on_event(ev)
-                    if (kills and ev.get("event") == "step"
-                            and (ev.get("party"), ev.get("round"), ev.get("step")) == kills[0]):
-                        victim = procs[kills[0][0]].popen
-                        if victim.poll() is None:
-                            victim.send_signal(signal.SIGKILL)
-                        done_kills.append(kills.pop(0))
-                codes = {p: pr.popen.poll() for p, pr in procs.items()}
-                bad = [p for p, c in codes.items() if c not in (None, 0)]
-                if bad:
-                    failed = bad[0]
-                    break
-                if all(c == 0 for c in codes.values()):
-                    break
-        finally:
-            for pr in procs.values():
-                pr.stop()
-            for pr in procs.values():
-                pr.thread.join(2.0)
-            while not events.empty():  # events of stopped nodes
-                ev = events.get_nowait()
-                if on_event is not None:
-                    on_event(ev)
+        failed = watch.run_once(insecure=insecure_loopback, idle_timeout_s=idle_timeout_s)
         if failed is not None and _do_finished(out):
             # the DO holds every checked segment and has sent shutdown: a trainer failing on its way out
             # (e.g. while flushing) changes nothing, and a restart would only be refused ("run is closed")
@@ -298,13 +312,13 @@ def launch_local(
             failed = None
         if failed is None:
             break
-        killed = done_kills and done_kills[-1][0] == failed and procs[failed].popen.returncode == -signal.SIGKILL
         restarts += 1
         if on_event is not None:
             on_event({"event": "restart", "party": failed, "restarts": restarts,
-                      "why": "killed (drill)" if killed else _log_tail(out, failed)})
+                      "why": "killed (drill)" if watch.killed(failed) else _log_tail(out, failed)})
         if restarts > max_restarts:
             raise WireError(f"node {failed} failed: {_log_tail(out, failed)} (after {restarts - 1} restart(s); "
                             f"logs in {out}/nodes/*/node.log)")
+    done_kills = watch.done_kills
     metrics = collect(out, config)
     return LaunchResult(out, restarts, time.monotonic() - t_start, done_kills, metrics, notices)

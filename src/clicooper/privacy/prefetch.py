@@ -1,7 +1,7 @@
 """Computes the keyed noise of the data owner's *next* batch on one background thread.
 
 The noise of a release is a pure function of ``(noise_secret, stream, round, sample id)`` (see
-:mod:`.activation`), and the DO's batches follow a public, fixed order (``training.loop.epoch_order``:
+:mod:`.activation`), and the DO's batches follow a public, fixed order (``clicooper.data.epoch_order``:
 a function of the run's seed and the epoch). So while step ``s`` runs, the noise of step ``s + 1`` can be
 drawn on another core: ``cryptography``'s ChaCha20 and NumPy's ufuncs release the GIL.
 

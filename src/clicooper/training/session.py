@@ -11,7 +11,7 @@ import torch
 from clicooper.config import RunConfig
 from clicooper.core import checkpoint
 from clicooper.core.builder import build_data_owner, build_trainer, party_names
-from clicooper.core.rounds import run_round, round_metrics
+from clicooper.core.rounds import round_metrics, run_round
 from clicooper.core.setup import resolve_device
 from clicooper.data import Dataset
 from clicooper.models.blueprint import Blueprint, blueprint_for

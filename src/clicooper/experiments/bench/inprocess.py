@@ -22,14 +22,17 @@ import torch.nn.functional as F
 
 from clicooper.config import RunConfig, make_config
 from clicooper.config.presets import PRESETS
-from clicooper.data import load_dataset
-from clicooper.training.loop import Session, epoch_order, plan_for
-from clicooper.training.privacy_hooks import build_privacy
+from clicooper.core.privacy import build_privacy
+from clicooper.core.setup import resolve_run
+from clicooper.data import epoch_order, load_dataset
+from clicooper.models.blueprint import blueprint_for
+from clicooper.privacy.runtime import NO_PRIVACY
+from clicooper.training import Session
 from clicooper.training.provenance_hooks import default_hooks
 
 
 def _centralized(cfg: Any, ds: Any, batches: list[torch.Tensor]) -> float:
-    model, _ = plan_for(cfg, ds)
+    model = blueprint_for(cfg, ds.input_shape, ds.num_classes).model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
     for ids in batches:
@@ -40,8 +43,10 @@ def _centralized(cfg: Any, ds: Any, batches: list[torch.Tensor]) -> float:
 
 
 def _split(cfg: Any, ds: Any, batches: list[torch.Tensor], run_dir: Path) -> tuple[float, dict[str, int]]:
-    privacy = build_privacy(cfg, run_dir, ds, new_run=True) if cfg.defense != "none" else {}
-    s = Session(cfg, ds, run_dir, privacy=privacy)
+    cfg, bp = resolve_run(cfg, num_train=len(ds.train_ids(cfg.train_range)), input_shape=ds.input_shape,
+                          num_classes=ds.num_classes)
+    privacy = build_privacy(cfg, run_dir, ds, bp, new_run=True) if cfg.defense != "none" else NO_PRIVACY
+    s = Session(cfg, ds, run_dir, blueprint=bp, privacy=privacy)
     hooks = None
     if cfg.provenance:
         hooks = default_hooks(cfg, run_dir, s, new_run=True)

@@ -26,7 +26,7 @@ from clicooper.net.builder import cut_shapes
 from clicooper.net.launch import launch_local
 from clicooper.net.serde import WireLimits
 from clicooper.runs import load_run
-from clicooper.training.loop import train
+from clicooper.training import train
 
 
 def _samples_per_s(run: Path) -> float:

@@ -2,7 +2,7 @@
 
 For each configuration (model × σ; the cut width is part of the model name) it
 
-1. trains a split run (``clicooper.training.loop.train``; provenance off, observations recorded),
+1. trains a split run (``clicooper.training.train``; provenance off, observations recorded),
 2. reads test accuracy (local path: the DO holds every segment after delivery, no noise) and
    ``plan.do_flop_share``,
 3. trains the **DO alone**: the same head (same init seed) + a linear tail, on the same rows, epochs,
@@ -52,7 +52,7 @@ from clicooper.experiments.research.frontier_report import (
 )
 from clicooper.privacy.accountant import epsilon as dp_epsilon
 from clicooper.training.do_alone import do_alone_accuracy as _do_alone
-from clicooper.training.loop import train
+from clicooper.training import train
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models)
 from clicooper.attacks.runner import run_attack
-from clicooper.training.loop import train
+from clicooper.training import train
 
 REFERENCE = "fmnist-cnn"
 

@@ -1,0 +1,267 @@
+"""The data owner's role as a node: it drives the rounds over gRPC with the session core's round loop,
+agrees the ledger with the trainers, and collects their final segments (see :mod:`.node_base`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from clicooper import rundir
+from clicooper.core.checkpoint import model_file_metadata, write_state
+from clicooper.core.privacy import build_privacy
+from clicooper.core.rounds import round_metrics, run_round
+from clicooper.core.setup import resolve_run
+from clicooper.data import load_dataset, steps_in
+from clicooper.errors import LedgerError, WireError
+from clicooper.net.builder import node_party
+from clicooper.net.delivery import SEGMENT, SEGMENT_END, ExpectedSegment, SegmentInbox, chunk_bytes
+from clicooper.net.node_base import Node, NodeOptions
+from clicooper.net.node_ledger import wire_entry
+from clicooper.net.node_records import (
+    Close,
+    CloseSig,
+    Deliver,
+    Entry,
+    GenesisEntry,
+    GenesisPropose,
+    GenesisSig,
+    Hello,
+    NodeRecord,
+    Ready,
+    RoundEnd,
+    RoundSaved,
+    Shutdown,
+    StageRequest,
+    Start,
+    is_node_record,
+)
+from clicooper.protocol.messages import Control, Message
+from clicooper.provenance.entries import Closing
+from clicooper.rundir import model_file
+
+
+class GrpcDriver:
+    """:class:`~clicooper.core.rounds.StepDriver` of the DO node: send, then handle replies until done."""
+
+    def __init__(self, node: DataOwnerNode) -> None:
+        self.node = node
+
+    def run_step(self, messages: list[Message], *, round: int, step: int) -> None:
+        """Send the step's messages and handle what comes back until the DO's step is done."""
+        n = self.node
+        for m in messages:
+            n.transport.send(m)
+        while not n.do.step_done:
+            n.handle(n.recv(f"the replies of step {step} of round {round}"))
+
+
+class DataOwnerNode(Node):
+    """The DO: dataset, resolved config, privacy mechanisms, the round loop, the ledger's relay."""
+
+    def __init__(self, opts: NodeOptions) -> None:
+        super().__init__(opts)
+        plan, _ = self.plan_and_meta()
+        ds = load_dataset(self.given.dataset)
+        self.train_ids = ds.train_ids(self.given.train_range)
+        config, bp = resolve_run(self.given, num_train=len(self.train_ids), input_shape=ds.input_shape,
+                                 num_classes=ds.num_classes, plan=plan)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new_run = self.completed() == 0 and not (self.run_dir / rundir.SECRETS).exists()
+        privacy = build_privacy(config, self.run_dir, ds, bp, new_run=new_run)
+        self.attach(node_party(config, "DO", bp, dataset=ds, privacy=privacy), config)
+        self.do = self.node.party
+
+    # -- messaging ------------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> None:
+        """A party message during training (a node record here is a protocol error)."""
+        if isinstance(msg, Control) and is_node_record(msg):
+            raise WireError(f"DO: unexpected {msg.kind} from {msg.header.sender} during training")
+        for reply in self.do.handle(msg):
+            self.transport.send(reply)
+
+    def wait_all(self, record: type[NodeRecord], parties: list[str],
+                 on_other: Callable[[Message], None] | None = None) -> dict[str, Control]:
+        """The next ``record`` from each of ``parties`` (anything else goes to ``on_other``)."""
+        got: dict[str, Control] = {}
+        while len(got) < len(parties):
+            msg = self.recv(f"{record.KIND} from {', '.join(p for p in parties if p not in got)}")
+            if isinstance(msg, Control) and msg.kind == record.KIND and msg.header.sender in parties:
+                got[msg.header.sender] = msg
+            else:
+                (on_other or self.handle)(msg)
+        return got
+
+    def to_all(self, record: NodeRecord, r: int = 0, *, skip: str | None = None) -> None:
+        """Send ``record`` to every trainer (but ``skip``)."""
+        for p in self.peers:
+            if p != skip:
+                self.send(p, record, r)
+
+    # -- the role -------------------------------------------------------------------------------------
+    def play(self) -> dict[str, Any]:
+        """Hellos, roll back to the round every party has, train, close the ledger, collect, shut down."""
+        cfg = self.config
+        self.transport.wait_for_peers(timeout=self.opts.connect_timeout_s)
+        hellos = {p: Hello.from_control(m) for p, m in self.wait_all(Hello, self.peers).items()}
+        done = {p: h.completed for p, h in hellos.items()} | {"DO": self.completed()}
+        r0 = min(min(done.values()), cfg.epochs)
+        if self.prov is not None:
+            self._genesis(hellos)
+        assert cfg.batch_size is not None  # resolved
+        steps = steps_in(len(self.train_ids), cfg.batch_size)
+        self.rollback(r0)
+        metrics = self._metrics_until(r0)
+        self.to_all(Start(r0, cfg.epochs, steps), r0)
+        self.wait_all(Ready, self.peers)
+        self.emit("start", round=r0, epochs=cfg.epochs, steps=steps, rolled_back_from=done)
+        for r in range(r0, cfg.epochs):
+            metrics["epochs"].append(self._round(r, steps))
+            rundir.write_json(self.run_dir / rundir.METRICS, metrics)
+        if self.prov is not None:
+            self._close()
+        self._collect_segments()
+        write_state(self.run_dir, cfg.epochs, finished=True)
+        self.to_all(Shutdown(), cfg.epochs)
+        return {"steps": self.do.steps_taken, "completed_rounds": cfg.epochs, "resumed_from": r0}
+
+    def _metrics_until(self, r0: int) -> dict[str, Any]:
+        """``metrics.json`` cut to the rounds before ``r0``; a new run writes its config and plan first."""
+        f = self.run_dir / rundir.METRICS
+        metrics = rundir.read_json(f) if f.is_file() else {"epochs": []}
+        metrics["epochs"] = [m for m in metrics["epochs"] if m["epoch"] <= r0]
+        if r0 == 0:
+            rundir.write_json(self.run_dir / rundir.CONFIG, self.config.model_dump(mode="json"))
+            rundir.write_json(self.run_dir / rundir.PLAN, self.node.plan.to_dict())
+        return metrics
+
+    def _round(self, r: int, steps: int) -> dict[str, Any]:
+        """Round ``r``: the steps, the stage entries, everybody's checkpoint; its metrics."""
+        if self.prov is not None:
+            self.prov.round_start(r)
+        result = run_round(self.do, GrpcDriver(self), self.config, self.train_ids, r,
+                           on_step=lambda r_, s, n: self.emit("step", round=r_, step=s, steps=n))
+        prov_report = self._round_ledger(r) if self.prov is not None else None
+        self.to_all(RoundEnd(r), r)
+        self.wait_all(RoundSaved, self.peers)
+        self.save_round(r)
+        m = round_metrics(r, result, self.config, transport="grpc")
+        if prov_report is not None:
+            m["provenance"] = prov_report
+        self.emit("round", round=r, loss=m["loss"], train_acc=m["train_acc"], seconds=m["seconds"])
+        return m
+
+    # -- ledger (protocol in clicooper.net.node_ledger) -----------------------------------------------
+    def _genesis(self, hellos: dict[str, Hello]) -> None:
+        """Agree on the signed genesis (new run) and bring every trainer's copy up to the DO's."""
+        prov = self.prov
+        assert prov is not None
+        if prov.ledger is None:
+            keys = {}
+            for p, h in hellos.items():
+                if h.entries > 0:
+                    raise WireError(f"{p} holds a ledger but the DO has none in {self.run_dir}: restore the DO's "
+                                    "ledger.jsonl, or start every party with a fresh run directory")
+                try:
+                    keys[p] = bytes.fromhex(h.public_key or "")
+                except ValueError as e:
+                    raise WireError(f"{p}'s node-hello carries no public key: run every node with provenance on") from e
+                if not keys[p]:
+                    raise WireError(f"{p}'s node-hello carries no public key: run every node with provenance on")
+            n = self.node
+            assert n.dataset is not None
+            body = prov.propose_genesis(keys, n.dataset, self.train_ids, n.model, self.pins or None)
+            self.to_all(GenesisPropose(json.dumps(body.to_json())))
+            sigs = {p: GenesisSig.from_control(m).signature for p, m in self.wait_all(GenesisSig, self.peers).items()}
+            prov.create(prov.assemble_genesis(body, sigs))
+            self.emit("ledger", entries=prov.count())
+        assert prov.ledger is not None
+        entries = prov.ledger.entries
+        for p, h in hellos.items():  # catch-up: entries a restarted trainer lacks (same link, checked there)
+            have = h.entries
+            if have == 0:
+                self.send(p, GenesisEntry(wire_entry(entries[0])))
+                have = 1
+            for e in entries[have:]:
+                self.send(p, Entry(wire_entry(e)))
+
+    def _round_ledger(self, r: int) -> dict[str, Any]:
+        """Round end: stage entries in position order, each drafted by its owner, checked and relayed."""
+        prov = self.prov
+        assert prov is not None
+        prov.round_end_hooks_off()
+        report: dict[str, Any] = {}
+        for pos in prov.positions:
+            if pos.owner == self.name:
+                entry, rep = prov.own_stage(r, pos.position)
+                report[str(pos.position)] = rep
+                text, skip = wire_entry(entry), None
+            else:
+                self.send(pos.owner, StageRequest(r, pos.position), r)
+                got = self.wait_all(Entry, [pos.owner])[pos.owner]
+                prov.accept(got, expect=(r, pos.position))
+                text, skip = Entry.from_control(got).entry, pos.owner
+                report[str(pos.position)] = {"party": pos.plan_party, **{
+                    k: v for k, v in json.loads(text)["metrics"].items() if k == "extra_watermark_steps"}}
+            self.to_all(Entry(text), r, skip=skip)
+        return report
+
+    def _close(self) -> None:
+        prov = self.prov
+        assert prov is not None and prov.ledger is not None
+        if prov.ledger.closed:
+            return
+        self.to_all(Close(), self.config.epochs)
+        sigs = {p: CloseSig.from_control(m).signature for p, m in self.wait_all(CloseSig, self.peers).items()}
+        closing = prov.close(sigs)
+        self.to_all(Entry(wire_entry(closing)), self.config.epochs)
+        self.emit("ledger", entries=prov.count(), closed=True)
+
+    # -- delivery -------------------------------------------------------------------------------------
+    def _final_commitments(self) -> dict[str, str] | None:
+        if self.prov is None:
+            return None
+        led = self.prov.ledger
+        if led is None or not led.closed:
+            raise LedgerError("the DO's ledger is not closed: the segments are checked against the closing "
+                              "entry's final commitments; restart every node to finish the run")
+        closing = led.entries[-1]
+        assert isinstance(closing, Closing)
+        return dict(closing.final_commitments)
+
+    def expected_segments(self) -> list[ExpectedSegment]:
+        """What each trainer position must deliver (names/shapes/dtypes from the DO's own copy of the initial
+        model, the model file's metadata, and with provenance the closing entry's final commitment)."""
+        final = self._final_commitments()
+        out = []
+        for pp in sorted(self.node.plan.parties, key=lambda x: x.position):
+            if pp.party.startswith("DO"):
+                continue
+            commit = None
+            if final is not None:
+                commit = final.get(str(pp.position))
+                if commit is None:
+                    raise LedgerError(f"the closing entry holds no final commitment for position {pp.position} "
+                                      f"({pp.party}): the ledger is not of this plan")
+            out.append(ExpectedSegment.of_state(
+                pp.party, pp.position, model_file(pp.party), self.node.modules[pp.party].state_dict(),
+                model_file_metadata(self.config, self.node.plan, pp.party, self.config.epochs), commit))
+        return out
+
+    def _collect_segments(self) -> None:
+        """Ask every trainer for its final segment, check each (:mod:`clicooper.net.delivery`) and write it
+        atomically into this node's ``model/``; a refused segment stops the node and nothing of it is kept."""
+        expected = self.expected_segments()
+        inbox = SegmentInbox(expected, max_chunk=chunk_bytes(self.transport.limits))
+        for e in expected:
+            self.send(e.trainer, Deliver(self.config.epochs, e.position, e.file), self.config.epochs)
+        while not inbox.done:
+            msg = self.recv(f"the final segments of {', '.join(inbox.missing)}")
+            if isinstance(msg, Control) and msg.kind in (SEGMENT, SEGMENT_END):
+                got = inbox.feed(msg)
+                if got is not None:
+                    exp, data, _ = got
+                    rundir.atomic_write_bytes(self.run_dir / rundir.MODEL_DIR / exp.file, data)
+                    self.emit("segment", trainer=exp.trainer, position=exp.position, bytes=len(data))
+            else:
+                self.handle(msg)
