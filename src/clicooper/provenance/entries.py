@@ -36,115 +36,21 @@ from typing import Any
 
 from clicooper.errors import LedgerError
 from clicooper.provenance.canonical import canonical_json, lp, sha256_hex
-from clicooper.provenance.identity import Identity, party_id
+from clicooper.provenance.fields import check_hex, get_field, hex_field, int_field, only_keys, str_field
+from clicooper.provenance.identity import Identity
+from clicooper.provenance.records import PartyRecord, SignatureRecord
+
+__all__ = ["TOPOLOGIES", "VERSION", "Closing", "Entry", "Genesis", "PartyRecord", "SignatureRecord", "StageEntry",
+           "check_hex", "entry_bytes", "entry_from_json", "entry_hash", "sign_multi"]
 
 VERSION = 1
 TOPOLOGIES = ("u-shape", "open-tail")
-_HEX = re.compile(r"^[0-9a-f]*$")
 _TRANSCRIPT_KEY = re.compile(r"^(0|[1-9][0-9]*|[A-Za-z][A-Za-z0-9_.-]*):(sent|recv)$")
 
 
-# ----------------------------------------------------------------------------------------- field checks
-def _get(obj: Mapping[str, Any], key: str, what: str) -> Any:
-    if key not in obj:
-        raise LedgerError(f"{what}: missing field {key!r}")
-    return obj[key]
-
-
-def _int(obj: Mapping[str, Any], key: str, what: str, *, minimum: int = 0) -> int:
-    v = _get(obj, key, what)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise LedgerError(f"{what}: field {key!r} must be an integer ≥ {minimum}, got {v!r}")
-    return v
-
-
-def _str(obj: Mapping[str, Any], key: str, what: str) -> str:
-    v = _get(obj, key, what)
-    if not isinstance(v, str) or not v:
-        raise LedgerError(f"{what}: field {key!r} must be a non-empty string, got {v!r}")
-    return v
-
-
-def check_hex(value: Any, nbytes: int, what: str) -> str:
-    """Return ``value`` if it is lower-case hex of exactly ``nbytes`` bytes, else raise LedgerError."""
-    if not isinstance(value, str) or len(value) != 2 * nbytes or not _HEX.match(value):
-        raise LedgerError(f"{what}: expected {nbytes} bytes of lower-case hex, got {value!r}")
-    return value
-
-
-def _hexf(obj: Mapping[str, Any], key: str, what: str, nbytes: int) -> str:
-    return check_hex(_get(obj, key, what), nbytes, f"{what}: field {key!r}")
-
-
-def _exact_keys(obj: Mapping[str, Any], keys: set[str], what: str) -> None:
-    extra = set(obj) - keys
-    if extra:
-        raise LedgerError(f"{what}: unknown field(s) {sorted(extra)}")
-
-
-# ------------------------------------------------------------------------------------------ records
-@dataclass(frozen=True)
-class SignatureRecord:
-    """One party's signature in a multi-signed entry (genesis, closing)."""
-
-    party_id: str
-    signature: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form ``{"party_id", "signature"}``."""
-        return {"party_id": self.party_id, "signature": self.signature.hex()}
-
-    @classmethod
-    def from_json(cls, obj: Any, what: str) -> SignatureRecord:
-        """Parse and shape-check; raises :class:`LedgerError`."""
-        if not isinstance(obj, dict):
-            raise LedgerError(f"{what}: a signature record must be an object")
-        _exact_keys(obj, {"party_id", "signature"}, what)
-        return cls(_hexf(obj, "party_id", what, 16), bytes.fromhex(_hexf(obj, "signature", what, 64)))
-
-
-@dataclass(frozen=True)
-class PartyRecord:
-    """A party as fixed by the genesis: name, Ed25519 public key, chain positions, TLS pin."""
-
-    name: str
-    public_key: bytes
-    positions: tuple[int, ...]
-    tls_fingerprint: str | None = None
-
-    @property
-    def party_id(self) -> str:
-        """Party id derived from the public key."""
-        return party_id(self.public_key)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form (the party id is included so readers need not recompute it)."""
-        return {
-            "name": self.name,
-            "party_id": self.party_id,
-            "public_key": self.public_key.hex(),
-            "positions": list(self.positions),
-            "tls_fingerprint": self.tls_fingerprint,
-        }
-
-    @classmethod
-    def from_json(cls, obj: Any, what: str) -> PartyRecord:
-        """Parse and check that ``party_id`` matches ``public_key``."""
-        if not isinstance(obj, dict):
-            raise LedgerError(f"{what}: a party record must be an object")
-        _exact_keys(obj, {"name", "party_id", "public_key", "positions", "tls_fingerprint"}, what)
-        pk = bytes.fromhex(_hexf(obj, "public_key", what, 32))
-        pos = _get(obj, "positions", what)
-        if not isinstance(pos, list) or not pos or any(isinstance(p, bool) or not isinstance(p, int)
-                                                       or p < 0 for p in pos):
-            raise LedgerError(f"{what}: 'positions' must be a non-empty list of integers ≥ 0")
-        tls = obj.get("tls_fingerprint")
-        if tls is not None and not isinstance(tls, str):
-            raise LedgerError(f"{what}: 'tls_fingerprint' must be a string or null")
-        rec = cls(_str(obj, "name", what), pk, tuple(pos), tls)
-        if _hexf(obj, "party_id", what, 16) != rec.party_id:
-            raise LedgerError(f"{what}: party_id does not match the SHA-256 of its public key")
-        return rec
+def _signing_bytes(body: Mapping[str, Any]) -> bytes:
+    """``lp("clicooper/ledger/<type>", canonical_json(body))``: what an entry's signer(s) sign."""
+    return lp(f"clicooper/ledger/{body['type']}", canonical_json(body))
 
 
 @dataclass(frozen=True)
@@ -207,7 +113,7 @@ class Genesis:
 
     def signing_bytes(self) -> bytes:
         """Bytes each party signs."""
-        return lp("clicooper/ledger/genesis", canonical_json(self.body()))
+        return _signing_bytes(self.body())
 
     @property
     def positions(self) -> list[int]:
@@ -238,22 +144,22 @@ class Genesis:
     def from_json(cls, obj: Mapping[str, Any]) -> Genesis:
         """Parse a genesis object; raises :class:`LedgerError` on any malformed field."""
         what = "genesis"
-        _exact_keys(obj, {"type", "version", "config_hash", "dataset_commitment", "architecture_hash",
-                          "planned_rounds", "topology", "nonce", "parties", "signatures"}, what)
-        if _int(obj, "version", what) != VERSION:
+        only_keys(obj, {"type", "version", "config_hash", "dataset_commitment", "architecture_hash",
+                        "planned_rounds", "topology", "nonce", "parties", "signatures"}, what)
+        if int_field(obj, "version", what) != VERSION:
             raise LedgerError(f"{what}: unsupported version {obj['version']}; this build reads {VERSION}")
-        parties = _get(obj, "parties", what)
-        sigs = _get(obj, "signatures", what)
+        parties = get_field(obj, "parties", what)
+        sigs = get_field(obj, "signatures", what)
         if not isinstance(parties, list) or not isinstance(sigs, list):
             raise LedgerError(f"{what}: 'parties' and 'signatures' must be lists")
         return cls(
-            config_hash=_hexf(obj, "config_hash", what, 32),
-            dataset_commitment=_hexf(obj, "dataset_commitment", what, 32),
-            architecture_hash=_hexf(obj, "architecture_hash", what, 32),
-            planned_rounds=_int(obj, "planned_rounds", what, minimum=1),
+            config_hash=hex_field(obj, "config_hash", what, 32),
+            dataset_commitment=hex_field(obj, "dataset_commitment", what, 32),
+            architecture_hash=hex_field(obj, "architecture_hash", what, 32),
+            planned_rounds=int_field(obj, "planned_rounds", what, minimum=1),
             parties=tuple(PartyRecord.from_json(p, f"{what} party {i}") for i, p in enumerate(parties)),
-            topology=_str(obj, "topology", what),
-            nonce=_hexf(obj, "nonce", what, 16),
+            topology=str_field(obj, "topology", what),
+            nonce=hex_field(obj, "nonce", what, 16),
             signatures=tuple(SignatureRecord.from_json(s, f"{what} signature {i}")
                              for i, s in enumerate(sigs)),
         )
@@ -315,7 +221,7 @@ class StageEntry:
 
     def signing_bytes(self) -> bytes:
         """Bytes the position's party signs."""
-        return lp("clicooper/ledger/stage", canonical_json(self.body()))
+        return _signing_bytes(self.body())
 
     def signed(self, identity: Identity) -> StageEntry:
         """Copy signed by ``identity`` (whose id must equal ``party_id``)."""
@@ -335,29 +241,29 @@ class StageEntry:
     def from_json(cls, obj: Mapping[str, Any]) -> StageEntry:
         """Parse a stage object; raises :class:`LedgerError` on any malformed field."""
         what = "stage"
-        _exact_keys(obj, {"type", "run_id", "round", "position", "party_id", "prev", "start", "end",
-                          "transcripts", "watermark", "key_commitment", "metrics", "signature"}, what)
-        tr = _get(obj, "transcripts", what)
-        wm = _get(obj, "watermark", what)
-        metrics = _get(obj, "metrics", what)
+        only_keys(obj, {"type", "run_id", "round", "position", "party_id", "prev", "start", "end",
+                        "transcripts", "watermark", "key_commitment", "metrics", "signature"}, what)
+        tr = get_field(obj, "transcripts", what)
+        wm = get_field(obj, "watermark", what)
+        metrics = get_field(obj, "metrics", what)
         if not isinstance(tr, dict) or not isinstance(metrics, dict):
             raise LedgerError(f"{what}: 'transcripts' and 'metrics' must be objects")
         if wm is not None and not isinstance(wm, dict):
             raise LedgerError(f"{what}: 'watermark' must be an object or null")
-        kc = _get(obj, "key_commitment", what)
+        kc = get_field(obj, "key_commitment", what)
         return cls(
-            run_id=_str(obj, "run_id", what),
-            round=_int(obj, "round", what),
-            position=_int(obj, "position", what),
-            party_id=_str(obj, "party_id", what),
-            prev=_str(obj, "prev", what),
-            start=_str(obj, "start", what),
-            end=_str(obj, "end", what),
+            run_id=str_field(obj, "run_id", what),
+            round=int_field(obj, "round", what),
+            position=int_field(obj, "position", what),
+            party_id=str_field(obj, "party_id", what),
+            prev=str_field(obj, "prev", what),
+            start=str_field(obj, "start", what),
+            end=str_field(obj, "end", what),
             transcripts=tr,
             watermark=wm,
             key_commitment=kc,
             metrics=metrics,
-            signature=bytes.fromhex(_hexf(obj, "signature", what, 64)),
+            signature=bytes.fromhex(hex_field(obj, "signature", what, 64)),
         )
 
 
@@ -395,7 +301,7 @@ class Closing:
 
     def signing_bytes(self) -> bytes:
         """Bytes each party signs."""
-        return lp("clicooper/ledger/closing", canonical_json(self.body()))
+        return _signing_bytes(self.body())
 
     def with_signatures(self, signatures: Sequence[SignatureRecord]) -> Closing:
         """Copy with the given signatures (kept in the given order)."""
@@ -405,16 +311,16 @@ class Closing:
     def from_json(cls, obj: Mapping[str, Any]) -> Closing:
         """Parse a closing object; raises :class:`LedgerError` on any malformed field."""
         what = "closing"
-        _exact_keys(obj, {"type", "run_id", "prev", "rounds_completed", "final_commitments",
-                          "signatures"}, what)
-        fc = _get(obj, "final_commitments", what)
-        sigs = _get(obj, "signatures", what)
+        only_keys(obj, {"type", "run_id", "prev", "rounds_completed", "final_commitments",
+                        "signatures"}, what)
+        fc = get_field(obj, "final_commitments", what)
+        sigs = get_field(obj, "signatures", what)
         if not isinstance(fc, dict) or not isinstance(sigs, list):
             raise LedgerError(f"{what}: 'final_commitments' must be an object and 'signatures' a list")
         return cls(
-            run_id=_str(obj, "run_id", what),
-            prev=_str(obj, "prev", what),
-            rounds_completed=_int(obj, "rounds_completed", what),
+            run_id=str_field(obj, "run_id", what),
+            prev=str_field(obj, "prev", what),
+            rounds_completed=int_field(obj, "rounds_completed", what),
             final_commitments=fc,
             signatures=tuple(SignatureRecord.from_json(s, f"{what} signature {i}")
                              for i, s in enumerate(sigs)),
