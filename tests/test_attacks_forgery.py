@@ -12,7 +12,7 @@ import torch
 from clicooper.attacks import get, names
 from clicooper.attacks.forgery import ALL_CASES, ForgeryAttack
 from clicooper.errors import AttackError
-from clicooper.training.loop import train
+from clicooper.training import train
 
 torch.set_num_threads(1)
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 2, "provenance": True}
@@ -65,7 +65,7 @@ def test_each_case_rejected(result: tuple, case: str) -> None:
     row = next(r for r in res["info"]["cases"] if r["case"] == case)
     assert row["rejected"], row
     assert EXPECTED[case] in row["checks"], row["checks"]
-    assert row["cli_exit"] == 1, row  # `clicooper verify` on the tampered copy: exit 1, no traceback
+    assert row["cli_exit"] == 1, row  # the exit status `clicooper verify` gives on the tampered copy: 1, no traceback
 
 
 def test_share_and_caveats(result: tuple) -> None:

@@ -12,7 +12,7 @@ from clicooper.attacks import get, names
 from clicooper.attacks.removal import RemovalAttack, permute_rescale, prune, quantize_int8
 from clicooper.errors import AttackError
 from clicooper.runs import load_run
-from clicooper.training.loop import train
+from clicooper.training import train
 
 torch.set_num_threads(1)
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 2, "provenance": True}

@@ -114,7 +114,7 @@ def test_mismatched_sample_ids(run: Path) -> None:
 def test_open_tail_last_trainer_has_labels_not_gradients(tmp_path: Path) -> None:
     """Open tail: T_K receives labels and no gradient; clustering reads the labels (1.0 without obfuscation)
     and gradient-leak refuses T_K with a one-line error."""
-    from clicooper.training.loop import train
+    from clicooper.training import train
 
     run = tmp_path / "ot"
     train({"dataset": "digits", "model": "digits-mlp", "trainers": 2, "topology": "open-tail", "epochs": 1,

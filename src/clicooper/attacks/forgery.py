@@ -1,5 +1,5 @@
 """Ledger forgery and tampering (DESIGN §7, issue 6): tampered copies of an honest run, each checked by
-:func:`clicooper.provenance.verify_run` (and, optionally, the ``clicooper verify`` command).
+:func:`clicooper.provenance.verify_run` (and, optionally, for the exit status of ``clicooper verify``).
 
 The honest run is **never modified**: every case is built in a fresh temporary copy (``checkpoints/``
 left out) and the honest ledger's bytes are compared before and after. The headline is the share of
@@ -21,19 +21,32 @@ reported separately as ``benign`` and not counted.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import save_file
 
+from clicooper import rundir
 from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.errors import CliCooperError
+from clicooper.provenance import Identity, load_identity, verify_run
+from clicooper.provenance.canonical import canonical_json
+from clicooper.provenance.delivered import load_segments, verify_delivered, verify_exit_code
+from clicooper.provenance.entries import StageEntry, sign_multi
+from clicooper.provenance.ledger import read_ledger
+from clicooper.provenance.simulate import simulate_run
+from clicooper.rundir import model_file
+from clicooper.runs import load_run
 
 ALL_CASES = ("forged-signature", "reordered", "substituted", "substituted-resigned", "skipped",
              "replayed", "replayed-other-run", "truncated-closing", "truncated-round", "swapped-segments",
@@ -46,7 +59,9 @@ class ForgeryConfig:
     """Settings of the forgery attack."""
 
     cases: tuple[str, ...] = ALL_CASES
-    cli: bool = True  # also run ``clicooper verify`` on each tampered copy (exit code)
+    # also materialise each tampered copy as a run directory and record the exit status `clicooper verify`
+    # gives on it (``cli_exit``): the command's own library calls, verify_delivered + verify_exit_code
+    cli: bool = True
 
     def __post_init__(self) -> None:
         bad = [c for c in self.cases if c not in ALL_CASES]
@@ -63,16 +78,15 @@ class Case:
     trusted: dict[str, bytes] | None = None  # None: use the honest run's keys
     note: str = ""
 
+    def ledger_bytes(self) -> bytes:
+        """The tampered ledger file's bytes."""
+        return self.raw if self.raw is not None else b"".join(x + b"\n" for x in self.lines)
+
 
 class _Honest:
     """The honest run, read once (nothing here writes to it)."""
 
     def __init__(self, run_dir: Path) -> None:
-        from clicooper import rundir
-        from clicooper.cli_provenance import load_segments
-        from clicooper.provenance import load_identity
-        from clicooper.provenance.ledger import read_ledger
-
         self.run = run_dir
         self.ledger = run_dir / rundir.LEDGER
         require(self.ledger.is_file(), f"{self.ledger} not found: train the run with provenance on")
@@ -87,144 +101,195 @@ class _Honest:
         self.trusted = {n: i.public_key for n, i in self.ids.items()}
         self.owner = {pos: p.name for p in g.parties for pos in p.positions}  # type: ignore[union-attr]
         self.positions = sorted(self.owner)
+        tp = [p for p in self.positions if self.owner[p] != "DO"]
+        self.t1, self.t2 = tp[:2] if len(tp) >= 2 else (tp[0],) * 2  # the two trainer positions attacked
+        self.last_round = max(e.round for e in self.entries if isinstance(e, StageEntry))
 
     def idx(self, r: int, p: int) -> int:
-        from clicooper.provenance.entries import StageEntry
-
         return next(i for i, e in enumerate(self.entries) if isinstance(e, StageEntry) and e.stage == (r, p))
 
 
 def _line(e: Any) -> bytes:
-    from clicooper.provenance.canonical import canonical_json
-
     return canonical_json(e.to_json())
-
-
-def _trainer_positions(h: _Honest) -> list[int]:
-    return [p for p in h.positions if h.owner[p] != "DO"]
 
 
 def _other_run(h: _Honest, tmp: Path, ids: dict[str, Any]) -> Any:
     """A genuine ledger of *another* run signed with ``ids``, over copies of the run's segments."""
-    from clicooper.provenance.simulate import simulate_run
-    from clicooper.runs import load_run
-
     handle = load_run(h.run)
     mods = {pp.position: handle.modules[pp.party] for pp in handle.plan.parties}
-    segs = [torch.nn.Sequential(*[m for m in mods[p]]) for p in h.positions]
-    segs = [_clone(s) for s in segs]
+    segs = [copy.deepcopy(torch.nn.Sequential(*[m for m in mods[p]])) for p in h.positions]
     return simulate_run(tmp / f"other-{len(list(tmp.iterdir()))}.jsonl", segs,
                         rounds=int(h.genesis.planned_rounds), identities=ids, steps_per_round=1)  # type: ignore[union-attr]
 
 
-def _clone(m: torch.nn.Module) -> torch.nn.Module:
-    import copy
+# the cases: each builds its tampered copy from the honest run (lines and segment dicts are copies) -------
 
-    return copy.deepcopy(m)
+
+def _forged_signature(h: _Honest, tmp: Path) -> Case:  # an outsider alters T1's entry bytes in its signature
+    lines, i = list(h.lines), h.idx(0, h.t1)
+    e = h.entries[i]
+    sig = bytearray(e.signature)  # type: ignore[union-attr]
+    sig[5] ^= 0x40
+    lines[i] = _line(dataclasses.replace(e, signature=bytes(sig)))  # type: ignore[type-var]
+    return Case(lines, dict(h.segments))
+
+
+def _reordered(h: _Honest, tmp: Path) -> Case:
+    lines = list(h.lines)
+    a, b = h.idx(0, h.t1), h.idx(0, h.t2 if h.t2 != h.t1 else h.positions[0])
+    lines[a], lines[b] = lines[b], lines[a]
+    return Case(lines, dict(h.segments))
+
+
+def _substituted(h: _Honest, tmp: Path, *, resigned: bool = False) -> Case:
+    lines, i = list(h.lines), h.idx(h.last_round, h.t1)
+    e = h.entries[i]
+    inflated = dataclasses.replace(e, metrics={**e.metrics, "samples": 10**9})  # type: ignore[type-var]
+    if resigned:  # the author rewrites its own committed entry
+        inflated = inflated.signed(h.ids[h.owner[h.t1]])
+    lines[i] = _line(inflated)
+    return Case(lines, dict(h.segments), note="credit inflated to 10^9 samples")
+
+
+def _skipped(h: _Honest, tmp: Path) -> Case:
+    lines = list(h.lines)
+    del lines[h.idx(0, h.t2)]
+    return Case(lines, dict(h.segments))
+
+
+def _replayed(h: _Honest, tmp: Path) -> Case:  # the last entry of round 0 again at the start of round 1
+    lines, i = list(h.lines), h.idx(0, h.positions[-1])
+    lines.insert(i + 1, lines[i])
+    return Case(lines, dict(h.segments))
+
+
+def _replayed_other_run(h: _Honest, tmp: Path) -> Case:  # same keys, same stage, genuinely signed, other run
+    other = _other_run(h, tmp, h.ids)
+    o_lines = Path(other.ledger.path).read_bytes().rstrip(b"\n").split(b"\n")
+    lines, i = list(h.lines), h.idx(h.last_round, h.t2)
+    lines[i] = o_lines[i]
+    return Case(lines, dict(h.segments), note="entry taken from a genuine ledger of another run with the same keys")
+
+
+def _truncated_round(h: _Honest, tmp: Path) -> Case:  # last round and closing cut; last segments presented
+    return Case(list(h.lines)[:h.idx(h.last_round, h.positions[0])], dict(h.segments))
+
+
+def _swapped_segments(h: _Honest, tmp: Path) -> Case:
+    segs = dict(h.segments)
+    segs[h.t1], segs[h.t2] = h.segments[h.t2], h.segments[h.t1]
+    return Case(list(h.lines), segs)
+
+
+def _altered_segment(h: _Honest, tmp: Path) -> Case:
+    segs = dict(h.segments)
+    sd = {k: v.clone() for k, v in h.segments[h.t2].items()}
+    sd[sorted(sd)[0]].view(-1)[0] += 1e-6  # one weight nudged
+    segs[h.t2] = sd
+    return Case(list(h.lines), segs)
+
+
+def _claims_another_stage(h: _Honest, tmp: Path) -> Case:  # T2 puts its name on T1's stage, signs as itself
+    lines, i = list(h.lines), h.idx(h.last_round, h.t1)
+    other = h.ids[h.owner[h.t2]]
+    lines[i] = _line(dataclasses.replace(h.entries[i], party_id=other.party_id).signed(other))  # type: ignore[type-var]
+    return Case(lines, dict(h.segments))
+
+
+def _do_forges_genesis_signature(h: _Honest, tmp: Path) -> Case:  # the DO cannot make T1 sign the genesis
+    g, lines = h.genesis, list(h.lines)
+    t1_id = h.ids[h.owner[h.t1]].party_id
+    fake = dataclasses.replace(sign_multi(h.ids["DO"], g), party_id=t1_id)
+    lines[0] = _line(g.with_signatures([s for s in g.signatures if s.party_id != t1_id] + [fake]))  # type: ignore[union-attr]
+    return Case(lines, dict(h.segments))
+
+
+def _do_made_up_trainer(h: _Honest, tmp: Path) -> Case:  # a self-consistent ledger with a T1 key the DO made
+    other = _other_run(h, tmp, {**h.ids, h.owner[h.t1]: Identity.generate()})
+    f_lines = Path(other.ledger.path).read_bytes().rstrip(b"\n").split(b"\n")
+    f_segs = {p: {k: v.detach().clone() for k, v in m.state_dict().items()} for p, m in other.segments.items()}
+    return Case(f_lines, f_segs, note="self-consistent; detectable only against trusted (out-of-band) keys")
+
+
+def _non_utf8_line(h: _Honest, tmp: Path) -> Case:
+    lines, i = list(h.lines), h.idx(0, h.t1)
+    b = bytearray(lines[i])
+    b[len(b) // 2] = 0xFF
+    lines[i] = bytes(b)
+    return Case(lines, dict(h.segments))
+
+
+def _half_written_closing(h: _Honest, tmp: Path) -> Case:  # a crash mid-append of the closing: torn, no newline
+    lines = list(h.lines)
+    raw = b"".join(x + b"\n" for x in lines[:-1]) + lines[-1][: len(lines[-1]) // 2]
+    return Case(lines, dict(h.segments), raw=raw)
+
+
+def _benign_torn_after_closing(h: _Honest, tmp: Path) -> Case:
+    lines = list(h.lines)
+    return Case(lines, dict(h.segments), raw=h.bytes + lines[-1][: len(lines[-1]) // 3])
+
+
+_BUILDERS: dict[str, Callable[[_Honest, Path], Case]] = {
+    "forged-signature": _forged_signature, "reordered": _reordered, "substituted": _substituted,
+    "substituted-resigned": lambda h, tmp: _substituted(h, tmp, resigned=True), "skipped": _skipped,
+    "replayed": _replayed, "replayed-other-run": _replayed_other_run,
+    "truncated-closing": lambda h, tmp: Case(list(h.lines)[:-1], dict(h.segments)),
+    "truncated-round": _truncated_round, "swapped-segments": _swapped_segments,
+    "altered-segment": _altered_segment, "claims-another-stage": _claims_another_stage,
+    "do-forges-genesis-signature": _do_forges_genesis_signature, "do-made-up-trainer": _do_made_up_trainer,
+    "non-utf8-line": _non_utf8_line, "half-written-closing": _half_written_closing,
+    "benign-torn-after-closing": _benign_torn_after_closing,
+}
 
 
 def build_case(name: str, h: _Honest, tmp: Path) -> Case:
     """The tampered ledger lines / segments of case ``name``."""
-    from clicooper.provenance.entries import StageEntry, sign_multi
-
-    lines, segs = list(h.lines), dict(h.segments)
-    t1, t2 = _trainer_positions(h)[:2] if len(_trainer_positions(h)) >= 2 else (_trainer_positions(h)[0],) * 2
-    last_round = max(e.round for e in h.entries if isinstance(e, StageEntry))
-    if name == "forged-signature":  # an outsider alters T1's entry bytes in its signature
-        i = h.idx(0, t1)
-        e = h.entries[i]
-        sig = bytearray(e.signature)  # type: ignore[union-attr]
-        sig[5] ^= 0x40
-        lines[i] = _line(dataclasses.replace(e, signature=bytes(sig)))  # type: ignore[type-var]
-        return Case(lines, segs)
-    if name == "reordered":
-        a, b = h.idx(0, t1), h.idx(0, t2 if t2 != t1 else h.positions[0])
-        lines[a], lines[b] = lines[b], lines[a]
-        return Case(lines, segs)
-    if name in ("substituted", "substituted-resigned"):
-        i = h.idx(last_round, t1)
-        e = h.entries[i]
-        inflated = dataclasses.replace(e, metrics={**e.metrics, "samples": 10**9})  # type: ignore[type-var]
-        if name == "substituted-resigned":  # the author rewrites its own committed entry
-            inflated = inflated.signed(h.ids[h.owner[t1]])
-        lines[i] = _line(inflated)
-        return Case(lines, segs, note="credit inflated to 10^9 samples")
-    if name == "skipped":
-        del lines[h.idx(0, t2)]
-        return Case(lines, segs)
-    if name == "replayed":  # the last entry of round 0 again at the start of round 1
-        i = h.idx(0, h.positions[-1])
-        lines.insert(i + 1, lines[i])
-        return Case(lines, segs)
-    if name == "replayed-other-run":  # same keys, same stage, genuinely signed, other run (nonce)
-        other = _other_run(h, tmp, h.ids)
-        o_lines = Path(other.ledger.path).read_bytes().rstrip(b"\n").split(b"\n")
-        i = h.idx(last_round, t2)
-        lines[i] = o_lines[i]
-        return Case(lines, segs, note="entry taken from a genuine ledger of another run with the same keys")
-    if name == "truncated-closing":
-        return Case(lines[:-1], segs)
-    if name == "truncated-round":  # last round and closing cut; segments of the last round presented
-        return Case(lines[:h.idx(last_round, h.positions[0])], segs)
-    if name == "swapped-segments":
-        segs[t1], segs[t2] = h.segments[t2], h.segments[t1]
-        return Case(lines, segs)
-    if name == "altered-segment":
-        sd = {k: v.clone() for k, v in h.segments[t2].items()}
-        k0 = sorted(sd)[0]
-        sd[k0].view(-1)[0] += 1e-6  # one weight nudged
-        segs[t2] = sd
-        return Case(lines, segs)
-    if name == "claims-another-stage":  # T2 puts its name on T1's stage and signs it as itself
-        i = h.idx(last_round, t1)
-        e = h.entries[i]
-        other = h.ids[h.owner[t2]]
-        lines[i] = _line(dataclasses.replace(e, party_id=other.party_id).signed(other))  # type: ignore[type-var]
-        return Case(lines, segs)
-    if name == "do-forges-genesis-signature":  # the DO cannot make T1 sign the genesis
-        g = h.genesis
-        t1_id = h.ids[h.owner[t1]].party_id
-        fake = dataclasses.replace(sign_multi(h.ids["DO"], g), party_id=t1_id)
-        lines[0] = _line(g.with_signatures([s for s in g.signatures if s.party_id != t1_id] + [fake]))  # type: ignore[union-attr]
-        return Case(lines, segs)
-    if name == "do-made-up-trainer":  # a whole, self-consistent ledger with a T1 key the DO generated
-        from clicooper.provenance import Identity
-
-        fake_ids = {**h.ids, h.owner[t1]: Identity.generate()}
-        other = _other_run(h, tmp, fake_ids)
-        f_lines = Path(other.ledger.path).read_bytes().rstrip(b"\n").split(b"\n")
-        f_segs = {p: {k: v.detach().clone() for k, v in m.state_dict().items()} for p, m in other.segments.items()}
-        return Case(f_lines, f_segs, note="self-consistent; detectable only against trusted (out-of-band) keys")
-    if name == "non-utf8-line":
-        i = h.idx(0, t1)
-        b = bytearray(lines[i])
-        b[len(b) // 2] = 0xFF
-        lines[i] = bytes(b)
-        return Case(lines, segs)
-    if name == "half-written-closing":  # a crash mid-append of the closing: torn, no newline
-        raw = b"".join(x + b"\n" for x in lines[:-1]) + lines[-1][: len(lines[-1]) // 2]
-        return Case(lines, segs, raw=raw)
-    if name == "benign-torn-after-closing":
-        raw = h.bytes + lines[-1][: len(lines[-1]) // 3]
-        return Case(lines, segs, raw=raw)
-    raise AssertionError(name)
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise AssertionError(name)
+    return builder(h, tmp)
 
 
 def _materialise(h: _Honest, case: Case, dst: Path) -> None:
-    """A run-directory copy holding the tampered ledger and segments (for the CLI)."""
-    from safetensors.torch import save_file
-
-    from clicooper import rundir
-    from clicooper.runs import model_file
-
+    """A run-directory copy holding the tampered ledger and segments (what ``clicooper verify`` reads)."""
     shutil.copytree(h.run, dst, ignore=shutil.ignore_patterns("checkpoints", "secrets"))
-    (dst / rundir.LEDGER).write_bytes(case.raw if case.raw is not None else b"".join(x + b"\n" for x in case.lines))
+    (dst / rundir.LEDGER).write_bytes(case.ledger_bytes())
     plan = rundir.read_json(h.run / rundir.PLAN)
     for pp in plan["parties"]:
         pos = pp["position"]
         if pos in case.segments and case.segments[pos] is not h.segments.get(pos):
             sd = {k: v.detach().contiguous() for k, v in case.segments[pos].items()}
             save_file(sd, str(dst / rundir.MODEL_DIR / model_file(pp["party"])))
+
+
+def _verify_exit(h: _Honest, case: Case, dst: Path) -> int:
+    """Exit status of ``clicooper verify DST`` on a materialised copy (trusted keys = the copy's keys/): the
+    command's own calls (:func:`verify_delivered`, :func:`verify_exit_code`), and for an error it reports on
+    one line, that error's exit code."""
+    _materialise(h, case, dst)
+    try:
+        report, _ = verify_delivered(dst)
+    except CliCooperError as e:
+        return e.exit_code
+    except Exception:  # noqa: BLE001 - a traceback from verify: never acceptable, recorded as -1
+        return -1
+    return verify_exit_code(report)
+
+
+def _case_row(name: str, h: _Honest, tmp: Path, *, cli: bool) -> dict[str, Any]:
+    """Build case ``name`` in ``tmp``, verify it against the honest keys and report the verdict."""
+    case = build_case(name, h, tmp)
+    path = tmp / f"{name}.jsonl"
+    path.write_bytes(case.ledger_bytes())
+    rep = verify_run(path, case.segments, trusted_keys=h.trusted)
+    row: dict[str, Any] = {"case": name, "rejected": not rep.ok, "checks": sorted(rep.checks_failed()),
+                           "failures": [str(f) for f in rep.failures][:6], "notes": rep.notes, "note": case.note}
+    if name == "do-made-up-trainer":
+        row["rejected_without_trusted_keys"] = not verify_run(path, case.segments).ok
+    if cli:
+        row["cli_exit"] = _verify_exit(h, case, tmp / f"run-{name}")
+    return row
 
 
 @register("forgery")
@@ -246,30 +311,13 @@ class ForgeryAttack:
 
     def run(self, views: Any) -> AttackResult:
         """Build every case from the honest run directory ``views`` (a path) and verify it."""
-        from clicooper.provenance import verify_run
-
         t0 = time.perf_counter()
         h = _Honest(Path(views))
         before = hashlib.sha256(h.bytes).hexdigest()
         honest = verify_run(h.ledger, h.segments, trusted_keys=h.trusted)
-        rows: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="clicooper-forgery-") as td:
-            tmp = Path(td)
-            for name in (*self.config.cases, "benign-torn-after-closing"):
-                case = build_case(name, h, tmp)
-                path = tmp / f"{name}.jsonl"
-                path.write_bytes(case.raw if case.raw is not None else b"".join(x + b"\n" for x in case.lines))
-                rep = verify_run(path, case.segments, trusted_keys=h.trusted)
-                row: dict[str, Any] = {"case": name, "rejected": not rep.ok,
-                                       "checks": sorted(rep.checks_failed()),
-                                       "failures": [str(f) for f in rep.failures][:6], "notes": rep.notes,
-                                       "note": case.note}
-                if name == "do-made-up-trainer":
-                    plain = verify_run(path, case.segments)
-                    row["rejected_without_trusted_keys"] = not plain.ok
-                if self.config.cli:
-                    row["cli_exit"] = _cli_verify(h, case, tmp / f"run-{name}")
-                rows.append(row)
+            rows = [_case_row(name, h, Path(td), cli=self.config.cli)
+                    for name in (*self.config.cases, "benign-torn-after-closing")]
         after = hashlib.sha256(h.ledger.read_bytes()).hexdigest()
         require(before == after, "the honest ledger changed during the forgery attack (must never happen)")
         counted = [r for r in rows if not r["case"].startswith("benign")]
@@ -282,21 +330,6 @@ class ForgeryAttack:
             "not_rejected": [r["case"] for r in counted if not r["rejected"]]})
         # "beats floor" means strictly above 1.0, impossible: the floor here is the target, reached at 1.0
         return AttackResult("forgery", {"verify": lvl}, info)
-
-
-def _cli_verify(h: _Honest, case: Case, dst: Path) -> int:
-    """Exit code of ``clicooper verify`` on a materialised copy (trusted keys = the copy's keys/)."""
-    from typer.testing import CliRunner
-
-    from clicooper.cli import app
-    from clicooper.cli_provenance import register as reg
-
-    reg(app)
-    _materialise(h, case, dst)
-    res = CliRunner().invoke(app, ["verify", str(dst), "--json"])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        return -1  # a traceback: never acceptable
-    return int(res.exit_code)
 
 
 def run_forgery(run_dir: str | Path, out: str | Path | None = None, **config: Any) -> dict[str, Any]:

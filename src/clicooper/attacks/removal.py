@@ -1,29 +1,28 @@
-"""Watermark removal (DESIGN §7, issue 6): an outsider holding the delivered model and 10 % of the data
-attacks the dynamic chained marks; the owners then try to prove ownership of what is left.
+"""Watermark removal (DESIGN §7, issue 6): an outsider holding the delivered model and 10 % of the data attacks
+the dynamic chained marks; the owners then try to prove ownership of what is left.
 
 The **attacker** reads only what an outsider with a leaked model has: ``config.json``, ``plan.json`` and
-``RUN/model/*.safetensors`` (via :func:`clicooper.load_run`), plus its own labelled slice of the data —
-the *last* ``fraction`` of the DO's training range (e.g. ``0:20000`` → samples 18,000–19,999): in
-distribution and seen in training, the attacker's best case. It never opens ``keys/`` or ``secrets/``.
+``RUN/model/*.safetensors`` (via :func:`clicooper.load_run`), plus its own labelled slice of the data — the
+*last* ``fraction`` of the DO's training range (e.g. ``0:20000`` → samples 18,000–19,999): in distribution and
+seen in training, the attacker's best case. It never opens ``keys/`` or ``secrets/``.
 
 The **owners** (the evaluator) then reveal the stages whose marks they expect in the final weights
-(:func:`clicooper.cli_provenance.final_retained_stages`, with their own key files) and run
-:func:`clicooper.provenance.prove` per marked segment on the attacked model (aligned to the committed
-weights when the alignment is strong). For every attack we report the attacked model's test accuracy and,
-per marked position, the pooled verdict (wrong bits / N, τ, p-value). "Destroyed" = more than
-``destroyed_drop`` (10 pt) of accuracy lost: a mark that dies only there costs the attacker the model.
+(:func:`clicooper.provenance.delivered.final_retained_stages`, with their own key files) and run
+:func:`clicooper.provenance.prove` per marked segment on the attacked model (aligned to the committed weights
+when the alignment is strong). For every attack we report the attacked model's test accuracy and, per marked
+position, the pooled verdict (wrong bits / N, τ, p-value). "Destroyed" = more than ``destroyed_drop`` (10 pt)
+of accuracy lost: a mark that dies only there costs the attacker the model.
 
 Attacks: fine-tuning ``epochs`` epochs (last layer only / all layers / last layer re-initialised and
-retrained), magnitude pruning (global and per layer, weights only, biases kept), int8 per-tensor
-symmetric quantisation (dequantised), unit permutation + per-channel positive rescaling across every
-ReLU (function preserving; checked), and overwriting with the attacker's own mark (a fresh
-:class:`~clicooper.provenance.Identity`, the same capacity plan and scheme, embedded while fine-tuning on
-its data, then ``embed_until_zero``). Plus the false-claim check: ``unrelated`` models of the same
-architecture, independently initialised and trained briefly on the attacker's data, proven against the
-owners' reveals (target: none passes, mean BER ≈ 0.5).
+retrained), magnitude pruning (global and per layer, weights only, biases kept), int8 per-tensor symmetric
+quantisation (dequantised), unit permutation + per-channel positive rescaling across every ReLU (function
+preserving; checked), and overwriting with the attacker's own mark (a fresh
+:class:`~clicooper.provenance.Identity`, the same capacity plan and scheme, embedded while fine-tuning on its
+data, then ``embed_until_zero``). Plus the false-claim check: ``unrelated`` models of the same architecture,
+independently initialised and trained briefly on the attacker's data, proven against the owners' reveals
+(target: none passes, mean BER ≈ 0.5).
 
-Entry point: ``RemovalAttack(**config).run(run_dir)`` or :func:`run_removal` (writes JSON if asked).
-"""
+Entry point: ``RemovalAttack(**config).run(run_dir)`` or :func:`run_removal` (writes JSON if asked)."""
 
 from __future__ import annotations
 
@@ -39,7 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clicooper import rundir
 from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.errors import ConfigError, LedgerError
+from clicooper.models import zoo
+from clicooper.models.blueprint import num_outputs_for
+from clicooper.models.partition import split_model
+from clicooper.provenance import Identity, derive_stage_key, embed_until_zero, load_identity, read_ledger
+from clicooper.provenance.delivered import final_retained_stages, load_segments
+from clicooper.provenance.reveal import make_reveal, prove
+from clicooper.provenance.watermark import Mark, module_errors, module_layout, plan_capacity, watermark_loss
+from clicooper.runs import load_run
 
 PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9)
 ALL_ATTACKS = ("none", "finetune-last", "finetune-all", "retrain-last", "prune-global", "prune-layer",
@@ -71,17 +80,12 @@ class RemovalConfig:
         require(not bad, f"unknown removal attacks {bad}; choose from {', '.join(ALL_ATTACKS)}")
 
 
-# ----------------------------------------------------------------------------------------- helpers
-
-
 def _positions(handle: Any) -> dict[int, str]:
     return {pp.position: pp.party for pp in handle.plan.parties}
 
 
 def _split_states(model: nn.Sequential, handle: Any) -> dict[int, dict[str, torch.Tensor]]:
     """Per-position state dicts of a (copied) full model, keys as in ``RUN/model/*.safetensors``."""
-    from clicooper.models.partition import split_model
-
     mods = split_model(model, handle.plan)
     return {pos: {k: v.detach().clone() for k, v in mods[party].state_dict().items()}
             for pos, party in _positions(handle).items()}
@@ -121,18 +125,12 @@ def prune(model: nn.Sequential, level: float, *, per_layer: bool) -> nn.Sequenti
     out = copy.deepcopy(model)
     ws = [out[i].weight for i in _linear_layers(out)]
     with torch.no_grad():
-        if per_layer:
-            for w in ws:
-                k = int(round(level * w.numel()))
-                if k:
-                    thr = w.abs().flatten().kthvalue(k).values
-                    w[w.abs() <= thr] = 0.0
-        else:
-            allw = torch.cat([w.abs().flatten() for w in ws])
+        for group in ([w] for w in ws) if per_layer else [ws]:
+            allw = torch.cat([w.abs().flatten() for w in group])
             k = int(round(level * allw.numel()))
             if k:
                 thr = allw.kthvalue(k).values
-                for w in ws:
+                for w in group:
                     w[w.abs() <= thr] = 0.0
     return out
 
@@ -176,9 +174,6 @@ def permute_rescale(model: nn.Sequential, seed: int, *, scale_range: float = 4.0
     return out
 
 
-# ----------------------------------------------------------------------------------------- owners' side
-
-
 @dataclass
 class Owners:
     """What the owners use to prove: reveals per marked position, the ledger and the committed segments."""
@@ -190,11 +185,6 @@ class Owners:
 
     @classmethod
     def load(cls, run_dir: Path) -> Owners:
-        from clicooper import rundir
-        from clicooper.cli_provenance import final_retained_stages, load_segments
-        from clicooper.provenance import load_identity, make_reveal
-        from clicooper.provenance.ledger import read_ledger
-
         ledger = run_dir / rundir.LEDGER
         require(ledger.is_file(), f"{ledger} not found: train the run with provenance on")
         entries, _ = read_ledger(ledger)
@@ -211,9 +201,6 @@ class Owners:
 
     def verdicts(self, suspect: dict[int, dict[str, torch.Tensor]], *, align: bool = True) -> dict[str, Any]:
         """Per marked position: pooled prove verdict of that position's owner on ``suspect``."""
-        from clicooper.errors import ConfigError, LedgerError
-        from clicooper.provenance import prove
-
         out: dict[str, Any] = {}
         for pos, rv in sorted(self.reveals.items()):
             try:
@@ -221,15 +208,39 @@ class Owners:
             except (ConfigError, LedgerError) as e:
                 out[str(pos)] = {"error": str(e), "verdict": False}
                 continue
+            wm = self.plan.get(str(pos), {})
             out[str(pos)] = {"verdict": rep.verdict, "wrong_bits": rep.wrong_bits, "n_bits": rep.n_bits,
                              "ber": rep.ber, "tau": rep.tau, "p_value": rep.p_value,
                              "false_claim_probability": rep.false_claim_probability, "aligned": rep.aligned,
-                             "robust": bool(self.plan.get(str(pos), {}).get("robust", False)),
-                             "num_params": self.plan.get(str(pos), {}).get("num_params")}
+                             "robust": bool(wm.get("robust", False)), "num_params": wm.get("num_params")}
         return out
 
 
-# ----------------------------------------------------------------------------------------- the attack
+class _Scene:
+    """What the attacks work on: the leaked model and its accuracy, the attacker's slice of the DO's
+    training range (its last ``fraction``), the test split, and the owners who prove afterwards."""
+
+    def __init__(self, run_dir: Path, cfg: RemovalConfig) -> None:
+        self.handle = handle = load_run(run_dir)  # config.json, plan.json, model/*.safetensors: what leaked
+        require(not handle.config.obfuscate_labels, "removal attack: runs with obfuscated labels are not "
+                                                    "supported (the attacker would need the label codec)")
+        ds = handle.dataset()
+        ids = ds.train_ids(handle.config.train_range)
+        self.k = max(1, int(round(cfg.fraction * len(ids))))
+        self.a_ids = ids[-self.k:]
+        self.xa, self.ya = ds.x_train[self.a_ids], ds.y_train[self.a_ids]
+        self.xt, self.yt = ds.x_test, ds.y_test
+        self.owners = Owners.load(run_dir)
+        self.base = handle.full_model()
+        self.base_acc = _accuracy(self.base, self.xt, self.yt)
+        self.destroyed_drop = cfg.destroyed_drop
+
+    def row(self, attack: str, setting: Any, model: nn.Sequential, **extra: Any) -> dict[str, Any]:
+        """One result row: the attacked model's test accuracy and the owners' verdict per marked position."""
+        acc = _accuracy(model, self.xt, self.yt)
+        v = self.owners.verdicts(_split_states(model, self.handle))
+        return {"attack": attack, "setting": setting, "test_acc": acc, "acc_drop": self.base_acc - acc,
+                "destroyed": self.base_acc - acc > self.destroyed_drop, "positions": v, **extra}
 
 
 @register("removal")
@@ -240,11 +251,8 @@ class RemovalAttack:
     knowledge: ClassVar[tuple[str, ...]] = ("model+10%-data",)
 
     def __init__(self, **config: Any) -> None:
-        if "prune_levels" in config:
-            config["prune_levels"] = tuple(config["prune_levels"])
-        if "attacks" in config:
-            config["attacks"] = tuple(config["attacks"])
-        self._config = RemovalConfig(**config)
+        tuples = ("prune_levels", "attacks")
+        self._config = RemovalConfig(**{k: tuple(v) if k in tuples else v for k, v in config.items()})
 
     @property
     def config(self) -> RemovalConfig:
@@ -253,142 +261,113 @@ class RemovalAttack:
 
     def run(self, views: Any) -> AttackResult:
         """Run every configured removal attack on the run directory ``views`` (a path)."""
-        from clicooper.runs import load_run
-
-        cfg = self.config
-        t0 = time.perf_counter()
-        run_dir = Path(views)
-        handle = load_run(run_dir)  # config.json, plan.json, model/*.safetensors: what leaked
-        require(not handle.config.obfuscate_labels, "removal attack: runs with obfuscated labels are not "
-                                                    "supported (the attacker would need the label codec)")
-        ds = handle.dataset()
-        ids = ds.train_ids(handle.config.train_range)
-        k = max(1, int(round(cfg.fraction * len(ids))))
-        a_ids = ids[-k:]
-        xa, ya = ds.x_train[a_ids], ds.y_train[a_ids]
-        xt, yt = ds.x_test, ds.y_test
-        owners = Owners.load(run_dir)
-        base = handle.full_model()
-        base_acc = _accuracy(base, xt, yt)
-        rows: list[dict[str, Any]] = []
-
-        def record(attack: str, setting: Any, model: nn.Sequential, **extra: Any) -> None:
-            acc = _accuracy(model, xt, yt)
-            v = owners.verdicts(_split_states(model, handle))
-            rows.append({"attack": attack, "setting": setting, "test_acc": acc, "acc_drop": base_acc - acc,
-                         "destroyed": base_acc - acc > cfg.destroyed_drop, "positions": v, **extra})
-
-        seed = cfg.seed
-        for attack in cfg.attacks:
-            if attack == "none":
-                record("none", None, base)
-            elif attack in ("finetune-last", "finetune-all", "retrain-last"):
-                m = copy.deepcopy(base)
-                last = m[_linear_layers(m)[-1]]
-                if attack == "retrain-last":
-                    torch.manual_seed(seed)
-                    last.reset_parameters()
-                params = list(m.parameters()) if attack == "finetune-all" else list(last.parameters())
-                _train(m, params, xa, ya, epochs=cfg.epochs, lr=cfg.lr, bs=cfg.batch_size, seed=seed)
-                record(attack, {"epochs": cfg.epochs, "lr": cfg.lr, "samples": k}, m)
-            elif attack in ("prune-global", "prune-layer"):
-                for lvl in cfg.prune_levels:
-                    record(attack, lvl, prune(base, lvl, per_layer=attack == "prune-layer"))
-            elif attack == "int8":
-                record("int8", "per-tensor symmetric", quantize_int8(base))
-            elif attack == "permute-rescale":
-                m = permute_rescale(base, seed)
-                with torch.no_grad():
-                    base.eval(), m.eval()
-                    diff = float((base(xt[:2048]) - m(xt[:2048])).abs().max())
-                record("permute-rescale", "all hidden layers, scales in [1/4, 4]", m, max_logit_diff=diff,
-                       unaligned=owners.verdicts(_split_states(m, handle), align=False))
-            elif attack == "overwrite":
-                m, own = self._overwrite(base, handle, xa, ya, seed)
-                record("overwrite", {"epochs": cfg.epochs, "lambda": cfg.overwrite_lambda}, m,
-                       attacker_mark=own)
-        unrelated = self._unrelated(handle, owners, xa, ya, xt, yt) if cfg.unrelated else None
-        info = {"run_dir": str(run_dir), "base_test_acc": base_acc,
-                "attacker_data": {"range": [int(a_ids[0]), int(a_ids[-1]) + 1], "samples": k,
+        cfg, t0, run_dir = self.config, time.perf_counter(), Path(views)
+        sc = _Scene(run_dir, cfg)
+        rows = [row for attack in cfg.attacks for row in self._attack(attack, sc)]
+        unrelated = self._unrelated(sc) if cfg.unrelated else None
+        info = {"run_dir": str(run_dir), "base_test_acc": sc.base_acc,
+                "attacker_data": {"range": [int(sc.a_ids[0]), int(sc.a_ids[-1]) + 1], "samples": sc.k,
                                   "note": f"the last {cfg.fraction:.0%} of the DO's training range"},
-                "owners": {str(p): [s["round"] for s in rv["stages"]] for p, rv in owners.reveals.items()},
+                "owners": {str(p): [s["round"] for s in rv["stages"]] for p, rv in sc.owners.reveals.items()},
                 "rows": rows, "unrelated": unrelated, "config": asdict(cfg),
                 "seconds": time.perf_counter() - t0}
-        levels = _levels(rows, unrelated)
-        return AttackResult("removal", levels, info)
+        return AttackResult("removal", _levels(rows, unrelated), info)
 
-    # overwrite: the attacker's own mark, same scheme ---------------------------------------------------
-    def _overwrite(self, base: nn.Sequential, handle: Any, xa: torch.Tensor, ya: torch.Tensor,
-                   seed: int) -> tuple[nn.Sequential, dict[str, Any]]:
-        from clicooper.models.partition import split_model
-        from clicooper.provenance import Identity, derive_stage_key, embed_until_zero, module_errors
-        from clicooper.provenance.watermark import Mark, module_layout, plan_capacity, watermark_loss
+    def _attack(self, attack: str, sc: _Scene) -> list[dict[str, Any]]:
+        """The result rows of one removal attack (one per setting)."""
+        cfg, base = self.config, sc.base
+        if attack == "none":
+            return [sc.row("none", None, base)]
+        if attack in ("finetune-last", "finetune-all", "retrain-last"):
+            m = copy.deepcopy(base)
+            last = m[_linear_layers(m)[-1]]
+            if attack == "retrain-last":
+                torch.manual_seed(cfg.seed)
+                last.reset_parameters()
+            params = list(m.parameters()) if attack == "finetune-all" else list(last.parameters())
+            _train(m, params, sc.xa, sc.ya, epochs=cfg.epochs, lr=cfg.lr, bs=cfg.batch_size, seed=cfg.seed)
+            return [sc.row(attack, {"epochs": cfg.epochs, "lr": cfg.lr, "samples": sc.k}, m)]
+        if attack in ("prune-global", "prune-layer"):
+            return [sc.row(attack, lvl, prune(base, lvl, per_layer=attack == "prune-layer"))
+                    for lvl in cfg.prune_levels]
+        if attack == "int8":
+            return [sc.row("int8", "per-tensor symmetric", quantize_int8(base))]
+        if attack == "permute-rescale":
+            m = permute_rescale(base, cfg.seed)
+            with torch.no_grad():
+                base.eval(), m.eval()
+                diff = float((base(sc.xt[:2048]) - m(sc.xt[:2048])).abs().max())
+            return [sc.row("permute-rescale", "all hidden layers, scales in [1/4, 4]", m, max_logit_diff=diff,
+                           unaligned=sc.owners.verdicts(_split_states(m, sc.handle), align=False))]
+        m, own = self._overwrite(sc)  # "overwrite" (attacks are validated)
+        return [sc.row("overwrite", {"epochs": cfg.epochs, "lambda": cfg.overwrite_lambda}, m, attacker_mark=own)]
 
-        cfg = self.config
-        m = copy.deepcopy(base)
-        mods = split_model(m, handle.plan)
-        me = Identity.generate()  # the attacker's fresh identity
-        fake_run, fake_anchor = "ab" * 32, "cd" * 32
-        marks: dict[int, tuple[nn.Module, list[Mark]]] = {}
-        for pos, party in _positions(handle).items():
-            seg = mods[party]
-            n = sum(p.numel() for p in seg.parameters())
-            if not n:
-                continue
-            cap = plan_capacity(n, planned_rounds=handle.config.epochs, lam=cfg.overwrite_lambda)
-            if not cap.enabled:
-                continue
-            lay = module_layout(seg)
-            mk = [Mark.derive(derive_stage_key(me, fake_run, r, pos, fake_anchor), cap.mark_params(lay, r))
-                  for r in range(cap.retained_rounds)]
-            marks[pos] = (seg, mk)
+    def _overwrite(self, sc: _Scene) -> tuple[nn.Sequential, dict[str, Any]]:
+        """The attacker's own mark (:func:`_attacker_marks`), embedded while fine-tuning on its data, then
+        driven to zero errors."""
+        cfg, lam = self.config, self.config.overwrite_lambda
+        m = copy.deepcopy(sc.base)
+        marks = _attacker_marks(split_model(m, sc.handle.plan), sc.handle, lam)
 
         def wm() -> torch.Tensor:
-            return sum(watermark_loss(seg, mk, lam=cfg.overwrite_lambda) for seg, mk in marks.values())
+            return sum(watermark_loss(seg, mk, lam=lam) for seg, mk in marks.values())
 
-        _train(m, list(m.parameters()), xa, ya, epochs=cfg.epochs, lr=cfg.lr, bs=cfg.batch_size, seed=seed,
-               extra_loss=wm)
+        _train(m, list(m.parameters()), sc.xa, sc.ya, epochs=cfg.epochs, lr=cfg.lr, bs=cfg.batch_size,
+               seed=cfg.seed, extra_loss=wm)
         own: dict[str, Any] = {}
         for pos, (seg, mk) in marks.items():
             opt = torch.optim.Adam(seg.parameters(), lr=cfg.lr)
             try:
-                steps = embed_until_zero(seg, mk, lam=max(1.0, cfg.overwrite_lambda), optimizer=opt,
-                                         max_steps=500)
+                steps = embed_until_zero(seg, mk, lam=max(1.0, lam), optimizer=opt, max_steps=500)
             except Exception as e:  # noqa: BLE001 - reported, not fatal
                 steps = f"failed: {e}"
             wrong, total = module_errors(seg, mk)
             own[str(pos)] = {"bits": total, "wrong": wrong, "extra_steps": steps}
         return m, own
 
-    # false claims ---------------------------------------------------------------------------------------
-    def _unrelated(self, handle: Any, owners: Owners, xa: torch.Tensor, ya: torch.Tensor, xt: torch.Tensor,
-                   yt: torch.Tensor) -> dict[str, Any]:
-        from clicooper.models import zoo
-        from clicooper.runs import num_outputs_for
-
-        cfg = self.config
+    def _unrelated(self, sc: _Scene) -> dict[str, Any]:
+        """False claims: independently initialised models trained on the attacker's data, proven against
+        the owners' reveals."""
+        cfg, handle = self.config, sc.handle
         per_model = []
         for i in range(cfg.unrelated):
             s = cfg.seed + 1000 + i
             m = zoo.build(handle.config.model, tuple(handle.plan.input_shape),
                           num_outputs_for(handle.config, handle.plan_num_classes), seed=s)
-            _train(m, list(m.parameters()), xa, ya, epochs=cfg.unrelated_epochs, lr=cfg.lr, bs=cfg.batch_size,
-                   seed=s)
-            v = owners.verdicts(_split_states(m, handle))
-            per_model.append({"seed": s, "test_acc": _accuracy(m, xt, yt), "positions": v})
+            _train(m, list(m.parameters()), sc.xa, sc.ya, epochs=cfg.unrelated_epochs, lr=cfg.lr,
+                   bs=cfg.batch_size, seed=s)
+            v = sc.owners.verdicts(_split_states(m, handle))
+            per_model.append({"seed": s, "test_acc": _accuracy(m, sc.xt, sc.yt), "positions": v})
         bers = [p["ber"] for r in per_model for p in r["positions"].values() if "ber" in p]
         passes = sum(any(p.get("verdict") for p in r["positions"].values()) for r in per_model)
         by_pos: dict[str, Any] = {}
-        for pos in owners.reveals:
-            b = [r["positions"][str(pos)]["ber"] for r in per_model if "ber" in r["positions"][str(pos)]]
-            by_pos[str(pos)] = {"mean_ber": sum(b) / len(b) if b else None,
-                                "min_ber": min(b) if b else None,
-                                "passes": sum(bool(r["positions"][str(pos)].get("verdict")) for r in per_model),
-                                "aligned": sum(bool(r["positions"][str(pos)].get("aligned")) for r in per_model)}
+        for pos in sc.owners.reveals:
+            col = [r["positions"][str(pos)] for r in per_model]
+            b = [c["ber"] for c in col if "ber" in c]
+            by_pos[str(pos)] = {"mean_ber": sum(b) / len(b) if b else None, "min_ber": min(b) if b else None,
+                                "passes": sum(bool(c.get("verdict")) for c in col),
+                                "aligned": sum(bool(c.get("aligned")) for c in col)}
         mean = sum(bers) / len(bers) if bers else float("nan")
         return {"models": cfg.unrelated, "epochs": cfg.unrelated_epochs, "passes": passes, "mean_ber": mean,
                 "std_ber": (sum((b - mean) ** 2 for b in bers) / max(1, len(bers) - 1)) ** 0.5 if bers else None,
                 "by_position": by_pos, "per_model": per_model}
+
+
+def _attacker_marks(mods: dict[str, nn.Module], handle: Any, lam: float) -> dict[int, tuple[nn.Module, list[Mark]]]:
+    """The overwriting attacker's marks per position: a fresh identity, the same capacity plan and scheme."""
+    me = Identity.generate()  # the attacker's fresh identity
+    fake_run, fake_anchor = "ab" * 32, "cd" * 32
+    marks: dict[int, tuple[nn.Module, list[Mark]]] = {}
+    for pos, party in _positions(handle).items():
+        seg = mods[party]
+        n = sum(p.numel() for p in seg.parameters())
+        cap = plan_capacity(n, planned_rounds=handle.config.epochs, lam=lam) if n else None
+        if cap is None or not cap.enabled:
+            continue
+        lay = module_layout(seg)
+        marks[pos] = (seg, [Mark.derive(derive_stage_key(me, fake_run, r, pos, fake_anchor), cap.mark_params(lay, r))
+                            for r in range(cap.retained_rounds)])
+    return marks
 
 
 def _levels(rows: list[dict[str, Any]], unrelated: dict[str, Any] | None) -> dict[str, LevelResult]:
@@ -412,12 +391,10 @@ def _levels(rows: list[dict[str, Any]], unrelated: dict[str, Any] | None) -> dic
 def run_removal(run_dir: str | Path, out: str | Path | None = None, **config: Any) -> dict[str, Any]:
     """Run the removal attack on ``run_dir``; write the JSON to ``out`` when given. Never writes into
     the run directory itself."""
-    res = RemovalAttack(**config).run(Path(run_dir))
-    obj = res.to_json()
+    obj = RemovalAttack(**config).run(Path(run_dir)).to_json()
     if out is not None:
         Path(out).write_text(json.dumps(obj, indent=1) + "\n", "utf-8")
     return obj
 
 
-__all__ = ["RemovalAttack", "RemovalConfig", "permute_rescale", "prune", "quantize_int8", "run_removal",
-           "Owners"]
+__all__ = ["Owners", "RemovalAttack", "RemovalConfig", "permute_rescale", "prune", "quantize_int8", "run_removal"]

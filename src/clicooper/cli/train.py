@@ -1,51 +1,22 @@
-"""``clicooper`` command line (typer + rich). Thin: each command calls one library function.
+"""``clicooper train``, ``evaluate``, ``predict``, ``plan`` and ``export``: each calls one library function.
 
-Errors a user can cause print one line (``error: …`` saying what to do) and exit non-zero, never a
-traceback. ``--json`` prints one JSON object as the last line of stdout; progress goes to stderr.
+Library imports that pull in torch (≈2–3 s) stay inside the commands ("lazy: torch"), so that
+``clicooper --help`` and every other command's start-up do not pay for them.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clicooper.errors import CliCooperError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
-err = Console(stderr=True)
-out = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def guarded(f: F) -> F:
-    """Turn CliCooper errors and Ctrl-C into one-line messages and exit codes."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except CliCooperError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(obj: Any) -> None:
-    """Print one JSON object as the last line of stdout."""
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
+from clicooper.config.presets import PRESETS
+from clicooper.errors import DataError
 
 
 def plan_table(plan: Any) -> Table:
@@ -59,42 +30,8 @@ def plan_table(plan: Any) -> Table:
     return t
 
 
-def _config_from_options(config_file: Path | None, **opts: Any) -> Any:
-    from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
-
-    fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
-    dp_keys = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
-               "grad_clip_norm")
-    dp_opts = {k: opts.pop(k) for k in dp_keys if k in opts}
-    dp_opts = {k: v for k, v in dp_opts.items() if v is not None}
-    label_opts = {k: opts.pop(k) for k in ("expansion", "label_dp_epsilon") if k in opts}
-    label_opts = {k: v for k, v in label_opts.items() if v is not None}
-    nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
-    if clip is not None and nm is None:
-        raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
-    if nm is not None:
-        dp_opts["head_dpsgd"] = {"noise_multiplier": nm} | ({"max_grad_norm": clip} if clip is not None else {})
-    if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
-        dp_file = fields.get("dp") or {}
-        if not isinstance(dp_file, dict):
-            raise typer.BadParameter("the config file's dp must be a table of fields")
-        fields["dp"] = {**dp_file, **dp_opts}
-    if label_opts:  # --label-expansion / --label-dp-epsilon override the file's [labels] table, key by key
-        labels_file = fields.get("labels") or {}
-        if not isinstance(labels_file, dict):
-            raise typer.BadParameter("the config file's labels must be a table of fields")
-        fields["labels"] = {**labels_file, **label_opts}
-    if opts.get("capacities") is not None:
-        opts["capacities"] = parse_capacities(opts["capacities"])
-    if opts.get("train_range") is not None:
-        opts["train_range"] = parse_range(opts["train_range"])
-    fields.update({k: v for k, v in opts.items() if v is not None})
-    return make_config(**fields)
-
-
-def _presets_epilog() -> str:
-    from clicooper.privacy.presets import PRESETS
-
+def presets_epilog() -> str:
+    """The epilog of ``clicooper train --help``: the privacy presets and the default σ."""
     lines = ["Privacy presets (--preset NAME; all --defense clicooper, clip_norm 1; figures measured in "
              "docs/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
     lines += [f"{p.name}: {p.description}" for p in PRESETS.values()]
@@ -104,14 +41,11 @@ def _presets_epilog() -> str:
 
 
 def _preset_help() -> str:
-    from clicooper.privacy.presets import PRESETS
-
     return (" | ".join(PRESETS) + ": named privacy preset (model, defense clicooper, σ); "
             "explicit options and config fields override it. See below.")
 
 
 # ------------------------------------------------------------------------------------------------------
-@app.command(epilog=_presets_epilog())
 @guarded
 def train(
     out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
@@ -165,16 +99,13 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
     """Train a model cooperatively (data owner + K trainers) and write a run directory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from clicooper import rundir
-    from clicooper.training.loop import train as run_train
+    from clicooper import rundir  # lazy: torch
 
     cfg = None
     if resume is None:
         if out_dir is None:
             raise typer.BadParameter("--out RUN is required (or --resume RUN)")
-        cfg = _config_from_options(
+        cfg = config_from_options(
             config_file, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
@@ -184,6 +115,21 @@ def train(
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
             label_dp_epsilon=label_dp_epsilon,
         )
+    run = _train_with_progress(cfg, out_dir, resume, max_epsilon)
+    metrics = rundir.read_json(run.path / rundir.METRICS)
+    if not as_json:
+        err.print(plan_table(run.plan))
+    summary, noise = _train_summary(run, metrics)
+    if as_json:
+        emit_json(summary)
+    else:
+        _print_train_summary(summary, noise, run.path)
+
+
+def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None) -> Any:
+    """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
+    from clicooper.training import train as run_train  # lazy: torch
+
     with Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"), console=err, transient=False,
@@ -200,10 +146,12 @@ def train(
                 f"test acc {m['test_acc']:.4f}  {m['samples_per_s']:.0f} samples/s"
             )
 
-        run = run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch, max_epsilon=max_epsilon)
-    metrics = rundir.read_json(run.path / rundir.METRICS)
-    if not as_json:
-        err.print(plan_table(run.plan))
+        return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+                         max_epsilon=max_epsilon)
+
+
+def _train_summary(run: Any, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The JSON summary of a finished (or stopped) training run, and its activation noise record."""
     summary = {
         "run": str(run.path), "test_acc": metrics.get("final_test_acc"), "epochs": len(metrics["epochs"]),
         "do_flop_share": run.plan.do_flop_share, "defense": run.config.defense,
@@ -216,27 +164,29 @@ def train(
     noise = _activation_noise(run.path)
     if noise is not None:
         summary["sigma"] = noise.get("sigma_derivation") or {"sigma": noise.get("sigma")}
-    if as_json:
-        emit_json(summary)
-    else:
-        if noise is not None and noise.get("sigma_derivation"):
-            from clicooper.privacy.defaults import describe_sigma
+    return summary, noise
 
-            err.print(describe_sigma(noise["sigma_derivation"]), highlight=False)
-        st = summary.get("stopped")
-        if st:
-            err.print(
-                f"stopped before epoch {st['before_epoch']}: ε ({st['covers']}) would reach "
-                f"{st['epsilon_after_next_epoch']:.4g} > --max-epsilon {st['max_epsilon']:g}. "
-                f"{st['completed_epochs']} epoch(s) are saved; continue with: clicooper train --resume "
-                f"{run.path} --max-epsilon LARGER", highlight=False)
-        if summary["test_acc"] is not None:
-            out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run.path})")
+
+def _print_train_summary(summary: dict[str, Any], noise: dict[str, Any] | None, run_path: Path) -> None:
+    """The human form of the summary: how σ was chosen, why training stopped, the test accuracy."""
+    if noise is not None and noise.get("sigma_derivation"):
+        from clicooper.privacy.defaults import describe_sigma  # lazy: dp_accounting + scipy (≈1 s)
+
+        err.print(describe_sigma(noise["sigma_derivation"]), highlight=False)
+    st = summary.get("stopped")
+    if st:
+        err.print(
+            f"stopped before epoch {st['before_epoch']}: ε ({st['covers']}) would reach "
+            f"{st['epsilon_after_next_epoch']:.4g} > --max-epsilon {st['max_epsilon']:g}. "
+            f"{st['completed_epochs']} epoch(s) are saved; continue with: clicooper train --resume "
+            f"{run_path} --max-epsilon LARGER", highlight=False)
+    if summary["test_acc"] is not None:
+        out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {run_path})")
 
 
 def _activation_noise(run_dir: Path) -> dict[str, Any] | None:
     """``activation_noise`` of ``RUN/privacy.json`` (σ, clip norm, how σ was chosen), if any."""
-    from clicooper import rundir
+    from clicooper import rundir  # lazy: torch
 
     f = Path(run_dir) / rundir.PRIVACY
     if not f.is_file():
@@ -245,14 +195,13 @@ def _activation_noise(run_dir: Path) -> dict[str, Any] | None:
     return noise if isinstance(noise, dict) else None
 
 
-@app.command()
 @guarded
 def evaluate(
     run_dir: Path = typer.Argument(..., help="run directory"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Test accuracy of a run from its saved files alone (local inference path, no noise)."""
-    from clicooper.runs import load_run
+    from clicooper.runs import load_run  # lazy: torch
 
     run = load_run(run_dir)
     ds = run.dataset()
@@ -264,7 +213,6 @@ def evaluate(
         out.print(f"test accuracy {acc:.4f} on {len(ds.y_test)} samples (local path: no noise needed)")
 
 
-@app.command()
 @guarded
 def predict(
     run_dir: Path = typer.Argument(...),
@@ -272,10 +220,9 @@ def predict(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predict classes for inputs in a .npy file (local path; labels decoded automatically)."""
-    import numpy as np
+    import numpy as np  # lazy: numpy and torch, with clicooper.runs below
     import torch
 
-    from clicooper.errors import DataError
     from clicooper.runs import load_run
 
     if not input_file.is_file():
@@ -305,7 +252,6 @@ def predict(
             out.print(f"{i}: class {p}" + (f" ({names[p]})" if names else "") + f"  p={float(probs[i, p]):.3f}")
 
 
-@app.command()
 @guarded
 def plan(
     dataset: str = typer.Option("fashion-mnist"),
@@ -318,15 +264,14 @@ def plan(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show the partition plan only (layers, parameters, counted FLOPs per party)."""
-    from dataclasses import asdict
-
-    from clicooper import rundir
+    from clicooper import rundir  # lazy: torch, with the two below
     from clicooper.data import load_dataset
-    from clicooper.training.loop import plan_for
+    from clicooper.models.blueprint import blueprint_for
 
-    cfg = _config_from_options(None, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
-                               topology=topology, defense=defense)
-    _, p = plan_for(cfg, load_dataset(cfg.dataset))
+    cfg = config_from_options(None, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
+                              topology=topology, defense=defense)
+    ds = load_dataset(cfg.dataset)
+    p = blueprint_for(cfg, ds.input_shape, ds.num_classes).plan
     if out_file:
         rundir.write_json(out_file, asdict(p))
     if as_json:
@@ -335,36 +280,13 @@ def plan(
         out.print(plan_table(p))
 
 
-@app.command()
 @guarded
 def export(
     run_dir: Path = typer.Argument(...),
     out_file: Path = typer.Option(..., "--out", help="model.safetensors to write (not overwritten)"),
 ) -> None:
     """Export the delivered model as one plain PyTorch state dict (safetensors)."""
-    from clicooper.export import export_run
+    from clicooper.export import export_run  # lazy: torch
 
     info = export_run(run_dir, out_file)
     out.print(f"wrote {out_file}: {info}")
-
-
-def _register_subcommands() -> None:
-    """Attach the command groups that live in their own modules (provenance, attacks/report, network)."""
-    import importlib
-    import importlib.util
-
-    for name in ("clicooper.cli_provenance", "clicooper.cli_attacks", "clicooper.cli_net"):
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).register(app)
-
-
-_register_subcommands()
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,30 @@
+"""The ``clicooper`` typer app. Every command is registered here, explicitly, in ``--help`` order; the
+command modules (:mod:`clicooper.cli.train`, ``attacks``, ``net``, ``provenance``) never import this one."""
+
+from __future__ import annotations
+
+import typer
+
+from clicooper.cli import attacks, net, provenance, train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
+
+app.command("train", epilog=train.presets_epilog())(train.train)
+app.command("evaluate")(train.evaluate)
+app.command("predict")(train.predict)
+app.command("plan")(train.plan)
+app.command("export")(train.export)
+app.command("keygen")(provenance.keygen)
+app.command("verify")(provenance.verify)
+app.command("reveal")(provenance.reveal_cmd)
+app.command("prove")(provenance.prove)
+app.command("attack")(attacks.attack)
+app.command("report")(attacks.report)
+app.command("node")(net.node)
+app.command("certs")(net.certs)
+app.command("launch")(net.launch)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

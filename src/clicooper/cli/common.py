@@ -1,0 +1,88 @@
+"""What every command module of the CLI shares: the consoles, error handling and exit codes, JSON output,
+and turning options into a run config.
+
+Errors a user can cause print one line (``error: …`` saying what to do) and exit non-zero, never a
+traceback. ``--json`` prints one JSON object as the last line of stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
+from clicooper.errors import CliCooperError
+
+err = Console(stderr=True)
+out = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DP_KEYS = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
+            "grad_clip_norm")
+_LABEL_KEYS = ("expansion", "label_dp_epsilon")
+
+
+def guarded(f: F) -> F:
+    """Turn CliCooper errors and Ctrl-C into one-line messages and exit codes."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except CliCooperError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object as the last line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _pop_set(opts: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Remove ``keys`` from ``opts``; return those among them that were given (not None)."""
+    popped = {k: opts.pop(k) for k in keys if k in opts}
+    return {k: v for k, v in popped.items() if v is not None}
+
+
+def _override_table(fields: dict[str, Any], name: str, given: dict[str, Any]) -> None:
+    """Options override the config file's ``[name]`` table key by key."""
+    table = fields.get(name) or {}
+    if not isinstance(table, dict):
+        raise typer.BadParameter(f"the config file's {name} must be a table of fields")
+    fields[name] = {**table, **given}
+
+
+def config_from_options(config_file: Path | None, **opts: Any) -> Any:
+    """A validated run config from an optional config file overridden by the given (not None) options."""
+    fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    dp_opts = _pop_set(opts, _DP_KEYS)
+    label_opts = _pop_set(opts, _LABEL_KEYS)
+    nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
+    if clip is not None and nm is None:
+        raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
+    if nm is not None:
+        dp_opts["head_dpsgd"] = {"noise_multiplier": nm} | ({"max_grad_norm": clip} if clip is not None else {})
+    if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
+        _override_table(fields, "dp", dp_opts)
+    if label_opts:  # --label-expansion / --label-dp-epsilon override the file's [labels] table, key by key
+        _override_table(fields, "labels", label_opts)
+    if opts.get("capacities") is not None:
+        opts["capacities"] = parse_capacities(opts["capacities"])
+    if opts.get("train_range") is not None:
+        opts["train_range"] = parse_range(opts["train_range"])
+    fields.update({k: v for k, v in opts.items() if v is not None})
+    return make_config(**fields)

@@ -1,0 +1,125 @@
+"""Network commands: ``clicooper node``, ``clicooper certs``, ``clicooper launch`` (docs/network.md).
+
+Thin: each command calls one function of :mod:`clicooper.net`. That package imports torch and gRPC
+(≈3–4 s), so it is imported inside the commands ("lazy: torch, grpc"), keeping ``clicooper --help`` fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from clicooper.cli.common import emit_json, err, guarded, out
+from clicooper.errors import ConfigError
+
+
+@guarded
+def node(
+    config: Path = typer.Option(..., "--config", help="run config (.json/.toml); the same file on every node"),
+    party: str = typer.Option(..., "--party", help="DO | T1 … TK"),
+    key: Path = typer.Option(None, "--key", help="this party's private TLS key (default CERTS/<party>.key)"),
+    identity: Path = typer.Option(None, "--identity", help="this party's Ed25519 ledger key (provenance; "
+                                  "default RUN_DIR/keys/<party>.key, created for a new run)"),
+    run_dir: Path = typer.Option(..., "--run-dir", help="this party's own run directory (checkpoints)"),
+    peers: str = typer.Option(..., "--peers", help="name=host:port,… of the parties this one talks to"),
+    listen: str = typer.Option(..., "--listen", help="host:port to listen on"),
+    certs: Path = typer.Option(None, "--certs", help="certificate set from `clicooper certs`"),
+    insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext, 127.0.0.1 only"),
+    plan: Path = typer.Option(None, "--plan", help="plan.json (default: next to the config)"),
+    connect_timeout: float = typer.Option(30.0, help="seconds to reach each peer"),
+    idle_timeout: float = typer.Option(300.0, help="seconds without any message before giving up"),
+) -> None:
+    """Run ONE party as its own process (the DO drives the steps; trainers follow)."""
+    from clicooper.net.node import NodeOptions, parse_peers, run_node  # lazy: torch, grpc
+
+    run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
+                         certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
+                         connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout))
+
+
+@guarded
+def certs(
+    config: Path = typer.Argument(..., help="run config (.json/.toml)"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for NAME.crt, NAME.key, fingerprints.json"),
+    valid_days: int = typer.Option(365, help="certificate validity"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Self-signed certificate set for the run's parties; prints the pinned fingerprints."""
+    from clicooper.net.builder import load_run_config, party_names  # lazy: torch, grpc
+    from clicooper.net.certs import write_cert_set
+
+    fps = write_cert_set(party_names(load_run_config(config)), out_dir, valid_days=valid_days)
+    if as_json:
+        emit_json({"out": str(out_dir), "fingerprints": fps})
+        return
+    t = Table(title=f"certificates in {out_dir} (give each party its own .key only)")
+    t.add_column("party")
+    t.add_column("SHA-256 fingerprint (pinned)")
+    for name, fp in fps.items():
+        t.add_row(name, fp)
+    out.print(t)
+
+
+def _launch_progress(prog: Progress) -> Callable[[dict[str, Any]], None]:
+    """The ``on_event`` callback of ``launch_local``: one progress bar per party, restarts printed."""
+    tasks: dict[str, Any] = {}
+    totals: dict[str, tuple[int, int]] = {}
+
+    def on_event(ev: dict[str, Any]) -> None:
+        p, kind = ev.get("party", "?"), ev.get("event")
+        if p not in tasks:
+            tasks[p] = prog.add_task(p, total=None, info="starting")
+        if kind == "start":
+            totals[p] = (int(ev["epochs"]), int(ev["steps"]))
+            e, s = totals[p]
+            prog.update(tasks[p], total=e * s, completed=int(ev["round"]) * s, info=f"round {ev['round'] + 1}")
+        elif kind == "step" and p in totals:
+            prog.update(tasks[p], completed=int(ev["round"]) * totals[p][1] + int(ev["step"]) + 1)
+        elif kind == "round":
+            info = f"round {ev['round'] + 1} saved"
+            if "loss" in ev:
+                info += f" loss {ev['loss']:.4f}"
+            prog.update(tasks[p], info=info)
+        elif kind == "done":
+            prog.update(tasks[p], info="done")
+        elif kind == "restart":
+            prog.console.print(f"[yellow]{ev['party']} stopped ({ev['why']}); restarting all parties from "
+                               f"the last committed round (restart {ev['restarts']})[/]")
+
+    return on_event
+
+
+@guarded
+def launch(
+    config: Path = typer.Argument(..., help="run config (.json/.toml)"),
+    out_dir: Path = typer.Option(..., "--out", help="new run directory"),
+    local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1)"),
+    insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
+    max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Start every party as its own process, show progress, collect RUN/model (evaluate works)."""
+    from clicooper.net.launch import launch_local  # lazy: torch, grpc
+
+    if not local:
+        raise ConfigError("only --local is implemented: on several machines, start `clicooper node` on each "
+                          "(docs/network.md)")
+    with Progress(TextColumn("{task.description:>4}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), console=err) as prog:
+        res = launch_local(config, out_dir, insecure_loopback=insecure_loopback, on_event=_launch_progress(prog),
+                           max_restarts=max_restarts)
+    for n in res.notices:
+        err.print(f"note: {n}")
+    summary = {"run": str(res.run_dir), "test_acc": res.metrics.get("final_test_acc"),
+               "restarts": res.restarts, "seconds": round(res.seconds, 1),
+               "transport": "grpc plaintext loopback" if insecure_loopback else "grpc pinned TLS"}
+    if as_json:
+        emit_json(summary)
+    else:
+        out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {res.run_dir}, {summary['transport']})")
