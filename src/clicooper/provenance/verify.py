@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from clicooper.errors import LedgerError
+from clicooper.provenance.chain import ChainState, Issue
 from clicooper.provenance.commitments import segment_commitment
 from clicooper.provenance.entries import Entry, Genesis, StageEntry
-from clicooper.provenance.ledger import ChainState, Issue, Ledger, parse_line, read_ledger_lines
+from clicooper.provenance.ledger import Ledger, parse_line, read_ledger_lines
 
 
 @dataclass
