@@ -209,6 +209,40 @@ def sigma_for_epsilon(
     return hi
 
 
+def _check_sample_rate(sample_rate: float) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0 < sample_rate <= 1:
+        raise PrivacyError(f"sample_rate must be in (0, 1] (batch size / dataset size), got {sample_rate!r}")
+
+
+def _head_and_release_events(*, sigma: float, epochs: int, noise_multiplier: float, sample_rate: float, steps: int,
+                             release_sampling: str) -> tuple[dp_event.DpEvent, dp_event.DpEvent, float | None]:
+    """(event, hint event, joint noise multiplier or None) of the DP-SGD head composed with the releases.
+
+    The event is accounted under ``REPLACE_ONE``; its add/remove twin (multipliers halved), the hint, sizes
+    the PLD grid via RDP. Per-epoch releases: the two mechanisms composed; Poisson: one Gaussian per step
+    with ``1/z² = 1/nm² + 1/σ²``.
+    """
+    nm = noise_multiplier
+    if release_sampling == "per-epoch":
+        event = dp_event.ComposedDpEvent(
+            [
+                dpsgd_head_event(noise_multiplier=nm, sample_rate=sample_rate, steps=steps),
+                dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), epochs),
+            ]
+        )
+        hint_event = dp_event.ComposedDpEvent(
+            [
+                dpsgd_head_event(noise_multiplier=nm / 2, sample_rate=sample_rate, steps=steps),
+                release_event(sigma=sigma, releases=epochs),
+            ]
+        )
+        return event, hint_event, None
+    z = 1.0 / math.sqrt(1.0 / nm**2 + 1.0 / sigma**2)
+    event = dpsgd_head_event(noise_multiplier=z, sample_rate=sample_rate, steps=steps)
+    hint_event = dpsgd_head_event(noise_multiplier=z / 2, sample_rate=sample_rate, steps=steps)
+    return event, hint_event, z
+
+
 def epsilon_with_dpsgd_head(
     *,
     sigma: float,
@@ -239,8 +273,7 @@ def epsilon_with_dpsgd_head(
     epochs = _check_count(epochs, "epochs")
     steps = _check_count(steps, "steps")
     delta = _check_delta(delta)
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0 < sample_rate <= 1:
-        raise PrivacyError(f"sample_rate must be in (0, 1] (batch size / dataset size), got {sample_rate!r}")
+    _check_sample_rate(sample_rate)
     if release_sampling not in ("per-epoch", "poisson"):
         raise PrivacyError(f"release_sampling must be 'per-epoch' or 'poisson', got {release_sampling!r}")
     params: dict[str, Any] = {
@@ -254,25 +287,11 @@ def epsilon_with_dpsgd_head(
     report = {"covers": COVERS_DPSGD, "delta": delta, "accountant": "pld", "unit": _UNIT, "params": params}
     if sigma == 0.0 or nm == 0.0:
         return PrivacyReport(epsilon=math.inf, **report)
-    if release_sampling == "per-epoch":
-        # Replace-one events; the add/remove twin (multipliers halved) sizes the PLD grid via RDP.
-        event = dp_event.ComposedDpEvent(
-            [
-                dpsgd_head_event(noise_multiplier=nm, sample_rate=sample_rate, steps=steps),
-                dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(sigma), epochs),
-            ]
-        )
-        hint_event = dp_event.ComposedDpEvent(
-            [
-                dpsgd_head_event(noise_multiplier=nm / 2, sample_rate=sample_rate, steps=steps),
-                release_event(sigma=sigma, releases=epochs),
-            ]
-        )
-    else:
-        z = 1.0 / math.sqrt(1.0 / nm**2 + 1.0 / sigma**2)
+    event, hint_event, z = _head_and_release_events(sigma=sigma, epochs=epochs, noise_multiplier=nm,
+                                                    sample_rate=sample_rate, steps=steps,
+                                                    release_sampling=release_sampling)
+    if z is not None:
         params["joint_noise_multiplier"] = z
-        event = dpsgd_head_event(noise_multiplier=z, sample_rate=sample_rate, steps=steps)
-        hint_event = dpsgd_head_event(noise_multiplier=z / 2, sample_rate=sample_rate, steps=steps)
     eps = _pld_epsilon(event, delta, _NR.REPLACE_ONE, _rdp_epsilon(hint_event, delta))
     return PrivacyReport(epsilon=eps, **report)
 
