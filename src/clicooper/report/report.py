@@ -28,6 +28,8 @@ from clicooper.report import plots
 from clicooper.report.markdown import render_markdown
 from clicooper.report.rows import SETTINGS_COMPARED, level_rows, load_or_run, per_epoch, settings_diff
 from clicooper.report.runs import MUST_MATCH, SHOULD_MATCH, Progress, check_comparable, read_json, run_summary
+from clicooper.training import train
+from clicooper.training.do_alone import do_alone_accuracy
 
 __all__ = ["MUST_MATCH", "SETTINGS_COMPARED", "SHOULD_MATCH", "Progress", "do_alone_for", "make_report",
            "render_markdown", "run_summary", "train_baseline"]
@@ -39,9 +41,6 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     """Train the undefended counterpart of ``run_dir`` (same config, ``defense="none"``, observations
     recorded; ``model`` replaces the run's model when given) into ``out``; reuse ``out`` if it already
     holds that finished run."""
-    # lazy: the training stack is imported only when a baseline has to be trained
-    from clicooper.training import train
-
     cfg = read_json(Path(run_dir) / "config.json")
     want = {**cfg, "defense": "none", "record_observations": True, "model": model or cfg.get("model")}
     if "preset" in want:
@@ -67,9 +66,6 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
     """DO-alone accuracy for a run's configuration (:mod:`clicooper.training.do_alone`: its head + a linear
     tail, same rows, epochs, seed, batch size and learning rate, no trainers), cached in
     ``RUN/do_alone.json`` together with the settings it was computed for."""
-    # lazy: the training stack is imported only when the DO-alone accuracy has to be trained
-    from clicooper.training.do_alone import do_alone_accuracy
-
     cfg = read_json(Path(run_dir) / "config.json")
     rng = cfg.get("train_range")
     key = {"model": cfg.get("model"), "dataset": cfg.get("dataset"), "train_range": list(rng) if rng else None,
@@ -86,7 +82,8 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
     if progress:
         progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
-    acc = do_alone_accuracy(key["model"], load_dataset(key["dataset"]), train_range=tuple(rng) if rng else None,
+    dataset = load_dataset(key["dataset"], options=cfg.get("data"))
+    acc = do_alone_accuracy(key["model"], dataset, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
                             batch_size=key["batch_size"], lr=key["lr"])
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
