@@ -34,13 +34,16 @@ def node(
     plan: Path = typer.Option(None, "--plan", help="plan.json (default: next to the config)"),
     connect_timeout: float = typer.Option(30.0, help="seconds to reach each peer"),
     idle_timeout: float = typer.Option(300.0, help="seconds without any message before giving up"),
+    device: str = typer.Option(None, "--device", help="this party's device: auto | cpu | cuda (default: the "
+                               "config's device for this party); not part of the run's config"),
 ) -> None:
     """Run ONE party as its own process (the DO drives the steps; trainers follow)."""
     from clicooper.net.node import NodeOptions, parse_peers, run_node  # lazy: torch, grpc
 
     run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
                          certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
-                         connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout))
+                         connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout,
+                         device=device))
 
 
 @guarded

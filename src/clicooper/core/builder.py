@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from clicooper.config import RunConfig
+from clicooper.core.setup import resolve_device
 from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
@@ -43,10 +44,14 @@ def _adam(config: RunConfig, params: Any) -> torch.optim.Optimizer:
 
 def build_data_owner(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], dataset: Any, *,
-    privacy: PrivacyMechanisms = NO_PRIVACY, device: torch.device,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
 ) -> DataOwner:
-    """The DO: its head (and tail in U-shape), one Adam over both, its data and its privacy mechanisms."""
-    head, tail = modules["DO:head"], modules.get("DO:tail")
+    """The DO: its head (and tail in U-shape) on its device, one Adam over both, its data and its privacy
+    mechanisms."""
+    dev = resolve_device(device or config.device_of("DO"), "DO")
+    head, tail = modules["DO:head"].to(dev), modules.get("DO:tail")
+    if tail is not None:
+        tail.to(dev)
     params = list(head.parameters()) + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
     return DataOwner(
@@ -55,33 +60,36 @@ def build_data_owner(
         grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
         label_noiser=privacy.label_noiser,
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
-        hash_transcripts=bool(config.provenance), device=device, head_dpsgd=head_dpsgd_for(head, privacy),
+        hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
     )
 
 
-def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str) -> Trainer:
-    """Trainer ``name`` (``T<i>``): its segment, its Adam, its chain neighbours and input shape."""
+def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
+                  device: str | None = None) -> Trainer:
+    """Trainer ``name`` (``T<i>``): its segment on its device, its Adam, its chain neighbours and input shape."""
     tnames = party_names(config)[1:]
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
-    mod = modules[name]
+    mod = modules[name].to(resolve_device(device or config.device_of(name), name))
     return Trainer(
         name, mod, _adam(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
+        bf16=config.trainer_precision == "bf16",
     )
 
 
 def build_party(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *, dataset: Any = None,
-    privacy: PrivacyMechanisms = NO_PRIVACY, device: torch.device | None = None,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
 ) -> DataOwner | Trainer:
-    """Party ``name`` of the run (``DO`` needs its ``dataset``)."""
+    """Party ``name`` of the run (``DO`` needs its ``dataset``), its modules on ``device`` (a node's
+    ``--device``), else ``config.device_of(name)``."""
     names = party_names(config)
     if name not in names:
         raise ConfigError(f"--party {name} is not a party of this run; choose one of {', '.join(names)}")
     if name != "DO":
-        return build_trainer(config, plan, modules, name)
+        return build_trainer(config, plan, modules, name, device=device)
     if dataset is None:
         raise ConfigError("the data owner needs its dataset")
-    return build_data_owner(config, plan, modules, dataset, privacy=privacy, device=device or torch.device("cpu"))
+    return build_data_owner(config, plan, modules, dataset, privacy=privacy, device=device)

@@ -13,20 +13,27 @@ from clicooper.models.partition import Plan
 from clicooper.privacy.defaults import resolve_sigma
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, who: str = "this run") -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU → clear error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked but no CUDA GPU is visible; use --device cpu or auto")
+        raise ConfigError(f"{who} asks for device cuda but no CUDA GPU is visible; use cpu or auto "
+                          "(--device / --party-device)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def resolve_run(
-    config: RunConfig, *, num_train: int, input_shape: Sequence[int], num_classes: int, plan: Plan | None = None
+    config: RunConfig, *, num_train: int, input_shape: Sequence[int], num_classes: int, plan: Plan | None = None,
+    check_devices: bool = True,
 ) -> tuple[RunConfig, Blueprint]:
     """The config as ``config.json`` records it (batch size, and σ from the cut shape when unset) and the
-    run's blueprint: the model is built, and its FLOPs counted, once (not at all with the run's ``plan``)."""
+    run's blueprint: the model is built, and its FLOPs counted, once (not at all with the run's ``plan``).
+
+    ``check_devices``: refuse a party device this machine lacks (every party runs here; a DO node checks
+    only its own, when it builds its party)."""
     config = config.resolved(num_train)
+    for party in ["DO", *(f"T{i + 1}" for i in range(config.trainers))] if check_devices else []:
+        resolve_device(config.device_of(party), party)  # refused here, before anything is written
     blueprint = blueprint_for(config, input_shape, num_classes, plan=plan)
     return resolve_sigma(config, cut_shape=blueprint.cut_shape), blueprint

@@ -20,7 +20,6 @@ from torch import nn
 
 from clicooper.config import RunConfig, load_config_file, make_config
 from clicooper.core.builder import build_party, party_names
-from clicooper.core.setup import resolve_device
 from clicooper.data import Dataset, load_dataset
 from clicooper.errors import ConfigError
 from clicooper.models.blueprint import Blueprint
@@ -84,13 +83,12 @@ class NodeParty:
 
 
 def node_party(config: RunConfig, name: str, blueprint: Blueprint, *, dataset: Dataset | None = None,
-               privacy: PrivacyMechanisms = NO_PRIVACY) -> NodeParty:
+               privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None) -> NodeParty:
     """Party ``name`` of a node over ``blueprint`` (``config`` resolved for the DO: its batch size drives the
-    steps); the model goes to ``config.device``."""
-    blueprint.model.to(resolve_device(config.device))
+    steps); its modules go to ``device`` (``clicooper node --device``: this process only, not part of the
+    run's config or its hash), else ``config.device_of(name)``."""
     modules = blueprint.modules()
-    party = build_party(config, blueprint.plan, modules, name, dataset=dataset, privacy=privacy,
-                        device=resolve_device(config.device))
+    party = build_party(config, blueprint.plan, modules, name, dataset=dataset, privacy=privacy, device=device)
     return NodeParty(name=name, party=party, config=config, blueprint=blueprint, modules=modules,
                      dataset=dataset if name == "DO" else None, privacy=privacy)
 
@@ -108,7 +106,7 @@ def read_plan(plan_file: Path) -> tuple[Plan, Any]:
 
 def dataset_meta(config: RunConfig) -> Any:
     """The dataset's ``input_shape``/``num_classes`` (a trainer without the run's plan file loads it)."""
-    return load_dataset(config.dataset)
+    return load_dataset(config.dataset, options=config.data)
 
 
 def shape_table(plan: Plan, config: RunConfig) -> dict[tuple[str, str], tuple[int | None, ...]]:

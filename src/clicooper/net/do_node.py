@@ -62,14 +62,14 @@ class DataOwnerNode(Node):
     def __init__(self, opts: NodeOptions) -> None:
         super().__init__(opts)
         plan, _ = self.plan_and_meta()
-        ds = load_dataset(self.given.dataset)
+        ds = load_dataset(self.given.dataset, options=self.given.data)
         self.train_ids = ds.train_ids(self.given.train_range)
         config, bp = resolve_run(self.given, num_train=len(self.train_ids), input_shape=ds.input_shape,
-                                 num_classes=ds.num_classes, plan=plan)
+                                 num_classes=ds.num_classes, plan=plan, check_devices=False)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         new_run = self.completed() == 0 and not (self.run_dir / rundir.SECRETS).exists()
         privacy = build_privacy(config, self.run_dir, ds, bp, new_run=new_run)
-        self.attach(node_party(config, "DO", bp, dataset=ds, privacy=privacy), config)
+        self.attach(node_party(config, "DO", bp, dataset=ds, privacy=privacy, device=opts.device), config)
         self.do = self.node.party
 
     # -- messaging ------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunCon
     """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
     notices: list[str] = []
     rundir.check_new_run_dir(out)
-    ds = load_dataset(config.dataset)
+    ds = load_dataset(config.dataset, options=config.data)
     config, bp = resolve_run(config, num_train=len(ds.train_ids(config.train_range)), input_shape=ds.input_shape,
                              num_classes=ds.num_classes)
     plan = bp.plan

@@ -46,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin; the 
     ap.add_argument("--insecure-loopback", action="store_true")
     ap.add_argument("--connect-timeout", type=float, default=30.0)
     ap.add_argument("--idle-timeout", type=float, default=300.0)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"))
     a = ap.parse_args(argv)
     try:
         run_node(NodeOptions(config=a.config, party=a.party, run_dir=a.run_dir, listen=a.listen,
                              peers=parse_peers(a.peers), certs=a.certs, key=a.key, identity=a.identity, plan=a.plan,
                              insecure_loopback=a.insecure_loopback, connect_timeout_s=a.connect_timeout,
-                             idle_timeout_s=a.idle_timeout, events=sys.stdout))
+                             idle_timeout_s=a.idle_timeout, events=sys.stdout, device=a.device))
     except CliCooperError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

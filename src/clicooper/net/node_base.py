@@ -87,6 +87,7 @@ class NodeOptions:
     connect_timeout_s: float = 30.0
     idle_timeout_s: float = 300.0
     threads: int | None = 1
+    device: str | None = None  # this node's device (auto, cpu, cuda); default: the config's for this party
     events: TextIO | None = field(default=None, repr=False)
 
 
@@ -177,6 +178,8 @@ class Node(ABC):
         if opts.party not in names:
             raise ConfigError(f"--party {opts.party} is not a party of this run; choose one of {', '.join(names)}")
         self.name = opts.party
+        if opts.device not in (None, "auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {opts.device} is not a device; use auto, cpu or cuda")
         self.peers = neighbours(given, self.name)
         missing = [p for p in self.peers if p not in opts.peers]
         if missing:

@@ -42,7 +42,7 @@ class TrainerNode(Node):
         if meta is None:
             meta = dataset_meta(self.given)
         bp = blueprint_for(self.given, meta.input_shape, meta.num_classes, plan=plan)
-        self.attach(node_party(self.given, self.name, bp), self.given)
+        self.attach(node_party(self.given, self.name, bp, device=opts.device), self.given)
 
     def play(self) -> dict[str, Any]:
         """Hello, then every record and party message until ``shutdown``."""

@@ -40,8 +40,10 @@ class Trainer(PartyBase):
         holds_tail: bool = False,
         input_shape: tuple[int, ...] | None = None,
         hash_transcripts: bool = False,
+        bf16: bool = False,
     ):
         super().__init__(name, module, optimizer, hash_transcripts=hash_transcripts)
+        self.bf16 = bf16  # forward under bf16 autocast; what is sent stays float32 (and on the CPU)
         self.left, self.right, self.holds_tail = left, right, holds_tail
         self.input_shape = input_shape  # per-sample shape expected from ``left`` (None: not checked)
         self._saved: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -50,6 +52,18 @@ class Trainer(PartyBase):
         self._done_micro: dict[tuple[int, int], int] = {}
         self._step_batch: dict[tuple[int, int], int] = {}
         self.device = next(module.parameters()).device
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The segment's forward, under bf16 autocast when asked."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.module(x)
+
+    def _wire(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor as it is sent: detached, float32 and on the CPU (a no-op for a float32 CPU trainer)."""
+        t = t.detach()
+        if t.dtype != torch.float32:
+            t = t.float()
+        return t if t.device.type == "cpu" else t.cpu()
 
     def _check_input(self, t: torch.Tensor, what: str) -> None:
         exp = None if self.input_shape is None else (t.shape[0], *self.input_shape)
@@ -97,11 +111,11 @@ class Trainer(PartyBase):
     def _forward(self, msg: Activations) -> list[Message]:
         h = msg.header
         x = msg.tensor.to(self.device).detach().requires_grad_(True)
-        y = self.module(x)  # (B, …) this segment's output
+        y = self._run(x)  # (B, …) this segment's output
         self._saved[(h.epoch, h.step, h.micro)] = (x, y)
         self.samples_processed += x.shape[0]
         out_h = Header(self.name, self.right, h.epoch, h.step, h.micro, h.n_micro)
-        return [Activations(out_h, y.detach())]
+        return [Activations(out_h, self._wire(y))]
 
     def _backward(self, msg: Gradients) -> list[Message]:
         h = msg.header
@@ -110,15 +124,15 @@ class Trainer(PartyBase):
             raise WireError(f"{self.name}: gradient for unknown micro-batch {key} (stale or replayed)")
         x, y = self._saved.pop(key)
         validate_tensor(msg.tensor, expected_shape=tuple(y.shape), what=f"{self.name}: gradient")
-        y.backward(msg.tensor.to(self.device))
-        out = [Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), x.grad.detach())]
+        y.backward(msg.tensor.to(self.device, y.dtype))
+        out = [Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), self._wire(x.grad))]
         self._maybe_step(h)
         return out
 
     def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
         h = act.header
         x = act.tensor.to(self.device).detach().requires_grad_(True)
-        logits = self.module(x)  # (B, C·m) in the (possibly obfuscated) label space
+        logits = self._run(x).float()  # (B, C·m) in the (possibly obfuscated) label space
         labels = labels.to(self.device)
         if labels.shape != (x.shape[0],):
             raise WireError(f"{self.name}: {labels.shape[0]} labels for {x.shape[0]} activations")
@@ -135,7 +149,7 @@ class Trainer(PartyBase):
         if batch is None:
             raise WireError(f"{self.name}: labels for step {(h.epoch, h.step)} before its batch size")
         (loss_sum / batch).backward()
-        grad = Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), x.grad.detach())
+        grad = Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), self._wire(x.grad))
         self._maybe_step(h)
         return [report, grad]
 
@@ -152,6 +166,6 @@ class Trainer(PartyBase):
     def _infer(self, msg: Activations) -> list[Message]:
         h = msg.header
         with torch.no_grad():
-            y = self.module(msg.tensor.to(self.device))
+            y = self._wire(self._run(msg.tensor.to(self.device)))
         receiver = "DO" if self.holds_tail else self.right
         return [Activations(Header(self.name, receiver, h.epoch, h.step, h.micro, h.n_micro), y, mode="infer")]

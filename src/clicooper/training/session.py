@@ -12,7 +12,6 @@ from clicooper.config import RunConfig
 from clicooper.core import checkpoint
 from clicooper.core.builder import build_data_owner, build_trainer, party_names
 from clicooper.core.rounds import round_metrics, run_round
-from clicooper.core.setup import resolve_device
 from clicooper.data import Dataset
 from clicooper.models.blueprint import Blueprint, blueprint_for
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
@@ -57,11 +56,11 @@ class Session:
     def __init__(self, config: RunConfig, dataset: Dataset, run_dir: Path | None, *,
                  blueprint: Blueprint | None = None, privacy: PrivacyMechanisms = NO_PRIVACY) -> None:
         self.config, self.dataset, self.run_dir = config, dataset, run_dir
-        self.device = resolve_device(config.device)
         self.blueprint = blueprint or blueprint_for(config, dataset.input_shape, dataset.num_classes)
-        self.model, self.plan = self.blueprint.model.to(self.device), self.blueprint.plan
+        self.model, self.plan = self.blueprint.model, self.blueprint.plan
         self.modules = self.blueprint.modules()
-        self.do = build_data_owner(config, self.plan, self.modules, dataset, privacy=privacy, device=self.device)
+        self.do = build_data_owner(config, self.plan, self.modules, dataset, privacy=privacy)  # each party's
+        # modules go to its own device (config.device_of), so the model may span devices
         self.trainers = [build_trainer(config, self.plan, self.modules, n) for n in party_names(config)[1:]]
         self.label_encoder = privacy.label_encoder
         self.net = InProcessNetwork([self.do, *self.trainers])
@@ -89,13 +88,20 @@ class Session:
         """Write each party's delivered weights to ``model/``."""
         checkpoint.save_model_files(self._dir(), self.config, self.plan, self.modules, epoch)
 
+    def _local_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole model on ``x``, part by part on each party's device (the local inference path)."""
+        for p in self.plan.parties:
+            mod = self.modules[p.party]
+            x = mod(x.to(next(mod.parameters()).device))
+        return x
+
     @torch.no_grad()
     def test_accuracy(self, batch_size: int = 2048) -> float:
         """Local-path test accuracy of the current segments (as if delivered), on true labels."""
         x, y = self.dataset.x_test, self.dataset.y_test
         correct = 0
         for i in range(0, len(x), batch_size):
-            p = self.model(x[i : i + batch_size].to(self.device)).softmax(1)
+            p = self._local_forward(x[i : i + batch_size]).float().softmax(1)
             if self.label_encoder is not None:
                 p = self.label_encoder.decode_probs(p)
             correct += int((p.argmax(1).cpu() == y[i : i + batch_size]).sum())
