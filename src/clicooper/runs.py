@@ -57,7 +57,7 @@ class RunHandle:
     def dataset(self) -> Dataset:
         """The run's dataset (loaded on first use)."""
         if self._dataset is None:
-            self._dataset = load_dataset(self.config.dataset)
+            self._dataset = load_dataset(self.config.dataset, options=self.config.data)
         return self._dataset
 
     def _label_decoder(self):  # noqa: ANN202 - privacy.labels.LabelCodec

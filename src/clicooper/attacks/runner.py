@@ -45,7 +45,7 @@ def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture
     """
     config = make_config(**reader.read_json("config.json"))
     plan = Plan.from_dict(reader.read_json("plan.json"))
-    dataset = load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset, options=config.data)
     _, modules = build_skeleton(config, plan, int(plan.extra.get("num_classes", dataset.num_classes)))
     arch = Architecture(head=_factory(modules["DO:head"], 1),
                         segments=[_factory(modules[p.party], 2 + i) for i, p in enumerate(plan.segments)],

@@ -121,10 +121,55 @@ class WatermarkConfig(_Strict):
     min_params: int = Field(10_000, ge=1, description="segments with fewer weights carry no mark")
 
 
+ImageMode = Literal["RGB", "L"]
+
+# which dataset forms each data option applies to (the part of ``dataset`` before the first ':')
+_DATA_OPTION_FORMS: dict[str, tuple[tuple[str, ...], str]] = {
+    "label_column": (("csv",), "--label-column"),
+    "test_fraction": (("csv", "imagefolder"), "--test-fraction"),
+    "image_size": (("imagefolder",), "--image-size"),
+    "image_mode": (("imagefolder",), "--image-mode"),
+}
+
+
+class DataOptions(_Strict):
+    """Options of the dataset forms that need them (``csv:``, ``imagefolder:``), kept in ``config.json`` so
+    a run directory reloads its own data. Unset (``None``) means the documented default; an option given for
+    a form it does not apply to is refused (:meth:`problem_for`).
+    """
+
+    label_column: str | None = Field(
+        None, min_length=1, description="csv: the column holding the class (required for csv: datasets)"
+    )
+    test_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, allow_inf_nan=False,
+        description="csv: (one file) and flat imagefolder: the held-out test share; None: 0.2",
+    )
+    split_seed: int = Field(
+        0, ge=0, description="public seed of that train/test split (fixed per dataset, not the run's seed)"
+    )
+    image_size: int | None = Field(
+        None, ge=1, le=4096, description="imagefolder: resize every image to N×N; None: keep the files' size"
+    )
+    image_mode: ImageMode | None = Field(None, description="imagefolder: RGB (3 channels) or L (grey); None: RGB")
+
+    def problem_for(self, dataset: str) -> str | None:
+        """Why these options do not fit ``dataset`` (a sentence saying what to do), or ``None`` if they do."""
+        form = dataset.partition(":")[0]
+        for field, (forms, flag) in _DATA_OPTION_FORMS.items():
+            if getattr(self, field) is not None and form not in forms:
+                where = " and ".join(f"{f}:" for f in forms)
+                return f"data.{field} ({flag}) applies to {where} datasets only, not {dataset!r}; drop it"
+        if form == "csv" and self.label_column is None:
+            return f"{dataset!r} needs data.label_column: pass --label-column NAME (the column holding the class)"
+        return None
+
+
 class RunConfig(_Strict):
     """Everything that determines a run. Public: the seed here never derives a secret."""
 
     dataset: str = "fashion-mnist"
+    data: DataOptions = Field(DataOptions(), description="options of csv: / imagefolder: datasets")
     model: str = "fmnist-cnn"
     trainers: int = Field(2, ge=1, le=64)
     capacities: list[float] | None = None
@@ -179,6 +224,9 @@ class RunConfig(_Strict):
                 f"--capacities has {len(self.capacities)} values but --trainers is {self.trainers}; "
                 "give one capacity per trainer"
             )
+        data_problem = self.data.problem_for(self.dataset)
+        if data_problem is not None:
+            raise ValueError(data_problem)
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
         if self.labels.label_dp_epsilon is not None and self.topology != "open-tail":

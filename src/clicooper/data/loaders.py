@@ -1,4 +1,11 @@
-"""Dataset loaders with validation. Images are float32 in [0, 1], shape (N, C, H, W); labels int64."""
+"""Dataset loaders with validation, and :func:`load_dataset`, the one entry point that dispatches a dataset
+name to its loader. Images are float32 in [0, 1] (``byte / 255``), shape (N, C, H, W); labels int64.
+
+Names: ``fashion-mnist`` and ``digits`` (here), ``npz:PATH`` (here), ``cifar10:DIR``, ``cifar100:DIR``,
+``cifar100-coarse:DIR`` (:mod:`.cifar`), ``imagefolder:DIR`` (:mod:`.imagefolder`), ``csv:PATH`` or
+``csv:TRAIN.csv,TEST.csv`` (:mod:`.tabular`). The options of the last two come from the run config's
+``data`` table (:class:`clicooper.config.DataOptions`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,19 @@ import gzip
 import os
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pydantic
 import torch
 
+from clicooper.config.run import DataOptions
+from clicooper.data.cifar import load_cifar10, load_cifar100, load_cifar100_coarse
+from clicooper.data.dataset import Dataset, split_indices
+from clicooper.data.imagefolder import load_imagefolder
+from clicooper.data.tabular import load_csv
 from clicooper.errors import DataError
 
 FMNIST_DIR_ENV = "CLICOOPER_FMNIST_DIR"
@@ -20,36 +34,6 @@ FMNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A train/test split held by the data owner. Sample id of ``x_train[i]`` is ``i``."""
-
-    name: str
-    x_train: torch.Tensor  # (N, ...) float32
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    class_names: tuple[str, ...]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, e.g. ``(1, 28, 28)``."""
-        return tuple(self.x_train.shape[1:])
-
-    def train_ids(self, train_range: tuple[int, int] | None) -> torch.Tensor:
-        """Sample ids the DO trains on: all, or the slice ``[start, end)`` of the training split."""
-        n = len(self.x_train)
-        if train_range is None:
-            return torch.arange(n)
-        a, b = train_range
-        if b > n:
-            raise DataError(
-                f"--train-range {a}:{b} exceeds the {n} training samples of {self.name}; use END <= {n}"
-            )
-        return torch.arange(a, b)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -102,9 +86,7 @@ def load_fashion_mnist(directory: str | Path | None = None) -> Dataset:
 
 def _split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic train/test split of ``n`` samples (fixed seed: part of the dataset's definition)."""
-    perm = np.random.RandomState(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+    return split_indices(n, test_fraction, seed)
 
 
 def load_digits() -> Dataset:
@@ -182,12 +164,44 @@ def load_npz(path: str | Path) -> Dataset:
     )
 
 
-def load_dataset(name: str) -> Dataset:
-    """Load ``fashion-mnist``, ``digits`` or ``npz:PATH``."""
-    if name == "fashion-mnist":
-        return load_fashion_mnist()
-    if name == "digits":
-        return load_digits()
-    if name.startswith("npz:"):
-        return load_npz(name[4:])
-    raise DataError(f"unknown dataset {name!r}; use fashion-mnist, digits or npz:PATH")
+FIXED: dict[str, Callable[[], Dataset]] = {"fashion-mnist": load_fashion_mnist, "digits": load_digits}
+# ``FORM:ARG`` datasets: the loader gets ARG and the run's data options
+PREFIXED: dict[str, Callable[[str, DataOptions], Dataset]] = {
+    "npz": lambda arg, _: load_npz(arg),
+    "cifar10": lambda arg, _: load_cifar10(arg),
+    "cifar100": lambda arg, _: load_cifar100(arg),
+    "cifar100-coarse": lambda arg, _: load_cifar100_coarse(arg),
+    "imagefolder": load_imagefolder,
+    "csv": load_csv,
+}
+FORMS = "fashion-mnist, digits, npz:PATH, cifar10:DIR, cifar100:DIR, cifar100-coarse:DIR, imagefolder:DIR, csv:PATH"
+
+
+def _options(options: DataOptions | Mapping[str, Any] | None) -> DataOptions:
+    if options is None:
+        return DataOptions()
+    if isinstance(options, DataOptions):
+        return options
+    try:
+        return DataOptions(**options)
+    except pydantic.ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise DataError(f"invalid data options: {msg}") from e
+
+
+def load_dataset(name: str, options: DataOptions | Mapping[str, Any] | None = None) -> Dataset:
+    """Load dataset ``name`` (one of :data:`FORMS`) with the run's ``data`` options (``config.data``).
+
+    ``options`` may be a :class:`~clicooper.config.DataOptions`, its dict form (``config.json``'s
+    ``"data"``) or ``None`` (every option at its default). Options that do not apply to ``name`` are refused.
+    """
+    opts = _options(options)
+    problem = opts.problem_for(name)
+    if problem is not None:
+        raise DataError(problem)
+    if name in FIXED:
+        return FIXED[name]()
+    form, sep, arg = name.partition(":")
+    if sep and form in PREFIXED:
+        return PREFIXED[form](arg, opts)
+    raise DataError(f"unknown dataset {name!r}; use one of {FORMS}")

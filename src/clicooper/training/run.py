@@ -143,7 +143,7 @@ def train(
     ``metrics.json`` gets a ``"stopped"`` record — and ``--resume`` with a larger limit continues it.
     """
     run_dir, config, done, metrics = _open_run(config, out, resume)
-    dataset = load_dataset(config.dataset)
+    dataset = load_dataset(config.dataset, options=config.data)
     config, blueprint = resolve_run(config, num_train=len(dataset.train_ids(config.train_range)),  # checks the range
                                     input_shape=dataset.input_shape, num_classes=dataset.num_classes)
     check_max_epsilon(max_epsilon, config)
