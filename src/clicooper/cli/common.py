@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DP_KEYS = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
             "grad_clip_norm")
 _LABEL_KEYS = ("expansion", "label_dp_epsilon")
+_DATA_KEYS = ("label_column", "test_fraction", "image_size", "image_mode")
 
 
 def guarded(f: F) -> F:
@@ -71,6 +72,7 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
     dp_opts = _pop_set(opts, _DP_KEYS)
     label_opts = _pop_set(opts, _LABEL_KEYS)
+    data_opts = _pop_set(opts, _DATA_KEYS)
     nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
     if clip is not None and nm is None:
         raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
@@ -80,6 +82,8 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
         _override_table(fields, "dp", dp_opts)
     if label_opts:  # --label-expansion / --label-dp-epsilon override the file's [labels] table, key by key
         _override_table(fields, "labels", label_opts)
+    if data_opts:  # --label-column / --test-fraction / --image-size / --image-mode: the file's [data] table
+        _override_table(fields, "data", data_opts)
     if opts.get("capacities") is not None:
         opts["capacities"] = parse_capacities(opts["capacities"])
     if opts.get("train_range") is not None:

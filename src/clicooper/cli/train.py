@@ -45,11 +45,23 @@ def _preset_help() -> str:
             "explicit options and config fields override it. See below.")
 
 
+_DATASET_HELP = ("fashion-mnist | digits | npz:PATH | cifar10:DIR | cifar100:DIR | cifar100-coarse:DIR "
+                 "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv")
+_LABEL_COLUMN_HELP = "data.label_column: the class column of a csv: dataset (required there)"
+_TEST_FRACTION_HELP = "data.test_fraction: test share of one csv: file or a flat imagefolder: (default 0.2)"
+_IMAGE_SIZE_HELP = "data.image_size: resize imagefolder: images to N×N (default: keep their size)"
+_IMAGE_MODE_HELP = "data.image_mode: RGB (default) | L (greyscale) for imagefolder:"
+
+
 # ------------------------------------------------------------------------------------------------------
 @guarded
 def train(
     out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
-    dataset: str = typer.Option(None, help="fashion-mnist | digits | npz:PATH"),
+    dataset: str = typer.Option(None, help=_DATASET_HELP),
+    label_column: str = typer.Option(None, help=_LABEL_COLUMN_HELP),
+    test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
+    image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
+    image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
     model: str = typer.Option(None, help="built-in model name (see `clicooper plan --help`)"),
     trainers: int = typer.Option(None, help="number of trainer clients K"),
     capacities: str = typer.Option(None, help="comma-separated trainer capacities, e.g. 1,2,1"),
@@ -113,7 +125,8 @@ def train(
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
-            label_dp_epsilon=label_dp_epsilon,
+            label_dp_epsilon=label_dp_epsilon, label_column=label_column, test_fraction=test_fraction,
+            image_size=image_size, image_mode=image_mode,
         )
     run = _train_with_progress(cfg, out_dir, resume, max_epsilon)
     metrics = rundir.read_json(run.path / rundir.METRICS)
@@ -130,24 +143,30 @@ def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, ma
     """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
     from clicooper.training import train as run_train  # lazy: torch
 
-    with Progress(
+    prog = Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"), console=err, transient=False,
-    ) as prog:
-        task = prog.add_task("train", total=None, epoch="-", info="")
+    )
+    task = prog.add_task("train", total=None, epoch="-", info="")
 
-        def progress(epoch: int, step: int, steps: int) -> None:
-            prog.update(task, completed=step, total=steps, epoch=epoch)
+    def progress(epoch: int, step: int, steps: int) -> None:
+        prog.start()  # shown from the first step on (idempotent): an error before training prints its line alone
+        prog.update(task, completed=step, total=steps, epoch=epoch)
 
-        def on_epoch(m: dict[str, Any]) -> None:
-            prog.update(task, info=f"loss {m['loss']:.4f} test acc {m['test_acc']:.4f}")
-            prog.console.print(
-                f"epoch {m['epoch']}: loss {m['loss']:.4f}  train acc {m['train_acc']:.4f}  "
-                f"test acc {m['test_acc']:.4f}  {m['samples_per_s']:.0f} samples/s"
-            )
+    def on_epoch(m: dict[str, Any]) -> None:
+        prog.start()
+        prog.update(task, info=f"loss {m['loss']:.4f} test acc {m['test_acc']:.4f}")
+        prog.console.print(
+            f"epoch {m['epoch']}: loss {m['loss']:.4f}  train acc {m['train_acc']:.4f}  "
+            f"test acc {m['test_acc']:.4f}  {m['samples_per_s']:.0f} samples/s"
+        )
 
+    try:
         return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
                          max_epsilon=max_epsilon)
+    finally:
+        if prog.live.is_started:  # never started: nothing to close (and no blank line)
+            prog.stop()
 
 
 def _train_summary(run: Any, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -254,7 +273,11 @@ def predict(
 
 @guarded
 def plan(
-    dataset: str = typer.Option("fashion-mnist"),
+    dataset: str = typer.Option("fashion-mnist", help=_DATASET_HELP),
+    label_column: str = typer.Option(None, help=_LABEL_COLUMN_HELP),
+    test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
+    image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
+    image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
     model: str = typer.Option("fmnist-cnn"),
     trainers: int = typer.Option(2),
     capacities: str = typer.Option(None),
@@ -269,8 +292,9 @@ def plan(
     from clicooper.models.blueprint import blueprint_for
 
     cfg = config_from_options(None, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
-                              topology=topology, defense=defense)
-    ds = load_dataset(cfg.dataset)
+                              topology=topology, defense=defense, label_column=label_column,
+                              test_fraction=test_fraction, image_size=image_size, image_mode=image_mode)
+    ds = load_dataset(cfg.dataset, options=cfg.data)
     p = blueprint_for(cfg, ds.input_shape, ds.num_classes).plan
     if out_file:
         rundir.write_json(out_file, asdict(p))

@@ -80,6 +80,21 @@ def digits_mlp(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
     )
 
 
+@register("tabular-mlp", "MLP for tabular features (F,): fc128 | fc128 | fc128 | fc64 | fc(classes)")
+def tabular_mlp(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+    """MLP for ``csv:`` tables (input ``(F,)``); deep enough for K ≤ 3 (U-shape) or 4 (open tail)."""
+    f = 1
+    for s in input_shape:
+        f *= s
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(f, 128), nn.ReLU(),  # (B, 128)
+        nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, 64), nn.ReLU(),  # (B, 64)
+        nn.Linear(64, num_outputs),
+    )
+
+
 @register("digits-cnn", "small CNN for 8×8 digits: conv16 | conv32-pool | fc64 | fc(classes)")
 def digits_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
     """Small CNN for fast inversion/attack tests on digits."""
