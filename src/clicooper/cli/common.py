@@ -67,6 +67,17 @@ def _override_table(fields: dict[str, Any], name: str, given: dict[str, Any]) ->
     fields[name] = {**table, **given}
 
 
+def parse_party_devices(text: str) -> dict[str, str]:
+    """``"DO=cpu,T1=cuda"`` → ``{"DO": "cpu", "T1": "cuda"}`` (names and devices are checked by the config)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, dev = item.partition("=")
+        if not sep or not name.strip() or not dev.strip():
+            raise typer.BadParameter(f"--party-device entry {item!r} is not PARTY=DEVICE (e.g. T1=cuda)")
+        out[name.strip()] = dev.strip()
+    return out
+
+
 def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     """A validated run config from an optional config file overridden by the given (not None) options."""
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
@@ -88,5 +99,7 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
         opts["capacities"] = parse_capacities(opts["capacities"])
     if opts.get("train_range") is not None:
         opts["train_range"] = parse_range(opts["train_range"])
+    if opts.get("party_devices") is not None:
+        opts["party_devices"] = parse_party_devices(opts["party_devices"])
     fields.update({k: v for k, v in opts.items() if v is not None})
     return make_config(**fields)

@@ -75,6 +75,10 @@ def train(
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
     observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
+    party_device: str = typer.Option(None, "--party-device", help="per-party device overrides, e.g. "
+                                     "DO=cpu,T1=cuda,T2=cuda"),
+    trainer_precision: str = typer.Option(None, "--trainer-precision", help="fp32 | bf16 (trainers' forward "
+                                          "under bf16 autocast; what they send stays float32)"),
     defense: str = typer.Option(None, help="none | dp | labels | clicooper"),
     preset: str = typer.Option(None, help=_preset_help()),
     sigma: float = typer.Option(None, help="dp.sigma: noise std / clip norm; 0 = clip only (ε = ∞)"),
@@ -121,7 +125,7 @@ def train(
             config_file, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
-            device=device, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
+            device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,

@@ -186,6 +186,15 @@ class RunConfig(_Strict):
     observe: Literal["subset", "all"] = "subset"
     observe_count: int = Field(5000, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    party_devices: dict[str, Literal["auto", "cpu", "cuda"]] = Field(
+        default_factory=dict,
+        description="per-party overrides of `device`, e.g. {DO = \"cpu\", T1 = \"cuda\"} (the DO on the CPU, "
+        "trainers on a GPU is the typical deployment)",
+    )
+    trainer_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: trainers run their segment's forward under bf16 autocast (on CUDA; also "
+        "on the CPU, slowly); what they send stays float32",
+    )
     defense: Defense = "none"
     dp: DPConfig = DPConfig()
     labels: LabelConfig = LabelConfig()
@@ -235,6 +244,10 @@ class RunConfig(_Strict):
                 "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
                 "(in the U-shape the labels never leave the DO)"
             )
+        unknown = sorted(set(self.party_devices) - {"DO", *(f"T{i + 1}" for i in range(self.trainers))})
+        if unknown:
+            raise ValueError(f"party_devices names {', '.join(unknown)}, not a party of this run; use DO or "
+                             f"T1 … T{self.trainers} (e.g. --party-device T1=cuda)")
         if self.dp.head_dpsgd is not None and not self.protect_activations:
             raise ValueError(
                 "dp.head_dpsgd composes DP-SGD on the head with the activation releases; it needs "
@@ -261,6 +274,10 @@ class RunConfig(_Strict):
     def protect_activations(self) -> bool:
         """Whether activations are clipped and noised (defense ``dp`` or ``clicooper``)."""
         return self.defense in ("dp", "clicooper")
+
+    def device_of(self, party: str) -> str:
+        """The device party ``party`` (``DO``, ``T<i>``) asks for: its override, else ``device``."""
+        return self.party_devices.get(party, self.device)
 
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of this config (sorted keys, no whitespace)."""
