@@ -38,6 +38,7 @@ from clicooper.provenance.entries import (
     entry_from_json,
     entry_hash,
 )
+from clicooper.provenance.schema import FormatVersionError, check_entry
 
 __all__ = ["ChainState", "Issue", "Ledger", "LedgerContents", "ledger_anchor", "multi_signature_issues",
            "parse_line", "read_ledger", "read_ledger_lines"]
@@ -94,7 +95,10 @@ def parse_line(line: bytes, index: int) -> Entry:
     except ValueError as e:
         raise LedgerError(f"{where} is not valid JSON ({e}): the ledger is corrupt") from e
     try:
+        check_entry(obj)
         entry = entry_from_json(obj)
+    except FormatVersionError as e:
+        raise FormatVersionError(f"{where}: {e}") from e
     except LedgerError as e:
         raise LedgerError(f"{where}: {e}") from e
     if entry_bytes(entry) != line:

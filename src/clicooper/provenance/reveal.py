@@ -26,6 +26,7 @@ from clicooper.provenance.commitments import segment_commitment
 from clicooper.provenance.entries import Entry, Genesis, StageEntry
 from clicooper.provenance.identity import Identity
 from clicooper.provenance.ledger import Ledger, ledger_anchor, read_ledger
+from clicooper.provenance.schema import check_reveal_shape
 from clicooper.provenance.watermark import (
     Mark,
     MarkParams,
@@ -116,8 +117,10 @@ def check_reveal(reveal: Mapping[str, Any], ledger: LedgerLike,
     """
     entries = _entries(ledger)
     g = _genesis(entries)
-    if reveal.get("format") != REVEAL_FORMAT:
-        raise LedgerError(f"not a reveal file (format {reveal.get('format')!r}, expected {REVEAL_FORMAT})")
+    if not isinstance(reveal, Mapping) or reveal.get("format") != REVEAL_FORMAT:
+        fmt = reveal.get("format") if isinstance(reveal, Mapping) else None
+        raise LedgerError(f"not a reveal file (format {fmt!r}, expected {REVEAL_FORMAT})")
+    check_reveal_shape(reveal)
     if reveal.get("run_id") != g.run_id:
         raise LedgerError("the reveal is for another run (run id differs from the ledger's)")
     party = g.party(str(reveal.get("party_id")))
