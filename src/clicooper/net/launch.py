@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
@@ -140,20 +140,55 @@ class _Proc:
                 self.popen.wait(5.0)
 
 
-def _start_nodes(out: Path, config: RunConfig, *, insecure: bool, idle_timeout_s: float,
-                 events: queue.Queue[Event]) -> dict[str, _Proc]:
-    names = party_names(config)
-    ports = dict(zip(names, free_ports(len(names)), strict=True))
+class Placement(Protocol):
+    """Where :func:`launch_local` runs each node and how the nodes reach each other (at every start)."""
+
+    def addresses(self, config: RunConfig) -> dict[str, tuple[str, dict[str, str]]]:
+        """Per party: its ``--listen`` address and its ``--peers`` table."""
+        ...
+
+    def wrap(self, party: str, argv: list[str]) -> list[str]:
+        """The command that runs ``argv`` (a node) for ``party``."""
+        ...
+
+
+class LoopbackPlacement:
+    """The default: every node on 127.0.0.1, on free ports drawn at each start."""
+
+    def addresses(self, config: RunConfig) -> dict[str, tuple[str, dict[str, str]]]:
+        """Fresh loopback ports; every peer at its 127.0.0.1 port."""
+        names = party_names(config)
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        return {p: (f"127.0.0.1:{ports[p]}", {q: f"127.0.0.1:{ports[q]}" for q in neighbours(config, p)})
+                for p in names}
+
+    def wrap(self, party: str, argv: list[str]) -> list[str]:
+        """``argv`` as it is."""
+        return argv
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    """How the launcher starts its nodes: TLS or plaintext, timeouts, placement."""
+
+    insecure: bool = False
+    idle_timeout_s: float = 120.0
+    connect_timeout_s: float = 20.0
+    placement: Placement = field(default_factory=LoopbackPlacement)
+
+
+def _start_nodes(out: Path, config: RunConfig, setup: NodeSetup, events: queue.Queue[Event]) -> dict[str, _Proc]:
     procs: dict[str, _Proc] = {}
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for p in names:
-        peers = ",".join(f"{q}=127.0.0.1:{ports[q]}" for q in neighbours(config, p))
+    for p, (listen, peer_table) in setup.placement.addresses(config).items():
+        peers = ",".join(f"{q}={addr}" for q, addr in peer_table.items())
         cmd = [sys.executable, "-m", "clicooper.net.node", "--config", str(out / rundir.CONFIG), "--party", p,
-               "--run-dir", str(out / "nodes" / p), "--listen", f"127.0.0.1:{ports[p]}", "--peers", peers,
-               "--connect-timeout", "20", "--idle-timeout", str(idle_timeout_s)]
-        cmd += ["--insecure-loopback"] if insecure else ["--certs", str(out / "certs")]
+               "--run-dir", str(out / "nodes" / p), "--listen", listen, "--peers", peers,
+               "--connect-timeout", str(setup.connect_timeout_s), "--idle-timeout", str(setup.idle_timeout_s)]
+        cmd += ["--insecure-loopback"] if setup.insecure else ["--certs", str(out / "certs")]
         log = open(out / "nodes" / p / "node.log", "a", encoding="utf-8")  # noqa: SIM115 - child owns it
-        popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        popen = subprocess.Popen(setup.placement.wrap(p, cmd), stdout=subprocess.PIPE, stderr=log, text=True,
+                                 env=env)
         log.close()
         procs[p] = _Proc(p, popen, events)
     return procs
@@ -242,10 +277,9 @@ class _Watch:
                 victim.send_signal(signal.SIGKILL)
             self.done_kills.append(self.kills.pop(0))
 
-    def run_once(self, *, insecure: bool, idle_timeout_s: float) -> str | None:
+    def run_once(self, setup: NodeSetup) -> str | None:
         """Start every node, follow them until all exit 0 (``None``) or one fails (its name)."""
-        self.procs = _start_nodes(self.out, self.config, insecure=insecure, idle_timeout_s=idle_timeout_s,
-                                  events=self.events)
+        self.procs = _start_nodes(self.out, self.config, setup, self.events)
         try:
             while True:
                 if time.monotonic() - self.t_start > self.timeout_s:
@@ -287,8 +321,14 @@ def launch_local(
     max_restarts: int = 3,
     timeout_s: float = 3600.0,
     idle_timeout_s: float = 120.0,
+    connect_timeout_s: float = 20.0,
+    placement: Placement | None = None,
 ) -> LaunchResult:
     """Run ``config`` with one process per party on loopback; see the module docstring.
+
+    ``idle_timeout_s`` / ``connect_timeout_s`` are every node's ``--idle-timeout`` / ``--connect-timeout``;
+    ``placement`` puts the nodes elsewhere than on 127.0.0.1 (the wide-area test bed,
+    :class:`clicooper.net.wan.netns.WanBed`, runs each in its own network namespace).
 
     ``kill_at`` SIGKILLs a party right after it reports a step (each point once, in order) to exercise
     crash and resume; each kill costs one restart. Raises :class:`WireError` naming the failing party and
@@ -302,9 +342,10 @@ def launch_local(
         if party not in party_names(config):
             raise ConfigError(f"kill point names {party}, not a party of this run")
     watch = _Watch(out, config, kills, on_event, t_start=t_start, timeout_s=timeout_s)
+    setup = NodeSetup(insecure_loopback, idle_timeout_s, connect_timeout_s, placement or LoopbackPlacement())
     restarts = 0
     while True:
-        failed = watch.run_once(insecure=insecure_loopback, idle_timeout_s=idle_timeout_s)
+        failed = watch.run_once(setup)
         if failed is not None and _do_finished(out):
             # the DO holds every checked segment and has sent shutdown: a trainer failing on its way out
             # (e.g. while flushing) changes nothing, and a restart would only be refused ("run is closed")

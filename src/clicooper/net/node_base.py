@@ -35,6 +35,8 @@ stage entries are exchanged in position order before step 3's checkpoints, the c
 from __future__ import annotations
 
 import json
+import os
+import resource
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -137,6 +139,18 @@ def load_tls(certs: Path, party: str, key: Path | None, peers: list[str]) -> tup
     identity = PartyCert(party, cert_pem, key_pem)
     tls = TlsConfig.from_certs(identity, peer_pems, pinned={n: pinned[n] for n in [party, *peers]})
     return tls, {str(k): str(v) for k, v in pinned.items()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` of /proc/self/status (of this program only;
+    ``ru_maxrss`` would also count the parent's memory at fork time), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------------------------- run state
@@ -274,9 +288,10 @@ class Node(ABC):
         """Start the transport, play the role, flush and close; returns a summary."""
         t0 = time.monotonic()
         with self.transport.start():
-            self.emit("listening", address=self.transport.address)
+            self.emit("listening", address=self.transport.address, pid=os.getpid())
             out = self.play()
             self.transport.run_until_idle(timeout=self.opts.connect_timeout_s)
         out["seconds"] = time.monotonic() - t0
+        out["max_rss_mb"] = peak_rss_mb()
         self.emit("done", **out)
         return out
