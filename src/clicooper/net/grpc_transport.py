@@ -77,6 +77,7 @@ class GrpcTransport:
         connect_timeout_s: float = 30.0,
         max_rejections: int | None = 100,
         inbound_capacity: int = 64,
+        max_pending_bytes: int | None = None,
     ) -> None:
         if not NAME_RE.fullmatch(name):
             raise ConfigError(f"party name {name!r} must match {NAME_RE.pattern}")
@@ -99,6 +100,7 @@ class GrpcTransport:
         self._timeout = connect_timeout_s
         self._max_rejections = max_rejections
         self._capacity = inbound_capacity
+        self._max_pending = max_pending_bytes  # per outbound link; None: outbound.default_pending_bytes
         self._peers: dict[str, str] = {}
         for peer, addr in peers.items():
             if not NAME_RE.fullmatch(peer) or peer == name:
@@ -266,7 +268,7 @@ class GrpcTransport:
                 raise ConfigError(f"no address known for peer {peer}: set it in the peer table")
             link = OutboundLink(owner=self.name, peer=peer, address=self._peers[peer], run_id=self.run_id,
                                 limits=self.limits, tls=self._tls, connect_timeout_s=self._timeout,
-                                on_fatal=self._set_fatal)
+                                on_fatal=self._set_fatal, max_pending_bytes=self._max_pending)
             self._out[peer] = link
         return link
 

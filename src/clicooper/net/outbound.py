@@ -59,6 +59,12 @@ def channel_options(limits: WireLimits) -> list[tuple[str, int]]:
 class _Item:
     env: pb.Envelope
     msg: Message
+    size: int = 0
+
+
+def default_pending_bytes(limits: WireLimits) -> int:
+    """The default bound on a link's unacknowledged bytes: 4 of the largest messages, at least 64 MiB."""
+    return max(64 << 20, 4 * limits.max_message_bytes)
 
 
 class OutboundLink:
@@ -67,6 +73,7 @@ class OutboundLink:
     def __init__(
         self, *, owner: str, peer: str, address: str, run_id: str, limits: WireLimits,
         tls: TlsConfig | None, connect_timeout_s: float, on_fatal: Callable[[WireError], None],
+        max_pending_bytes: int | None = None,
     ) -> None:
         self.owner, self.peer, self.address = owner, peer, address
         self._run_id, self._limits, self._tls = run_id, limits, tls
@@ -75,6 +82,9 @@ class OutboundLink:
         self._cv = threading.Condition()
         self._queue: deque[_Item] = deque()  # not yet written on the current stream
         self._unacked: OrderedDict[int, _Item] = OrderedDict()  # written, waiting for an ack
+        # queue + unacked together hold at most this many bytes (one message always fits): back-pressure
+        self._max_pending = max_pending_bytes or default_pending_bytes(limits)
+        self._pending = 0
         self._next_seq = 1
         self._acked_any = False
         self._gen = 0  # stream generation; a request generator stops when it is stale
@@ -82,7 +92,7 @@ class OutboundLink:
         self._closed = False
         self.error: WireError | None = None
         self.stats = {"sent": 0, "acked": 0, "duplicates": 0, "rejected_by_peer": 0, "bytes": 0,
-                      "reconnects": 0}
+                      "reconnects": 0, "peak_pending_bytes": 0}
         self._channel: grpc.Channel | None = None
         self._call: grpc.Call | None = None
         self._thread: threading.Thread | None = None
@@ -90,20 +100,25 @@ class OutboundLink:
     # ------------------------------------------------------------------ caller side (serve thread)
 
     def put(self, msg: Message) -> None:
-        """Stamp, encode and queue ``msg``; raises the link's error if it has failed."""
+        """Stamp, encode and queue ``msg``; raises the link's error if it has failed.
+
+        Blocks while the link already holds ``max_pending_bytes`` not yet acknowledged (back-pressure on
+        the caller instead of an unbounded queue), and raises a :class:`WireError` when the peer
+        acknowledges nothing for ``connect_timeout_s`` meanwhile.
+        """
         with self._cv:
-            if self.error is not None:
-                raise self.error
-            if self._closed:
-                raise WireError(f"link {self.owner}→{self.peer} is closed")
+            self._check_open()
             stamped = with_stamp(msg, run_id=self._run_id, seq=self._next_seq)
             env = message_to_proto(stamped, limits=self._limits)
             size = env.ByteSize()
             if size > self._limits.max_message_bytes:
                 raise WireError(f"message to {self.peer} is {size} bytes, above max_message_bytes="
                                 f"{self._limits.max_message_bytes}; raise WireLimits on every party")
+            self._wait_room(size)
             self._next_seq += 1
-            self._queue.append(_Item(env, stamped))
+            self._queue.append(_Item(env, stamped, size))
+            self._pending += size
+            self.stats["peak_pending_bytes"] = max(self.stats["peak_pending_bytes"], self._pending)
             self.stats["sent"] += 1
             self.stats["bytes"] += size
             if self._thread is None:
@@ -111,6 +126,27 @@ class OutboundLink:
                                                 daemon=True)
                 self._thread.start()
             self._cv.notify_all()
+
+    def _check_open(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._closed:
+            raise WireError(f"link {self.owner}→{self.peer} is closed")
+
+    def _wait_room(self, size: int) -> None:
+        """Wait (lock held) until ``size`` more bytes fit under ``max_pending_bytes``; a deadline restarts
+        at every acknowledgement, so only a link that makes no progress fails."""
+        pending, deadline = self._pending, time.monotonic() + self._timeout
+        while self._pending and self._pending + size > self._max_pending:
+            self._check_open()
+            if self._pending < pending:
+                pending, deadline = self._pending, time.monotonic() + self._timeout
+            if time.monotonic() > deadline:
+                raise WireError(
+                    f"{self.peer} at {self.address} acknowledged nothing for {self._timeout:g} s while "
+                    f"{self._pending} bytes to it wait (the bound is {self._max_pending}): the link is stalled "
+                    f"or {self.peer} is stuck; stop every node and start them all again")
+            self._cv.wait(0.5)
 
     def flush(self, deadline: float) -> None:
         """Block until everything queued was acknowledged (accepted, duplicate or rejected)."""
@@ -250,6 +286,7 @@ class OutboundLink:
 
     def _on_hello(self, hello: pb.Ack, gen: int) -> None:
         last = int(hello.seq)
+        self._pending -= sum(it.size for s, it in self._unacked.items() if s <= last)  # delivered before
         pending = [it for s, it in self._unacked.items() if s > last] + list(self._queue)
         if not self._acked_any and last > 0:
             # We have no acknowledged history but the receiver has: this sender restarted.
@@ -266,7 +303,9 @@ class OutboundLink:
         self._cv.notify_all()
 
     def _on_ack(self, ack: pb.Ack) -> None:
-        self._unacked.pop(int(ack.seq), None)
+        item = self._unacked.pop(int(ack.seq), None)
+        if item is not None:
+            self._pending -= item.size
         self._acked_any = True
         if ack.status == pb.Ack.ACCEPTED:
             self.stats["acked"] += 1
