@@ -37,12 +37,14 @@ def _roundtrip(msg, **kw):
 def test_activations_roundtrip_every_dtype(dtype):
     # prepare
     t = (torch.arange(24).reshape(2, 3, 4) % 7).to(WIRE_DTYPES[dtype])
-    msg = Activations(H, t, mode="infer")
+    scale = torch.tensor([0.5, 2.0]) if dtype == "int8" else None  # int8 travels with per-row scales
+    msg = Activations(H, t, mode="infer", scale=scale)
     # execute
     back = _roundtrip(msg)
     # assert
     assert isinstance(back, Activations) and back.header == H and back.mode == "infer"
     assert back.tensor.dtype == t.dtype and torch.equal(back.tensor, t)
+    assert (back.scale is None) == (scale is None) and (scale is None or torch.equal(back.scale, scale))
     assert canonical_bytes(back) == canonical_bytes(msg)
 
 

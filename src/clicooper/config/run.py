@@ -179,6 +179,10 @@ class RunConfig(_Strict):
         None, ge=1, le=1_000_000, description="None: 128, or 16 for datasets under 6,400 training samples"
     )
     micro_batches: int = Field(1, ge=1, le=1024)
+    wire_dtype: Literal["fp32", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="how activations and gradients travel: fp32, bf16, fp16, or int8 with a per-row "
+        "scale (clicooper.protocol.wire_codec); applied after the privacy mechanisms, so ε is unchanged",
+    )
     lr: float = Field(1e-3, gt=0.0)
     seed: int = 0
     train_range: tuple[int, int] | None = None

@@ -54,7 +54,7 @@ def build_data_owner(
         tail.to(dev)
     params = list(head.parameters()) + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
-    return DataOwner(
+    do = DataOwner(
         head=head, tail=tail, optimizer=_adam(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
         trainers=party_names(config)[1:], micro_batches=config.micro_batches, protector=privacy.protector,
         grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
@@ -62,6 +62,8 @@ def build_data_owner(
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
         hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
     )
+    do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
+    return do
 
 
 def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
@@ -71,12 +73,14 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
     mod = modules[name].to(resolve_device(device or config.device_of(name), name))
-    return Trainer(
+    trainer = Trainer(
         name, mod, _adam(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
         bf16=config.trainer_precision == "bf16",
     )
+    trainer.wire_dtype = config.wire_dtype
+    return trainer
 
 
 def build_party(

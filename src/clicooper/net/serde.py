@@ -133,6 +133,9 @@ def message_to_proto(msg: Message, *, limits: WireLimits | None = None) -> pb.En
     env.tensor.data = data
     if isinstance(msg, Activations):
         env.tensor.mode = msg.mode
+    scale = getattr(msg, "scale", None)
+    if scale is not None:  # int8 with a per-row scale (protocol/wire_codec.py)
+        env.tensor.row_scale = tensor_bytes(scale.to(torch.float32))
     return env
 
 
@@ -244,6 +247,24 @@ def tensor_from_proto(
     return t
 
 
+def row_scale_from_proto(payload: pb.TensorPayload, tensor: torch.Tensor, what: str) -> torch.Tensor | None:
+    """The per-row scale of an int8 tensor (float32, one per row, finite, ≥ 0); ``None`` for any other dtype,
+    which must carry none."""
+    raw = payload.row_scale
+    if tensor.dtype != torch.int8:
+        if raw:
+            raise WireError(f"{what}: a row_scale on a {payload.dtype} tensor; only int8 tensors carry one")
+        return None
+    rows = int(tensor.shape[0]) if tensor.dim() else 1
+    if len(raw) != 4 * rows:
+        raise WireError(f"{what}: int8 tensor {tuple(tensor.shape)} needs {rows} float32 row scales "
+                        f"({4 * rows} bytes), got {len(raw)} bytes")
+    scale = torch.frombuffer(bytearray(raw), dtype=torch.float32) if rows else torch.empty(0)
+    if not bool(np.isfinite(scale.numpy()).all()) or bool((scale < 0).any()):
+        raise WireError(f"{what}: row scales must be finite and >= 0")
+    return scale
+
+
 def _check_finite(t: torch.Tensor, what: str) -> None:
     """Reject NaN/Inf like :func:`~clicooper.protocol.messages.validate_tensor`, ~15x faster.
 
@@ -292,12 +313,15 @@ def message_from_proto(
     elif p.mode:
         raise WireError(f"{what}: mode is only allowed on activations")
     tensor = tensor_from_proto(p, limits=limits, expected_shape=expected_shape, what=what)
+    scale = row_scale_from_proto(p, tensor, what) if kind != "labels" else None
+    if kind == "labels" and p.row_scale:
+        raise WireError(f"{what}: labels carry no row_scale")
     if kind == "activations":
-        return Activations(header=header, tensor=tensor, mode=p.mode)  # type: ignore[arg-type]
+        return Activations(header=header, tensor=tensor, mode=p.mode, scale=scale)  # type: ignore[arg-type]
     if kind == "gradients":
-        if not tensor.is_floating_point():
-            raise WireError(f"{what}: gradients must be floating point, got {p.dtype}")
-        return Gradients(header=header, tensor=tensor)
+        if not tensor.is_floating_point() and scale is None:
+            raise WireError(f"{what}: gradients must be floating point (or int8 with row scales), got {p.dtype}")
+        return Gradients(header=header, tensor=tensor, scale=scale)
     if tensor.dtype != torch.int64 or tensor.dim() != 1:
         raise WireError(f"{what}: labels must be a 1-D int64 tensor, got {p.dtype} {tuple(tensor.shape)}")
     return Labels(header=header, tensor=tensor)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from clicooper.errors import WireError
 from clicooper.protocol.messages import Control, Message, update_hash
+from clicooper.protocol.wire_codec import codec_of, decode_message, encode_message
 from clicooper.provenance.transcript import new_transcript_hash
 
 #: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
@@ -49,6 +51,7 @@ class PartyBase(abc.ABC):
         self.step_hooks: list[StepHook] = []
         self.steps_taken = 0
         self.samples_processed = 0
+        self.wire_dtype = "fp32"  # how tensors travel (RunConfig.wire_dtype; protocol/wire_codec.py)
 
     # -- transcripts (DESIGN §5): running BLAKE3 per link and direction over tensor messages -----------
     # The hashing runs on a background FIFO worker, in submission order. A message is immutable once sent
@@ -85,9 +88,21 @@ class PartyBase(abc.ABC):
         return {k: h.hexdigest() for k, h in sorted(self.transcripts.items())}
 
     def handle(self, msg: Message) -> list[Message]:
-        """Process one message (see :class:`clicooper.protocol.transport.Party`)."""
+        """Process one message (see :class:`clicooper.protocol.transport.Party`).
+
+        The message is hashed as received (encoded, as it travelled), then decoded to float32 for the
+        party's own code; what the party sends is encoded in the run's ``wire_dtype`` and hashed as sent.
+        """
+        codec = codec_of(msg)
+        if codec != "fp32" and codec != self.wire_dtype:
+            raise WireError(f"{self.name}: {msg.header.sender} sends {codec} tensors but this run's wire_dtype is "
+                            f"{self.wire_dtype}: start every party from the same config")
         self._update_transcript(msg.header.sender, "recv", msg)
-        out = self._handle(msg)
+        return self._outgoing(self._handle(decode_message(msg)))
+
+    def _outgoing(self, out: list[Message]) -> list[Message]:
+        """``out`` encoded in the run's ``wire_dtype`` (after every privacy mechanism) and hashed as sent."""
+        out = [encode_message(m, self.wire_dtype) for m in out]
         for m in out:
             self._update_transcript(m.header.receiver, "sent", m)
         return out

@@ -159,9 +159,8 @@ class DataOwner(PartyBase):
             out.append(Activations(Header("DO", self.first, epoch, step, j, m), rel.detach()))
         self.state = st
         self.samples_processed += len(ids)
-        for msg in out:  # these leave the DO outside ``handle``: hash them here (DESIGN §5 transcripts)
-            self._update_transcript(msg.header.receiver, "sent", msg)
-        return out
+        # these leave the DO outside ``handle``: encoded (after the privacy mechanisms above) and hashed here
+        return self._outgoing(out)
 
     @property
     def step_done(self) -> bool:

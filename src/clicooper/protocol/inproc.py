@@ -39,7 +39,10 @@ class InProcessNetwork:
         if not isinstance(msg, Control):
             key = f"{h.sender}->{h.receiver}"
             t = msg.tensor
-            self.bytes_per_link[key] = self.bytes_per_link.get(key, 0) + t.numel() * t.element_size()
+            n = t.numel() * t.element_size()
+            scale = getattr(msg, "scale", None)  # int8 on the wire: its per-row scales travel too
+            n += 0 if scale is None else scale.numel() * scale.element_size()
+            self.bytes_per_link[key] = self.bytes_per_link.get(key, 0) + n
         self.queue.append(with_stamp(msg, run_id=self.run_id, seq=self.seq[link]))
 
     def send_all(self, msgs: list[Message]) -> None:

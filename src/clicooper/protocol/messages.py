@@ -29,6 +29,7 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
     "int64": torch.int64,
     "int32": torch.int32,
     "uint8": torch.uint8,
+    "int8": torch.int8,  # int8 activations / gradients with a per-row scale (protocol/wire_codec.py)
 }
 _DTYPE_NAMES = {v: k for k, v in WIRE_DTYPES.items()}
 
@@ -61,6 +62,7 @@ class Activations:
     header: Header
     tensor: torch.Tensor
     mode: Mode = "train"
+    scale: torch.Tensor | None = None  # float32 (B,) per-row scale of an int8 tensor (wire_codec.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Gradients:
 
     header: Header
     tensor: torch.Tensor
+    scale: torch.Tensor | None = None  # float32 (B,) per-row scale of an int8 tensor (wire_codec.py)
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,21 @@ def _canonical_parts(msg: Message) -> list[bytes | memoryview]:
     if isinstance(msg, Activations):
         parts.append(lp(msg.mode))
     parts.append(lp(dtype_name(t.dtype), ",".join(str(int(s)) for s in t.shape)))
+    _tensor_parts(parts, t)
+    scale = getattr(msg, "scale", None)
+    if scale is not None:  # only int8 tensors carry one (the dtype above says so): unambiguous
+        _tensor_parts(parts, scale)
+    return parts
+
+
+def _tensor_parts(parts: list[bytes | memoryview], t: torch.Tensor) -> None:
+    """Append the 8-byte big-endian length (as lp() writes it) and a zero-copy view of ``t``'s bytes."""
     c = t.detach().to("cpu").contiguous()
     if c.dtype == torch.bfloat16:
         c = c.view(torch.int16)
     data = memoryview(c.numpy()).cast("B")
-    # lp()'s 8-byte big-endian length, written apart so the tensor data stays a zero-copy view
     parts.append(data.nbytes.to_bytes(8, "big"))
     parts.append(data)
-    return parts
 
 
 def update_hash(hasher: hashlib._Hash, msg: Message) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from clicooper import rundir
 from clicooper.protocol.messages import Activations, Gradients, Labels, Message
+from clicooper.protocol.wire_codec import decode_message
 
 
 def subset_ids(train_ids: torch.Tensor, count: int) -> torch.Tensor:
@@ -62,7 +63,8 @@ class ObservationRecorder:
             self._order[h.receiver].append(key)
             slot["sample_ids"] = ids[sel]
         name = {Activations: "activations", Gradients: "gradients", Labels: "labels"}[type(msg)]
-        slot[name] = msg.tensor.detach().to("cpu")[sel].clone()
+        tensor = decode_message(msg).tensor  # as the trainer's code sees it (float32 when compressed on the wire)
+        slot[name] = tensor.detach().to("cpu")[sel].clone()
 
     def flush(self, epoch: int, segments: dict[str, torch.nn.Module]) -> None:
         """Write ``epoch_<epoch>.safetensors`` (and the trainer's segment weights) for every trainer."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clicooper/net/proto/clicooper.proto\x12\x0c\x63licooper.v1\"I\n\rTensorPayload\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\x8a\x01\n\x0e\x43ontrolPayload\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12:\n\x07payload\x18\x02 \x03(\x0b\x32).clicooper.v1.ControlPayload.PayloadEntry\x1a.\n\x0cPayloadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x08\x45nvelope\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\r\n\x05micro\x18\x07 \x01(\x03\x12\x0f\n\x07n_micro\x18\x08 \x01(\x03\x12\x0c\n\x04kind\x18\t \x01(\t\x12-\n\x06tensor\x18\n \x01(\x0b\x32\x1b.clicooper.v1.TensorPayloadH\x00\x12/\n\x07\x63ontrol\x18\x0b \x01(\x0b\x32\x1c.clicooper.v1.ControlPayloadH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x0c\x10\x10\"\xb9\x01\n\x03\x41\x63k\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.clicooper.v1.Ack.Status\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0blast_digest\x18\x04 \x01(\x0c\"V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x02\x12\r\n\tDUPLICATE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x32?\n\x04Link\x12\x37\n\x06Stream\x12\x16.clicooper.v1.Envelope\x1a\x11.clicooper.v1.Ack(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clicooper/net/proto/clicooper.proto\x12\x0c\x63licooper.v1\"\\\n\rTensorPayload\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x11\n\trow_scale\x18\x05 \x01(\x0c\"\x8a\x01\n\x0e\x43ontrolPayload\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12:\n\x07payload\x18\x02 \x03(\x0b\x32).clicooper.v1.ControlPayload.PayloadEntry\x1a.\n\x0cPayloadEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\x08\x45nvelope\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x10\n\x08receiver\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\r\n\x05micro\x18\x07 \x01(\x03\x12\x0f\n\x07n_micro\x18\x08 \x01(\x03\x12\x0c\n\x04kind\x18\t \x01(\t\x12-\n\x06tensor\x18\n \x01(\x0b\x32\x1b.clicooper.v1.TensorPayloadH\x00\x12/\n\x07\x63ontrol\x18\x0b \x01(\x0b\x32\x1c.clicooper.v1.ControlPayloadH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x0c\x10\x10\"\xb9\x01\n\x03\x41\x63k\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.clicooper.v1.Ack.Status\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0blast_digest\x18\x04 \x01(\x0c\"V\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\t\n\x05HELLO\x10\x01\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x02\x12\r\n\tDUPLICATE\x10\x03\x12\x0c\n\x08REJECTED\x10\x04\x32?\n\x04Link\x12\x37\n\x06Stream\x12\x16.clicooper.v1.Envelope\x1a\x11.clicooper.v1.Ack(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._loaded_options = None
   _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._serialized_options = b'8\001'
   _globals['_TENSORPAYLOAD']._serialized_start=53
-  _globals['_TENSORPAYLOAD']._serialized_end=126
-  _globals['_CONTROLPAYLOAD']._serialized_start=129
-  _globals['_CONTROLPAYLOAD']._serialized_end=267
-  _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._serialized_start=221
-  _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._serialized_end=267
-  _globals['_ENVELOPE']._serialized_start=270
-  _globals['_ENVELOPE']._serialized_end=528
-  _globals['_ACK']._serialized_start=531
-  _globals['_ACK']._serialized_end=716
-  _globals['_ACK_STATUS']._serialized_start=630
-  _globals['_ACK_STATUS']._serialized_end=716
-  _globals['_LINK']._serialized_start=718
-  _globals['_LINK']._serialized_end=781
+  _globals['_TENSORPAYLOAD']._serialized_end=145
+  _globals['_CONTROLPAYLOAD']._serialized_start=148
+  _globals['_CONTROLPAYLOAD']._serialized_end=286
+  _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._serialized_start=240
+  _globals['_CONTROLPAYLOAD_PAYLOADENTRY']._serialized_end=286
+  _globals['_ENVELOPE']._serialized_start=289
+  _globals['_ENVELOPE']._serialized_end=547
+  _globals['_ACK']._serialized_start=550
+  _globals['_ACK']._serialized_end=735
+  _globals['_ACK_STATUS']._serialized_start=649
+  _globals['_ACK_STATUS']._serialized_end=735
+  _globals['_LINK']._serialized_start=737
+  _globals['_LINK']._serialized_end=800
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TensorPayload(_message.Message):
-    __slots__ = ("dtype", "shape", "data", "mode")
+    __slots__ = ("dtype", "shape", "data", "mode", "row_scale")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    ROW_SCALE_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     mode: str
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., mode: _Optional[str] = ...) -> None: ...
+    row_scale: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., mode: _Optional[str] = ..., row_scale: _Optional[bytes] = ...) -> None: ...
 
 class ControlPayload(_message.Message):
     __slots__ = ("kind", "payload")
