@@ -182,6 +182,7 @@ class _Conn:
         self.c_reader, self.c_writer = reader, writer
         self.t_writer: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.pipes: tuple[_Pipe, ...] = ()
 
     async def run(self) -> None:
         """Connect to the target (after any stall), then pump both ways until both ends close."""
@@ -196,6 +197,7 @@ class _Conn:
                 _rst(self.c_writer)  # nothing listens there (yet): the dialler sees a reset and retries
                 return
             up, down = _Pipe(self.relay, self.route, True), _Pipe(self.relay, self.route, False)
+            self.pipes = (up, down)
             self.tasks = [asyncio.ensure_future(x) for x in (
                 up.read(self.c_reader), up.write(self.t_writer), down.read(t_reader), down.write(self.c_writer))]
             done, _ = await asyncio.wait(self.tasks, return_when=asyncio.FIRST_EXCEPTION)
