@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test bench reproduce lint clean
+.PHONY: setup data demo test bench bench-wan reproduce lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.bench.inprocess
 	$(BIN)/python -m clicooper.experiments.bench.inprocess --threads 1
 	$(BIN)/python -m clicooper.experiments.bench.nodes --micro 1,4
+
+# Wide-area: every party in its own network namespace (root; skips with the reason otherwise), veth links
+# shaped with tbf, latency/jitter/stalls from relays; lan / wan / poor × micro-batches, TLS on, samples/s
+# against the bandwidth limit; then the fault drills (link drop, resets + stalls, kill, frozen peer).
+bench-wan: $(STAMP) $(FMNIST)
+	$(BIN)/python -m clicooper.experiments.bench.wan
+	$(BIN)/python -m clicooper.experiments.bench.wan_faults
 
 reproduce: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.reproduce --out results
