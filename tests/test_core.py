@@ -110,10 +110,11 @@ def test_invalid_plans(kwargs: dict, match: str) -> None:
         make_plan(model, model_name="digits-mlp", input_shape=(1, 8, 8), **kwargs)
 
 
-def test_batchnorm_rejected() -> None:
+def test_batchnorm_is_planned_like_any_parametrised_layer() -> None:
+    # BatchNorm is allowed (issue 13): per-micro-batch statistics, see tests/test_model_spec.py
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.Linear(4, 2))
-    with pytest.raises(ConfigError, match="BatchNorm"):
-        make_plan(model, model_name="x", input_shape=(4,), trainers=1)
+    plan = make_plan(model, model_name="x", input_shape=(4,), trainers=1)
+    assert [p.layer_names for p in plan.parties] == [["Linear"], ["BatchNorm1d", "Linear"], ["Linear"]]
 
 
 def test_export_loads_into_plain_sequential(digits_run: Path, tmp_path: Path) -> None:

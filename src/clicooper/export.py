@@ -1,6 +1,9 @@
 """Export a run's delivered model as one plain PyTorch ``nn.Sequential`` state dict (safetensors).
 
-Keys are those of the full ``nn.Sequential`` (``"0.weight"``, …). Under label obfuscation the export
+Keys are those of the full ``nn.Sequential`` (``"0.weight"``, …; BatchNorm's running statistics
+included), so the file loads into the ``nn.Sequential`` the run trained — for ``clicooper.train(config,
+model=seq)`` into ``seq`` itself; a model file's run records its layers in the metadata (``model_spec``, JSON).
+Under label obfuscation the export
 appends ``Softmax`` and a fixed 0/1 ``Linear(C·m → C)`` that sums each class's sub-classes, so the exported
 model outputs probabilities over the true classes (the DO holds the key; this is its own copy).
 """
@@ -27,6 +30,8 @@ def export_run(run_dir: str | Path, out_file: str | Path) -> str:
     n_layers = len(run.full_model())
     meta = {"model": run.config.model, "input_shape": json.dumps(run.plan.input_shape),
             "num_classes": str(run.plan_num_classes), "outputs": "logits"}
+    if run.config.model_spec is not None:
+        meta["model_spec"] = json.dumps(run.config.model_spec, separators=(",", ":"))
     dec = run._label_decoder()
     if dec is not None:
         c, co = run.plan_num_classes, int(run.plan.extra["num_outputs"])

@@ -33,6 +33,7 @@ LEDGER = "ledger.jsonl"
 ATTACKS = "attacks"
 PRIVACY = "privacy.json"
 STATE = "state.json"
+INITIAL_MODEL = "initial_model.safetensors"  # the Python API's own initial weights (train(config, model=…))
 
 
 def model_file(party: str) -> str:

@@ -17,9 +17,11 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.data import Dataset, load_dataset
 from clicooper.errors import DataError, RunDirError
+from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import blueprint_for
 from clicooper.models.partition import Plan
 from clicooper.privacy.runtime import label_codec_for_run
+from clicooper.provenance.commitments import stamp_architecture
 from clicooper.rundir import model_file
 
 
@@ -74,19 +76,20 @@ class RunHandle:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-        """Probabilities over the true classes for inputs ``x`` (N, *input_shape); local path, no noise."""
+        """Probabilities over the true classes for inputs ``x`` (N, *input_shape); local path, no noise; in
+        eval mode (BatchNorm's running statistics, no dropout), the model's mode restored afterwards."""
         exp = tuple(self.plan.input_shape)
         if tuple(x.shape[1:]) != exp:
             raise DataError(f"inputs have per-sample shape {tuple(x.shape[1:])}; this model expects {exp}")
         x = x.to(torch.float32)
         if not bool(torch.isfinite(x).all()):
             raise DataError("inputs contain NaN or Inf; clean them first")
-        self.model.eval()
         dec = self._label_decoder()
         outs = []
-        for i in range(0, len(x), batch_size):
-            p = self.model(x[i : i + batch_size]).softmax(1)
-            outs.append(dec.decode_probs(p) if dec is not None else p)
+        with evaluating(self.model):
+            for i in range(0, len(x), batch_size):
+                p = self.model(x[i : i + batch_size]).softmax(1)
+                outs.append(dec.decode_probs(p) if dec is not None else p)
         return torch.cat(outs) if outs else torch.zeros((0, self.plan_num_classes))
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -100,8 +103,10 @@ class RunHandle:
 
 
 def build_skeleton(config: RunConfig, plan: Plan, num_classes: int) -> tuple[nn.Sequential, dict[str, nn.Sequential]]:
-    """Model and per-party modules with the run's architecture (initial weights, to be overwritten)."""
+    """Model and per-party modules with the run's architecture (seeded weights, to be overwritten); the
+    architecture hash that ``plan.json`` records is checked."""
     bp = blueprint_for(config, plan.input_shape, num_classes, plan=plan)
+    stamp_architecture(plan.extra, bp.model)
     return bp.model, bp.modules()
 
 

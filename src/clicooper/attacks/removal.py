@@ -332,8 +332,8 @@ class RemovalAttack:
         per_model = []
         for i in range(cfg.unrelated):
             s = cfg.seed + 1000 + i
-            m = zoo.build(handle.config.model, tuple(handle.plan.input_shape),
-                          num_outputs_for(handle.config, handle.plan_num_classes), seed=s)
+            m = zoo.build_model(handle.config.model, handle.config.model_spec, tuple(handle.plan.input_shape),
+                                num_outputs_for(handle.config, handle.plan_num_classes), seed=s)
             _train(m, list(m.parameters()), sc.xa, sc.ya, epochs=cfg.unrelated_epochs, lr=cfg.lr,
                    bs=cfg.batch_size, seed=s)
             v = sc.owners.verdicts(_split_states(m, handle))

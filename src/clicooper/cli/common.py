@@ -78,9 +78,24 @@ def parse_party_devices(text: str) -> dict[str, str]:
     return out
 
 
+def model_file_fields(path: Path, model: str | None) -> dict[str, Any]:
+    """``--model-file F`` → the config's ``model`` (the file's ``name``, else its stem) and ``model_spec``
+    (its layers, validated against the allowlist)."""
+    if model is not None:
+        raise typer.BadParameter("give --model NAME or --model-file FILE, not both")
+    from clicooper.models.spec import load_model_file  # lazy: torch
+
+    mf = load_model_file(path)
+    return {"model": mf.name, "model_spec": mf.layers}
+
+
 def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     """A validated run config from an optional config file overridden by the given (not None) options."""
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
+    model_file = opts.pop("model_file", None)
+    if model_file is not None:  # --model-file replaces the file's model and model_spec
+        fields.pop("model_spec", None)
+        opts.update(model_file_fields(model_file, opts.get("model")))
     dp_opts = _pop_set(opts, _DP_KEYS)
     label_opts = _pop_set(opts, _LABEL_KEYS)
     data_opts = _pop_set(opts, _DATA_KEYS)

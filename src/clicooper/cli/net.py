@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from clicooper.cli.common import emit_json, err, guarded, out
+from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
 from clicooper.errors import ConfigError
 
 
@@ -102,6 +102,9 @@ def _launch_progress(prog: Progress) -> Callable[[dict[str, Any]], None]:
 def launch(
     config: Path = typer.Argument(..., help="run config (.json/.toml)"),
     out_dir: Path = typer.Option(..., "--out", help="new run directory"),
+    model_file: Path = typer.Option(None, "--model-file", help="model.toml / model.json (your own layers) "
+                                    "instead of the config's model; it goes into RUN/config.json, which every "
+                                    "node builds from"),
     local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1)"),
     insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
     max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
@@ -113,9 +116,10 @@ def launch(
     if not local:
         raise ConfigError("only --local is implemented: on several machines, start `clicooper node` on each "
                           "(docs/network.md)")
+    run_config = config_from_options(config, model_file=model_file) if model_file is not None else config
     with Progress(TextColumn("{task.description:>4}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), console=err) as prog:
-        res = launch_local(config, out_dir, insecure_loopback=insecure_loopback, on_event=_launch_progress(prog),
+        res = launch_local(run_config, out_dir, insecure_loopback=insecure_loopback, on_event=_launch_progress(prog),
                            max_restarts=max_restarts)
     for n in res.notices:
         err.print(f"note: {n}")

@@ -45,6 +45,8 @@ def _preset_help() -> str:
             "explicit options and config fields override it. See below.")
 
 
+_MODEL_FILE_HELP = ("model.toml / model.json: your own layers (an allowlist of torch.nn types and residual "
+                    "blocks; README 'Your own model'), instead of --model")
 _DATASET_HELP = ("fashion-mnist | digits | npz:PATH | cifar10:DIR | cifar100:DIR | cifar100-coarse:DIR "
                  "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv")
 _LABEL_COLUMN_HELP = "data.label_column: the class column of a csv: dataset (required there)"
@@ -63,6 +65,7 @@ def train(
     image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
     image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
     model: str = typer.Option(None, help="built-in model name (see `clicooper plan --help`)"),
+    model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(None, help="number of trainer clients K"),
     capacities: str = typer.Option(None, help="comma-separated trainer capacities, e.g. 1,2,1"),
     topology: str = typer.Option(None, help="u-shape (labels stay with the DO) | open-tail"),
@@ -122,7 +125,7 @@ def train(
         if out_dir is None:
             raise typer.BadParameter("--out RUN is required (or --resume RUN)")
         cfg = config_from_options(
-            config_file, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
+            config_file, dataset=dataset, model=model, model_file=model_file, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
@@ -282,7 +285,8 @@ def plan(
     test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
     image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
     image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
-    model: str = typer.Option("fmnist-cnn"),
+    model: str = typer.Option(None, help="built-in model name (default fmnist-cnn)"),
+    model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(2),
     capacities: str = typer.Option(None),
     topology: str = typer.Option("u-shape"),
@@ -294,12 +298,15 @@ def plan(
     from clicooper import rundir  # lazy: torch, with the two below
     from clicooper.data import load_dataset
     from clicooper.models.blueprint import blueprint_for
+    from clicooper.provenance.commitments import stamp_architecture
 
-    cfg = config_from_options(None, dataset=dataset, model=model, trainers=trainers, capacities=capacities,
-                              topology=topology, defense=defense, label_column=label_column,
+    cfg = config_from_options(None, dataset=dataset, model=model, model_file=model_file, trainers=trainers,
+                              capacities=capacities, topology=topology, defense=defense, label_column=label_column,
                               test_fraction=test_fraction, image_size=image_size, image_mode=image_mode)
     ds = load_dataset(cfg.dataset, options=cfg.data)
-    p = blueprint_for(cfg, ds.input_shape, ds.num_classes).plan
+    bp = blueprint_for(cfg, ds.input_shape, ds.num_classes)
+    stamp_architecture(bp.plan.extra, bp.model)  # as in a run's plan.json
+    p = bp.plan
     if out_file:
         rundir.write_json(out_file, asdict(p))
     if as_json:

@@ -171,6 +171,10 @@ class RunConfig(_Strict):
     dataset: str = "fashion-mnist"
     data: DataOptions = Field(DataOptions(), description="options of csv: / imagefolder: datasets")
     model: str = "fmnist-cnn"
+    model_spec: list[dict[str, Any]] | None = Field(
+        None, description="the model's layers (a model file's spec, clicooper.models.spec); when set, `model` "
+        "only names it and every party builds from this list"
+    )
     trainers: int = Field(2, ge=1, le=64)
     capacities: list[float] | None = None
     topology: Topology = "u-shape"

@@ -8,9 +8,10 @@ compiler stack and runs the model under a FLOP counter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from clicooper.config import RunConfig
@@ -56,16 +57,53 @@ def check_plan(config: RunConfig, plan: Plan) -> None:
                           "give every node the run's own config.json and plan.json")
 
 
+def build_initial(config: RunConfig, input_shape: Sequence[int], outputs: int) -> nn.Sequential:
+    """The run's model with its seeded initial weights: from ``config.model_spec`` when set (a model file or
+    a described ``nn.Sequential``; validated layer by layer), else the built-in ``config.model``."""
+    return zoo.build_model(config.model, config.model_spec, tuple(input_shape), outputs, seed=config.seed)
+
+
+def _load_initial(model: nn.Sequential, state: Mapping[str, torch.Tensor]) -> None:
+    """Given initial weights (the Python API's own ``nn.Sequential``) into the built model, names and shapes
+    checked."""
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(state)) or [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise ConfigError(f"the given initial weights do not fit the model ({', '.join(bad[:5])}): pass the "
+                          "model's own state dict")
+    model.load_state_dict(dict(state))
+
+
+def check_batch_norm(config: RunConfig, plan: Plan, model: nn.Sequential) -> None:
+    """Refuse BatchNorm in the DO's head or tail when its releases are differentially private: batch
+    statistics let one sample change every release of its micro-batch, which per-sample clipping and the
+    accountant do not cover. (BatchNorm at the trainers is fine: what they compute is never released.)"""
+    if not (config.protect_activations or config.dp.head_dpsgd is not None):
+        return
+    layers = list(model)
+    for pp in (plan.head, plan.tail):
+        if pp is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for i in pp.layers
+                                  for m in layers[i].modules()):
+            raise ConfigError(f"{pp.party} holds a BatchNorm layer, whose batch statistics mix the samples the "
+                              f"DP releases protect one by one (--defense {config.defense}); use GroupNorm or "
+                              "LayerNorm in the data owner's layers, or keep BatchNorm at the trainers")
+
+
 def blueprint_for(
-    config: RunConfig, input_shape: Sequence[int], num_classes: int, *, plan: Plan | None = None
+    config: RunConfig, input_shape: Sequence[int], num_classes: int, *, plan: Plan | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> Blueprint:
-    """Build ``config.model`` once; partition it (FLOPs counted once) unless the run's ``plan`` is given.
+    """Build ``config``'s model once; partition it (FLOPs counted once) unless the run's ``plan`` is given.
 
     A given plan (a run's ``plan.json``) must belong to ``config`` and is used as is: the model is built the
-    same way (same zoo builder, same seed), so its weights are those the plan was made from.
+    same way (same builder or spec, same seed), so its weights are those the plan was made from.
+    ``initial_state`` replaces the seeded weights (the Python API's ``train(config, model=…)``; its plan
+    says so in ``extra["initial_weights"]``, see :func:`clicooper.core.setup.resolve_run`).
     """
     outputs = num_outputs_for(config, num_classes)
-    model = zoo.build(config.model, tuple(input_shape), outputs, seed=config.seed)
+    model = build_initial(config, input_shape, outputs)
+    if initial_state is not None:
+        _load_initial(model, initial_state)
     if plan is None:
         plan = make_plan(model, model_name=config.model, input_shape=tuple(input_shape), trainers=config.trainers,
                          capacities=config.capacities, topology=config.topology)
@@ -75,4 +113,5 @@ def blueprint_for(
         check_plan(config, plan)
         plan.extra.setdefault("num_classes", num_classes)
         plan.extra.setdefault("num_outputs", outputs)
+    check_batch_norm(config, plan, model)
     return Blueprint(model=model, plan=plan, num_classes=num_classes)

@@ -7,6 +7,11 @@ is the first unit; in U-shape its tail is the last unit. The units between go to
 contiguous groups so that each group's *counted* forward+backward FLOPs (``torch.utils.flop_counter``,
 not timed, so the plan is deterministic) are as close as possible to proportional to its capacity
 (minimising the largest FLOPs/capacity ratio, i.e. the slowest trainer's time).
+
+A residual block (:class:`clicooper.models.blocks.Residual`) is ONE layer of the ``nn.Sequential``, so it
+lies inside one unit: a cut never falls inside it. BatchNorm is allowed; each party normalises what it
+computes, so with M micro-batches the statistics are those of each micro-batch (as in GPipe), and split
+training equals centralized training at M = 1 (``tests/test_normalisation.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from clicooper.errors import ConfigError
 
 _RESHAPE = (nn.Flatten, nn.Unflatten)
-_BATCH_DEPENDENT = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _has_params(m: nn.Module) -> bool:
@@ -126,7 +130,9 @@ def layer_costs(model: nn.Sequential, input_shape: tuple[int, ...]) -> tuple[lis
     flops: list[int] = []
     shapes: list[list[int]] = []
     first = True
-    for layer in copy.deepcopy(model):  # a copy: counting runs backward, which must not touch .grad
+    # a copy: counting runs backward, which must not touch .grad; eval mode: BatchNorm takes a batch of one
+    # and keeps its running statistics, Dropout draws no random numbers (neither changes the counted FLOPs)
+    for layer in copy.deepcopy(model).eval():
         x = x.detach().requires_grad_(not first)
         counter = FlopCounterMode(display=False)
         with counter:
@@ -184,12 +190,6 @@ def _checked_units(model: nn.Sequential, *, model_name: str, trainers: int, caps
         raise ConfigError(f"{len(caps)} capacities for {trainers} trainers; give one per trainer")
     if any(not (c > 0) for c in caps):
         raise ConfigError("every capacity must be > 0")
-    for layer in model.modules():
-        if isinstance(layer, _BATCH_DEPENDENT):
-            raise ConfigError(
-                "BatchNorm depends on the whole batch, so split training with micro-batches would not "
-                "match centralized training; use GroupNorm/LayerNorm instead"
-            )
     units = units_of(model)
     reserved = 2 if topology == "u-shape" else 1
     if len(units) < trainers + reserved:

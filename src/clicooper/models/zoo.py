@@ -1,21 +1,25 @@
 """Built-in models, each an ordered list of layers (an ``nn.Sequential``).
 
 ``fmnist-cnn`` is exactly the reference model of DESIGN §2; the attack figures are anchored on it, so it
-must not change. Privacy-oriented architectures get their own names.
+must not change. Privacy-oriented architectures get their own names. Where it reads well a built-in is
+written as a spec, the form of a model file (:mod:`clicooper.models.spec`), so it doubles as an example:
+``fmnist-cnn``, ``digits-mlp`` and ``digits-cnn``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from clicooper.errors import ConfigError
-from clicooper.models import private
+from clicooper.models import private, spec
 
 Builder = Callable[[tuple[int, ...], int], nn.Sequential]
 _REGISTRY: dict[str, tuple[Builder, str]] = dict(private.MODELS)  # the privacy-oriented models
+_SPECS: dict[str, list[dict[str, Any]]] = {}  # the built-ins written as specs
 
 
 def register(name: str, doc: str) -> Callable[[Builder], Builder]:
@@ -26,6 +30,24 @@ def register(name: str, doc: str) -> Callable[[Builder], Builder]:
         return f
 
     return deco
+
+
+def register_spec(name: str, doc: str, layers: list[dict[str, Any]], *, hw: tuple[int, int] | None = None) -> None:
+    """Register a built-in written as a spec (``hw``: the only input height×width it accepts, if any)."""
+
+    def builder(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+        if hw is not None and tuple(input_shape[1:]) != hw:
+            raise ConfigError(f"{name} expects {hw[0]}×{hw[1]} inputs, got "
+                              f"{'×'.join(str(s) for s in input_shape[1:])}; use another --model")
+        return spec.build_model(layers, input_shape, num_outputs)
+
+    _SPECS[name] = layers
+    _REGISTRY[name] = (builder, doc)
+
+
+def spec_of(name: str) -> list[dict[str, Any]] | None:
+    """The spec of built-in ``name`` (the content of its model file), or ``None`` for a code-built one."""
+    return _SPECS.get(name)
 
 
 def names() -> list[str]:
@@ -41,43 +63,51 @@ def describe(name: str) -> str:
 def build(name: str, input_shape: tuple[int, ...], num_outputs: int, *, seed: int) -> nn.Sequential:
     """Build model ``name`` with weights initialised from ``seed`` (public: weights are not secret)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())} (or --model-file)")
+    return _seeded(seed, lambda: _REGISTRY[name][0](tuple(input_shape), num_outputs))
+
+
+def build_spec(layers: Any, input_shape: tuple[int, ...], num_outputs: int, *, seed: int) -> nn.Sequential:
+    """Build a model file's spec with weights initialised from ``seed`` (validated first)."""
+    return _seeded(seed, lambda: spec.build_model(layers, tuple(input_shape), num_outputs))
+
+
+def build_model(name: str, model_spec: Any, input_shape: tuple[int, ...], num_outputs: int, *,
+                seed: int) -> nn.Sequential:
+    """A run's model: its ``model_spec`` (a model file's layers) when given, else the built-in ``name``."""
+    if model_spec is not None:
+        return build_spec(model_spec, input_shape, num_outputs, seed=seed)
+    return build(name, input_shape, num_outputs, seed=seed)
+
+
+def _seeded(seed: int, make: Callable[[], nn.Sequential]) -> nn.Sequential:
+    """``make()`` under ``torch.manual_seed(seed)``, the global RNG restored afterwards."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = _REGISTRY[name][0](tuple(input_shape), num_outputs)
+        return make()
     finally:
         torch.random.set_rng_state(gen_state)
-    return model
 
 
-@register("fmnist-cnn", "reference CNN (DESIGN §2): conv32-pool | conv64-pool | fc128 | fc10")
-def fmnist_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
-    """Reference model: head conv(1→32) | T1 conv(32→64) | T2 flatten+fc128 | tail fc(→classes)."""
-    c, h, w = input_shape
-    if (h, w) != (28, 28):
-        raise ConfigError(f"fmnist-cnn expects 28×28 inputs, got {h}×{w}; use another --model")
-    return nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),  # (B, 128)
-        nn.Linear(128, num_outputs),  # (B, classes)
-    )
+register_spec("fmnist-cnn", "reference CNN (DESIGN §2): conv32-pool | conv64-pool | fc128 | fc10", [
+    # head conv(1→32) | T1 conv(32→64) | T2 flatten+fc128 | tail fc(→classes)
+    {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},  # (32, 14, 14)
+    {"type": "Conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},  # (64, 7, 7)
+    {"type": "Flatten"}, {"type": "Linear", "out_features": 128}, {"type": "ReLU"},  # (128,)
+    {"type": "Linear", "out_features": "outputs"},  # (classes,)
+], hw=(28, 28))
 
-
-@register("digits-mlp", "MLP for 8×8 digits: fc256 | fc256 | fc256 | fc64 | fc(classes)")
-def digits_mlp(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
-    """Small MLP used in fast tests; deep enough for K ≤ 3 (U-shape) or 4 (open tail)."""
-    f = 1
-    for s in input_shape:
-        f *= s
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(f, 256), nn.ReLU(),  # (B, 256)
-        nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 64), nn.ReLU(),  # (B, 64)
-        nn.Linear(64, num_outputs),
-    )
+# Small MLP used in fast tests; deep enough for K ≤ 3 (U-shape) or 4 (open tail).
+register_spec("digits-mlp", "MLP for 8×8 digits: fc256 | fc256 | fc256 | fc64 | fc(classes)", [
+    {"type": "Flatten"}, {"type": "Linear", "out_features": 256}, {"type": "ReLU"},
+    {"type": "Linear", "out_features": 256}, {"type": "ReLU"},
+    {"type": "Linear", "out_features": 256}, {"type": "ReLU"},
+    {"type": "Linear", "out_features": 64}, {"type": "ReLU"},
+    {"type": "Linear", "out_features": "outputs"},
+])
 
 
 @register("tabular-mlp", "MLP for tabular features (F,): fc128 | fc128 | fc128 | fc64 | fc(classes)")
@@ -95,13 +125,11 @@ def tabular_mlp(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential
     )
 
 
-@register("digits-cnn", "small CNN for 8×8 digits: conv16 | conv32-pool | fc64 | fc(classes)")
-def digits_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
-    """Small CNN for fast inversion/attack tests on digits."""
-    c, h, w = input_shape
-    return nn.Sequential(
-        nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(),  # (B, 16, 8, 8)
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 4, 4)
-        nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 64), nn.ReLU(),
-        nn.Linear(64, num_outputs),
-    )
+# Small CNN for fast inversion/attack tests on digits.
+register_spec("digits-cnn", "small CNN for 8×8 digits: conv16 | conv32-pool | fc64 | fc(classes)", [
+    {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},  # (16, 8, 8)
+    {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},  # (32, 4, 4)
+    {"type": "Flatten"}, {"type": "Linear", "out_features": 64}, {"type": "ReLU"},
+    {"type": "Linear", "out_features": "outputs"},
+])

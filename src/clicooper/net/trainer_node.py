@@ -30,6 +30,7 @@ from clicooper.net.node_records import (
     is_node_record,
 )
 from clicooper.protocol.messages import Control, Header, Message
+from clicooper.provenance.commitments import stamp_architecture
 from clicooper.rundir import model_file
 
 
@@ -42,6 +43,7 @@ class TrainerNode(Node):
         if meta is None:
             meta = dataset_meta(self.given)
         bp = blueprint_for(self.given, meta.input_shape, meta.num_classes, plan=plan)
+        stamp_architecture(bp.plan.extra, bp.model)  # the DO's plan.json names the model: the same one
         self.attach(node_party(self.given, self.name, bp, device=opts.device), self.given)
 
     def play(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@
   loudly instead of silently changing every commitment.
 - :func:`dataset_commitment` — salted (HMAC-SHA256 keyed by a DO secret) commitment to the training set,
   so nobody can test a candidate dataset against the public genesis.
-- :func:`config_hash`, :func:`architecture_hash` — plain hashes for the genesis.
+- :func:`config_hash`, :func:`architecture_hash` — plain hashes for the genesis; :func:`stamp_architecture`
+  records the architecture hash in ``plan.json`` (``extra.architecture_hash``) and checks it where a run's
+  plan is rebuilt (nodes, ``load_run``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from safetensors.torch import save as _st_save
 from torch import nn
 
-from clicooper.errors import DataError, LedgerError
+from clicooper.errors import ConfigError, DataError, LedgerError
 from clicooper.provenance.canonical import canonical_json, lp, sha256_hex
 
 #: Minimum length of the DO's dataset-commitment secret.
@@ -100,3 +102,15 @@ def architecture_hash(model: nn.Module) -> str:
         "state": [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()],
     }
     return sha256_hex(canonical_json(desc))
+
+
+def stamp_architecture(extra: dict[str, Any], model: nn.Module) -> str:
+    """Record :func:`architecture_hash` of ``model`` in a new plan's ``extra``, or check the one a given plan
+    records (a party building another model than the run's plan was made from is refused)."""
+    h = architecture_hash(model)
+    have = extra.setdefault("architecture_hash", h)
+    if have != h:
+        raise ConfigError(f"the model built here has architecture hash {h[:16]}…, the run's plan.json says "
+                          f"{str(have)[:16]}…: every party must build the same model from the same config.json "
+                          "(same model_spec or built-in, same torch version)")
+    return h

@@ -71,6 +71,8 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
     key = {"model": cfg.get("model"), "dataset": cfg.get("dataset"), "train_range": list(rng) if rng else None,
            "epochs": cfg.get("epochs"), "seed": cfg.get("seed"), "trainers": cfg.get("trainers"),
            "batch_size": cfg.get("batch_size") or 128, "lr": cfg.get("lr", 1e-3)}
+    if cfg.get("model_spec"):  # a model file's run: its layers are part of the settings
+        key["model_spec"] = cfg["model_spec"]
     path = Path(run_dir) / "do_alone.json"
     if path.is_file():
         try:
@@ -85,7 +87,7 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
     dataset = load_dataset(key["dataset"], options=cfg.get("data"))
     acc = do_alone_accuracy(key["model"], dataset, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
-                            batch_size=key["batch_size"], lr=key["lr"])
+                            batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"))
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
     rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
     return out

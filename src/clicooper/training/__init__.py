@@ -5,6 +5,7 @@
 - :mod:`.provenance_hooks` — the ledger and watermarks with every party's key at hand;
 - :mod:`.observe` — what each trainer received, for attack evaluators;
 - :mod:`.do_alone` — the DO's head + a linear layer trained alone (the trainers' gain).
+- :mod:`.own_model` — ``train(config, model=…)``: the user's own ``nn.Sequential`` and its weights.
 """
 
 from clicooper.training.run import train

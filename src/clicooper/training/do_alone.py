@@ -22,10 +22,13 @@ from clicooper.models.partition import make_plan, split_model
 
 
 def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, int] | None, epochs: int,
-                      seed: int, trainers: int = 2, batch_size: int = 128, lr: float = 1e-3) -> float:
-    """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring)."""
+                      seed: int, trainers: int = 2, batch_size: int = 128, lr: float = 1e-3,
+                      model_spec: list[dict[str, Any]] | None = None) -> float:
+    """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring); the model is
+    the built-in ``model_name``, or ``model_spec`` (a model file's layers) when given. Evaluated in eval
+    mode (BatchNorm's running statistics)."""
     torch.manual_seed(seed)
-    model = zoo.build(model_name, dataset.input_shape, dataset.num_classes, seed=seed)
+    model = zoo.build_model(model_name, model_spec, dataset.input_shape, dataset.num_classes, seed=seed)
     plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)
     head = split_model(model, plan)["DO:head"]
     feat = int(math.prod(plan.head.output_shape))

@@ -25,6 +25,7 @@ from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
+from clicooper.training import own_model
 from clicooper.training.observe import ObservationRecorder, subset_ids
 from clicooper.training.provenance_hooks import default_hooks
 from clicooper.training.session import Progress, RoundHooks, Session
@@ -122,6 +123,16 @@ class _Rounds:
         return m
 
 
+def _initial_weights(config: RunConfig, model: own_model.Model | None, run_dir: Path, *, resumed: bool
+                     ) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:
+    """(config, given initial weights): ``model=`` adopted for a new run, the saved ones for a resumed run."""
+    if resumed:
+        if model is not None:
+            raise ConfigError("train(resume=RUN) rebuilds the run's own model; do not pass model=")
+        return config, own_model.load_initial(run_dir)
+    return own_model.adopt(config, model) if model is not None else (config, None)
+
+
 def train(
     config: RunConfig | dict[str, Any] | None = None,
     *,
@@ -131,6 +142,7 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     hooks: RoundHooks | None = None,
     max_epsilon: float | None = None,
+    model: own_model.Model | None = None,
 ) -> RunHandle:
     """Train a model cooperatively and return the run (see module docstring).
 
@@ -141,11 +153,18 @@ def train(
     ε every DP report of ``privacy.json`` would have after it is computed; if one would exceed the limit,
     training stops cleanly *before* that epoch — the completed epochs are saved, the ledger stays open, and
     ``metrics.json`` gets a ``"stopped"`` record — and ``--resume`` with a larger limit continues it.
+
+    ``model`` (an ``nn.Sequential`` or a list of modules of allowlisted layer types): train it, from its
+    own weights, instead of ``config.model`` (see :mod:`clicooper.training.own_model`).
     """
     run_dir, config, done, metrics = _open_run(config, out, resume)
+    config, initial = _initial_weights(config, model, run_dir, resumed=resume is not None)
     dataset = load_dataset(config.dataset, options=config.data)
     config, blueprint = resolve_run(config, num_train=len(dataset.train_ids(config.train_range)),  # checks the range
-                                    input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+                                    input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+                                    initial_state=initial)
+    if model is not None:
+        own_model.check_adopted(model, blueprint.model)
     check_max_epsilon(max_epsilon, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     privacy = build_privacy(config, run_dir, dataset, blueprint, new_run=resume is None)
@@ -154,6 +173,8 @@ def train(
         if privacy.notice:
             print(privacy.notice, file=sys.stderr)
         if resume is None:
+            if initial is not None:
+                own_model.save_initial(run_dir, session.plan, initial)
             rundir.write_json(run_dir / rundir.CONFIG, config.model_dump(mode="json"))
             rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
             session.save_model_files(0)

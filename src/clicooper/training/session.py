@@ -13,6 +13,7 @@ from clicooper.core import checkpoint
 from clicooper.core.builder import build_data_owner, build_trainer, party_names
 from clicooper.core.rounds import round_metrics, run_round
 from clicooper.data import Dataset
+from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import Blueprint, blueprint_for
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 from clicooper.protocol.inproc import InProcessNetwork
@@ -97,14 +98,16 @@ class Session:
 
     @torch.no_grad()
     def test_accuracy(self, batch_size: int = 2048) -> float:
-        """Local-path test accuracy of the current segments (as if delivered), on true labels."""
+        """Local-path test accuracy of the current segments (as if delivered), on true labels; in eval mode
+        (BatchNorm's running statistics, no dropout), training mode restored afterwards."""
         x, y = self.dataset.x_test, self.dataset.y_test
         correct = 0
-        for i in range(0, len(x), batch_size):
-            p = self._local_forward(x[i : i + batch_size]).float().softmax(1)
-            if self.label_encoder is not None:
-                p = self.label_encoder.decode_probs(p)
-            correct += int((p.argmax(1).cpu() == y[i : i + batch_size]).sum())
+        with evaluating(self.model):
+            for i in range(0, len(x), batch_size):
+                p = self._local_forward(x[i : i + batch_size]).float().softmax(1)
+                if self.label_encoder is not None:
+                    p = self.label_encoder.decode_probs(p)
+                correct += int((p.argmax(1).cpu() == y[i : i + batch_size]).sum())
         return correct / max(1, len(x))
 
     def run_round(self, r: int, progress: Progress | None = None) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""Describe a user's ``nn.Sequential`` as a spec, for ``clicooper.train(config, model=…)``.
+
+The run keeps the description (``RunConfig.model_spec``), not the module: ``load_run``, ``evaluate``, the
+attacks and every node rebuild the model from it. So each layer must be exactly an allowlisted type
+(:data:`clicooper.models.layers.LAYERS`, or :class:`~clicooper.models.blocks.Residual`), subclasses
+included in the refusal; its constructor arguments are read back from its attributes. ``inplace=True`` of
+activations and dropout is dropped: the rebuilt layer computes the same values out of place. A layer that
+cannot be described is refused with a message that points to model files, rather than training something
+that ``load_run`` could not rebuild.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from clicooper.errors import ConfigError
+from clicooper.models.blocks import Residual
+from clicooper.models.layers import LAYERS, RESIDUAL, allowed_types
+from clicooper.models.spec import Layer, parse_layer
+
+_BY_CLASS: dict[type[nn.Module], str] = {lt.cls: name for name, lt in LAYERS.items()}
+_INPLACE = re.compile(r",?\s*inplace=True")
+
+
+def as_sequential(model: nn.Module | Sequence[nn.Module]) -> nn.Sequential:
+    """``model`` itself, or a list of modules wrapped in an ``nn.Sequential`` (keys ``"0.weight"``, …)."""
+    if isinstance(model, nn.Sequential):
+        return model
+    if isinstance(model, (list, tuple)) and model and all(isinstance(m, nn.Module) for m in model):
+        return nn.Sequential(*model)
+    raise ConfigError("model= takes an nn.Sequential or a non-empty list of nn.Module layers; for anything "
+                      "else, write a model file (--model-file, README 'Your own model')")
+
+
+def describe(model: nn.Module | Sequence[nn.Module]) -> list[Layer]:
+    """The spec of ``model`` (see the module docstring); :class:`ConfigError` names a layer it cannot describe."""
+    return [_describe(m, f"layer {i}") for i, m in enumerate(as_sequential(model))]
+
+
+def _describe(m: nn.Module, label: str) -> Layer:
+    if type(m) is Residual:
+        return _describe_residual(m, label)
+    name = _BY_CLASS.get(type(m))
+    if name is None:
+        raise ConfigError(
+            f"{label} ({type(m).__name__}) is not an allowlisted layer ({', '.join(allowed_types())}), so the run "
+            "could not rebuild it (load_run, evaluate, attacks, nodes build from a description, never from "
+            "code): use allowlisted layers only, or write the model as a model file (--model-file)")
+    _refuse_states(m, f"{label} ({name})")
+    d: dict[str, Any] = {"type": name}
+    for arg in LAYERS[name].args:
+        d[arg] = _plain((getattr(m, arg, None) is not None) if arg == "bias" else getattr(m, arg))
+    return parse_layer(d, label)
+
+
+def _describe_residual(m: Residual, label: str) -> Layer:
+    name = f"{label} ({RESIDUAL})"
+    if not isinstance(m.body, nn.Sequential) or type(m.body) is not nn.Sequential:
+        raise ConfigError(f"{name}: its body must be an nn.Sequential")
+    out: Layer = {"type": RESIDUAL, "body": [_describe(x, f"{name} body layer {i}") for i, x in enumerate(m.body)]}
+    if m.shortcut is not None:
+        if type(m.shortcut) is not nn.Sequential:
+            raise ConfigError(f"{name}: its shortcut must be None (identity) or an nn.Sequential")
+        if len(m.shortcut):
+            out["shortcut"] = [_describe(x, f"{name} shortcut layer {i}") for i, x in enumerate(m.shortcut)]
+    return out
+
+
+def _refuse_states(m: nn.Module, name: str) -> None:
+    """Constructor options a model file cannot express."""
+    if getattr(m, "return_indices", False):
+        raise ConfigError(f"{name}: return_indices=True is not supported (the next layer would get a tuple)")
+    if getattr(m, "divisor_override", None) is not None:
+        raise ConfigError(f"{name}: divisor_override is not supported")
+    size = getattr(m, "output_size", 1)
+    if size is None or (isinstance(size, (tuple, list)) and any(s is None for s in size)):
+        raise ConfigError(f"{name}: output_size with None entries is not supported; give every size")
+
+
+def _plain(v: Any) -> Any:
+    """Tuples (and ``torch.Size``) as lists, so the spec is JSON."""
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def check_rebuilt(given: nn.Module | Sequence[nn.Module], rebuilt: nn.Module) -> None:
+    """The model rebuilt from the description must print like the given one (``inplace`` aside)."""
+    want, got = _INPLACE.sub("", repr(as_sequential(given))), _INPLACE.sub("", repr(rebuilt))
+    if want != got:
+        raise ConfigError("the model rebuilt from its description differs from the one given (compare "
+                          f"{want!r} with {got!r}); write it as a model file (--model-file)")

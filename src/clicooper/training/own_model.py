@@ -1,0 +1,69 @@
+"""``clicooper.train(config, model=…)``: train the user's own ``nn.Sequential``, starting from its weights.
+
+The module is described as a spec (:func:`clicooper.models.describe.describe`) that becomes the run's
+``model_spec``, so ``config.json`` alone rebuilds the architecture (``load_run``, ``evaluate``, attacks);
+the rebuilt model must print like the given one. Its weights are the run's initial weights: they are saved
+as ``RUN/initial_model.safetensors`` (keys of the full ``nn.Sequential``), their hash is recorded in
+``plan.json`` (``extra.initial_weights``), and ``train(resume=RUN)`` starts from them again. The round-0
+model files (``model/*.safetensors`` at epoch 0) hold them too. ``export`` gives a state dict that loads
+into the same ``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clicooper import rundir
+from clicooper.config import RunConfig, make_config
+from clicooper.errors import ConfigError, RunDirError
+from clicooper.models import zoo
+from clicooper.models.describe import as_sequential, check_rebuilt, describe
+from clicooper.models.partition import Plan
+from clicooper.provenance.commitments import segment_commitment
+
+Model = nn.Module | Sequence[nn.Module]
+CUSTOM = "custom"
+
+
+def adopt(config: RunConfig, model: Model) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    """``config`` with ``model_spec`` describing ``model`` (and ``model`` naming it: the config's own
+    name unless that is a built-in's, else ``custom``), and ``model``'s initial weights."""
+    if config.model_spec is not None:
+        raise ConfigError("give model= or the config's model_spec, not both")
+    seq = as_sequential(model)
+    spec = describe(seq)
+    name = CUSTOM if config.model in zoo.names() else config.model
+    state = {k: v.detach().to("cpu").clone() for k, v in seq.state_dict().items()}
+    return make_config(**(config.model_dump() | {"model": name, "model_spec": spec})), state
+
+
+def check_adopted(model: Model, built: nn.Module) -> None:
+    """The run's model (built from the description) must be the given one, layer for layer."""
+    check_rebuilt(model, built)
+
+
+def save_initial(run_dir: Path, plan: Plan, state: dict[str, torch.Tensor]) -> None:
+    """Write ``RUN/initial_model.safetensors`` and record its hash in the plan (before ``plan.json``)."""
+    plan.extra["initial_weights"] = segment_commitment(state)
+    rundir.save_tensors(Path(run_dir) / rundir.INITIAL_MODEL, state, {"what": "initial weights (model=)"})
+
+
+def load_initial(run_dir: Path) -> dict[str, torch.Tensor] | None:
+    """A resumed run's given initial weights (checked against ``plan.json``), or ``None`` if it had none."""
+    run_dir = Path(run_dir)
+    plan = rundir.read_json(run_dir / rundir.PLAN) if (run_dir / rundir.PLAN).is_file() else {}
+    want = plan.get("extra", {}).get("initial_weights")
+    f = run_dir / rundir.INITIAL_MODEL
+    if want is None:
+        return None
+    if not f.is_file():
+        raise RunDirError(f"{f} is missing, but {run_dir / rundir.PLAN} says the run starts from given weights; "
+                          "restore the file")
+    state, _ = rundir.load_tensors(f)
+    if segment_commitment(state) != want:
+        raise RunDirError(f"{f} does not hold the initial weights {run_dir / rundir.PLAN} records; restore it")
+    return state
