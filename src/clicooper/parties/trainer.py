@@ -59,9 +59,10 @@ class Trainer(PartyBase):
             return self.module(x)
 
     def _wire(self, t: torch.Tensor) -> torch.Tensor:
-        """A tensor as it is sent: detached, float32 and on the CPU (a no-op for a float32 CPU trainer)."""
+        """A tensor as it is sent: detached, bf16 autocast's half precision back to float32, on the CPU (a no-op
+        for a float32 — or a float64 — CPU trainer)."""
         t = t.detach()
-        if t.dtype != torch.float32:
+        if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()
         return t if t.device.type == "cpu" else t.cpu()
 
