@@ -233,6 +233,10 @@ class GrpcTransport:
         for link in list(self._out.values()):
             link.flush(deadline)
 
+    def unacknowledged(self) -> dict[str, int]:
+        """Per peer, messages sent to it that it has not acknowledged yet (only peers with any)."""
+        return {p: n for p, link in sorted(self._out.items()) if (n := link.pending())}
+
     def wait_for_peers(self, peers: list[str] | None = None, *, timeout: float | None = None) -> None:
         """Connect to ``peers`` (default: all) now; raise a :class:`WireError` naming any that fail."""
         for peer in peers or sorted(self._peers):

@@ -255,9 +255,11 @@ class Node(ABC):
             if msg is not None:
                 return msg
             if time.monotonic() >= end:
+                stuck = "".join(f"; {p} has not acknowledged {n} message(s)"
+                                for p, n in self.transport.unacknowledged().items())
                 raise WireError(
                     f"{self.name} received nothing for {self.opts.idle_timeout_s:.0f} s while waiting for "
-                    f"{waiting_for}: a peer is down or stuck; stop every node and start them all again "
+                    f"{waiting_for}{stuck}: a peer is down or stuck; stop every node and start them all again "
                     "(they resume from the last round every party checkpointed)")
 
     # -- checkpoints ----------------------------------------------------------------------------------

@@ -162,6 +162,11 @@ class OutboundLink:
             if self.error is not None:
                 raise self.error
 
+    def pending(self) -> int:
+        """Messages queued or sent but not acknowledged yet."""
+        with self._cv:
+            return len(self._queue) + len(self._unacked)
+
     def wait_ready(self, timeout: float) -> None:
         """Connect now (instead of on first send); raise a diagnosed :class:`WireError` on failure."""
         self._ensure_ready(time.monotonic() + timeout)
