@@ -103,3 +103,77 @@ def test_cli_certs_lists_fingerprints(tmp_path: Path) -> None:
     assert sorted(fps) == ["DO", "T1", "T2", "T3"] and all(len(v) == 64 for v in fps.values())
     assert (tmp_path / "certs" / "T2.key").stat().st_mode & 0o077 == 0
     assert again.exit_code != 0 and "already holds a certificate set" in again.output
+
+
+# no bias before a BatchNorm: its gradient is zero up to rounding, which Adam would turn into ±lr steps
+# that differ between two summation orders (tests/test_equivalence.py)
+TINY_RESIDUAL_TOML = """
+name = "tiny-residual"
+[[layers]]
+type = "Conv2d"
+out_channels = 8
+kernel_size = 3
+padding = 1
+bias = false
+[[layers]]
+type = "BatchNorm2d"
+[[layers]]
+type = "ReLU"
+[[layers]]
+type = "Residual"
+body = [{ type = "Conv2d", out_channels = 8, kernel_size = 3, padding = 1, bias = false }, { type = "BatchNorm2d" },
+        { type = "ReLU" }, { type = "Conv2d", out_channels = 8, kernel_size = 3, padding = 1 }]
+[[layers]]
+type = "ReLU"
+[[layers]]
+type = "Flatten"
+[[layers]]
+type = "Linear"
+out_features = 32
+[[layers]]
+type = "ReLU"
+[[layers]]
+type = "Linear"
+out_features = "outputs"
+"""
+
+
+@pytest.mark.slow
+def test_launch_with_a_model_file_matches_in_process(tmp_path: Path) -> None:
+    # prepare: a residual model with BatchNorm, from a model file, K = 2, one epoch, provenance off
+    from clicooper.models.spec import load_model_file
+
+    model_file = tmp_path / "tiny.toml"
+    model_file.write_text(TINY_RESIDUAL_TOML)
+    cfg = TINY | {"trainers": 2, "epochs": 1, "train_range": [0, 320]}
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps(cfg))
+    spec = load_model_file(model_file)
+    ref = train(cfg | {"model": spec.name, "model_spec": spec.layers}, out=tmp_path / "inproc")
+    # execute: every node builds its segment from RUN/config.json, which carries the model file's layers
+    r = CliRunner().invoke(app, ["launch", str(cfg_file), "--local", "--insecure-loopback", "--model-file",
+                                 str(model_file), "--out", str(tmp_path / "grpc"), "--json"])
+    # assert
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "grpc" / "config.json").read_text())
+    assert saved["model"] == "tiny-residual" and saved["model_spec"] == spec.layers
+    assert max_weight_diff(ref.path, tmp_path / "grpc") < 1e-5
+    assert any(k.endswith("running_mean") for k in load_run(tmp_path / "grpc").modules["T1"].state_dict())
+
+
+@pytest.mark.slow
+def test_launch_with_a_model_file_and_provenance_verifies(tmp_path: Path) -> None:
+    # prepare
+    from clicooper.models.spec import load_model_file
+
+    (tmp_path / "tiny.toml").write_text(TINY_RESIDUAL_TOML)
+    spec = load_model_file(tmp_path / "tiny.toml")
+    cfg = TINY | {"trainers": 2, "epochs": 1, "provenance": True, "model": spec.name, "model_spec": spec.layers}
+    # execute
+    launch_local(cfg, tmp_path / "run", insecure_loopback=True, max_restarts=0, timeout_s=240)
+    v = CliRunner().invoke(app, ["verify", str(tmp_path / "run"), "--json"])
+    # assert: the genesis binds config.json (the layers included) and the rebuilt architecture
+    assert v.exit_code == 0, v.output
+    genesis = json.loads((tmp_path / "run" / "ledger.jsonl").read_text().splitlines()[0])
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert genesis["architecture_hash"] == plan["extra"]["architecture_hash"]
