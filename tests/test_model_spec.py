@@ -251,3 +251,21 @@ def test_cli_plan_and_train_take_a_model_file(tmp_path: Path) -> None:
     assert saved_plan["extra"]["architecture_hash"] == p["extra"]["architecture_hash"]
     ev = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json"])
     assert ev.exit_code == 0, ev.output
+
+
+@pytest.mark.parametrize(("name", "shape"), [("fmnist-resnet", (1, 28, 28)), ("cifar-resnet", (3, 32, 32))])
+def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks(name: str,
+                                                                                 shape: tuple[int, ...]) -> None:
+    # prepare
+    model = zoo.build(name, shape, 10, seed=0)
+    # execute
+    plan = make_plan(model, model_name=name, input_shape=shape, trainers=2)
+    # assert: head = one convolution (its unit), tail = the classifier, every residual block at a trainer
+    assert plan.head.layer_names == ["Conv2d"] and plan.tail is not None
+    assert plan.tail.layer_names == ["Flatten", "Linear"]
+    assert plan.do_flop_share <= 0.10
+    blocks = [i for i, m in enumerate(model) if isinstance(m, Residual)]
+    assert len(blocks) == 3
+    assert sorted(i for p in plan.segments for i in p.layers if i in blocks) == blocks
+    with pytest.raises(ConfigError, match="expects"):
+        zoo.build(name, (shape[0], 8, 8), 10, seed=0)

@@ -3,7 +3,7 @@
 ``fmnist-cnn`` is exactly the reference model of DESIGN §2; the attack figures are anchored on it, so it
 must not change. Privacy-oriented architectures get their own names. Where it reads well a built-in is
 written as a spec, the form of a model file (:mod:`clicooper.models.spec`), so it doubles as an example:
-``fmnist-cnn``, ``digits-mlp`` and ``digits-cnn``.
+``fmnist-cnn``, ``digits-mlp``, ``digits-cnn``, ``fmnist-resnet`` and ``cifar-resnet``.
 """
 
 from __future__ import annotations
@@ -133,3 +133,48 @@ register_spec("digits-cnn", "small CNN for 8×8 digits: conv16 | conv32-pool | f
     {"type": "Flatten"}, {"type": "Linear", "out_features": 64}, {"type": "ReLU"},
     {"type": "Linear", "out_features": "outputs"},
 ])
+
+
+# ---------------------------------------------------------------------------------------- residual networks
+def _conv(out: int, k: int = 3, stride: int = 1) -> dict[str, Any]:
+    """A bias-free k×k convolution with "same" padding (a BatchNorm follows it)."""
+    return {"type": "Conv2d", "out_channels": out, "kernel_size": k, "stride": stride, "padding": k // 2,
+            "bias": False}
+
+
+_BN, _RELU = {"type": "BatchNorm2d"}, {"type": "ReLU"}
+
+
+def _block(out: int, stride: int = 1, project: bool = False) -> list[dict[str, Any]]:
+    """A basic residual block (two 3×3 convolutions) and the ReLU after the sum; ``project``: a 1×1
+    convolution on the shortcut where the width or the resolution changes."""
+    block: dict[str, Any] = {"type": "Residual", "body": [_conv(out, stride=stride), _BN, _RELU, _conv(out), _BN]}
+    if project:
+        block["shortcut"] = [_conv(out, k=1, stride=stride), _BN]
+    return [block, _RELU]
+
+
+def _resnet(stem: int, width: int) -> list[dict[str, Any]]:
+    """Stem | block(width) | block(2·width, stride 2) | block(2·width) | global average pool | fc.
+
+    The DO's head is the stem alone: ONE strided 3×3 convolution (a linear map, no bias: a BatchNorm
+    follows; its unit has no parameter-free layer after it, the BatchNorm starts the next unit), so the
+    DO-alone model (head + a linear layer) is a linear classifier and the trainers' blocks carry the
+    accuracy. The DO's tail is the final Linear (with the Flatten before it); the three residual blocks,
+    with every BatchNorm, go to the trainers (none is in the DO's head or tail, so DP defenses accept it).
+    """
+    return [
+        {"type": "Conv2d", "out_channels": stem, "kernel_size": 3, "stride": 2, "padding": 1, "bias": False},  # DO
+        _BN, _RELU,
+        *_block(width, project=True),
+        *_block(2 * width, stride=2, project=True),
+        *_block(2 * width),
+        {"type": "AdaptiveAvgPool2d", "output_size": 1},
+        {"type": "Flatten"}, {"type": "Linear", "out_features": "outputs"},  # DO tail
+    ]
+
+
+register_spec("fmnist-resnet", "residual CNN for 28×28: conv32/2 (DO) | res48 | res96/2 | res96 | avgpool fc",
+              _resnet(32, 48), hw=(28, 28))
+register_spec("cifar-resnet", "residual CNN for 32×32×3: conv32/2 (DO) | res64 | res128/2 | res128 | avgpool fc",
+              _resnet(32, 64), hw=(32, 32))
