@@ -269,3 +269,16 @@ def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks
     assert sorted(i for p in plan.segments for i in p.layers if i in blocks) == blocks
     with pytest.raises(ConfigError, match="expects"):
         zoo.build(name, (shape[0], 8, 8), 10, seed=0)
+
+
+def test_the_readme_model_file_builds(tmp_path: Path) -> None:
+    # prepare: the example of README "Your own model"
+    text = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    block = text.split("### Your own model", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "model.toml").write_text(block)
+    # execute
+    mf = load_model_file(tmp_path / "model.toml")
+    model = zoo.build_spec(mf.layers, (1, 28, 28), 10, seed=0)
+    # assert
+    assert mf.name == "tiny-resnet" and isinstance(model[3], Residual)
+    assert make_plan(model, model_name=mf.name, input_shape=(1, 28, 28), trainers=1).head.layer_names == ["Conv2d"]
