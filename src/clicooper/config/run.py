@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clicooper.config.presets import apply_preset
+from clicooper.config.security import AdversaryConfig, AuditConfig, DetectionConfig, security_problem
 from clicooper.errors import ConfigError
 
 Topology = Literal["u-shape", "open-tail"]
@@ -207,6 +208,10 @@ class RunConfig(_Strict):
     dp: DPConfig = DPConfig()
     labels: LabelConfig = LabelConfig()
     watermark: WatermarkConfig = WatermarkConfig()
+    adversary: AdversaryConfig | None = Field(
+        None, description="research option: one malicious trainer (config/security.py); never a default")
+    detection: DetectionConfig = Field(DetectionConfig(), description="the DO's live detection (off by default)")
+    audit: AuditConfig = Field(AuditConfig(), description="trainers keep messages and checkpoints for audits")
     provenance: bool = Field(True, description="keep a signed ledger (DESIGN §5)")
     preset: str | None = Field(
         None,
@@ -252,6 +257,10 @@ class RunConfig(_Strict):
                 "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
                 "(in the U-shape the labels never leave the DO)"
             )
+        security = security_problem(self.adversary, self.audit, trainers=self.trainers, topology=self.topology,
+                                    provenance=self.provenance)
+        if security is not None:
+            raise ValueError(security)
         unknown = sorted(set(self.party_devices) - {"DO", *(f"T{i + 1}" for i in range(self.trainers))})
         if unknown:
             raise ValueError(f"party_devices names {', '.join(unknown)}, not a party of this run; use DO or "
