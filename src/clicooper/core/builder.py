@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from clicooper.config import RunConfig
+from clicooper.core.security import AdversaryContext, trainer_factory
 from clicooper.core.setup import resolve_device
 from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
@@ -67,13 +68,14 @@ def build_data_owner(
 
 
 def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
-                  device: str | None = None) -> Trainer:
-    """Trainer ``name`` (``T<i>``): its segment on its device, its Adam, its chain neighbours and input shape."""
+                  device: str | None = None, context: AdversaryContext | None = None) -> Trainer:
+    """Trainer ``name`` (``T<i>``): its segment on its device, its Adam, its chain neighbours and input shape
+    (the malicious trainer of ``config.adversary`` where it names ``name``: core/security.py)."""
     tnames = party_names(config)[1:]
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
     mod = modules[name].to(resolve_device(device or config.device_of(name), name))
-    trainer = Trainer(
+    trainer = trainer_factory(config, name, context)(
         name, mod, _adam(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from clicooper.config import RunConfig
+from clicooper.core.security import Validator, after_step
 from clicooper.data import epoch_order, steps_in
 from clicooper.parties.data_owner import DataOwner, EpochStats
 from clicooper.protocol.messages import Message
@@ -42,8 +43,11 @@ class RoundResult:
 
 
 def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: torch.Tensor, r: int, *,
-              on_step: OnStep | None = None) -> RoundResult:
-    """Train round ``r`` (0-based): the DO's batches in :func:`epoch_order`, each step through ``driver``."""
+              on_step: OnStep | None = None, validator: Validator | None = None) -> RoundResult:
+    """Train round ``r`` (0-based): the DO's batches in :func:`epoch_order`, each step through ``driver``.
+
+    With the DO's guard on, each step is followed by its checks (:func:`clicooper.core.security.after_step`):
+    an alarm raises :class:`~clicooper.core.security.DetectionStop` mid-round."""
     order = epoch_order(train_ids, seed=config.seed, epoch=r)
     bs = config.batch_size
     assert bs is not None, "config must be resolved (RunConfig.resolved) before training"
@@ -53,6 +57,7 @@ def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: t
         driver.run_step(do.start_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)
         if not do.step_done:
             raise RuntimeError(f"step {s} of round {r} did not complete; a party dropped a message")
+        after_step(do, driver, validator, r, s)
         if on_step is not None:
             on_step(r, s, steps)
     return RoundResult(do.take_stats(), time.perf_counter() - t0, len(order))

@@ -27,6 +27,7 @@ from clicooper.protocol.messages import (
 )
 
 if TYPE_CHECKING:
+    from clicooper.parties.guard import Guard
     from clicooper.privacy.dpsgd import HeadDPSGD
 
 
@@ -105,6 +106,7 @@ class DataOwner(PartyBase):
         hash_transcripts: bool = False,
         device: torch.device | str = "cpu",
         head_dpsgd: HeadDPSGD | None = None,
+        guard: Guard | None = None,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -117,6 +119,7 @@ class DataOwner(PartyBase):
         self.label_encoder, self.label_noiser = label_encoder, label_noiser
         self.expected_return_shape = expected_return_shape
         self.head_dpsgd = head_dpsgd  # DP-SGD on the head (privacy/dpsgd.py) instead of its plain gradient
+        self.guard = guard  # live detection of malicious trainers (parties/guard), None when off
         self.device = torch.device(device)
         self.state: StepState | None = None
         self.stats = EpochStats()
@@ -140,6 +143,8 @@ class DataOwner(PartyBase):
         chunks = [c for c in chunks if len(c)]
         m = len(chunks)
         st = StepState(epoch, step, chunks, [], [], batch_size=len(ids))
+        if self.guard is not None:
+            self.guard.begin_step(epoch, step)
         out: list[Message] = []
         if self.tail is None:  # open tail: announce the batch size (public) before the labels
             out.append(Control(Header("DO", self.last, epoch, step, 0, m), "batch", {"size": str(len(ids))}))
@@ -147,7 +152,8 @@ class DataOwner(PartyBase):
             x = self.x_train[cid].to(self.device)
             y = self.y_train[cid]
             st.y.append(y)
-            tgt = self._targets(y, cid, epoch).to(self.device)
+            y_used = y if self.guard is None else self.guard.labels(epoch, step, j, y)  # fake labels (SplitGuard)
+            tgt = self._targets(y_used, cid, epoch).to(self.device)
             st.targets.append(tgt)
             a0 = self.head(x)  # (b, …) head output
             rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
@@ -194,6 +200,8 @@ class DataOwner(PartyBase):
             if rel is None:
                 raise WireError(f"DO: duplicate gradient for micro-batch {h.micro}")
             validate_tensor(msg.tensor, expected_shape=tuple(rel.shape), what="DO: gradient from T1")
+            if self.guard is not None:
+                self.guard.on_gradient(st.epoch, st.step, h.micro, msg.tensor)
             if self.head_dpsgd is None:
                 rel.backward(msg.tensor.to(self.device))
             else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
@@ -203,7 +211,10 @@ class DataOwner(PartyBase):
             if st.grads_back == len(st.ids):
                 if self.head_dpsgd is not None:
                     self.head_dpsgd.finalize(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
-                self._step()
+                if self.guard is None or self.guard.before_step(st.epoch, st.step):
+                    self._step()
+                else:  # a fake batch: its gradient is measured, never applied
+                    self.optimizer.zero_grad(set_to_none=True)
                 self.state = None
             return []
         raise WireError(f"DO: unexpected {type(msg).__name__} from {h.sender}")
@@ -236,3 +247,22 @@ class DataOwner(PartyBase):
         """Return and reset the epoch's accumulated statistics."""
         s, self.stats = self.stats, EpochStats()
         return s
+
+    @torch.no_grad()
+    def start_query(self, x: torch.Tensor, *, epoch: int, step: int, query_ids: torch.Tensor) -> list[Message]:
+        """A query through the chain (``mode="infer"``): the head's output, protected as a served query
+        (stream ``query``, one fresh noise per counter in ``query_ids``); the answer lands in
+        ``infer_results[(step, 0)]``."""
+        a0 = self.head(x.to(self.device))
+        if self.protector is not None:
+            a0 = self.protector.protect(a0, sample_ids=query_ids, round=epoch, stream="query")
+        msg = Activations(Header("DO", self.first, epoch, step, 0, 1), a0.detach(), mode="infer")
+        self._update_transcript(self.first, "sent", msg)
+        return [msg]
+
+    @torch.no_grad()
+    def answer_probs(self, answer: torch.Tensor) -> torch.Tensor:
+        """Probabilities over the true classes from a query's answer (the tail's input in U-shape)."""
+        logits = self.tail(answer.to(self.device)) if self.tail is not None else answer.to(self.device)
+        probs = logits.float().softmax(1)
+        return self.label_encoder.decode_probs(probs) if self.label_encoder is not None else probs

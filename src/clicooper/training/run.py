@@ -20,6 +20,7 @@ from clicooper.config import RunConfig, make_config
 from clicooper.core.budget import budget_stop, check_max_epsilon
 from clicooper.core.checkpoint import completed_rounds, write_state
 from clicooper.core.privacy import build_privacy
+from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
 from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
@@ -28,6 +29,7 @@ from clicooper.runs import RunHandle
 from clicooper.training import own_model
 from clicooper.training.observe import ObservationRecorder, subset_ids
 from clicooper.training.provenance_hooks import default_hooks
+from clicooper.training.security import detection_stop, dismiss, round_records
 from clicooper.training.session import Progress, RoundHooks, Session
 
 
@@ -94,7 +96,11 @@ class _Rounds:
                 rundir.write_json(self.run_dir / rundir.METRICS, self.metrics)
                 write_state(self.run_dir, r)
                 return  # a budget stop leaves the ledger open: the run can resume
-            m = self.one(r, progress)
+            try:
+                m = self.one(r, progress)
+            except DetectionStop as stop:  # saved, resumable; the DO's signed accusation is in the ledger
+                detection_stop(self.s, self.run_dir, self.hooks, self.metrics, r, stop.alarm)
+                return
             if on_epoch is not None:
                 on_epoch(m)
         if self.hooks is not None:
@@ -105,6 +111,7 @@ class _Rounds:
         if hooks is not None:
             hooks.on_round_start(r, s.parties)
         m = s.run_round(r, progress)
+        round_records(s, self.run_dir, m)  # the guard's summary; RUN/attacks/active.json
         if self.privacy.enabled:
             record = self.privacy.record_after(r + 1)
             m["privacy"] = record.get("reports", record)
@@ -143,6 +150,7 @@ def train(
     hooks: RoundHooks | None = None,
     max_epsilon: float | None = None,
     model: own_model.Model | None = None,
+    dismiss_detection: bool = False,
 ) -> RunHandle:
     """Train a model cooperatively and return the run (see module docstring).
 
@@ -182,6 +190,8 @@ def train(
             session.load_checkpoint(done - 1)
         if hooks is None:
             hooks = default_hooks(config, run_dir, session, new_run=resume is None)
+        if dismiss_detection:  # the DO reviewed an accusation and continues (training/security.py)
+            dismiss(session)
         rounds = _Rounds(session, run_dir, privacy, hooks, metrics, _recorder(session, run_dir))
         rounds.run(done, max_epsilon=max_epsilon, progress=progress, on_epoch=on_epoch)
     except KeyboardInterrupt as e:

@@ -10,8 +10,10 @@ import torch
 
 from clicooper.config import RunConfig
 from clicooper.core import checkpoint
+from clicooper.core.audit_log import AuditLog
 from clicooper.core.builder import build_data_owner, build_trainer, party_names
 from clicooper.core.rounds import round_metrics, run_round
+from clicooper.core.security import Validator, adversary_context, build_guard
 from clicooper.data import Dataset
 from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import Blueprint, blueprint_for
@@ -62,10 +64,24 @@ class Session:
         self.modules = self.blueprint.modules()
         self.do = build_data_owner(config, self.plan, self.modules, dataset, privacy=privacy)  # each party's
         # modules go to its own device (config.device_of), so the model may span devices
-        self.trainers = [build_trainer(config, self.plan, self.modules, n) for n in party_names(config)[1:]]
+        ctx = adversary_context(config, dataset, self._truth)  # lent only to config.adversary's trainer
+        self.trainers = [build_trainer(config, self.plan, self.modules, n, context=ctx)
+                         for n in party_names(config)[1:]]
+        self.guard = build_guard(config, self.do, dataset.num_classes, run_dir)  # None unless detection is on
+        self.validator = Validator(config, self.do, dataset) \
+            if self.guard is not None and config.detection.validation.enabled else None
+        self.audit_logs = {t.name: AuditLog(t, run_dir, config.audit) for t in self.trainers} \
+            if config.audit.enabled and run_dir is not None else {}  # what each trainer keeps for audits
         self.label_encoder = privacy.label_encoder
         self.net = InProcessNetwork([self.do, *self.trainers])
         self.train_ids = dataset.train_ids(config.train_range)
+
+    def _truth(self, epoch: int, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluator's ground truth of a micro-batch in flight (attacks/active/base.py)."""
+        st = self.do.state
+        assert st is not None and (st.epoch, st.step) == (epoch, step)
+        ids = st.ids[micro]
+        return self.dataset.x_train[ids], self.dataset.y_train[ids]
 
     @property
     def parties(self) -> dict[str, Any]:
@@ -114,7 +130,8 @@ class Session:
         """Train one epoch (round ``r``, 0-based) over the in-process network; return its metrics."""
         self.net.take_bytes()
         on_step = None if progress is None else (lambda r_, s, n: progress(r_ + 1, s + 1, n))
-        result = run_round(self.do, InProcessDriver(self.net), self.config, self.train_ids, r, on_step=on_step)
+        result = run_round(self.do, InProcessDriver(self.net), self.config, self.train_ids, r, on_step=on_step,
+                           validator=self.validator)
         nbytes = self.net.take_bytes()
         return round_metrics(r, result, self.config, test_acc=self.test_accuracy(), bytes_per_cut=nbytes,
                              bytes_per_sample_per_cut={k: v / result.samples for k, v in nbytes.items()})
