@@ -22,6 +22,8 @@ from clicooper.provenance.transcript import new_transcript_hash
 
 #: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
 StepHook = Callable[[nn.Module], "torch.Tensor | None"]
+#: A message tap: (peer, "sent" | "recv", message) for every tensor message, in transcript order (audit logs).
+MessageTap = Callable[[str, str, Message], None]
 
 
 _HASH_POOL: ThreadPoolExecutor | None = None
@@ -49,6 +51,7 @@ class PartyBase(abc.ABC):
         self._transcripts: dict[str, Any] = {}
         self._pending: Future[None] | None = None  # the last hashing job submitted (the worker is FIFO)
         self.step_hooks: list[StepHook] = []
+        self.message_taps: list[MessageTap] = []
         self.steps_taken = 0
         self.samples_processed = 0
         self.wire_dtype = "fp32"  # how tensors travel (RunConfig.wire_dtype; protocol/wire_codec.py)
@@ -58,7 +61,11 @@ class PartyBase(abc.ABC):
     # (parties never modify a tensor in place after putting it in a message), so hashing it later gives the
     # same digest. Every read (``transcript_digests``) or reset first waits for the pending jobs.
     def _update_transcript(self, peer: str, direction: str, msg: Message) -> None:
-        if not self.hash_transcripts or isinstance(msg, Control):
+        if isinstance(msg, Control):
+            return
+        for tap in self.message_taps:
+            tap(peer, direction, msg)
+        if not self.hash_transcripts:
             return
         key = f"{peer}:{direction}"
         h = self._transcripts.get(key)

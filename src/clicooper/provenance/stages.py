@@ -132,8 +132,10 @@ class StageEngine:
             self.samples0[name] = party.samples_processed
             self.steps0[name] = party.steps_taken
 
-    def end_stage(self, r: int, position: int, party: Any) -> tuple[StageEntry, dict[str, Any]]:
-        """Extra steps until BER = 0, then the owner's signed entry for stage (r, position), appended."""
+    def end_stage(self, r: int, position: int, party: Any, *, audit: dict[str, Any] | None = None,
+                  ) -> tuple[StageEntry, dict[str, Any]]:
+        """Extra steps until BER = 0, then the owner's signed entry for stage (r, position), appended;
+        ``audit``: the checkpoint commitments of the party's audit log (``metrics["audit"]``)."""
         pos = next((p for p in self.held if p.position == position), None)
         if pos is None:
             raise LedgerError(f"position {position} is not held here; its owner drafts stage ({r}, {position})")
@@ -145,13 +147,14 @@ class StageEngine:
             extra = embed_until_zero(pos.module, marks, lam=max(pos.cap.lam, EXTRA_STEP_LAMBDA),
                                      optimizer=party.optimizer, max_steps=pos.cap.max_extra_steps)
         wrong_after, _ = module_errors(pos.module, marks)
-        signed = self._signed_entry(r, pos, party, extra)
+        signed = self._signed_entry(r, pos, party, extra, audit)
         written = self.ledger.append(signed, allow_identical=True)
         return signed, {"party": pos.plan_party, "bits": total,
                         "ber_before_extra": wrong_before / total if total else None,
                         "ber": wrong_after / total if total else None, "extra_steps": extra, "committed": written}
 
-    def _signed_entry(self, r: int, pos: Position, party: Any, extra: int) -> StageEntry:
+    def _signed_entry(self, r: int, pos: Position, party: Any, extra: int, audit: dict[str, Any] | None = None,
+                      ) -> StageEntry:
         assert pos.module is not None and pos.cap is not None
         identity = self.identities[pos.owner]
         samples = party.samples_processed - self.samples0[pos.owner]
@@ -164,7 +167,8 @@ class StageEngine:
             round=r, position=pos.position, start=self.starts[pos.position], end=module_commitment(pos.module),
             transcripts=party.transcript_digests(), watermark=wm, key_commitment=kc,
             metrics={"samples": samples, "flops_fwd_bwd": pos.flops_per_sample * samples,
-                     "steps": party.steps_taken - self.steps0[pos.owner], "extra_watermark_steps": extra},
+                     "steps": party.steps_taken - self.steps0[pos.owner], "extra_watermark_steps": extra}
+            | ({"audit": audit} if audit is not None else {}),
         )
         committed = self.ledger.stage(r, pos.position)
         if committed is not None:

@@ -63,10 +63,15 @@ class ProvenanceHooks:
     def on_round_start(self, r: int, parties: dict[str, Any]) -> None:
         """Marks, start commitments, fresh transcripts, watermark terms as step hooks."""
         self.engine.begin_round(r, parties)
+        for log in getattr(self.session, "audit_logs", {}).values():  # core/audit_log.py (audit.enabled)
+            log.begin_round(r)
 
     def on_round_end(self, r: int, parties: dict[str, Any], metrics: dict[str, Any]) -> None:
         """BER = 0 (bounded extra steps), then stage entries in position order; metrics["provenance"]."""
-        report = {str(p.position): self.engine.end_stage(r, p.position, parties[p.owner])[1] for p in self.positions}
+        logs = getattr(self.session, "audit_logs", {})
+        report = {str(p.position): self.engine.end_stage(
+            r, p.position, parties[p.owner], audit=logs[p.owner].end_round() if p.owner in logs else None)[1]
+            for p in self.positions}
         self.engine.end_round(parties)
         metrics["provenance"] = report
         if any(v["extra_steps"] for v in report.values()) and "test_acc" in metrics:
