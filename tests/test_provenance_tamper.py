@@ -318,7 +318,7 @@ def test_party_name_keyed_transcripts(tmp_path: Path) -> None:
     entries[2] = dataclasses.replace(t1, transcripts={**t1.transcripts, "DO:recv": "ab" * 32})
     report = _verify(tmp_path, [_line(x) for x in _rechain(sim, entries)])
     assert report.checks_failed() == {"transcript"}
-    assert any("DO sent to T1 is not what T1 received" in f.message for f in report.failures)
+    assert any("DO sent to T1 in round 0 is not what T1 received" in f.message for f in report.failures)
     do_tail = entries[3]
     assert isinstance(do_tail, StageEntry)
     entries[2] = t1

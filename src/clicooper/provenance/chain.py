@@ -16,15 +16,26 @@ from clicooper.provenance.identity import verify as verify_signature
 
 @dataclass(frozen=True)
 class Issue:
-    """One failed check: ``index`` is the 0-based entry (line) index, ``None`` for the whole ledger."""
+    """One failed check: ``index`` is the 0-based entry (line) index, ``None`` for the whole ledger.
+
+    ``consequential`` marks a failure that follows from an earlier one (docs/ledger-format.md §11: e.g.
+    the ``prev`` of the entry after an unreadable line); the first failure of a report never is.
+    """
 
     index: int | None
     check: str
     message: str
+    consequential: bool = False
 
     def __str__(self) -> str:
         where = "ledger" if self.index is None else f"entry {self.index} (line {self.index + 1})"
-        return f"{where}: [{self.check}] {self.message}"
+        tag = " (consequential)" if self.consequential else ""
+        return f"{where}: [{self.check}]{tag} {self.message}"
+
+    def to_json(self) -> dict[str, object]:
+        """JSON form for ``verify --json``."""
+        return {"index": self.index, "check": self.check, "message": self.message,
+                "consequential": self.consequential}
 
 
 def multi_signature_issues(entry: Genesis | Closing, genesis: Genesis, index: int,

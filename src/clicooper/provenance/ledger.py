@@ -76,8 +76,14 @@ def read_ledger_lines(path: str | os.PathLike[str]) -> LedgerContents:
 
 
 def _parses(line: bytes) -> bool:
+    """Whether ``line`` reads as an entry (UTF-8, JSON, its type's schema and field checks; a genesis of an
+    unknown version counts: docs/ledger-format.md §4.2): a last line that does not is a torn tail."""
     try:
-        entry_from_json(json.loads(line.decode("utf-8")))
+        obj = json.loads(line.decode("utf-8"))
+        check_entry(obj)
+        entry_from_json(obj)
+    except FormatVersionError:
+        return True  # a whole entry, of a format this build does not read: not a torn write
     except (UnicodeDecodeError, ValueError):
         return False
     return True
