@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clicooper.cli.common import emit_json, err, guarded, out
-from clicooper.errors import KeyFileError, LedgerError
+from clicooper.errors import CliCooperError, KeyFileError, LedgerError
 
 
 def _passphrase(path: Path | None) -> str | None:
@@ -92,7 +92,8 @@ def _print_verify(report: Any, reveals: list[dict[str, Any]], secs: float) -> No
         out.print(f"[green]OK[/]: {report.rounds_completed} rounds, ledger closed, segments match "
                   f"({secs:.2f} s)")
     else:
-        for f in report.failures:
+        err.print(f"[red]FAIL[/] first cause: {escape(str(report.cause))}", highlight=False, soft_wrap=True)
+        for f in report.failures[1:]:
             err.print(f"[red]FAIL[/] {escape(str(f))}", highlight=False, soft_wrap=True)
 
 
@@ -103,11 +104,22 @@ def verify(
     reveal: list[Path] = typer.Option(None, "--reveal", help="reveal file(s) to check against the segments"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
-    """Check a run's ledger and segments (signatures, chain, transcripts, commitments). Exit 0 iff all hold."""
-    from clicooper.provenance.delivered import verify_delivered, verify_exit_code  # lazy: torch
+    """Check a run's ledger, bound files and segments (docs/ledger-format.md §11). Exit 0 iff all hold."""
+    from clicooper.provenance.delivered import (  # lazy: torch
+        error_verdict,
+        verify_delivered,
+        verify_exit_code,
+    )
 
     t0 = time.perf_counter()
-    report, reveals = verify_delivered(run, model, reveal or [])
+    try:
+        report, reveals = verify_delivered(run, model, reveal or [])
+    except (CliCooperError, KeyboardInterrupt) as e:
+        if not as_json:
+            raise
+        code = 130 if isinstance(e, KeyboardInterrupt) else e.exit_code
+        emit_json(error_verdict(e, code) | {"seconds": time.perf_counter() - t0})  # a verdict on every path
+        raise typer.Exit(code) from None
     secs = time.perf_counter() - t0
     if as_json:
         emit_json(report.to_json() | {"reveals": reveals, "seconds": secs})

@@ -9,6 +9,7 @@ here imports the CLI.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from clicooper import rundir
 from clicooper.errors import KeyFileError, LedgerError, RunDirError
-from clicooper.models.partition import Plan
+from clicooper.provenance.bindings import run_bindings
 from clicooper.provenance.entries import Entry, StageEntry
 from clicooper.provenance.identity import load_identity
 from clicooper.provenance.ledger import Issue, read_ledger
@@ -34,24 +35,61 @@ def ledger_path(run: Path) -> Path:
     return p
 
 
+_PLAN_PARTY = re.compile(r"^(DO:head|DO:tail|T[1-9][0-9]*)$")
+_PUB_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def plan_files(run: Path) -> dict[int, str]:
+    """Position → file name in ``model/``, from ``plan.json``'s ``parties[].party`` and ``parties[].position``
+    (the only fields verify reads: docs/ledger-format.md §10); :class:`RunDirError` when they are unusable."""
+    path = Path(run) / rundir.PLAN
+    obj = rundir.read_json(path)
+    parties = obj.get("parties") if isinstance(obj, dict) else None
+    if not isinstance(parties, list):
+        raise RunDirError(f"{path} has no list 'parties': it is not a run's partition plan")
+    out: dict[int, str] = {}
+    for i, pp in enumerate(parties):
+        party = pp.get("party") if isinstance(pp, dict) else None
+        pos = pp.get("position") if isinstance(pp, dict) else None
+        if not isinstance(party, str) or not _PLAN_PARTY.match(party) or type(pos) is not int or pos < 0 \
+                or pos in out:
+            raise RunDirError(f"{path}: parties[{i}] must have a 'party' (DO:head, T<i>, DO:tail) and a "
+                              "'position' (an integer ≥ 0, each once)")
+        out[pos] = model_file(party)
+    return out
+
+
 def load_segments(run: Path, model_dir: Path | None = None, *, positions: list[int] | None = None,
                   ) -> dict[int, dict[str, torch.Tensor]]:
     """Segments ``{position: state dict}`` from ``RUN/model`` (or ``model_dir``), mapped by ``plan.json``."""
     d = Path(model_dir) if model_dir is not None else Path(run) / rundir.MODEL_DIR
-    plan = Plan.from_dict(rundir.read_json(Path(run) / rundir.PLAN))
     out = {}
-    for pp in plan.parties:
-        if positions is not None and pp.position not in positions:
+    for pos, name in sorted(plan_files(run).items()):
+        if positions is not None and pos not in positions:
             continue
-        f = d / model_file(pp.party)
+        f = d / name
         if not f.is_file():
-            raise RunDirError(f"{f} is missing: expected the weights of {pp.party} (position {pp.position})")
-        out[pp.position] = rundir.load_tensors(f)[0]
+            raise RunDirError(f"{f} is missing: expected the weights of position {pos}")
+        out[pos] = rundir.load_tensors(f)[0]
     return out
 
 
+def present_segments(run: Path, model_dir: Path | None, files: dict[int, str],
+                     ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, str]]:
+    """The presented segments, and why each absent or unreadable one is missing (position → reason)."""
+    d = Path(model_dir) if model_dir is not None else Path(run) / rundir.MODEL_DIR
+    segments, missing = {}, {}
+    for pos, name in sorted(files.items()):
+        try:
+            segments[pos] = rundir.load_tensors(d / name)[0]
+        except RunDirError as e:
+            missing[pos] = str(e)
+    return segments, missing
+
+
 def trusted_keys(run: Path) -> tuple[dict[str, bytes], list[str]]:
-    """Public keys known for the run: ``RUN/keys/<name>.key`` (unencrypted) or ``<name>.pub`` (hex)."""
+    """Public keys known for the run: ``RUN/keys/<name>.pub`` (64 hex digits, surrounding whitespace
+    ignored) or, when there is none, ``<name>.key`` (an unencrypted PKCS#8 PEM Ed25519 private key)."""
     keys: dict[str, bytes] = {}
     notes: list[str] = []
     d = Path(run) / rundir.KEYS
@@ -60,10 +98,15 @@ def trusted_keys(run: Path) -> tuple[dict[str, bytes], list[str]]:
     for f in sorted(d.iterdir()):
         if f.suffix == ".pub":
             try:
-                keys[f.stem] = bytes.fromhex(f.read_text("ascii").strip())
-            except ValueError:
-                notes.append(f"{f} is not a hex public key; ignored")
-        elif f.suffix == ".key" and f.stem not in keys:
+                text = f.read_text("ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if _PUB_HEX.match(text):
+                keys[f.stem] = bytes.fromhex(text)
+            else:
+                notes.append(f"{f} is not 64 hex digits (a raw Ed25519 public key); ignored")
+    for f in sorted(d.iterdir()):
+        if f.suffix == ".key" and f.stem not in keys:
             try:
                 keys[f.stem] = load_identity(f).public_key
             except KeyFileError as e:
@@ -101,32 +144,60 @@ def read_reveal_file(f: Path) -> Any:
 
 def check_reveal_files(report: VerifyReport, files: Sequence[Path], ledger: Path,
                        segments: dict[int, dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
-    """Check each reveal file against ``segments``; a bad or erroneous stage becomes a ``reveal`` failure
-    of ``report``. Returns one JSON row per revealed stage."""
+    """Check each reveal file against ``segments``; an unreadable file, a bad stage or one with wrong bits
+    becomes a ``reveal`` failure of ``report`` (consequential when the ledger or segments failed already).
+    Returns one JSON row per revealed stage."""
     rows = []
+    after = bool(report.failures)
     for f in files:
-        for sc in check_reveal(read_reveal_file(f), ledger, segments):
+        try:
+            checks = check_reveal(read_reveal_file(f), ledger, segments)
+        except LedgerError as e:
+            report.failures.append(Issue(None, "reveal", f"{f}: {e}", after))
+            continue
+        for sc in checks:
             rows.append({"file": str(f), **sc.to_json()})
             if not sc.ok:
-                report.failures.append(Issue(None, "reveal", f"{f}: stage ({sc.round}, {sc.position}): {sc.reason}"))
+                report.failures.append(Issue(None, "reveal", f"{f}: stage ({sc.round}, {sc.position}): "
+                                                             f"{sc.reason}", after))
             elif sc.errors:
                 report.failures.append(Issue(None, "reveal", f"{f}: stage ({sc.round}, {sc.position}) has "
-                                                             f"{sc.errors}/{sc.n_bits} wrong bits"))
+                                                             f"{sc.errors}/{sc.n_bits} wrong bits", after))
     return rows
 
 
 def verify_delivered(run: Path, model_dir: Path | None = None, reveal_files: Sequence[Path] = (),
                      ) -> tuple[VerifyReport, list[dict[str, Any]]]:
-    """What ``clicooper verify RUN [--model DIR] [--reveal FILE…]`` checks: the ledger against the
-    presented segments, pinned to the keys of ``RUN/keys``, plus each reveal file. Returns the report
-    (key notes included) and the reveal rows; never writes."""
+    """What ``clicooper verify RUN [--model DIR] [--reveal FILE…]`` checks (docs/ledger-format.md §11): the
+    ledger, pinned to the keys of ``RUN/keys``, with the files the genesis binds (config.json, the model it
+    describes); every position's presented segment; each reveal file. Returns the report (notes included)
+    and the reveal rows; never writes. Raises (:class:`RunDirError`, :class:`LedgerError`) only when there
+    is no ledger to verify."""
     ledger = ledger_path(run)
-    segments = load_segments(run, model_dir)
-    keys, key_notes = trusted_keys(run)
-    report = verify_run(ledger, segments, trusted_keys=keys or None)
-    report.notes += key_notes
+    keys, notes = trusted_keys(run)
+    bindings = run_bindings(run, notes)
+    plan_issue = None
+    segments: dict[int, dict[str, torch.Tensor]] = {}
+    missing: dict[int, str] | None = None
+    try:
+        segments, missing = present_segments(run, model_dir, plan_files(run))
+    except RunDirError as e:
+        plan_issue = Issue(None, "plan", f"{e}: the presented segments cannot be mapped to positions")
+    report = verify_run(ledger, segments if missing is not None else None, trusted_keys=keys or None,
+                        bindings=bindings, missing=missing)
+    if plan_issue is not None:
+        report.failures.append(plan_issue)
+    report.notes += notes
     reveals = check_reveal_files(report, reveal_files, ledger, segments)
     return report, reveals
+
+
+def error_verdict(error: BaseException, exit_code: int) -> dict[str, Any]:
+    """The JSON verdict of a ``verify`` that could not run (no ledger, unreadable run directory, …): the
+    keys of :meth:`VerifyReport.to_json`, not ok, the error as its cause (check ``error``)."""
+    cause = Issue(None, "error", str(error) or type(error).__name__)
+    report = VerifyReport(run_id=None, failures=[cause])
+    return report.to_json() | {"reveals": [], "error": cause.message, "exit_code": exit_code}
 
 
 def verify_exit_code(report: VerifyReport) -> int:
@@ -135,4 +206,5 @@ def verify_exit_code(report: VerifyReport) -> int:
 
 
 __all__ = ["check_reveal_files", "final_retained_stages", "ledger_path", "load_segments", "party_record",
-           "read_reveal_file", "trusted_keys", "verify_delivered", "verify_exit_code"]
+           "error_verdict", "plan_files", "present_segments", "read_reveal_file", "trusted_keys", "verify_delivered",
+           "verify_exit_code"]
