@@ -36,7 +36,9 @@ def test_writes_json_with_settings_results_and_headline(run_dir: Path) -> None:
     assert out["settings"]["parties"] == ["T1", "T2"] and out["settings"]["epochs"] == [1]
     assert {r["party"] for r in out["results"]} == {"T1", "T2"}
     lv = out["headline"]["T2"]["zero-knowledge"]
-    assert set(lv) == {"primary", "score", "floor", "higher_is_better", "beats_floor", "metrics"}
+    assert set(lv) == {"primary", "score", "floor", "higher_is_better", "beats_floor", "metrics", "convergence",
+                       "converged"}
+    assert lv["convergence"] is None and lv["converged"] is None  # k-means has no step budget to check
     assert informative(lv)
     assert "sample_ids" not in json.dumps(out)
 

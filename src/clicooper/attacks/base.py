@@ -36,6 +36,7 @@ class LevelResult:
     floor: float
     higher_is_better: bool = True
     metrics: dict[str, Any] = field(default_factory=dict)
+    convergence: dict[str, Any] | None = None  # :func:`convergence`; None: no step budget (e.g. k-means)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -46,6 +47,8 @@ class LevelResult:
             "higher_is_better": self.higher_is_better,
             "beats_floor": beats_floor(self),
             "metrics": _clean(self.metrics),
+            "convergence": _clean(self.convergence),
+            "converged": None if self.convergence is None else bool(self.convergence["converged"]),
         }
 
 
@@ -69,6 +72,39 @@ class AttackResult:
             "info": _clean(self.info),
             "levels": {k: v.to_json() for k, v in self.levels.items()},
         }
+
+
+#: Fractions of an attack's step budget at which its figure is read (issue 14: ¼, ½ and the full budget).
+BUDGET_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
+#: A figure counts as converged when the last doubling of the budget (½ → 1) changed it by less than this.
+CONVERGENCE_TOL = 0.01
+
+
+def budget_points(steps: int) -> list[int]:
+    """The step counts (at least 1 each) of :data:`BUDGET_FRACTIONS` of a ``steps`` budget."""
+    return [max(1, round(steps * f)) for f in BUDGET_FRACTIONS]
+
+
+def convergence(values: list[float], steps: list[int] | None = None, *, what: str = "steps",
+                tol: float = CONVERGENCE_TOL) -> dict[str, Any]:
+    """The convergence record of a figure read at ¼, ½ and the full budget (``values`` in that order).
+
+    ``converged`` is whether the last doubling (½ → full) changed the figure by less than ``tol``; when it
+    did not, the full-budget figure is a *lower bound* of what the attack reaches (or, if it fell, an
+    unstable one) and the report says so. ``what`` names the budget (``"steps"``, ``"rounds"`` …).
+    """
+    if len(values) != len(BUDGET_FRACTIONS):
+        raise AttackError(f"convergence needs {len(BUDGET_FRACTIONS)} values (¼, ½, full budget), got {len(values)}")
+    change = abs(float(values[-1]) - float(values[-2]))
+    return {"fractions": list(BUDGET_FRACTIONS), "budget": steps, "unit": what,
+            "values": [float(v) for v in values], "last_doubling": change, "tol": tol,
+            "converged": bool(math.isfinite(change) and change < tol)}
+
+
+def converged(level: LevelResult | dict[str, Any]) -> bool | None:
+    """Whether a level's figure converged (None: the attack has no step budget to check)."""
+    conv = level.convergence if isinstance(level, LevelResult) else level.get("convergence")
+    return None if conv is None else bool(conv.get("converged"))
 
 
 def beats_floor(level: LevelResult) -> bool:

@@ -29,7 +29,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from clicooper.attacks import metrics
-from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.attacks.base import AttackResult, LevelResult, budget_points, convergence, register, require
 from clicooper.attacks.clustering import embed, seeded_kmeans
 from clicooper.attacks.inversion import sliced_wasserstein
 from clicooper.attacks.nets import batched, fit, random_shift, reinit
@@ -87,8 +87,11 @@ def _predict_labels(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 def train_classifier(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, soft: bool, steps: int,
                      batch: int, lr: float, max_shift: int, seed: int,
                      params: list[nn.Parameter] | None = None,
-                     extra: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
-    """Train ``model`` on (x, targets): CE on hard labels or KL to soft probabilities, shift augmentation."""
+                     extra: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                     score: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, list[float]]:
+    """Train ``model`` on (x, targets): CE on hard labels or KL to soft probabilities, shift augmentation.
+
+    Returns the model and ``score(model)`` read at ¼, ½ and all of ``steps`` (empty without ``score``)."""
     gen = torch.Generator().manual_seed(seed)
 
     def loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -100,7 +103,20 @@ def train_classifier(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *
             ls = F.cross_entropy(out, targets[idx])
         return ls + (extra(m, idx) if extra is not None else 0)
 
-    return fit(model, loss, x.shape[0], steps=steps, batch=batch, lr=lr, seed=seed, params=params)
+    return fit_scored(model, loss, x.shape[0], score, steps=steps, batch=batch, lr=lr, seed=seed, params=params)
+
+
+def fit_scored(model: nn.Module, loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], n: int,
+               score: Callable[[nn.Module], float] | None, *, steps: int, **kw: Any) -> tuple[nn.Module, list[float]]:
+    """:func:`~clicooper.attacks.nets.fit`, with ``score(model)`` read at ¼, ½ and all of ``steps`` along the
+    run (issue 14: an attack shows it has converged). Without ``score`` the list is empty."""
+    got: dict[int, float] = {}
+    on = None if score is None else (lambda s, m: got.__setitem__(s, score(m)))
+    model = fit(model, loss, n, steps=steps, checkpoints=budget_points(steps)[:-1], on_checkpoint=on, **kw)
+    if score is None:
+        return model, []
+    final = score(model)
+    return model, [got.get(p, final) for p in budget_points(steps)[:-1]] + [final]
 
 
 @register("extraction")
@@ -165,7 +181,7 @@ class ExtractionAttack:
         tail = nn.Sequential(nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed))
         # 1) tail on the last trainer's own outputs, pseudo-labelled
         train_classifier(tail, feats.flatten(1), torch.as_tensor(pseudo, dtype=torch.long), soft=False,
-                         steps=cfg.steps // 2, batch=128, lr=cfg.lr, max_shift=0, seed=cfg.seed)
+                         steps=max(1, cfg.steps // 2), batch=128, lr=cfg.lr, max_shift=0, seed=cfg.seed)
         model = nn.Sequential(head, body, tail)
         if k == 0:
             return self._fit_unlabelled(views, model, x_test, y_test)
@@ -203,13 +219,16 @@ class ExtractionAttack:
             div = (pm * pm.clamp_min(1e-8).log()).sum()  # −H(mean p): keep classes balanced
             return sliced_wasserstein(h, a0[ridx], generator=gen) + 0.1 * (ent + div)
 
-        fit(model, loss0, xa.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
-            params=list(head.parameters()))
+        _, accs = fit_scored(model, loss0, xa.shape[0],
+                             lambda m: metrics.hungarian_accuracy(y_test, _predict_labels(m, x_test)),
+                             steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed, params=list(head.parameters()))
         pred = _predict_labels(model, x_test)
         acc = metrics.hungarian_accuracy(y_test, pred)
         return LevelResult(primary="accuracy", score=acc, floor=metrics.hungarian_chance(y_test, pred),
                            metrics={"oracle_accuracy": acc, "labelled_per_class": 0,
-                                    "note": "class names unknown at k = 0: Hungarian-matched"})
+                                    "note": "class names unknown at k = 0: Hungarian-matched"},
+                           convergence=convergence(accs, budget_points(cfg.steps),
+                                                   what="head steps (tail pre-training at its full budget)"))
 
     def _fit_known(self, views: Views, k: int, model: nn.Sequential, width: int, x_test: torch.Tensor,
                    y_test: np.ndarray, chance: float) -> LevelResult:
@@ -224,20 +243,26 @@ class ExtractionAttack:
         def reg(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
             return F.mse_loss(m[0](xk[idx]), a0k[idx]) / a0k.pow(2).mean().clamp_min(1e-12)
 
-        train_classifier(model, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
-                         max_shift=0, seed=cfg.seed, params=list(head.parameters()) + list(tail.parameters()),
-                         extra=reg)
-        acc = metrics.accuracy(y_test, _predict_labels(model, x_test))
+        def test_acc(m: nn.Module) -> float:
+            return metrics.accuracy(y_test, _predict_labels(m, x_test))
+
+        _, accs = train_classifier(model, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                                   max_shift=0, seed=cfg.seed, params=list(head.parameters()) + list(tail.parameters()),
+                                   extra=reg, score=test_acc)
+        acc = accs[-1]
         # 3) the same architecture from scratch on the same k samples
         scratch = nn.Sequential(reinit(arch.head(), cfg.seed + 1),
                                 *[reinit(f(), cfg.seed + 2 + i) for i, f in enumerate(arch.segments)],
                                 nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed + 9))
-        train_classifier(scratch, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
-                         max_shift=cfg.max_shift, seed=cfg.seed)
-        base = metrics.accuracy(y_test, _predict_labels(scratch, x_test))
+        _, base_accs = train_classifier(scratch, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                                        max_shift=cfg.max_shift, seed=cfg.seed, score=test_acc)
+        base = base_accs[-1]
         return LevelResult(primary="accuracy", score=acc, floor=max(chance, base),
                            metrics={"accuracy": acc, "scratch_accuracy": base, "advantage": acc - base,
-                                    "chance": chance, "labelled_per_class": k})
+                                    "chance": chance, "labelled_per_class": k,
+                                    "scratch_convergence": convergence(base_accs, budget_points(cfg.steps))},
+                           convergence=convergence(accs, budget_points(cfg.steps),
+                                                   what="steps (tail pre-training at its full budget)"))
 
     # -- query client ------------------------------------------------------------------------------------
 
@@ -252,15 +277,17 @@ class ExtractionAttack:
         for soft in (True, False):
             model = build_model(arch, x_test.shape[1:], c, seed=cfg.seed)
             targets = probs if soft else probs.argmax(1)
-            train_classifier(model, xq, targets, soft=soft, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
-                             max_shift=0, seed=cfg.seed)
+            _, accs = train_classifier(model, xq, targets, soft=soft, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
+                                       max_shift=0, seed=cfg.seed,
+                                       score=lambda m: metrics.accuracy(y_test, _predict_labels(m, x_test)))
             pred = _predict_labels(model, x_test)
             acc = metrics.accuracy(y_test, pred)
             out["query-soft" if soft else "query-hard"] = LevelResult(
                 primary="accuracy", score=acc, floor=chance,
                 metrics={"accuracy": acc, "fidelity": metrics.accuracy(victim_test, pred),
                          "victim_accuracy": metrics.accuracy(y_test, victim_test),
-                         "queries": int(xq.shape[0]), "relative": acc / max(metrics.accuracy(y_test, victim_test), 1e-12)})
+                         "queries": int(xq.shape[0]), "relative": acc / max(metrics.accuracy(y_test, victim_test), 1e-12)},
+                convergence=convergence(accs, budget_points(cfg.steps)))
         return out
 
 

@@ -22,7 +22,9 @@ SSIM (DESIGN §7 settings), PSNR, MSE, and the global / class floors on the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clicooper.attacks import metrics
-from clicooper.attacks.base import AttackResult, LevelResult, register, require
+from clicooper.attacks.base import AttackResult, LevelResult, budget_points, convergence, register, require
 from clicooper.attacks.nets import Decoder, batched, fit, reinit
 from clicooper.attacks.views import NoiseSpec, Views
 
@@ -90,10 +92,12 @@ def _shift_pair(z: torch.Tensor, x: torch.Tensor, factor: int, gen: torch.Genera
 def train_decoder(z: torch.Tensor | None, x: torch.Tensor, *, cfg: InversionConfig,
                   encode: nn.Module | None = None, noise: NoiseSpec | None = None,
                   augment_shift: int = 0, weight_decay: float = 0.0, dropout: float = 0.0,
-                  seed: int = 0, in_shape: tuple[int, ...] | None = None) -> Decoder:
+                  seed: int = 0, in_shape: tuple[int, ...] | None = None,
+                  on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> Decoder:
     """Fit a decoder to pairs ``(z, x)``, or to ``(noise(encode(x)), x)`` when ``encode`` is given.
 
-    10 % of the pairs (at least 2) are held out for early stopping.
+    10 % of the pairs (at least 2) are held out for early stopping. ``on_checkpoint(step, decoder)`` is
+    called at ¼ and ½ of ``cfg.steps`` (:func:`clicooper.attacks.base.budget_points`).
     """
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
@@ -126,7 +130,18 @@ def train_decoder(z: torch.Tensor | None, x: torch.Tensor, *, cfg: InversionConf
         return float(F.mse_loss(batched(model, zb), xb))
 
     return fit(dec, loss, tr.numel(), steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, weight_decay=weight_decay,
-               seed=seed, val=val_loss if n_val else None, val_every=max(1, cfg.steps // 10))  # type: ignore[return-value]
+               seed=seed, val=val_loss if n_val else None, val_every=max(1, cfg.steps // 10),
+               checkpoints=budget_points(cfg.steps)[:-1], on_checkpoint=on_checkpoint)  # type: ignore[return-value]
+
+
+def decoder_series(z: torch.Tensor | None, x: torch.Tensor, z_eval: torch.Tensor, *, cfg: InversionConfig,
+                   **kw: Any) -> list[torch.Tensor]:
+    """Reconstructions of ``z_eval`` by a decoder trained as :func:`train_decoder` does, read at ¼, ½ and
+    all of ``cfg.steps`` along one run (the figure's convergence, issue 14)."""
+    got: dict[int, torch.Tensor] = {}
+    dec = train_decoder(z, x, cfg=cfg, on_checkpoint=lambda s, m: got.__setitem__(s, batched(m, z_eval)), **kw)
+    final = batched(dec, z_eval)
+    return [got.get(p, final) for p in budget_points(cfg.steps)[:-1]] + [final]
 
 
 def refine(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, steps: int, tv_weight: float,
@@ -153,15 +168,19 @@ def refine(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, steps: int, tv
 
 
 def unsplit(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, rounds: int, inner: int,
-            tv_weight: float, seed: int) -> tuple[torch.Tensor, nn.Module]:
+            tv_weight: float, seed: int,
+            on_checkpoint: Callable[[int, torch.Tensor, nn.Module], None] | None = None,
+            ) -> tuple[torch.Tensor, nn.Module]:
     """UnSplit (Erdogan et al. 2022, Alg. 1): alternate image and clone-head updates minimising
-    ``‖clone(x) − z‖² + λ·TV(x)``. Returns the images and the fitted clone."""
+    ``‖clone(x) − z‖² + λ·TV(x)``. Returns the images and the fitted clone; ``on_checkpoint(round, images,
+    clone copy)`` sees them at ¼ and ½ of ``rounds``."""
+    marks = set(budget_points(rounds)[:-1]) if on_checkpoint is not None else set()
     torch.manual_seed(seed)
     logit = torch.logit(x0.clamp(1e-3, 1 - 1e-3)).detach().requires_grad_(True)
     opt_x = torch.optim.Adam([logit], lr=0.05)
     opt_h = torch.optim.Adam(head.parameters(), lr=1e-3)
     head.train()
-    for _ in range(rounds):
+    for r in range(rounds):
         for opt in (opt_x, opt_h):
             for _ in range(inner):
                 opt_x.zero_grad()
@@ -170,11 +189,13 @@ def unsplit(head: nn.Module, z: torch.Tensor, x0: torch.Tensor, *, rounds: int, 
                 loss = F.mse_loss(head(x), z) + tv_weight * tv(x)
                 loss.backward()
                 opt.step()
+        if r + 1 in marks:
+            on_checkpoint(r + 1, torch.sigmoid(logit).detach(), copy.deepcopy(head).eval())  # type: ignore[misc]
     return torch.sigmoid(logit).detach(), head.eval()
 
 
 @dataclass
-class _Scoreboard:
+class Scoreboard:
     """The victims of one inversion run and what it found: per-level results, grids, skipped modes."""
 
     x: torch.Tensor  # (V, C, H, W) the victims' true images
@@ -185,23 +206,42 @@ class _Scoreboard:
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def score(self, tag: str, recons: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
-        """Score every reconstruction method of level ``tag``; the best SSIM is the level's figure."""
-        by = {k: metrics.image_scores(r, self.x) for k, r in recons.items()}
+    def score(self, tag: str, series: dict[str, list[torch.Tensor]], budget: list[int],
+              extra: dict[str, Any] | None = None, units: dict[str, tuple[list[int], str]] | None = None) -> None:
+        """Score every reconstruction method of level ``tag`` (each read at ¼, ½ and the full ``budget``
+        of steps, or the ``units`` entry of that method); the best full-budget SSIM is the level's figure,
+        and its three readings its convergence."""
+        by = {k: metrics.image_scores(r[-1], self.x) for k, r in series.items()}
         best = max(by, key=lambda k: by[k]["ssim"])
+        values = [metrics.image_scores(r, self.x)["ssim"] for r in series[best][:-1]] + [by[best]["ssim"]]
+        budget, unit = (units or {}).get(best, (budget, "steps"))
         self.levels[tag] = LevelResult(primary="ssim", score=by[best]["ssim"], floor=self.floors["global_floor"],
                                        metrics={**by[best], **self.floors, "best_method": best, "by_method": by,
-                                                "victims": int(self.x.shape[0]), **(extra or {})})
-        self.grids[f"grid/{tag}"] = torch.stack([self.x[: self.grid], recons[best][: self.grid].float()])
+                                                "victims": int(self.x.shape[0]), **(extra or {})},
+                                       convergence=convergence(values, budget, what=unit))
+        self.grids[f"grid/{tag}"] = torch.stack([self.x[: self.grid], series[best][-1][: self.grid].float()])
 
 
-def _floor_reference(views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+def floor_reference(views: Views) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels the floors are computed from: the auxiliary data, else the held-out data."""
     truth = views.truth
     if views.aux is not None and truth.aux_y is not None:
         return views.aux.x, truth.aux_y
     require(truth.x_test is not None, "floors need auxiliary or held-out images")
     return truth.x_test, truth.y_test  # type: ignore[return-value]
+
+
+def victim_board(views: Views, victims: int, grid: int) -> Scoreboard:
+    """The scoreboard of the first ``victims`` victims of ``views``: their images, what the attacking
+    party received for them, and the floors (auxiliary or held-out mean images) on the same victims."""
+    truth, view = views.truth, views.zero
+    require(truth.x is not None, "inversion needs the victims' true images in the truth to score")
+    vic = truth.victims[:victims]
+    require(vic.numel() >= 1, "no victims left after removing the known rows; record more rows")
+    z_vic, x_vic, y_vic = view.received.activations[vic], truth.x[vic].float(), truth.y[vic]  # type: ignore[index]
+    ref_x, ref_y = floor_reference(views)
+    return Scoreboard(x=x_vic, z=z_vic, floors=metrics.inversion_floors(x_vic, y_vic, ref_x.float(), ref_y),
+                      grid=min(grid, vic.numel()))
 
 
 @register("inversion")
@@ -220,12 +260,8 @@ class InversionAttack:
         cfg, view, truth = self.config, views.zero, views.truth
         require(truth.x is not None, "inversion needs the victims' true images in the truth to score")
         require(view.position == 1, f"inversion is T1's attack; this view is {view.received.party}'s")
+        board = victim_board(views, cfg.victims, cfg.grid)
         vic = truth.victims[: cfg.victims]
-        require(vic.numel() >= 1, "no victims left after removing the known rows; record more rows")
-        z_vic, x_vic, y_vic = view.received.activations[vic], truth.x[vic].float(), truth.y[vic]  # type: ignore[index]
-        ref_x, ref_y = _floor_reference(views)
-        board = _Scoreboard(x=x_vic, z=z_vic, floors=metrics.inversion_floors(x_vic, y_vic, ref_x.float(), ref_y),
-                            grid=min(cfg.grid, vic.numel()))
         aux_x = views.aux.x.float() if views.aux is not None else None
         if "white-box" in cfg.modes:
             self._white_box(views, board, aux_x)
@@ -240,22 +276,23 @@ class InversionAttack:
                                   "noise_simulated": None if noise is None else noise.__dict__,
                                   "config": cfg.__dict__})
 
-    def _white_box(self, views: Views, board: _Scoreboard, aux_x: torch.Tensor | None) -> None:
+    def _white_box(self, views: Views, board: Scoreboard, aux_x: torch.Tensor | None) -> None:
         """Leaked head: a decoder trained on auxiliary images through the head, then rMLE refinement."""
         cfg, noise = self.config, views.zero.public.noise
         if views.white_box is None or aux_x is None:
             board.skipped["white-box"] = "needs the leaked head and auxiliary data"
             return
         head = views.white_box.head.eval()
-        dec = train_decoder(None, aux_x, cfg=cfg, encode=head, noise=noise, seed=cfg.seed)
-        r0 = batched(dec, board.z)
-        recons = {"decoder": r0}
-        if cfg.refine_steps:
-            recons["decoder+rMLE"] = refine(head, board.z, r0, steps=cfg.refine_steps, tv_weight=cfg.tv_weight,
-                                            clip=None if noise is None else noise.clip)
-        board.score("white-box", recons)
+        r0 = decoder_series(None, aux_x, board.z, cfg=cfg, encode=head, noise=noise, seed=cfg.seed)
+        series = {"decoder": r0}
+        if cfg.refine_steps:  # the budget fraction applies to the decoder's steps and the rMLE steps alike
+            series["decoder+rMLE"] = [
+                refine(head, board.z, r, steps=s, tv_weight=cfg.tv_weight, clip=None if noise is None else noise.clip)
+                for r, s in zip(r0, budget_points(cfg.refine_steps), strict=True)]
+        board.score("white-box", series, budget_points(cfg.steps),
+                    {"refine_budget": budget_points(cfg.refine_steps) if cfg.refine_steps else None})
 
-    def _known_plaintext(self, views: Views, board: _Scoreboard) -> None:
+    def _known_plaintext(self, views: Views, board: Scoreboard) -> None:
         """Known pairs: one decoder per count of known samples, fitted to those pairs only."""
         cfg, view = self.config, views.zero
         if views.known is None:
@@ -270,36 +307,52 @@ class InversionAttack:
                 board.skipped[f"known-plaintext-{count}"] = f"the view holds {views.known.k} known samples per class"
                 continue
             kn = views.known.per_class(per)
-            dec = train_decoder(z_all[kn.rows], kn.x.float(), cfg=cfg, augment_shift=factor,
-                                weight_decay=1e-4, dropout=0.1, seed=cfg.seed)
-            board.score(f"known-plaintext-{count}", {"decoder": batched(dec, board.z)},
+            series = decoder_series(z_all[kn.rows], kn.x.float(), board.z, cfg=cfg, augment_shift=factor,
+                                    weight_decay=1e-4, dropout=0.1, seed=cfg.seed)
+            board.score(f"known-plaintext-{count}", {"decoder": series}, budget_points(cfg.steps),
                         {"pairs": int(kn.rows.numel())})
 
-    def _aux(self, views: Views, board: _Scoreboard, aux_x: torch.Tensor | None) -> None:
+    def _aux(self, views: Views, board: Scoreboard, aux_x: torch.Tensor | None) -> None:
         """Auxiliary data, black-box head: shadow heads (plain and aligned) and UnSplit (+ a decoder)."""
         cfg, view = self.config, views.zero
         if aux_x is None:
             board.skipped["aux"] = "needs auxiliary data"
             return
         arch, noise, z_all = view.public.architecture, view.public.noise, view.received.activations
-        recons: dict[str, torch.Tensor] = {}
+        series: dict[str, list[torch.Tensor]] = {}
         if "shadow" in cfg.modes:
             for tag, w in (("shadow", 0.0), ("shadow-aligned", cfg.align_weight)):
-                recons[tag] = self._shadow(arch.head, aux_x, z_all, board.z, noise, w)
+                series[tag] = self._shadow(arch.head, aux_x, z_all, board.z, noise, w)
+        units: dict[str, tuple[list[int], str]] = {}
         if "unsplit" in cfg.modes:
-            clone = reinit(arch.head(), cfg.seed)
-            x0 = aux_x.mean(0, keepdim=True).expand_as(board.x).clone()
-            xs, clone = unsplit(clone, board.z, x0, rounds=cfg.unsplit_rounds, inner=cfg.unsplit_inner,
-                                tv_weight=cfg.tv_weight, seed=cfg.seed)
-            recons["unsplit"] = xs
-            dec = train_decoder(None, aux_x, cfg=cfg, encode=clone, noise=noise, seed=cfg.seed)
-            recons["unsplit+decoder"] = batched(dec, board.z)
-        board.score("aux", recons, {})
+            series.update(self._unsplit(arch.head, aux_x, board, noise))
+            units["unsplit"] = (budget_points(cfg.unsplit_rounds), "rounds")
+            units["unsplit+decoder"] = (budget_points(cfg.unsplit_rounds), "rounds (and decoder steps)")
+        board.score("aux", series, budget_points(cfg.steps), {}, units)
+
+    def _unsplit(self, make_head: Any, aux_x: torch.Tensor, board: Scoreboard,
+                 noise: NoiseSpec | None) -> dict[str, list[torch.Tensor]]:
+        """UnSplit's images, and a decoder trained on aux data through its clone head, at ¼, ½ and all of
+        the rounds (the decoder through the ¼-round clone gets ¼ of the decoder steps, and so on)."""
+        cfg = self.config
+        x0 = aux_x.mean(0, keepdim=True).expand_as(board.x).clone()
+        marks: dict[int, tuple[torch.Tensor, nn.Module]] = {}
+        xs, clone = unsplit(reinit(make_head(), cfg.seed), board.z, x0, rounds=cfg.unsplit_rounds,
+                            inner=cfg.unsplit_inner, tv_weight=cfg.tv_weight, seed=cfg.seed,
+                            on_checkpoint=lambda r, x, h: marks.__setitem__(r, (x, h)))
+        points = budget_points(cfg.unsplit_rounds)
+        stages = [marks.get(r, (xs, clone)) for r in points[:-1]] + [(xs, clone)]
+        decoded = []
+        for (_, head), steps in zip(stages, budget_points(cfg.steps), strict=True):
+            dec = train_decoder(None, aux_x, cfg=replace(cfg, steps=steps), encode=head, noise=noise, seed=cfg.seed)
+            decoded.append(batched(dec, board.z))
+        return {"unsplit": [x for x, _ in stages], "unsplit+decoder": decoded}
 
     def _shadow(self, make_head: Any, aux_x: torch.Tensor, z_all: torch.Tensor, z_vic: torch.Tensor,
-                noise: NoiseSpec | None, align: float) -> torch.Tensor:
+                noise: NoiseSpec | None, align: float) -> list[torch.Tensor]:
         """Shadow head + decoder trained as an auto-encoder on aux data; with ``align`` > 0 the shadow
-        head's outputs are also pulled towards the distribution of what T1 received."""
+        head's outputs are also pulled towards the distribution of what T1 received. Reconstructions of
+        ``z_vic`` at ¼, ½ and all of ``cfg.steps``."""
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         shadow = reinit(make_head(), cfg.seed + 1)
@@ -317,5 +370,9 @@ class InversionAttack:
                 out = out + align * sliced_wasserstein(zn, z_all[ridx], generator=gen)
             return out
 
-        fit(model, loss, aux_x.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed)
-        return batched(model["dec"], z_vic)  # type: ignore[arg-type]
+        got: dict[int, torch.Tensor] = {}
+        fit(model, loss, aux_x.shape[0], steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
+            checkpoints=budget_points(cfg.steps)[:-1],
+            on_checkpoint=lambda s, m: got.__setitem__(s, batched(m["dec"], z_vic)))  # type: ignore[index]
+        final = batched(model["dec"], z_vic)  # type: ignore[arg-type]
+        return [got.get(p, final) for p in budget_points(cfg.steps)[:-1]] + [final]

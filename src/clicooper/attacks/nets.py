@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +66,25 @@ def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], n: int, *,
         steps: int, batch: int = 128, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
         params: list[nn.Parameter] | None = None,
-        val: Callable[[nn.Module], float] | None = None, val_every: int = 0) -> nn.Module:
+        val: Callable[[nn.Module], float] | None = None, val_every: int = 0,
+        checkpoints: Sequence[int] = (), on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+        ) -> nn.Module:
     """Minimise ``loss_fn(model, batch_indices)`` with Adam for ``steps`` minibatches of ``n`` samples.
 
     With ``val`` (lower is better), the best state seen every ``val_every`` steps is restored at the end
     (early stopping on data the attacker holds).
+
+    ``on_checkpoint(step, model)`` is called after each step count in ``checkpoints`` (below ``steps``)
+    with the model as a run of that many steps would return it (eval mode; with ``val``, the best state
+    seen so far): the attack's figure at a fraction of its budget, read along one run
+    (:func:`clicooper.attacks.base.budget_points`). Training then resumes from the current state.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(params if params is not None else [p for p in model.parameters() if p.requires_grad],
                            lr=lr, weight_decay=weight_decay)
     best, best_state = math.inf, None
     perm, pos = torch.randperm(n, generator=gen), 0
+    marks = {int(c) for c in checkpoints if 0 < int(c) < steps}
     model.train()
     for step in range(steps):
         if pos + batch > n:
@@ -93,9 +101,25 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, torch.Tensor], torch.Ten
             model.train()
             if v < best:
                 best, best_state = v, copy.deepcopy(model.state_dict())
+        if on_checkpoint is not None and step + 1 in marks:
+            _checkpoint(model, step + 1, best_state, on_checkpoint)
     if best_state is not None:
         model.load_state_dict(best_state)
     return model.eval()
+
+
+def _checkpoint(model: nn.Module, step: int, best_state: dict[str, torch.Tensor] | None,
+                on_checkpoint: Callable[[int, nn.Module], None]) -> None:
+    """Hand ``on_checkpoint`` the model a ``step``-step run would return, then restore the training state."""
+    current = copy.deepcopy(model.state_dict()) if best_state is not None else None
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.random.fork_rng(devices=[]):  # evaluating must not change the run's own randomness
+        on_checkpoint(step, model)
+    if current is not None:
+        model.load_state_dict(current)
+    model.train()
 
 
 def reinit(module: nn.Module, seed: int) -> nn.Module:

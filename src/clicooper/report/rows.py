@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clicooper.attacks import informative
+from clicooper.attacks.base import converged
 from clicooper.attacks.budgets import run_suite
 from clicooper.report.runs import Progress, read_json
 
@@ -55,8 +56,48 @@ def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> l
             if "relative" in m:
                 row["relative"] = m["relative"]
                 row["baseline_relative"] = None if b is None else b.get("metrics", {}).get("relative")
+            if "strong" in m:  # the paper's metrics (issue 14): the strong attacker's figure beside each
+                row["strong"] = m["strong"]
+                row["baseline_strong"] = None if b is None else b.get("metrics", {}).get("strong")
+                row["why"] = m.get("why")
+            _convergence(row, r, b)
             rows.append(row)
     return rows
+
+
+def _convergence(row: dict[str, Any], r: dict[str, Any], b: dict[str, Any] | None) -> None:
+    """Issue 14: each figure read at ¼, ½ and the full budget on both runs; a figure whose last doubling
+    changed it by ≥ the tolerance is a bound, not a converged figure, and the row is not judged."""
+    row["convergence"] = r.get("convergence")
+    row["baseline_convergence"] = None if b is None else b.get("convergence")
+    row["converged"] = converged(r)
+    row["baseline_converged"] = None if b is None else converged(b)
+    row["judged"] = bool(row["informative"]) and row["converged"] is not False and row["baseline_converged"] is not False
+    row["verdict"] = verdict(row)
+
+
+def bound_word(row: dict[str, Any]) -> str:
+    """"lower bound" for an attack figure where higher is better (the attack would only get stronger)."""
+    return "lower bound" if row.get("higher_is_better", True) else "upper bound"
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """One line per row: whether the defence is judged on this figure, and what it shows."""
+    def moved(conv: dict[str, Any] | None) -> str:
+        return f"last doubling changed it by {conv['last_doubling']:.3f}" if conv else ""
+    if not row["informative"]:
+        return "not informative: the attack does not beat its floor on the undefended baseline"
+    unconverged = [f"{who} figure is a {bound_word(row)} (not converged: {moved(c)})"
+                   for who, ok, c in (("the run's", row["converged"], row["convergence"]),
+                                      ("the baseline's", row["baseline_converged"], row["baseline_convergence"]))
+                   if ok is False]
+    if unconverged:
+        return "not judged: " + "; ".join(unconverged)
+    ref, ref_name = (row["class_floor"], "class floor") if row.get("class_floor") is not None else (row["floor"], "floor")
+    better = row["score"] > ref if row.get("higher_is_better", True) else row["score"] < ref
+    if better:
+        return f"leaks: {row['score']:.3f} beats the {ref_name} {ref:.3f}"
+    return f"protected at this budget: {row['score']:.3f} does not beat the {ref_name} {ref:.3f}"
 
 
 def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,

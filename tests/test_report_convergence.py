@@ -1,0 +1,72 @@
+"""Issue 14 in the report: each trained attack's figure at ¼, ½ and the full budget on both runs, a figure
+that has not converged marked as a lower bound and left out of the verdict, and the paper's metrics beside
+the strong attacker's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clicooper.attacks.base import convergence
+from clicooper.report import render_markdown
+from clicooper.report.rows import level_rows
+
+
+def _level(score: float, floor: float, values: list[float] | None = None, **metrics: Any) -> dict[str, Any]:
+    return {"primary": "ssim", "score": score, "floor": floor, "higher_is_better": True,
+            "beats_floor": score > floor, "metrics": metrics,
+            "convergence": None if values is None else convergence(values, [200, 400, 800])}
+
+
+def _report(rows: list[dict[str, Any]]) -> str:
+    return render_markdown({
+        "run": {"run": "R", "dataset": "d", "model": "m", "trainers": 2, "topology": "u-shape", "epochs": 1,
+                "seed": 0, "train_range": None, "defense": "clicooper", "test_acc": 0.8, "do_flop_share": 0.01,
+                "epsilon": []},
+        "baseline": {"run": "B", "defense": "none", "test_acc": 0.9, "do_flop_share": 0.01},
+        "budget": "demo", "budget_description": ["demo budget"], "warnings": [], "rows": rows, "figures": [],
+        "attacks": {}, "created": "now", "seconds": 1.0})
+
+
+def test_unconverged_figure_is_a_lower_bound_and_not_judged() -> None:
+    run = {"headline": {"T1": {"white-box": _level(0.31, 0.13, [0.2, 0.27, 0.31], class_floor=0.35),
+                               "known-plaintext-1000": _level(0.30, 0.13, [0.29, 0.30, 0.301], class_floor=0.35),
+                               "aux": _level(0.50, 0.13, [0.49, 0.5, 0.5], class_floor=0.35)}}}
+    base = {"headline": {"T1": {"white-box": _level(0.95, 0.13, [0.9, 0.94, 0.95], class_floor=0.35),
+                                "known-plaintext-1000": _level(0.74, 0.13, [0.7, 0.735, 0.74], class_floor=0.35),
+                                "aux": _level(0.70, 0.13, [0.6, 0.695, 0.7], class_floor=0.35)}}}
+    rows = {r["level"]: r for r in level_rows("inversion", run, base)}
+    wb, kp, aux = rows["white-box"], rows["known-plaintext-1000"], rows["aux"]
+    assert wb["informative"] and wb["converged"] is False and not wb["judged"]
+    assert "not judged" in wb["verdict"] and "lower bound" in wb["verdict"] and "0.040" in wb["verdict"]
+    assert kp["judged"] and kp["verdict"].startswith("protected at this budget") and "class floor 0.350" in kp["verdict"]
+    assert aux["judged"] and aux["verdict"].startswith("leaks")
+    md = _report(list(rows.values()))
+    wb_line = next(ln for ln in md.splitlines() if ln.startswith("| inversion | T1 | white-box | ssim"))
+    assert "≥ 0.3100" in wb_line and "lower bound (not converged)" in wb_line and "0.9500" in wb_line
+    assert "## Convergence" in md and "0.200 / 0.270 / 0.310 (Δ 0.040 ✗)" in md and "200 / 400 / 800 steps" in md
+    assert "## Verdict" in md and "judged on the 2 of 3 figures" in md
+
+
+def test_rows_without_a_step_budget_are_judged_and_left_out_of_the_convergence_table() -> None:
+    run = {"headline": {"T2": {"zero-knowledge": {**_level(0.9, 0.13), "primary": "oracle_accuracy"}}}}
+    base = {"headline": {"T2": {"zero-knowledge": {**_level(0.99, 0.13), "primary": "oracle_accuracy"}}}}
+    (row,) = level_rows("clustering", run, base)
+    assert row["converged"] is None and row["judged"] and row["verdict"].startswith("leaks")
+    md = _report([row])
+    assert "## Convergence" not in md and "## Verdict" in md
+
+
+def test_paper_metrics_are_printed_beside_the_strong_attacker() -> None:
+    strong = {"name": "surrogate outputs named by 10 labelled samples per class", "score": 0.81}
+    run = {"headline": {"T2": {"surrogate-obfuscated": {
+        **_level(0.012, 0.11, [0.01, 0.012, 0.012], strong=strong, why="names are hidden, groups are not"),
+        "primary": "accuracy"}}}}
+    base = {"headline": {"T2": {"surrogate-obfuscated": {
+        **_level(0.85, 0.11, [0.8, 0.85, 0.852], strong={**strong, "score": 0.86}, why="x"),
+        "primary": "accuracy"}}}}
+    rows = level_rows("paper-metrics", run, base)
+    md = _report(rows)
+    assert "## The paper's metrics beside ours" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| surrogate-obfuscated (accuracy)"))
+    assert "0.0120" in line and "0.8500" in line and "0.8100" in line and "0.8600" in line
+    assert "Why they differ: names are hidden, groups are not." in md
