@@ -15,7 +15,10 @@ from clicooper.attacks.runner import run_attack
 from clicooper.errors import AttackError
 
 #: Attacks run by ``--attack all``, cheapest first.
-ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "extraction", "inversion")
+ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "paper-metrics", "completion", "extraction", "fora",
+                                "sdar", "inversion")
+#: Attacks whose ``victims`` option is also their config's (the reconstruction attacks).
+_VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 
 #: Per budget and attack: keyword arguments of ``run_attack`` (``victims``, ``epochs``, ``known_k``,
 #: ``config``). Missing keys take ``run_attack``'s defaults.
@@ -28,6 +31,10 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                                  "refine_steps": 60, "unsplit_rounds": 10, "unsplit_inner": 5,
                                  "known_counts": (1000,)}},
         "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 200, "queries": 2000}},
+        "paper-metrics": {"config": {"steps": 300, "queries": 2000, "max_rows": 2000}},
+        "completion": {"known_k": 100, "config": {"ks": (1, 10, 100), "steps": 300, "max_rows": 2000}},
+        "fora": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
+        "sdar": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
     },
     "smoke": {
         "gradient-leak": {"epochs": "all", "config": {"n_init": 1, "known_ks": (1,)}, "known_k": 1},
@@ -37,12 +44,20 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                       "config": {"victims": 16, "steps": 20, "width": 8, "refine_steps": 3, "unsplit_rounds": 2,
                                  "unsplit_inner": 2, "known_counts": (20,)}},
         "extraction": {"known_k": 1, "config": {"ks": (0, 1), "steps": 10, "queries": 100}},
+        "paper-metrics": {"known_k": 1, "config": {"steps": 10, "queries": 100, "named_k": 1}},
+        "completion": {"known_k": 1, "config": {"ks": (1,), "steps": 10}},
+        "fora": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
+        "sdar": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
     },
     "full": {
         "gradient-leak": {"epochs": "all"},
         "clustering": {"epochs": "all"},
         "inversion": {},
         "extraction": {},
+        "paper-metrics": {},
+        "completion": {},
+        "fora": {},
+        "sdar": {},
     },
 }
 
@@ -98,7 +113,7 @@ def run_suite(run_dir: Any, attacks: str | list[str] | tuple[str, ...] = "all", 
     for name in names:
         kw = settings_for(budget, name)
         kw.update(over)
-        if "victims" in over and name == "inversion":
+        if "victims" in over and name in _VICTIM_ATTACKS:
             kw.setdefault("config", {})["victims"] = over["victims"]
         if progress is not None:
             progress(f"attack {name} ({budget} budget) …")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safetensors.torch import save as _st_save
+from torch import no_grad
 
 from clicooper.attacks.base import get
 from clicooper.attacks.nets import reinit
@@ -29,7 +30,8 @@ from clicooper.rundir import atomic_write_bytes
 from clicooper.runs import build_skeleton, load_run
 
 #: Which parties an attack is run as when ``party`` is not given.
-DEFAULT_PARTIES = {"clustering": "each", "gradient-leak": "last", "inversion": "T1", "extraction": "pool"}
+DEFAULT_PARTIES = {"clustering": "each", "gradient-leak": "last", "inversion": "T1", "extraction": "pool",
+                   "fora": "T1", "sdar": "pool", "completion": "each", "paper-metrics": "last"}
 
 
 def _factory(mod: Any, seed: int) -> Any:
@@ -52,6 +54,19 @@ def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture
                         tail=_factory(modules["DO:tail"], 99) if "DO:tail" in modules else None)
     predict = load_run(reader.root).predict if need_predict else None
     return dataset, arch, predict
+
+
+def _raw_predict(reader: RunReader) -> Callable[[Any], Any]:
+    """For attacks with ``query_space = "raw"``: the softmax of the model's own outputs, in eval mode, not
+    decoded with the DO's label key (the obfuscated label space, as a copy of the model without the key
+    answers)."""
+    model = load_run(reader.root).full_model()
+
+    def predict(x: Any) -> Any:
+        model.eval()
+        with no_grad():
+            return model(x.float()).softmax(1)
+    return predict
 
 
 def _parties(who: str, k_trainers: int) -> list[str]:
@@ -101,6 +116,8 @@ def run_attack(
     levels = list(knowledge) if knowledge is not None else list(getattr(cls, "knowledge", ("zero", "known")))
     eps = recorded_epochs(reader, epochs)
     dataset, arch, predict = _load_core(reader, "query" in levels)
+    if predict is not None and getattr(cls, "query_space", "decoded") == "raw":
+        predict = _raw_predict(reader)
     kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
     parties = _parties(party or DEFAULT_PARTIES.get(name, "each"), len(arch.segments))
     cfg_json = reader.read_json("config.json")

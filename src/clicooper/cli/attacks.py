@@ -80,8 +80,8 @@ def _print_headlines(summary: dict[str, Any], budget_description: str) -> None:
 def attack(
     run_dir: Path = typer.Argument(..., help="run directory trained with --record-observations"),
     attack_name: str = typer.Option("all", "--attack",
-                                    help="clustering | gradient-leak | inversion | extraction | all "
-                                         "(or a comma-separated list)"),
+                                    help="clustering | gradient-leak | paper-metrics | completion | extraction | "
+                                         "fora | sdar | inversion | all (or a comma-separated list)"),
     knowledge: str = typer.Option(None, help="comma-separated levels: zero,known,aux,white-box,query "
                                              "(default: every level the attack uses)"),
     party: str = typer.Option(None, help="T1…TK, each, last or pool (default: the attack's natural attacker)"),
