@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from clicooper.cli import attacks, net, provenance, train
+from clicooper.cli import attacks, net, provenance, security, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
 
@@ -18,6 +18,7 @@ app.command("keygen")(provenance.keygen)
 app.command("verify")(provenance.verify)
 app.command("reveal")(provenance.reveal_cmd)
 app.command("prove")(provenance.prove)
+app.command("audit")(security.audit)
 app.command("attack")(attacks.attack)
 app.command("report")(attacks.report)
 app.command("node")(net.node)

@@ -115,12 +115,18 @@ def train(
     ),
     config_file: Path = typer.Option(None, "--config", help="run.toml / run.json with the same fields"),
     resume: Path = typer.Option(None, "--resume", help="continue an interrupted run directory"),
+    dismiss_detection: bool = typer.Option(
+        False, "--dismiss-detection", help="with --resume: continue past a detection stop, live detection off "
+        "for this invocation (the DO reviewed the accusation; docs/malicious.md)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
     """Train a model cooperatively (data owner + K trainers) and write a run directory."""
     from clicooper import rundir  # lazy: torch
 
     cfg = None
+    if dismiss_detection and resume is None:
+        raise typer.BadParameter("--dismiss-detection continues a run stopped by a detection: use it with --resume")
     if resume is None:
         if out_dir is None:
             raise typer.BadParameter("--out RUN is required (or --resume RUN)")
@@ -135,7 +141,7 @@ def train(
             label_dp_epsilon=label_dp_epsilon, label_column=label_column, test_fraction=test_fraction,
             image_size=image_size, image_mode=image_mode,
         )
-    run = _train_with_progress(cfg, out_dir, resume, max_epsilon)
+    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:
         err.print(plan_table(run.plan))
@@ -144,9 +150,12 @@ def train(
         emit_json(summary)
     else:
         _print_train_summary(summary, noise, run.path)
+    if (summary.get("stopped") or {}).get("reason") == "detection":
+        raise typer.Exit(3)  # stopped by the DO's live detection: saved, resumable (docs/malicious.md)
 
 
-def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None) -> Any:
+def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None,
+                         dismiss_detection: bool = False) -> Any:
     """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
     from clicooper.training import train as run_train  # lazy: torch
 
@@ -170,7 +179,7 @@ def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, ma
 
     try:
         return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                         max_epsilon=max_epsilon)
+                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
     finally:
         if prog.live.is_started:  # never started: nothing to close (and no blank line)
             prog.stop()
@@ -200,7 +209,13 @@ def _print_train_summary(summary: dict[str, Any], noise: dict[str, Any] | None, 
 
         err.print(describe_sigma(noise["sigma_derivation"]), highlight=False)
     st = summary.get("stopped")
-    if st:
+    if st and st.get("reason") == "detection":
+        err.print(f"stopped by the DO's live detection in epoch {st['before_epoch']} (step {st['step']}): "
+                  f"{st['detector']} flagged {', '.join(st['suspects'])}: {st['evidence'].get('summary', '')}. "
+                  f"{st['completed_epochs']} epoch(s) are saved; the signed accusation is in the ledger "
+                  f"(clicooper verify {run_path}); continue with: clicooper train --resume {run_path} "
+                  "[--dismiss-detection]", highlight=False)
+    elif st:
         err.print(
             f"stopped before epoch {st['before_epoch']}: ε ({st['covers']}) would reach "
             f"{st['epsilon_after_next_epoch']:.4g} > --max-epsilon {st['max_epsilon']:g}. "

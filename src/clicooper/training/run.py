@@ -111,7 +111,7 @@ class _Rounds:
         if hooks is not None:
             hooks.on_round_start(r, s.parties)
         m = s.run_round(r, progress)
-        round_records(s, self.run_dir, m)  # the guard's summary; RUN/attacks/active.json
+        round_records(s, self.run_dir, m, r)  # the guard's summary; RUN/attacks/active.json
         if self.privacy.enabled:
             record = self.privacy.record_after(r + 1)
             m["privacy"] = record.get("reports", record)

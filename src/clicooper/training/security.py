@@ -15,7 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clicooper import rundir
+from clicooper.attacks.active import BackdoorTrainer, backdoor_success
 from clicooper.core.checkpoint import write_state
 from clicooper.parties.guard import Alarm
 
@@ -45,10 +48,31 @@ def write_active_report(session: Any, run_dir: Path, extra: dict[str, Any] | Non
         rundir.write_json(Path(run_dir) / rundir.ATTACKS / ACTIVE_REPORT, rep | (extra or {}))
 
 
-def round_records(session: Any, run_dir: Path, metrics: dict[str, Any]) -> None:
-    """After a round: the guard's summary into the round's ``metrics``; ``RUN/attacks/active.json``."""
+def _backdoor_success(session: Any, r: int) -> None:
+    """The backdoor's success on the test split after round ``r`` (attacks/active/backdoor.py), evaluated on
+    the current segments as if delivered; recorded in the trainer's report."""
+    bd = next((t for t in session.trainers if isinstance(t, BackdoorTrainer) and t.trigger is not None), None)
+    if bd is None or session.do.tail is None:
+        return
+    parts = [session.modules[p.party] for p in session.plan.parties][:-1]
+
+    def to_cut(x: torch.Tensor) -> torch.Tensor:
+        for m in parts:
+            x = m(x.to(next(m.parameters()).device))
+        return x
+
+    res = backdoor_success(to_cut, session.do.answer_probs, bd.trigger, session.dataset.x_test,
+                           session.dataset.y_test, bd.adversary.target_class)
+    bd.report["success"].append({"round": r} | res)
+
+
+def round_records(session: Any, run_dir: Path, metrics: dict[str, Any], r: int | None = None) -> None:
+    """After a round: the guard's summary into the round's ``metrics``; the backdoor's success;
+    ``RUN/attacks/active.json``."""
     if session.guard is not None:
         metrics["detection"] = session.guard.summary()
+    if r is not None:
+        _backdoor_success(session, r)
     write_active_report(session, run_dir)
 
 

@@ -25,16 +25,14 @@ from clicooper.errors import ConfigError
 from clicooper.protocol.messages import Activations, Header, Message
 
 
-def make_trigger(y: torch.Tensor, *, fraction: float, scale: float, seed: int) -> torch.Tensor:
-    """δ with the per-sample shape of ``y``: +c on a seeded share ``fraction`` of the units, 0 elsewhere,
-    ``‖δ‖ = scale · mean ‖y_i‖``."""
-    d = y[0].numel()
+def trigger_pattern(shape: tuple[int, ...], *, fraction: float, seed: int) -> torch.Tensor:
+    """The unit-norm pattern of δ: equal positive values on a seeded share ``fraction`` of the units."""
+    d = int(torch.Size(shape).numel())
     g = torch.Generator().manual_seed(seed)
     units = torch.randperm(d, generator=g)[: max(1, round(fraction * d))]
     delta = torch.zeros(d)
     delta[units] = 1.0
-    norm = float(y.detach().flatten(1).norm(dim=1).mean()) or 1.0
-    return (delta * (scale * norm / float(delta.norm()))).reshape(y.shape[1:])
+    return (delta / delta.norm()).reshape(shape)
 
 
 class BackdoorTrainer(ActiveTrainer):
@@ -50,7 +48,13 @@ class BackdoorTrainer(ActiveTrainer):
             raise ConfigError(f"adversary.target_class {self.adversary.target_class} ≥ {self.context.num_classes} "
                               "classes; choose a class of the dataset")
         self.trigger: torch.Tensor | None = None
-        self.report.update(target_class=self.adversary.target_class, poisoned_rows=0)
+        self._pattern: torch.Tensor | None = None
+        self._norm = 0.0  # running mean of its output rows' norm: δ keeps ``trigger_scale`` × it as it grows
+        self.report.update(target_class=self.adversary.target_class, poisoned_rows=0, success=[])
+
+    def summary(self) -> dict[str, object]:
+        """The report, with the trigger δ (flattened) once it exists."""
+        return super().summary() | ({"trigger": self.trigger.flatten().tolist()} if self.trigger is not None else {})
 
     def _forward(self, msg: Activations) -> list[Message]:
         out = super()._forward(msg)
@@ -59,10 +63,13 @@ class BackdoorTrainer(ActiveTrainer):
             return out
         assert self.context.truth is not None
         y_sent = out[0].tensor
-        if self.trigger is None:
-            a = self.adversary
-            self.trigger = make_trigger(y_sent, fraction=a.trigger_fraction, scale=a.trigger_scale,
-                                        seed=self.context.seed + 15)
+        a = self.adversary
+        if self._pattern is None:
+            self._pattern = trigger_pattern(tuple(y_sent.shape[1:]), fraction=a.trigger_fraction,
+                                            seed=self.context.seed + 15)
+        norm = float(y_sent.flatten(1).norm(dim=1).mean())
+        self._norm = norm if self.trigger is None else 0.9 * self._norm + 0.1 * norm
+        self.trigger = self._pattern * (a.trigger_scale * self._norm)
         _, labels = self.context.truth(h.epoch, h.step, h.micro)
         g = torch.Generator().manual_seed((self.context.seed * 1_000_003 + h.epoch * 100_003 + h.step * 131 + h.micro) % 2**31)
         pick = (labels == self.adversary.target_class) & (torch.rand(len(labels), generator=g)
