@@ -27,7 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DP_KEYS = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
             "grad_clip_norm")
 _LABEL_KEYS = ("expansion", "label_dp_epsilon")
-_DATA_KEYS = ("label_column", "test_fraction", "image_size", "image_mode")
+_DATA_KEYS = ("label_column", "test_fraction", "image_size", "image_mode", "stream", "workers", "crop_padding",
+              "flip")
 
 
 def guarded(f: F) -> F:

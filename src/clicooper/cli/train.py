@@ -64,6 +64,12 @@ def train(
     test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
     image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
     image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
+    stream: bool = typer.Option(None, "--stream", help="data.stream: read training samples from their files per "
+                                "batch with DataLoader workers (data too large for memory; same weights)"),
+    workers: int = typer.Option(None, help="data.workers: DataLoader worker processes of --stream (default 2)"),
+    crop_padding: int = typer.Option(None, help="data.crop_padding: augment training images by a random crop "
+                                     "after N pixels of zero padding (public draws per epoch and sample id)"),
+    flip: bool = typer.Option(None, "--flip", help="data.flip: augment training images by a random horizontal flip"),
     model: str = typer.Option(None, help="built-in model name (see `clicooper plan --help`)"),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(None, help="number of trainer clients K"),
@@ -139,7 +145,8 @@ def train(
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
             label_dp_epsilon=label_dp_epsilon, label_column=label_column, test_fraction=test_fraction,
-            image_size=image_size, image_mode=image_mode,
+            image_size=image_size, image_mode=image_mode, stream=stream, workers=workers,
+            crop_padding=crop_padding, flip=flip,
         )
     run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection)
     metrics = rundir.read_json(run.path / rundir.METRICS)

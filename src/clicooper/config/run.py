@@ -153,6 +153,15 @@ class DataOptions(_Strict):
         None, ge=1, le=4096, description="imagefolder: resize every image to N×N; None: keep the files' size"
     )
     image_mode: ImageMode | None = Field(None, description="imagefolder: RGB (3 channels) or L (grey); None: RGB")
+    stream: bool = Field(
+        False, description="read training samples from their files per batch (clicooper.data.stream) instead of "
+        "holding the training split in memory; same batches, ids and weights"
+    )
+    workers: int = Field(2, ge=0, le=64, description="with stream: DataLoader worker processes (0: read inline)")
+    crop_padding: int = Field(
+        0, ge=0, le=64, description="augmentation: random crop after zero padding of N pixels per side (0: off)"
+    )
+    flip: bool = Field(False, description="augmentation: random horizontal flip of training images")
 
     def problem_for(self, dataset: str) -> str | None:
         """Why these options do not fit ``dataset`` (a sentence saying what to do), or ``None`` if they do."""
@@ -161,6 +170,9 @@ class DataOptions(_Strict):
             if getattr(self, field) is not None and form not in forms:
                 where = " and ".join(f"{f}:" for f in forms)
                 return f"data.{field} ({flag}) applies to {where} datasets only, not {dataset!r}; drop it"
+        if self.stream and form != "imagefolder":
+            return (f"data.stream (--stream) reads imagefolder: datasets from their files; {dataset!r} is loaded into "
+                    "memory: drop --stream")
         if form == "csv" and self.label_column is None:
             return f"{dataset!r} needs data.label_column: pass --label-column NAME (the column holding the class)"
         return None

@@ -15,6 +15,7 @@ from torch import nn
 from clicooper.config import RunConfig
 from clicooper.core.security import AdversaryContext, trainer_factory
 from clicooper.core.setup import resolve_device
+from clicooper.data.augment import augmenter_for
 from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
@@ -62,6 +63,7 @@ def build_data_owner(
         label_noiser=privacy.label_noiser,
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
         hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
+        augment=augmenter_for(config.data, seed=config.seed),
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     return do

@@ -52,6 +52,9 @@ def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: t
     bs = config.batch_size
     assert bs is not None, "config must be resolved (RunConfig.resolved) before training"
     steps = steps_in(len(order), bs)
+    expect = getattr(do.x_train, "expect", None)
+    if expect is not None:  # a streamed training split (data.stream) prefetches this round's batches in order
+        expect(order, bs, do.micro_batches)
     t0 = time.perf_counter()
     for s in range(steps):
         driver.run_step(do.start_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)

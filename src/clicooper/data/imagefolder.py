@@ -12,12 +12,15 @@ class folder is read as an image (sorted by name; sample order = class, then fil
 ``DIR`` and hidden entries (``.*``) are ignored. Images are converted to ``data.image_mode`` (``RGB``, the
 default, or ``L``), optionally resized to ``data.image_size`` × ``data.image_size`` (bilinear), and scaled
 as Fashion-MNIST is: ``float32(byte) / 255`` in [0, 1], shape (N, C, H, W). Without a size every image
-must already have the first one's size.
+must already have the first one's size. With ``data.stream`` the training images stay in their files and
+are decoded per batch by DataLoader workers (:mod:`.stream`); the test split is read into memory.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clicooper.config.run import DataOptions
 from clicooper.data.dataset import DEFAULT_TEST_FRACTION, Dataset, checked_split
+from clicooper.data.stream import FileImages, StreamedImages
 from clicooper.errors import DataError
 
 _LAYOUT = "DIR/<class>/* or DIR/train/<class>/* and DIR/test/<class>/*"
@@ -79,6 +83,14 @@ def _read(items: Pairs, mode: str, size: int | None) -> tuple[torch.Tensor, torc
     return torch.from_numpy(x), torch.tensor([lab for _, lab in items], dtype=torch.int64)
 
 
+def _streamed(items: Pairs, mode: str, size: int | None, options: DataOptions) -> tuple[Any, torch.Tensor]:
+    """(the training images read per batch from their files (:mod:`.stream`), labels in memory)."""
+    decode = functools.partial(_decode, mode=mode, size=size)
+    files = [path for path, _ in items]
+    items_ = FileImages(files, decode, tuple(decode(files[0]).shape))
+    return StreamedImages(items_, workers=options.workers), torch.tensor([lab for _, lab in items], dtype=torch.int64)
+
+
 def _pairs(classes: dict[str, list[Path]], names: tuple[str, ...]) -> Pairs:
     return [(f, i) for i, n in enumerate(names) for f in classes[n]]
 
@@ -122,7 +134,7 @@ def load_imagefolder(arg: str, options: DataOptions) -> Dataset:
         tr, te = checked_split(len(items), frac, options.split_seed, f"imagefolder: {root}")
         train, test = [items[i] for i in tr], [items[i] for i in te]
     mode, size = options.image_mode or "RGB", options.image_size
-    x_train, y_train = _read(train, mode, size)
+    x_train, y_train = _streamed(train, mode, size, options) if options.stream else _read(train, mode, size)
     x_test, y_test = _read(test, mode, size)
     if x_test.shape[1:] != x_train.shape[1:]:
         raise DataError(

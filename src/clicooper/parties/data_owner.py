@@ -7,6 +7,7 @@ Privacy mechanisms are plugged in through three small protocols (see :mod:`clico
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +30,9 @@ from clicooper.protocol.messages import (
 if TYPE_CHECKING:
     from clicooper.parties.guard import Guard
     from clicooper.privacy.dpsgd import HeadDPSGD
+
+
+Augment = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, sample ids, epoch) → x
 
 
 class Protector(Protocol):
@@ -107,6 +111,7 @@ class DataOwner(PartyBase):
         device: torch.device | str = "cpu",
         head_dpsgd: HeadDPSGD | None = None,
         guard: Guard | None = None,
+        augment: Augment | None = None,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -120,6 +125,7 @@ class DataOwner(PartyBase):
         self.expected_return_shape = expected_return_shape
         self.head_dpsgd = head_dpsgd  # DP-SGD on the head (privacy/dpsgd.py) instead of its plain gradient
         self.guard = guard  # live detection of malicious trainers (parties/guard), None when off
+        self.augment = augment  # training augmentation before the head (clicooper.data.augment), None: off
         self.device = torch.device(device)
         self.state: StepState | None = None
         self.stats = EpochStats()
@@ -150,6 +156,8 @@ class DataOwner(PartyBase):
             out.append(Control(Header("DO", self.last, epoch, step, 0, m), "batch", {"size": str(len(ids))}))
         for j, cid in enumerate(chunks):
             x = self.x_train[cid].to(self.device)
+            if self.augment is not None:  # training batches only; public draws per (epoch, sample id)
+                x = self.augment(x, cid, epoch)
             y = self.y_train[cid]
             st.y.append(y)
             y_used = y if self.guard is None else self.guard.labels(epoch, step, j, y)  # fake labels (SplitGuard)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -59,6 +59,16 @@ def _tensor_parts(t: torch.Tensor) -> list[bytes]:
     return [lp(str(t.dtype)), lp(",".join(str(int(s)) for s in t.shape)), lp(raw)]
 
 
+def _streamed_parts(t: Any) -> Iterator[bytes]:
+    """:func:`_tensor_parts` of a streamed split (clicooper.data.stream), its raw bytes read chunk by chunk:
+    the same bytes as for the tensor it stands for."""
+    yield lp(str(t.dtype))
+    yield lp(",".join(str(int(s)) for s in t.shape))
+    yield (t.shape.numel() * t.dtype.itemsize).to_bytes(8, "big")  # lp's length prefix of the raw bytes
+    for c in t.chunks():
+        yield c.contiguous().numpy().tobytes()
+
+
 def dataset_commitment(
     secret: bytes, tensors: Mapping[str, torch.Tensor], ids: torch.Tensor | None = None
 ) -> str:
@@ -76,7 +86,8 @@ def dataset_commitment(
     mac = hmac.new(secret, lp("clicooper/dataset"), hashlib.sha256)
     for name in sorted(tensors):
         mac.update(lp(name))
-        for part in _tensor_parts(tensors[name]):
+        for part in _streamed_parts(tensors[name]) if hasattr(tensors[name], "chunks") else \
+                _tensor_parts(tensors[name]):
             mac.update(part)
     if ids is None:
         ids = torch.arange(len(tensors[sorted(tensors)[0]]), dtype=torch.int64)

@@ -1,0 +1,87 @@
+"""Streamed training splits (data.stream): same ids, batches and weights as the in-memory path, resume, and
+the same dataset commitment; a tiny 8×8 imagefolder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clicooper import rundir
+from clicooper.data import epoch_order, load_dataset
+from clicooper.data.stream import StreamedImages
+from clicooper.errors import DataError, InterruptedRun
+from clicooper.provenance.commitments import dataset_commitment
+from clicooper.training import train
+
+
+def _folder(root: Path, per_class: int = 40) -> str:
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            a = (rng.random((8, 8)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(a, "L").save(root / f"c{c}" / f"{k:03d}.png")
+    return f"imagefolder:{root}"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _folder(tmp_path_factory.mktemp("img") / "f")
+
+
+def _cfg(name: str, **data: object) -> dict:
+    return {"dataset": name, "model": "digits-cnn", "trainers": 2, "epochs": 2, "batch_size": 16,
+            "micro_batches": 2, "provenance": False, "data": {"image_mode": "L"} | data}
+
+
+def test_streamed_split_reads_what_memory_holds(folder: str) -> None:
+    mem = load_dataset(folder, {"image_mode": "L"})
+    st = load_dataset(folder, {"image_mode": "L", "stream": True, "workers": 2})
+    assert isinstance(st.x_train, StreamedImages) and st.input_shape == mem.input_shape
+    assert len(st.x_train) == len(mem.x_train) and torch.equal(st.y_train, mem.y_train)
+    order = epoch_order(st.train_ids(None), seed=3, epoch=1)
+    st.x_train.expect(order, 16, 2)
+    for a in range(0, len(order), 16):  # the announced batches come from the workers, in order
+        for c in torch.tensor_split(order[a : a + 16], 2):
+            assert torch.equal(st.x_train[c], mem.x_train[c])
+    assert torch.equal(st.x_train[5:9], mem.x_train[5:9])  # unannounced: read inline
+    assert torch.equal(torch.cat(list(st.x_train.chunks(7))), mem.x_train)
+
+
+def test_stream_is_refused_where_data_is_in_memory() -> None:
+    with pytest.raises(DataError, match="drop --stream"):
+        load_dataset("digits", {"stream": True})
+
+
+def test_streamed_training_is_bit_identical_and_resumes(folder: str, tmp_path: Path) -> None:
+    # provenance off: its per-run random salt and keys would make even two in-memory runs differ
+    mem = train(_cfg(folder), out=tmp_path / "mem")
+    st = train(_cfg(folder, stream=True, workers=2), out=tmp_path / "st")
+    for k, v in mem.model.state_dict().items():
+        assert torch.equal(v, st.model.state_dict()[k]), k
+    assert rundir.read_json(tmp_path / "mem" / "metrics.json")["epochs"][-1]["loss"] == \
+        rundir.read_json(tmp_path / "st" / "metrics.json")["epochs"][-1]["loss"]
+
+    def stop_after_first(m: dict) -> None:
+        if m["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRun):
+        train(_cfg(folder, stream=True, workers=1), out=tmp_path / "cut", on_epoch=stop_after_first)
+    resumed = train(resume=tmp_path / "cut")
+    for k, v in mem.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_streamed_commitment_equals_in_memory_and_provenance_runs(folder: str, tmp_path: Path) -> None:
+    mem = load_dataset(folder, {"image_mode": "L"})
+    st = load_dataset(folder, {"image_mode": "L", "stream": True, "workers": 0})
+    salt, ids = bytes(range(32)), mem.train_ids(None)
+    assert dataset_commitment(salt, {"x": st.x_train, "y": st.y_train}, ids=ids) == \
+        dataset_commitment(salt, {"x": mem.x_train, "y": mem.y_train}, ids=ids)
+    run = train(_cfg(folder, stream=True, workers=1) | {"provenance": True, "epochs": 1}, out=tmp_path / "p")
+    assert (run.path / "ledger.jsonl").is_file()
