@@ -85,3 +85,17 @@ def test_streamed_commitment_equals_in_memory_and_provenance_runs(folder: str, t
         dataset_commitment(salt, {"x": mem.x_train, "y": mem.y_train}, ids=ids)
     run = train(_cfg(folder, stream=True, workers=1) | {"provenance": True, "epochs": 1}, out=tmp_path / "p")
     assert (run.path / "ledger.jsonl").is_file()
+
+
+def test_streamed_augmented_run_over_grpc_matches_in_process(folder: str, tmp_path: Path) -> None:
+    from clicooper.net.launch import launch_local
+    from clicooper.runs import load_run
+
+    cfg = _cfg(folder, stream=True, workers=1, crop_padding=1, flip=True) | {"epochs": 1}
+    ref = train(cfg, out=tmp_path / "inproc")
+    res = launch_local(cfg, tmp_path / "grpc", insecure_loopback=True, max_restarts=0, timeout_s=240)
+    assert res.restarts == 0
+    ra, rb = load_run(ref.path), load_run(tmp_path / "grpc")
+    diff = max(float((v - rb.modules[k].state_dict()[n]).abs().max())
+               for k in ra.modules for n, v in ra.modules[k].state_dict().items())
+    assert diff < 1e-5  # the DO node streams and augments exactly as the in-process DO
