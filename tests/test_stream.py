@@ -52,6 +52,23 @@ def test_streamed_split_reads_what_memory_holds(folder: str) -> None:
     assert torch.equal(torch.cat(list(st.x_train.chunks(7))), mem.x_train)
 
 
+@pytest.mark.parametrize("form", ["cifar10", "cifar100", "cifar100-coarse"])
+def test_streamed_cifar_reads_memory_mapped_records(form: str, tmp_path: Path) -> None:
+    from test_data_loaders import write_cifar10, write_cifar100
+
+    write_cifar10(tmp_path, n=7) if form == "cifar10" else write_cifar100(tmp_path, n_test=7)
+    mem = load_dataset(f"{form}:{tmp_path}")
+    st = load_dataset(f"{form}:{tmp_path}", {"stream": True, "workers": 1})
+    assert isinstance(st.x_train, StreamedImages) and torch.equal(st.y_train, mem.y_train)
+    assert torch.equal(st.x_test, mem.x_test)
+    order = epoch_order(st.train_ids(None), seed=0, epoch=0)
+    st.x_train.expect(order, 8, 1)
+    for a in range(0, len(order), 8):
+        assert torch.equal(st.x_train[order[a : a + 8]], mem.x_train[order[a : a + 8]])
+    salt, ids = bytes(32), mem.train_ids(None)
+    assert dataset_commitment(salt, {"x": st.x_train}, ids=ids) == dataset_commitment(salt, {"x": mem.x_train}, ids=ids)
+
+
 def test_stream_is_refused_where_data_is_in_memory() -> None:
     with pytest.raises(DataError, match="drop --stream"):
         load_dataset("digits", {"stream": True})

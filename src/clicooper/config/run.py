@@ -170,9 +170,9 @@ class DataOptions(_Strict):
             if getattr(self, field) is not None and form not in forms:
                 where = " and ".join(f"{f}:" for f in forms)
                 return f"data.{field} ({flag}) applies to {where} datasets only, not {dataset!r}; drop it"
-        if self.stream and form != "imagefolder":
-            return (f"data.stream (--stream) reads imagefolder: datasets from their files; {dataset!r} is loaded into "
-                    "memory: drop --stream")
+        if self.stream and form not in ("imagefolder", "cifar10", "cifar100", "cifar100-coarse"):
+            return (f"data.stream (--stream) reads imagefolder: and cifar*: datasets from their files; {dataset!r} "
+                    "is loaded into memory: drop --stream")
         if form == "csv" and self.label_column is None:
             return f"{dataset!r} needs data.label_column: pass --label-column NAME (the column holding the class)"
         return None

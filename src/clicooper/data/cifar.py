@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from clicooper.data.dataset import Dataset
+from clicooper.data.stream import RecordImages, StreamedImages
 from clicooper.errors import DataError
 
 PIXELS = 3 * 32 * 32
@@ -58,10 +60,11 @@ def _require(d: Path, names: tuple[str, ...], form: str, expected: str) -> None:
         )
 
 
-def _read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels uint8 (N, label_bytes), pixels uint8 (N, 3, 32, 32)) of one binary batch file."""
+def _read_records(path: Path, label_bytes: int, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(labels uint8 (N, label_bytes), pixels uint8 (N, 3, 32, 32)) of one binary batch file (memory-mapped
+    views with ``mmap``: nothing is read until used)."""
     try:
-        raw = path.read_bytes()
+        raw = np.memmap(path, dtype=np.uint8, mode="r") if mmap and path.stat().st_size else path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
     record = label_bytes + PIXELS
@@ -84,8 +87,11 @@ def _check_labels(labels: np.ndarray, classes: int, path: Path, what: str) -> No
         )
 
 
-def _images(pixels: list[np.ndarray]) -> torch.Tensor:
-    """uint8 (N, 3, 32, 32) batches → one float32 tensor in [0, 1] (same scaling as Fashion-MNIST)."""
+def _images(pixels: list[np.ndarray], stream_workers: int | None = None) -> Any:
+    """uint8 (N, 3, 32, 32) batches → one float32 tensor in [0, 1] (same scaling as Fashion-MNIST), or with
+    ``stream_workers`` a :class:`~.stream.StreamedImages` reading the memory-mapped records per batch."""
+    if stream_workers is not None:
+        return StreamedImages(RecordImages(pixels), workers=stream_workers)
     x = np.concatenate(pixels).astype(np.float32)
     x /= 255.0
     return torch.from_numpy(x)
@@ -100,13 +106,14 @@ def _names(path: Path, count: int, fallback: tuple[str, ...]) -> tuple[str, ...]
     return fallback
 
 
-def load_cifar10(arg: str) -> Dataset:
-    """CIFAR-10 binary from folder ``arg`` (or its ``cifar-10-batches-bin/``): 50k train, 10k test, 10 classes."""
+def load_cifar10(arg: str, stream_workers: int | None = None) -> Dataset:
+    """CIFAR-10 binary from folder ``arg`` (or its ``cifar-10-batches-bin/``): 50k train, 10k test, 10 classes.
+    With ``stream_workers`` the training split streams from the memory-mapped files (:mod:`.stream`)."""
     expected = "data_batch_1.bin … data_batch_5.bin and test_batch.bin"
     d = _directory(arg, "cifar-10-batches-bin", "cifar10", expected)
     files = (*CIFAR10_TRAIN, CIFAR10_TEST)
     _require(d, files, "cifar10", expected)
-    read = {n: _read_records(d / n, 1) for n in files}
+    read = {n: _read_records(d / n, 1, mmap=stream_workers is not None) for n in files}
     counts = Counter(len(lab) for lab, _ in read.values())
     usual = counts.most_common(1)[0][0]
     for n, (lab, _) in read.items():
@@ -119,18 +126,19 @@ def load_cifar10(arg: str) -> Dataset:
     ytr = np.concatenate([read[n][0][:, 0] for n in CIFAR10_TRAIN]).astype(np.int64)
     yte = read[CIFAR10_TEST][0][:, 0].astype(np.int64)
     return Dataset(
-        f"cifar10:{arg}", _images([read[n][1] for n in CIFAR10_TRAIN]), torch.from_numpy(ytr),
+        f"cifar10:{arg}", _images([read[n][1] for n in CIFAR10_TRAIN], stream_workers), torch.from_numpy(ytr),
         _images([read[CIFAR10_TEST][1]]), torch.from_numpy(yte), 10,
         _names(d / "batches.meta.txt", 10, CIFAR10_CLASSES),
     )
 
 
-def _load_cifar100(arg: str, *, coarse: bool) -> Dataset:
+def _load_cifar100(arg: str, *, coarse: bool, stream_workers: int | None = None) -> Dataset:
     form = "cifar100-coarse" if coarse else "cifar100"
     expected = "train.bin and test.bin"
     d = _directory(arg, "cifar-100-binary", form, expected)
     _require(d, ("train.bin", "test.bin"), form, expected)
-    (ltr, xtr), (lte, xte) = _read_records(d / "train.bin", 2), _read_records(d / "test.bin", 2)
+    mm = stream_workers is not None
+    (ltr, xtr), (lte, xte) = _read_records(d / "train.bin", 2, mm), _read_records(d / "test.bin", 2, mm)
     if len(ltr) != 5 * len(lte):
         bad = "test.bin" if len(ltr) == 50_000 else "train.bin" if len(lte) == 10_000 else "one of them"
         raise DataError(
@@ -143,17 +151,18 @@ def _load_cifar100(arg: str, *, coarse: bool) -> Dataset:
     col, classes = (0, 20) if coarse else (1, 100)
     names_file = "coarse_label_names.txt" if coarse else "fine_label_names.txt"
     return Dataset(
-        f"{form}:{arg}", _images([xtr]), torch.from_numpy(ltr[:, col].astype(np.int64)), _images([xte]),
+        f"{form}:{arg}", _images([xtr], stream_workers), torch.from_numpy(ltr[:, col].astype(np.int64)),
+        _images([xte]),
         torch.from_numpy(lte[:, col].astype(np.int64)), classes,
         _names(d / names_file, classes, tuple(str(i) for i in range(classes))),
     )
 
 
-def load_cifar100(arg: str) -> Dataset:
+def load_cifar100(arg: str, stream_workers: int | None = None) -> Dataset:
     """CIFAR-100 binary from folder ``arg`` (or its ``cifar-100-binary/``), fine labels: 100 classes."""
-    return _load_cifar100(arg, coarse=False)
+    return _load_cifar100(arg, coarse=False, stream_workers=stream_workers)
 
 
-def load_cifar100_coarse(arg: str) -> Dataset:
+def load_cifar100_coarse(arg: str, stream_workers: int | None = None) -> Dataset:
     """CIFAR-100 binary with the coarse labels: 20 superclasses."""
-    return _load_cifar100(arg, coarse=True)
+    return _load_cifar100(arg, coarse=True, stream_workers=stream_workers)

@@ -164,13 +164,18 @@ def load_npz(path: str | Path) -> Dataset:
     )
 
 
+def _stream_workers(options: DataOptions) -> int | None:
+    """``data.workers`` when the training split streams (``data.stream``), else ``None`` (in memory)."""
+    return options.workers if options.stream else None
+
+
 FIXED: dict[str, Callable[[], Dataset]] = {"fashion-mnist": load_fashion_mnist, "digits": load_digits}
 # ``FORM:ARG`` datasets: the loader gets ARG and the run's data options
 PREFIXED: dict[str, Callable[[str, DataOptions], Dataset]] = {
     "npz": lambda arg, _: load_npz(arg),
-    "cifar10": lambda arg, _: load_cifar10(arg),
-    "cifar100": lambda arg, _: load_cifar100(arg),
-    "cifar100-coarse": lambda arg, _: load_cifar100_coarse(arg),
+    "cifar10": lambda arg, o: load_cifar10(arg, _stream_workers(o)),
+    "cifar100": lambda arg, o: load_cifar100(arg, _stream_workers(o)),
+    "cifar100-coarse": lambda arg, o: load_cifar100_coarse(arg, _stream_workers(o)),
     "imagefolder": load_imagefolder,
     "csv": load_csv,
 }

@@ -13,8 +13,10 @@ yields them in that order to persistent workers that decode ahead (``prefetch_fa
 a step finds its batch ready and never waits for the workers to start. A request that is not the next
 announced batch (an evaluator's look, an attack reading ids) is read inline: same values, no prefetch.
 
-Sources: ``imagefolder:`` decodes one image file per item (Pillow); the other forms are refused, since
-reading them (gzip'd IDX, CIFAR's whole-file validation, ``.npz``, csv) needs them in memory anyway.
+Sources: ``imagefolder:`` decodes one image file per item (Pillow); ``cifar10:`` / ``cifar100:`` /
+``cifar100-coarse:`` memory-map their binary batch files and read one record per item (the label bytes are
+read once, to check and keep them). The other forms are refused: their files (gzip'd IDX, ``.npz``, csv)
+cannot be read per sample without decompressing or parsing them whole, so they stay in memory.
 """
 
 from __future__ import annotations
@@ -54,6 +56,28 @@ class FileImages(TorchDataset):
         return torch.from_numpy(x)
 
 
+class RecordImages(TorchDataset):
+    """Images in fixed-size records of memory-mapped files (CIFAR's binary batches): ``parts`` are uint8
+    (N_i, C, H, W) views of ``numpy.memmap`` s, items numbered across them in order, scaled as :class:`FileImages`."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.shape: tuple[int, ...] = tuple(self.parts[0].shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        j = int(np.searchsorted(self.starts, i, side="right")) - 1
+        x = np.asarray(self.parts[j][i - int(self.starts[j])]).astype(np.float32)
+        x /= 255.0
+        return torch.from_numpy(x)
+
+
+Items = FileImages | RecordImages
+
+
 class _Announced(Sampler[list[int]]):
     """Yields the batches announced for the current round, in order (iterated by the DataLoader)."""
 
@@ -75,7 +99,7 @@ def micro_chunks(ids: torch.Tensor, micro_batches: int) -> list[torch.Tensor]:
 class StreamedImages:
     """A training split read from files on demand, indexable like the tensor it replaces (module doc)."""
 
-    def __init__(self, items: FileImages, *, workers: int, prefetch_factor: int = 2):
+    def __init__(self, items: Items, *, workers: int, prefetch_factor: int = 2):
         self.items, self.workers = items, workers
         self._sampler = _Announced()
         self._pending: list[torch.Tensor] = []
