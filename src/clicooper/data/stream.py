@@ -129,7 +129,8 @@ class StreamedImages:
         if isinstance(index, slice):
             ids = torch.arange(len(self.items))[index]
         else:
-            ids = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+            ids = torch.as_tensor(index)
+            ids = (ids.nonzero().reshape(-1) if ids.dtype == torch.bool else ids.to(torch.int64)).reshape(-1)
         if self._pending and self._it is not None and torch.equal(self._pending[0], ids):
             self._pending.pop(0)
             return next(self._it)
