@@ -43,11 +43,13 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     holds that finished run."""
     cfg = read_json(Path(run_dir) / "config.json")
     want = {**cfg, "defense": "none", "record_observations": True, "model": model or cfg.get("model")}
+    if model is not None:
+        want["model_spec"] = None  # --baseline-model names a built-in, not the run's model file
     if "preset" in want:
         want["preset"] = None  # a preset would bring its own model and defense back
     if (out / "metrics.json").is_file() and (out / "config.json").is_file():
         have = read_json(out / "config.json")
-        if all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "model", "defense")):
+        if all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "model", "model_spec", "defense")):
             if progress:
                 progress(f"reusing the undefended baseline in {out}")
             return out
