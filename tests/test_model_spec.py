@@ -282,3 +282,11 @@ def test_the_readme_model_file_builds(tmp_path: Path) -> None:
     # assert
     assert mf.name == "tiny-resnet" and isinstance(model[3], Residual)
     assert make_plan(model, model_name=mf.name, input_shape=(1, 28, 28), trainers=1).head.layer_names == ["Conv2d"]
+
+
+def test_a_received_spec_cannot_ask_for_a_huge_layer() -> None:
+    huge = [{"type": "Flatten"}, {"type": "Linear", "out_features": 65536}, {"type": "Linear", "out_features": 65536}]
+    with pytest.raises(ConfigError, match=r"layer 2 \(Linear\): its weight would have more than"):
+        build_model(huge, (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="out_channels=100000 is invalid"):
+        build_model([{"type": "Conv2d", "out_channels": 100000, "kernel_size": 1}], (1, 8, 8), 10)

@@ -19,12 +19,14 @@ OUTPUTS = "outputs"
 
 _I1 = Annotated[int, Field(ge=1)]
 _I0 = Annotated[int, Field(ge=0)]
-_Size = _I1 | list[_I1]
+_Free = Annotated[int, Field(ge=1, le=1 << 16)]  # a width a file chooses (not one checked against the input)
+_K = Annotated[int, Field(ge=1, le=1 << 12)]
+_Size = _K | list[_K]
 _Pad = _I0 | list[_I0] | Literal["same", "valid"]
 _Eps = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 _Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 _Float = Annotated[float, Field(allow_inf_nan=False)]
-_Width = _I1 | Literal["outputs"]
+_Width = _Free | Literal["outputs"]
 
 _CONV = {"in_channels": _I1, "out_channels": _Width, "kernel_size": _Size, "stride": _Size, "padding": _Pad,
          "dilation": _Size, "groups": _I1, "bias": bool,
@@ -74,7 +76,7 @@ LAYERS: dict[str, LayerType] = {
     "Conv2d": _conv(nn.Conv2d, 3),
     "BatchNorm1d": _bn(nn.BatchNorm1d, (1, 2)),
     "BatchNorm2d": _bn(nn.BatchNorm2d, (3,)),
-    "GroupNorm": LayerType(nn.GroupNorm, {"num_groups": _I1, "num_channels": _I1, "eps": _Eps, "affine": bool},
+    "GroupNorm": LayerType(nn.GroupNorm, {"num_groups": _Free, "num_channels": _I1, "eps": _Eps, "affine": bool},
                            ("num_groups",), {"num_channels": "channels"}),
     "LayerNorm": LayerType(nn.LayerNorm, {"normalized_shape": _Size, "eps": _Eps, "elementwise_affine": bool,
                                           "bias": bool}, (), {"normalized_shape": "shape"}),

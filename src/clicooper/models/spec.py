@@ -53,6 +53,7 @@ Shape = tuple[int, ...]
 MAX_DEPTH = 8  # residual blocks nested in residual blocks
 MAX_LAYERS = 10_000
 MAX_FILE_BYTES = 1 << 20
+MAX_LAYER_WEIGHTS = 1 << 28  # one Linear/Conv weight (1 GiB of float32): a received spec cannot exhaust memory
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WHAT = {"channels": "channels", "features": "features", "shape": "per-sample shape"}
 
@@ -202,6 +203,9 @@ def _build_one(layer: Layer, shape: Shape, num_outputs: int, name: str) -> tuple
             raise ConfigError(f"{name}: {arg}={kw[arg]} but the input has {have} {_WHAT[source]} "
                               f"(input shape {shape}); fix {arg} or leave it out")
     kw = {k: num_outputs if v == OUTPUTS else tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    if _weights(t, kw, len(shape)) > MAX_LAYER_WEIGHTS:
+        raise ConfigError(f"{name}: its weight would have more than {MAX_LAYER_WEIGHTS:,} values; that is no model "
+                          "this framework trains")
     try:
         m = lt.cls(**kw)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -224,6 +228,19 @@ def _from_shape(source: str, shape: Shape, t: str) -> int | list[int]:
     if not shape:
         raise ConfigError(f"{t} needs an input with at least one dimension per sample")
     return {"channels": shape[0], "features": shape[-1], "shape": list(shape)}[source]
+
+
+def _weights(t: str, kw: dict[str, Any], rank: int) -> int:
+    """Values of a Linear's or a convolution's weight (0 for other layers), before it is allocated."""
+    if t == "Linear":
+        return int(kw["in_features"]) * int(kw["out_features"])
+    if t.startswith("Conv"):
+        k = kw["kernel_size"]
+        taps = 1
+        for s in (k if isinstance(k, tuple) else (k,) * (rank - 1)):
+            taps *= int(s)
+        return int(kw["in_channels"]) * int(kw["out_channels"]) * taps // int(kw.get("groups", 1))
+    return 0
 
 
 def _as_list(v: Any) -> list[int]:
