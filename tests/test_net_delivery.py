@@ -279,11 +279,10 @@ def _run_nodes(run: Path, timeout: float = 90.0) -> dict[str, int]:
     import time
 
     from clicooper.net.builder import load_run_config
-    from clicooper.net.launch import _start_nodes
+    from clicooper.net.launch import NodeSetup, _start_nodes
 
-    procs = _start_nodes(
-        run, load_run_config(run / "config.json"), insecure=True, idle_timeout_s=30, events=queue.Queue()
-    )
+    procs = _start_nodes(run, load_run_config(run / "config.json"), NodeSetup(insecure=True, idle_timeout_s=30),
+                         queue.Queue())
     end = time.monotonic() + timeout
     try:
         while time.monotonic() < end and any(p.popen.poll() is None for p in procs.values()):
