@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clicooper.errors import LedgerError
+from clicooper.provenance.accusation import Accusation, accusation_problems
 from clicooper.provenance.entries import Closing, Entry, Genesis, StageEntry, entry_hash
 from clicooper.provenance.identity import verify as verify_signature
 
@@ -109,6 +110,8 @@ class ChainState:
             out.append(Issue(i, "prev-chain", "prev does not equal the hash of the previous entry"))
         if isinstance(entry, Closing):
             return out + self._closing_issues(entry, i)
+        if isinstance(entry, Accusation):  # a claim: signed by a party, about parties; no stage order
+            return out + [Issue(i, c, m) for c, m in accusation_problems(entry, g)]
         out += self._stage_issues(entry, i)
         return out
 

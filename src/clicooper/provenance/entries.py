@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clicooper.errors import LedgerError
+from clicooper.provenance.accusation import Accusation
 from clicooper.provenance.canonical import canonical_json, lp, sha256_hex
 from clicooper.provenance.fields import check_hex, get_field, hex_field, int_field, only_keys, str_field
 from clicooper.provenance.identity import Identity
@@ -327,7 +328,7 @@ class Closing:
         )
 
 
-Entry = Genesis | StageEntry | Closing
+Entry = Genesis | StageEntry | Closing | Accusation  # accusation: provenance/accusation.py (§5.5)
 
 
 def entry_from_json(obj: Any) -> Entry:
@@ -341,7 +342,9 @@ def entry_from_json(obj: Any) -> Entry:
         return StageEntry.from_json(obj)
     if kind == "closing":
         return Closing.from_json(obj)
-    raise LedgerError(f"unknown entry type {kind!r}; expected genesis, stage or closing")
+    if kind == "accusation":
+        return Accusation.from_json(obj)
+    raise LedgerError(f"unknown entry type {kind!r}; expected genesis, stage, closing or accusation")
 
 
 def entry_bytes(entry: Entry) -> bytes:

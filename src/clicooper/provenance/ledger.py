@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clicooper.errors import LedgerError
+from clicooper.provenance.accusation import Accusation
 from clicooper.provenance.chain import ChainState, Issue, multi_signature_issues
 from clicooper.provenance.entries import (
     Closing,
@@ -226,7 +227,7 @@ class Ledger:
         return ledger_anchor(self.entries, round)
 
     # ---- appending
-    def append(self, entry: StageEntry | Closing, *, allow_identical: bool = False) -> bool:
+    def append(self, entry: StageEntry | Closing | Accusation, *, allow_identical: bool = False) -> bool:
         """Check and durably append ``entry``; returns ``True`` if written.
 
         With ``allow_identical=True`` an entry byte-identical to an already committed one (a round-end

@@ -25,7 +25,7 @@ from clicooper.errors import LedgerError
 
 #: The ledger format this build reads and writes (the genesis' ``version``).
 FORMAT_VERSION = 1
-ENTRY_TYPES = ("genesis", "stage", "closing")
+ENTRY_TYPES = ("genesis", "stage", "closing", "accusation")
 SCHEMA_NAMES = (*ENTRY_TYPES, "reveal")
 
 
@@ -71,7 +71,7 @@ def check_entry(obj: Any) -> None:
         raise LedgerError("a ledger entry must be a JSON object")
     kind = obj.get("type")
     if kind not in ENTRY_TYPES:
-        raise LedgerError(f"unknown entry type {kind!r}; expected genesis, stage or closing")
+        raise LedgerError(f"unknown entry type {kind!r}; expected genesis, stage, closing or accusation")
     if kind == "genesis" and obj.get("version") != FORMAT_VERSION:
         raise FormatVersionError(
             f"ledger format version {obj.get('version')!r}; this build reads version {FORMAT_VERSION} "

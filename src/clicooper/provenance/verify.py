@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from clicooper.errors import LedgerError
+from clicooper.provenance.accusation import Accusation
 from clicooper.provenance.causes import Trace, first_cause, mark
 from clicooper.provenance.chain import ChainState, Issue
 from clicooper.provenance.commitments import segment_commitment
@@ -65,6 +66,7 @@ class VerifyReport:
     credit: dict[str, Credit] = field(default_factory=dict)
     rounds_completed: int = 0
     closed: bool = False
+    accusations: list[dict[str, Any]] = field(default_factory=list)  # §5.5: shown, never credited
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,7 @@ class VerifyReport:
             "failures": [f.to_json() for f in self.failures],
             "notes": list(self.notes),
             "credit": {k: c.to_json() for k, c in self.credit.items()},
+            "accusations": list(self.accusations),
         }
 
 
@@ -186,6 +189,10 @@ def _replay(entries: list[Entry | None], bad: dict[int, Issue], report: VerifyRe
             report.run_id = e.run_id
             report.failures += [trace.global_issue(x) for x in _genesis_issues(e, trusted_keys, bindings)]
         state.advance(e)
+        if isinstance(e, Accusation) and state.genesis is not None:  # shown (a note), never credited
+            names = {p.party_id: p.name for p in state.genesis.parties}
+            report.notes.append(f"entry {i}: {e.describe(names)}")
+            report.accusations.append({"index": i} | e.to_json())
         if isinstance(e, StageEntry):
             trace.stage_seen(i, e.round, e.position)
             by_round.setdefault(e.round, {}).setdefault(e.position, (i, e))

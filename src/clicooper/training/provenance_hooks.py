@@ -21,7 +21,8 @@ from typing import Any
 from clicooper import rundir
 from clicooper.config import RunConfig
 from clicooper.errors import LedgerError
-from clicooper.provenance.entries import sign_multi
+from clicooper.provenance.accusation import draft_accusation
+from clicooper.provenance.entries import entry_hash, sign_multi
 from clicooper.provenance.identity import load_identity
 from clicooper.provenance.ledger import Ledger
 from clicooper.provenance.setup import genesis_body, key_path, load_or_create_identity
@@ -78,6 +79,13 @@ class ProvenanceHooks:
             # the extra steps changed the weights that are checkpointed and delivered: report their accuracy
             metrics["test_acc_before_extra_watermark_steps"] = metrics["test_acc"]
             metrics["test_acc"] = self.session.test_accuracy()
+
+    def accuse(self, alarm: Any) -> str:
+        """The DO's signed accusation of ``alarm`` (parties/guard) appended to the ledger; its entry hash."""
+        entry = draft_accusation(self.ledger, self.identities["DO"], round=alarm.round, step=alarm.step,
+                                 suspects=list(alarm.suspects), detector=alarm.detector, evidence=alarm.evidence)
+        self.ledger.append(entry)
+        return entry_hash(entry)
 
     def on_run_end(self, parties: dict[str, Any]) -> None:
         """Closing entry signed by every party (no-op when already closed)."""
