@@ -61,8 +61,8 @@ class SplitGuardConfig(_Strict):
     fake_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of a fake batch's rows relabelled")
     warmup_steps: int = Field(20, ge=0, description="N: steps before the first fake batch")
     min_fakes: int = Field(5, ge=1, description="fake batches before a decision")
-    window: int = Field(5, ge=1, description="SG scores averaged for the decision")
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="alarm when the mean SG score is below it")
+    window: int = Field(9, ge=1, description="last SG scores whose median decides")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="alarm when that median is below it")
     mult: float = Field(5.0, gt=0.0, description="squashing sigmoid multiplier (reference code: 5)")
     exp: float = Field(2.0, gt=0.0, description="squashing sigmoid exponent (reference code: 2)")
 
@@ -85,7 +85,7 @@ class ValidationConfig(_Strict):
     every: int = Field(10, ge=1, description="steps between two validations")
     rows: int = Field(256, ge=8, description="held-out rows (the last of the test split's second half)")
     warmup: int = Field(3, ge=1, description="validations before a decision")
-    min_gain: float = Field(0.10, ge=0.0, description="alarm if best accuracy < chance + min_gain")
+    min_gain: float = Field(0.10, ge=0.0, description="alarm if the recent mean accuracy < chance + min_gain")
     max_drop: float = Field(0.25, gt=0.0, description="alarm if accuracy falls this far below its best")
 
 

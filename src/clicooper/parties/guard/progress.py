@@ -6,8 +6,13 @@ with its tail. Training that serves the DO's task makes the accuracy rise above 
 validations; a trainer that sabotages (sign flipping), does no work (stale outputs) or hijacks the head
 leaves it at chance or makes it collapse. Alarm (ours; the rule of early stopping, turned around):
 
-- after ``warmup`` validations, the best accuracy is still below ``chance + min_gain``; or
+- after ``warmup`` validations, the mean accuracy of the last ``warmup`` ones is below ``chance + min_gain``
+  (no better than chance); or
 - the accuracy falls more than ``max_drop`` below its best (an attack that starts late).
+
+(A first version compared the *best* accuracy with chance: a sign-flipping run on digits that peaked at
+0.30 and then fell to 0.08 stayed under both rules. The false alarms of the rule as it is now are
+measured on honest runs, docs/malicious.md.)
 
 It cannot tell which trainer is at fault (every answer passes through all of them): the alarm names the
 chain, ``T1…TK``.
@@ -39,9 +44,11 @@ class Progress:
             return None
         accs = [x["accuracy"] for x in h]
         best, now = max(accs), accs[-1]
+        recent = sum(accs[-c.warmup:]) / c.warmup
         chance = 1.0 / self.num_classes
-        if best < chance + c.min_gain:
-            why = f"best validation accuracy {best:.3f} < chance {chance:.3f} + {c.min_gain} after {len(h)} checks"
+        if recent < chance + c.min_gain:
+            why = (f"mean validation accuracy of the last {c.warmup} checks {recent:.3f} < chance {chance:.3f} + "
+                   f"{c.min_gain}")
         elif now < best - c.max_drop:
             why = f"validation accuracy fell to {now:.3f} from its best {best:.3f} (> {c.max_drop})"
         else:
