@@ -93,6 +93,7 @@ def test_cli_audit_exit_codes(honest: Path) -> None:
     assert res.exit_code == 1
 
 
+@pytest.mark.slow  # a two-epoch training
 def test_backdoor_success_is_measured(tmp_path: Path) -> None:
     out = tmp_path / "bd"
     cfg = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 2,

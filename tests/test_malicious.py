@@ -113,6 +113,7 @@ def test_sign_flip_is_caught_by_validation(tmp_path: Path) -> None:
     assert m["stopped"]["detector"] == "validation" and m["stopped"]["suspects"] == ["T1", "T2"]
 
 
+@pytest.mark.slow  # three (two-epoch) trainings
 def test_detection_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     """An attack from round 1: round 0 is saved, the alarm stops round 1, resuming flags it again (training
     is deterministic; the checks' warm-up starts again, so maybe at another step), and a resume that

@@ -16,7 +16,7 @@ Check names (``Issue.check``): ``version``, ``parse``, ``genesis``, ``genesis-si
 ``trusted-key``, ``config-hash``, ``architecture-hash``, ``run-id``, ``prev-chain``, ``order``,
 ``duplicate-stage``, ``position``, ``position-owner``, ``entry-signature``, ``start-commitment``,
 ``transcript``, ``closing-missing``, ``closing``, ``closing-signature``, ``after-closing``,
-``segment-commitment``, ``segment-unknown`` (and, from :mod:`~clicooper.provenance.delivered`, ``plan``,
+``segment-commitment``, ``segment-unknown``, ``accusation`` (§5.5) (and, from :mod:`~clicooper.provenance.delivered`, ``plan``,
 ``segment-missing``, ``reveal``).
 """
 
