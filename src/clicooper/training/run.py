@@ -140,6 +140,18 @@ def _initial_weights(config: RunConfig, model: own_model.Model | None, run_dir: 
     return own_model.adopt(config, model) if model is not None else (config, None)
 
 
+def _start_files(session: Session, run_dir: Path, initial: Any, *, new_run: bool, done: int) -> None:
+    """A new run writes its config, plan and round-0 model files; a resumed one loads its last checkpoint."""
+    if new_run:
+        if initial is not None:
+            own_model.save_initial(run_dir, session.plan, initial)
+        rundir.write_json(run_dir / rundir.CONFIG, session.config.model_dump(mode="json"))
+        rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
+        session.save_model_files(0)
+    elif done > 0:
+        session.load_checkpoint(done - 1)
+
+
 def train(
     config: RunConfig | dict[str, Any] | None = None,
     *,
@@ -180,14 +192,7 @@ def train(
         session = Session(config, dataset, run_dir, blueprint=blueprint, privacy=privacy)
         if privacy.notice:
             print(privacy.notice, file=sys.stderr)
-        if resume is None:
-            if initial is not None:
-                own_model.save_initial(run_dir, session.plan, initial)
-            rundir.write_json(run_dir / rundir.CONFIG, config.model_dump(mode="json"))
-            rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
-            session.save_model_files(0)
-        elif done > 0:
-            session.load_checkpoint(done - 1)
+        _start_files(session, run_dir, initial, new_run=resume is None, done=done)
         if hooks is None:
             hooks = default_hooks(config, run_dir, session, new_run=resume is None)
         if dismiss_detection:  # the DO reviewed an accusation and continues (training/security.py)
