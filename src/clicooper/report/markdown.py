@@ -14,6 +14,16 @@ def _fmt(v: Any, nd: int = 4) -> str:
     return str(v)
 
 
+def _adversary(run: dict[str, Any]) -> str:
+    """The run's malicious trainer (research option ``adversary``, docs/malicious.md) and live detection."""
+    cfg = run.get("config") or {}
+    adv = cfg.get("adversary")
+    who = "none" if not adv else (f"{adv['behaviour']} by {adv.get('party') or 'default party'} from round "
+                                  f"{adv.get('start_round', 0)} step {adv.get('start_step', 0)}")
+    det = "on" if (cfg.get("detection") or {}).get("enabled") else "off"
+    return f"{who}; DO's live detection {det}"
+
+
 def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """Title, the run's facts, and the run beside its baseline (accuracy, FLOP share, DO-alone)."""
     L = [f"# CliCooper attack report: `{run['run']}`\n",
@@ -24,6 +34,7 @@ def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
          + (" (trained by this report)" if base.get("trained_by_report") else "") + " |",
          f"| model | {run.get('model')} | {base.get('model', run.get('model'))} |",
          f"| defense | {run['defense']} | {base['defense']} |",
+         f"| malicious trainer (research option) | {_adversary(run)} | {_adversary(base)} |",
          f"| test accuracy | {_fmt(run['test_acc'])} | {_fmt(base['test_acc'])} |",
          f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
          f"{_fmt(base['do_flop_share'], 4)} |"]
