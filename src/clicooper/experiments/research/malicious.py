@@ -107,10 +107,11 @@ def _fsha_at(curve: list[dict[str, Any]], steps: int, at: int | None) -> dict[st
     return out
 
 
-def detect_one(model: str, rows: int, epochs: int, seed: int, defense: str, behaviour: str, work: Path) -> dict:
-    """One monitored run (module docstring)."""
+def detect_one(model: str, rows: int, epochs: int, seed: int, defense: str, behaviour: str, work: Path,
+               detection: dict[str, Any] | None = None, variant: str = "default") -> dict:
+    """One monitored run (module docstring); ``detection``: settings over the defaults (``variant`` names them)."""
     cfg = _config(model, rows, epochs, seed, defense, behaviour) | {
-        "detection": {"enabled": True, "stop_on_alarm": False}, "provenance": False}
+        "detection": {"enabled": True, "stop_on_alarm": False} | (detection or {}), "provenance": False}
     out = work / f"{model}-{defense}-{behaviour}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     timer = _DOTimer()
@@ -131,7 +132,8 @@ def detect_one(model: str, rows: int, epochs: int, seed: int, defense: str, beha
     # the DO's side of its checks: guard hooks + the validation queries' head and tail passes (the trainers'
     # work answering the queries is theirs, not the DO's)
     checks = det["seconds"] + timer.by_name.get("start_query", 0.0) + timer.by_name.get("answer_probs", 0.0)
-    res = {"model": model, "defense": defense, "behaviour": behaviour, "seed": seed, "rows": rows,
+    res = {"model": model, "defense": defense, "behaviour": behaviour, "seed": seed, "variant": variant,
+           "detection_settings": detection or {}, "rows": rows,
            "epochs": epochs, "steps_per_epoch": steps, "detected": which is not None, "first_detector": which,
            "steps_to_detection": at, "alarms": det["alarms"], "test_acc": m.get("final_test_acc"),
            "seconds": secs, "do_seconds": timer.seconds, "check_seconds": checks,
@@ -180,22 +182,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--defenses", default="none")
     ap.add_argument("--fractions", default="0.01,0.1,1")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variant", default="default", help="name of the --detection settings (results key)")
+    ap.add_argument("--detection", default="{}", help="JSON over the default detection settings")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="malicious-"))
     results = json.loads(a.out.read_text()) if a.out.is_file() else []
-    done = {json.dumps({k: r[k] for k in ("model", "behaviour", "seed", "defense") if k in r}) for r in results}
+    keys = ("model", "behaviour", "seed", "defense", "variant")
+    done = {json.dumps({k: r.get(k, "default") for k in keys if k in r or k == "variant"}) for r in results}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for beh in a.behaviours.split(","):
         for d in a.defenses.split(","):
             for s in [int(x) for x in a.seeds.split(",")] if a.what == "detect" else [0]:
-                key = {"model": a.model, "behaviour": beh, "seed": s, "defense": d} if a.what == "detect" \
-                    else {"model": a.model, "behaviour": beh}
+                key = {"model": a.model, "behaviour": beh, "seed": s, "defense": d, "variant": a.variant} \
+                    if a.what == "detect" else {"model": a.model, "behaviour": beh, "variant": "default"}
                 if json.dumps(key) in done:
                     continue
                 if a.what == "detect":
-                    r = detect_one(a.model, a.rows, a.epochs, s, d, beh, work)
+                    r = detect_one(a.model, a.rows, a.epochs, s, d, beh, work, json.loads(a.detection), a.variant)
                 else:
                     r = audit_one(a.model, a.rows, a.epochs, beh, [float(x) for x in a.fractions.split(",")], work)
                 results.append(r)
