@@ -2,9 +2,9 @@
 features and images, the multi-kernel maximum mean discrepancy, the WGAN gradient penalty, and a training
 loop that reads the attack's figure at ¼, ½ and all of its step budget.
 
-* MK-MMD: Long et al. 2015, "Learning Transferable Features with Deep Adaptation Networks" (ICML), §3.1,
-  Gaussian kernels with bandwidths ``α · mean‖zᵢ − zⱼ‖²`` for α ∈ {2⁻³ … 2¹} — the kernels FORA uses
-  (Xu et al. 2024, §3.2; reference code github.com/X1aoyangXu/FORA, ``utils.MultipleKernelMaximumMeanDiscrepancy``).
+* MK-MMD: Long et al. 2015, "Learning Transferable Features with Deep Adaptation Networks" (ICML), with
+  Gaussian kernels of bandwidth² ``α · mean‖zᵢ − zⱼ‖²`` for α ∈ {2⁻³ … 2¹} — the kernels FORA uses (Xu et
+  al. 2024, reference code github.com/X1aoyangXu/FORA, ``utils.MultipleKernelMaximumMeanDiscrepancy``).
 * Gradient penalty: Gulrajani et al. 2017, "Improved Training of Wasserstein GANs" (NeurIPS), Alg. 1.
 """
 

@@ -1,6 +1,7 @@
 """Model completion (Fu et al. 2022, "Label Inference Attacks Against Vertical Federated Learning",
-USENIX Security, §4 "passive label inference attack": the attacker completes its own bottom model into a
-classifier with a few labelled samples and reads the labels of every sample it holds features for).
+USENIX Security, the passive label inference attack by "model completion": the attacker completes its
+own bottom model into a classifier with a few labelled samples and reads the labels of every sample it
+holds features for; the paper's section numbers were not checked).
 
 Here a trainer completes **its own segment**: a fresh copy of everything after it (the other trainers'
 segments and the DO tail, public architecture, C true-label outputs) is stacked on its recorded segment

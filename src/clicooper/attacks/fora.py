@@ -4,13 +4,15 @@ github.com/X1aoyangXu/FORA, ``utils.pseudo_training``).
 
 T1 holds public auxiliary images (no labels needed) and what it received from the DO's head. It never
 sees the head, only its architecture. FORA builds a **substitute head** whose outputs on the auxiliary
-images match the *distribution* of the received smashed data (§3.2, "feature-level transfer learning"):
+images match the *distribution* of the received smashed data (Fig. 3 (a), "feature-level transfer
+learning"):
 
     L_sub = (1 − a)·mean D(sub(x_aux)) + a·MK-MMD(sub(x_aux), z_received)
 
 D is a WGAN critic with gradient penalty (weight 1,000 in the reference code), trained to tell received
 smashed data from the substitute's. At the same time an **inverse network** is fitted on
-``(sub(x_aux), x_aux)`` (§3.3), and applied to what T1 received for each victim. Defaults follow the
+``(sub(x_aux), x_aux)`` (Fig. 3 (b)), and applied to what T1 received for each victim (Fig. 3 (c)). The
+figure and the reference code were read; the paper's section numbers were not checked. Defaults follow the
 reference (a = 0.8, critic lr 3·10⁻⁴, batch 64) except the step budget (the reference runs 40,000 GPU
 iterations at lr 10⁻⁴; here Adam at 10⁻³ for the budget's steps, read at ¼, ½ and all of them).
 
@@ -117,7 +119,9 @@ class ForaAttack:
             opt_c.zero_grad()
             loss_c.backward()
             opt_c.step()
-            loss_d = F.mse_loss(dec(fake), xb)  # 3) inverse network on (substitute(aux), aux)
+            with torch.no_grad():  # 3) inverse network on (substitute(aux), aux), the updated substitute's
+                zs = features(xb)
+            loss_d = F.mse_loss(dec(zs), xb)
             opt_d.zero_grad()
             loss_d.backward()
             opt_d.step()

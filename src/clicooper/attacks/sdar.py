@@ -1,20 +1,22 @@
 """SDAR, simulator-decoder attack with adversarial regularisation (Zhu et al. 2025, "Passive Inference
-Attacks on Split Learning via Adversarial Regularization", NDSS; arXiv:2310.10483; reference code
-github.com/zhxchd/SDAR_SL, ``sdar.py`` and ``config.py``).
+Attacks on Split Learning via Adversarial Regularization", NDSS; arXiv:2310.10483; the authors' code
+github.com/zhxchd/SDAR_SplitNN, ``src/sdar/sdar.py`` and ``src/util/util.py`` ``load_config``; its
+predecessor, the decoding simulator attack, is github.com/zhxchd/sl-privacy ``dsa/dsa.py``).
 
 The attacker is the split-learning "server": the trainers, pooled (``party="pool"``; T1 alone works too).
 Their own segments ``g`` were trained on the gradients they received, so ``g`` already encodes the DO's
-task; SDAR uses it, frozen, with labelled public auxiliary data (§4):
+task; SDAR uses it, frozen, with labelled public auxiliary data (the abstract's "decodable simulator of
+the client's private model"; the reference code was read, the paper's section numbers were not checked):
 
 * a **simulator** ``ẽ`` of the DO's head (fresh weights of the public head architecture) trained so that
   the pooled segments and a simulated tail classify the auxiliary images (cross-entropy, labels flipped
   with probability ``flip_rate`` as the reference's U-shape configuration does), while a discriminator
-  pushes ``ẽ(x_aux)`` towards the distribution of the received smashed data (weight λ₁, §4.2);
+  pushes ``ẽ(x_aux)`` towards the distribution of the received smashed data (weight λ₁);
 * in the U-shape, a **tail simulator** ``h̃`` (the remaining segments' and the DO tail's architecture with
-  C true-label outputs) trained with the same cross-entropy, §4.4 — it infers the labels of the received
+  C true-label outputs) trained with the same cross-entropy — it infers the labels of the received
   rows as ``h̃(g(z))`` (label inference in the U-shape);
 * a **decoder** trained on ``(ẽ(x_aux), x_aux)`` with a discriminator on its outputs for the received data
-  (weight λ₂, §4.3), applied to what T1 received for the victims.
+  (weight λ₂), applied to what T1 received for the victims.
 
 Settings follow the reference configuration for the U-shape with a plain CNN: simulator and tail lr 10⁻³,
 decoder lr 5·10⁻⁴, λ₁ = 0.04, λ₂ = 10⁻⁵, discriminator lr = the generator's × λ, flip rate 0.1;
@@ -183,7 +185,7 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
 
 def _simulator_step(sim: Any, g: nn.Module, hs: nn.Module, e_dis: nn.Module, opts: dict[str, Any],
                     xs: torch.Tensor, ys: torch.Tensor, z: torch.Tensor, lambda1: float) -> None:
-    """§4.2/§4.4: the head simulator and tail simulator classify aux data through the frozen segments; the
+    """The head simulator and tail simulator classify aux data through the frozen segments; the
     head simulator also fools a discriminator of the received smashed data, which is then updated."""
     zs = sim(xs)
     eg = F.cross_entropy(hs(g(zs)), ys)
@@ -200,7 +202,7 @@ def _simulator_step(sim: Any, g: nn.Module, hs: nn.Module, e_dis: nn.Module, opt
 
 def _decoder_step(sim: Any, dec: nn.Module, d_dis: nn.Module, opts: dict[str, Any], xs: torch.Tensor,
                   z: torch.Tensor, lambda2: float) -> None:
-    """§4.3: the decoder inverts the simulator on aux data; its outputs on the received smashed data are
+    """The decoder inverts the simulator on aux data; its outputs on the received smashed data are
     pushed towards the aux image distribution by a discriminator, which is then updated."""
     with torch.no_grad():
         zs = sim(xs)

@@ -7,16 +7,16 @@ hashed again into its transcript digests, and fed, in their logged order, into a
 equal the one that was sent, and its state after the interval the next checkpoint.
 
 **Determinism, and what a different machine can still check.** The honest trainer's step is a pure
-function of (weights, optimizer state, received tensors, watermark marks) on one machine: the same torch
-build, device, dtype and thread count run the same kernels in the same order, so a replay on the party's
-own kind of machine reproduces every sent tensor and every checkpoint bit for bit (``exact``). On other
-hardware or another torch build, reductions (matmul, conv) are summed in another order and results differ
-in the last bits; those differences compound across an interval's Adam steps. The auditor then checks to a
-tolerance: the relative L2 error ``‖a − b‖ / ‖b‖`` of every sent tensor and of the weights at the
-interval's end must stay below ``tol`` (default 1e-4: float32 round-off after k ≈ 10 Adam steps measured
-below 1e-5 on this project's CPUs; a lazy, forging or hijacking trainer is off by ≥ 1e-1 — docs/malicious.md).
-bf16 autocast trainers replay under bf16 and need a looser tolerance (≈ 1e-2). The commitment checks
-(start = ledger, checkpoints = entry, transcripts = entry) are exact everywhere.
+function of (weights, optimizer state, received tensors, watermark marks). On the machine that trained, a
+replay reproduced every sent tensor and checkpoint to a relative error ≤ 2·10⁻⁸ (digits-mlp), often but not
+always bit for bit: a tensor loaded from a file may take another SIMD path than the one computed in place.
+On other hardware or another torch build, reductions (matmul, conv) are summed in another order and the
+differences compound across an interval's Adam steps. So the auditor checks to a tolerance: the relative
+L2 error ``‖a − b‖ / ‖b‖`` of every sent tensor and of the weights at the interval's end must stay below
+``tol`` (default 1e-4: three orders above that round-off, three below the smallest deviation measured —
+a backdoor on a few rows, 0.1 — docs/malicious.md). bf16 autocast trainers replay under bf16 and need a
+looser tolerance (≈ 1e-2). The commitment checks (start = ledger, checkpoints = entry, transcripts =
+entry) are exact everywhere.
 """
 
 from __future__ import annotations

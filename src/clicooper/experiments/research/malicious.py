@@ -173,7 +173,9 @@ def audit_one(model: str, rows: int, epochs: int, behaviour: str, fractions: lis
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["detect", "audit"])
+    ap.add_argument("what", choices=["detect", "audit", "table", "fsha-offline"])
+    ap.add_argument("--steps", type=int, default=2000, help="fsha-offline: steps")
+    ap.add_argument("files", nargs="*", type=Path, help="table: result files")
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=1)
@@ -184,9 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", default="default", help="name of the --detection settings (results key)")
     ap.add_argument("--detection", default="{}", help="JSON over the default detection settings")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
+    if a.what == "table":
+        print(tables(a.files))
+        return
     torch.set_num_threads(a.threads)
+    if a.what == "fsha-offline":
+        curve = fsha_offline(a.steps)
+        if a.out is not None:
+            a.out.write_text(json.dumps({"steps": a.steps, "curve": curve}))
+        print(json.dumps(curve))
+        return
     work = Path(tempfile.mkdtemp(prefix="malicious-"))
     results = json.loads(a.out.read_text()) if a.out.is_file() else []
     keys = ("model", "behaviour", "seed", "defense", "variant")
@@ -207,6 +218,103 @@ def main(argv: list[str] | None = None) -> None:
                 a.out.write_text(json.dumps(results, indent=1))
                 print(json.dumps({k: v for k, v in r.items() if k not in ("fsha", "alarms", "parties")}), flush=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def fsha_offline(steps: int, rows: int = 10_000, every: int = 100, seed: int = 0) -> list[list[float]]:
+    """FSHA against a lone copy of fmnist-cnn's DO head (its Adam, lr 1e-3), with the attack's own nets and
+    optimizers, nothing stopping it: how far it gets in ``steps`` steps. Returns [[step, SSIM], …] on 200
+    of the DO's rows (the chain is left out: the head only sees FSHA's gradient in a hijacked run anyway)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from clicooper.attacks.active.fsha_nets import gradient_penalty, make_nets
+    from clicooper.attacks.metrics import ssim
+    from clicooper.data import load_dataset
+
+    ds = load_dataset("fashion-mnist")
+    x, aux = ds.x_train[:rows], ds.x_test[: len(ds.x_test) // 2]
+    torch.manual_seed(seed)
+    head = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    pilot, dec, disc = make_nets((1, 28, 28), (32, 14, 14))
+    oa = torch.optim.Adam([*pilot.parameters(), *dec.parameters()], lr=1e-4)
+    od = torch.optim.Adam(disc.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(seed + 1)
+    curve = []
+    for s in range(steps + 1):
+        if s % every == 0:
+            with torch.no_grad():
+                curve.append([s, float(ssim(dec(head(x[:200])).clamp(0, 1), x[:200]).mean())])
+        xp, xb = x[torch.randint(0, rows, (128,), generator=g)], aux[torch.randint(0, len(aux), (128,), generator=g)]
+        z = head(xp)
+        zq = z.detach().requires_grad_(True)
+        opt.zero_grad()
+        z.backward(torch.autograd.grad(disc(zq).mean(), zq)[0])
+        opt.step()
+        zp = pilot(xb)
+        oa.zero_grad()
+        F.mse_loss(dec(zp), xb).backward()
+        oa.step()
+        od.zero_grad()
+        (disc(zp.detach()).mean() - disc(z.detach()).mean()
+         + 500 * gradient_penalty(disc, z.detach(), zp.detach(), g)).backward()
+        od.step()
+    return curve
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
+def detection_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: per (model, defense, behaviour, variant) detection rate, steps, first check, overhead."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["model"], r["defense"], r["behaviour"], r.get("variant", "default")), []).append(r)
+    out = ["| model | defense | behaviour | settings | runs | detected | steps to detection (each run) | first check | "
+           "FSHA SSIM before detection / best over the run / class floor | test acc | DO overhead |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (model, defense, beh, var), rs in sorted(groups.items()):
+        det = [r for r in rs if r["detected"]]
+        steps = ", ".join(str(r["steps_to_detection"]) for r in det) or "–"
+        checks = ", ".join(sorted({r["first_detector"] for r in det})) or "–"
+        fs = [r.get("fsha") for r in rs if r.get("fsha")]
+        fsha = "–" if not fs else "{:.3f} / {:.3f} / {:.3f}".format(
+            statistics.mean(f["ssim_before_detection"] or 0 for f in fs), max(f["best_ssim_run"] for f in fs),
+            statistics.mean(f["class_floor"] for f in fs))
+        acc = statistics.mean(r["test_acc"] for r in rs)
+        ovh = statistics.mean(r["do_overhead"] for r in rs)
+        rate = f"{len(det)}/{len(rs)}" + (" (false alarms)" if beh == "honest" else "")
+        out.append(f"| {model} | {defense} | {beh} | {var} | {len(rs)} | {rate} | {steps} | {checks} | {fsha} | "
+                   f"{acc:.3f} | {_pct(ovh)} |")
+    return out
+
+
+def audit_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: per (model, behaviour, party) caught at each f, audit time share, storage per round."""
+    out = ["| model | behaviour | party | caught at f = 0.01 / 0.1 / 1 | audit time ÷ training, f = 0.01 / 0.1 / 1 | "
+           "intervals replayed | log per round |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for party, v in r["parties"].items():
+            au = v["audits"]
+            fs = sorted(au, key=float)
+            caught = " / ".join("pass" if au[f]["ok"] else "**fail**" for f in fs)
+            share = " / ".join(f"{100 * au[f]['share_of_training']:.1f} %" for f in fs)
+            iv = " / ".join(str(au[f]["intervals"]) for f in fs)
+            out.append(f"| {r['model']} | {r['behaviour']} | {party} | {caught} | {share} | {iv} | "
+                       f"{v['bytes_per_round'] / 1e6:.0f} MB |")
+    return out
+
+
+def tables(paths: list[Path]) -> str:
+    """The markdown tables of result files (detect and audit results are told apart by their fields)."""
+    det: list[dict[str, Any]] = []
+    aud: list[dict[str, Any]] = []
+    for p in paths:
+        for r in json.loads(Path(p).read_text()):
+            (aud if "parties" in r else det).append(r)
+    return "\n".join(detection_table(det) + [""] + audit_table(aud))
 
 
 if __name__ == "__main__":
