@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
+from tests.support.resume import interrupted_then_resumed
 
 from clicooper import rundir
 from clicooper.data.augment import Augmenter
-from clicooper.errors import InterruptedRun
 from clicooper.training import train
 
 X = torch.rand(6, 3, 8, 8)
@@ -48,16 +47,29 @@ def test_run_with_augmentation_trains_and_resumes_identically(tmp_path: Path) ->
            "train_range": (0, 640), "data": {"crop_padding": 1, "flip": True}}
     a = train(cfg, out=tmp_path / "a")
 
-    def stop_after_first(m: dict) -> None:
-        if m["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRun):
-        train(cfg, out=tmp_path / "cut", on_epoch=stop_after_first)
-    b = train(resume=tmp_path / "cut")
+    b = interrupted_then_resumed(cfg, tmp_path / "cut")
     plain = train(cfg | {"data": {}}, out=tmp_path / "plain")
     sa, sb, sp = (r.model.state_dict() for r in (a, b, plain))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # deterministic from the public seed, across a resume
     assert any(not torch.equal(sa[k], sp[k]) for k in sa)  # and it did change the training batches
     m = rundir.read_json(tmp_path / "a" / "metrics.json")["epochs"]
     assert m[-1]["loss"] < m[0]["loss"] and m[-1]["test_acc"] > 0.2
+
+
+def test_do_alone_trains_on_the_same_augmented_batches() -> None:
+    from clicooper.data import load_dataset
+    from clicooper.training.do_alone import do_alone_accuracy
+
+    ds = load_dataset("digits")
+    kw = {"train_range": (0, 320), "epochs": 2, "seed": 0}
+    seen: list[tuple[int, int]] = []
+
+    def identity(x: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
+        seen.append((epoch, len(ids)))
+        return x
+
+    plain = do_alone_accuracy("digits-cnn", ds, **kw)
+    assert do_alone_accuracy("digits-cnn", ds, augment=identity, **kw) == plain
+    assert {e for e, _ in seen} == {0, 1} and sum(n for _, n in seen) == 640  # every training batch, per epoch
+    flipped = do_alone_accuracy("digits-cnn", ds, augment=Augmenter(seed=0, crop_padding=1, flip=True), **kw)
+    assert flipped != plain

@@ -51,3 +51,18 @@ def test_accuracy_probe_reports_do_alone(tmp_path: Path) -> None:
     assert 0.0 <= row["do_alone_acc"] <= 1.0
     assert row["trainer_gain"] == pytest.approx(row["acc"] - row["do_alone_acc"])
     assert row["epsilon"]["per-release, head fixed"] > 0
+
+
+def test_frontier_reference_is_the_sweeps_own_undefended_model() -> None:
+    from clicooper.experiments.research.frontier_report import informative_levels, reference_row
+
+    def row(model: str, defense: str, beats: bool) -> dict:
+        lv = {"ssim": 0.5, "global_floor": 0.1, "class_floor": 0.3, "beats_floor": beats}
+        return {"model": model, "defense": defense, "inversion": {"white-box": lv, "known-plaintext-100": lv, "known-plaintext-1000": lv}}
+
+    resnet = [row("fmnist-resnet", "clicooper", False), row("fmnist-resnet", "none", True)]
+    assert reference_row(resnet)["model"] == "fmnist-resnet"  # a sweep of another model is judged on its own
+    assert all(informative_levels(resnet).values())
+    mixed = [row("fmnist-resnet", "none", False), row("fmnist-cnn", "none", True)]
+    assert reference_row(mixed)["model"] == "fmnist-cnn"  # the reference model wins where the sweep has it
+    assert reference_row([row("fmnist-cnn", "clicooper", True)]) is None

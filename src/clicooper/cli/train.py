@@ -79,6 +79,9 @@ def train(
     batch_size: int = typer.Option(None),
     micro_batches: int = typer.Option(None, help="GPipe micro-batches per step"),
     lr: float = typer.Option(None),
+    lr_schedule: str = typer.Option(None, "--lr-schedule", help="constant | cosine (per epoch, every party)"),
+    wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32 | bf16 | fp16 | int8 (row-scaled): how "
+                                   "activations and gradients travel, after the privacy mechanisms"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
@@ -139,6 +142,7 @@ def train(
         cfg = config_from_options(
             config_file, dataset=dataset, model=model, model_file=model_file, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
+            lr_schedule=lr_schedule, wire_dtype=wire_dtype,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -201,6 +202,10 @@ class RunConfig(_Strict):
         "scale (clicooper.protocol.wire_codec); applied after the privacy mechanisms, so ε is unchanged",
     )
     lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="every party's Adam learning rate per epoch: constant `lr`, or cosine, "
+        "lr · ½(1 + cos(π·e/epochs)) in epoch e (0-based; each party sets it from the epoch of what it steps on)",
+    )
     seed: int = 0
     train_range: tuple[int, int] | None = None
     record_observations: bool = False
@@ -229,6 +234,13 @@ class RunConfig(_Strict):
         None,
         description="named privacy preset (clicooper.config.presets); explicit fields override its values",
     )
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (0-based) ``epoch`` under ``lr_schedule``: the same function at every party,
+        so a networked run, an in-process run, a resumed run and an audit replay step alike."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(max(epoch, 0), self.epochs) / self.epochs))
 
     @model_validator(mode="before")
     @classmethod

@@ -7,6 +7,7 @@ The contract test (``tests/test_node_contract.py``) compares the final weights o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,11 @@ def _adam(config: RunConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr)
 
 
+def _lr_schedule(config: RunConfig) -> Callable[[int], float] | None:
+    """Each party's learning rate per epoch (``RunConfig.lr_at``); None for a constant one."""
+    return None if config.lr_schedule == "constant" else config.lr_at
+
+
 def build_data_owner(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], dataset: Any, *,
     privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
@@ -66,6 +72,7 @@ def build_data_owner(
         augment=augmenter_for(config.data, seed=config.seed),
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
+    do.lr_at = _lr_schedule(config)
     return do
 
 
@@ -84,6 +91,7 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
         bf16=config.trainer_precision == "bf16",
     )
     trainer.wire_dtype = config.wire_dtype
+    trainer.lr_at = _lr_schedule(config)
     return trainer
 
 

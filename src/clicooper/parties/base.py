@@ -55,6 +55,10 @@ class PartyBase(abc.ABC):
         self.steps_taken = 0
         self.samples_processed = 0
         self.wire_dtype = "fp32"  # how tensors travel (RunConfig.wire_dtype; protocol/wire_codec.py)
+        #: the learning rate per 0-based epoch (RunConfig.lr_at), set before each optimizer step from the epoch
+        #: of the message being handled; None: the optimizer keeps its own
+        self.lr_at: Callable[[int], float] | None = None
+        self.epoch = 0  # the epoch of the message (DO: of the step) being handled
 
     # -- transcripts (DESIGN §5): running BLAKE3 per link and direction over tensor messages -----------
     # The hashing runs on a background FIFO worker, in submission order. A message is immutable once sent
@@ -105,6 +109,7 @@ class PartyBase(abc.ABC):
             raise WireError(f"{self.name}: {msg.header.sender} sends {codec} tensors but this run's wire_dtype is "
                             f"{self.wire_dtype}: start every party from the same config")
         self._update_transcript(msg.header.sender, "recv", msg)
+        self.epoch = msg.header.epoch
         return self._outgoing(self._handle(decode_message(msg)))
 
     def _outgoing(self, out: list[Message]) -> list[Message]:
@@ -127,6 +132,10 @@ class PartyBase(abc.ABC):
                 extra = term if extra is None else extra + term
         if extra is not None:
             extra.backward()
+        if self.lr_at is not None:
+            lr = self.lr_at(self.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_taken += 1

@@ -145,6 +145,7 @@ class DataOwner(PartyBase):
             raise RuntimeError("DO: previous step still in flight")
         if len(ids) == 0:
             raise ValueError("DO: a step needs at least one sample")
+        self.epoch = epoch
         chunks = list(torch.tensor_split(ids, self.micro_batches))
         chunks = [c for c in chunks if len(c)]
         m = len(chunks)

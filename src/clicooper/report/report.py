@@ -22,7 +22,9 @@ from safetensors.torch import load_file
 
 from clicooper import rundir
 from clicooper.attacks.budgets import DESCRIPTIONS, parse_attacks
+from clicooper.config import make_config
 from clicooper.data import load_dataset
+from clicooper.data.augment import augmenter_for
 from clicooper.errors import AttackError, ConfigError, RunDirError
 from clicooper.report import plots
 from clicooper.report.markdown import render_markdown
@@ -75,6 +77,11 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
            "batch_size": cfg.get("batch_size") or 128, "lr": cfg.get("lr", 1e-3)}
     if cfg.get("model_spec"):  # a model file's run: its layers are part of the settings
         key["model_spec"] = cfg["model_spec"]
+    if cfg.get("lr_schedule", "constant") != "constant":
+        key["lr_schedule"] = cfg["lr_schedule"]
+    data = cfg.get("data") or {}
+    if data.get("crop_padding") or data.get("flip"):  # the DO's training augmentation applies alone too
+        key["augment"] = {"crop_padding": data.get("crop_padding", 0), "flip": bool(data.get("flip"))}
     path = Path(run_dir) / "do_alone.json"
     if path.is_file():
         try:
@@ -87,9 +94,12 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
         progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
     dataset = load_dataset(key["dataset"], options=cfg.get("data"))
+    run_cfg = make_config(**cfg)
     acc = do_alone_accuracy(key["model"], dataset, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
-                            batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"))
+                            batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
+                            lr_at=run_cfg.lr_at if "lr_schedule" in key else None,
+                            augment=augmenter_for(run_cfg.data, seed=run_cfg.seed))
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
     rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
     return out

@@ -16,7 +16,8 @@ from clicooper.errors import ConfigError, RunDirError
 #: reference ``fmnist-cnn``, issue 5); the report then says so in its header.
 MUST_MATCH = ("dataset", "seed")
 #: Fields that should match; a difference is reported as a warning.
-SHOULD_MATCH = ("trainers", "topology", "epochs", "train_range", "observe", "observe_count", "batch_size", "lr")
+SHOULD_MATCH = ("trainers", "topology", "epochs", "train_range", "observe", "observe_count", "batch_size", "lr",
+                "lr_schedule")
 
 Progress = Callable[[str], None]
 

@@ -3,13 +3,14 @@
 The trainers' contribution to a configuration is ``split accuracy − DO-alone accuracy``. A low DO FLOP
 share alone can be gamed by adding useless trainer layers; this number cannot. The DO-alone model uses the
 same head architecture and init seed as the split run, the same training rows, epochs, shuffling
-(:func:`clicooper.data.epoch_order`), batch size and Adam learning rate, true labels and no noise
+(:func:`clicooper.data.epoch_order`), batch size, augmentation and Adam learning rate (and its schedule), true labels and no noise
 (nothing leaves the DO). Used by the frontier sweep, the accuracy probe and ``clicooper report``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,10 +24,14 @@ from clicooper.models.partition import make_plan, split_model
 
 def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, int] | None, epochs: int,
                       seed: int, trainers: int = 2, batch_size: int = 128, lr: float = 1e-3,
-                      model_spec: list[dict[str, Any]] | None = None) -> float:
+                      model_spec: list[dict[str, Any]] | None = None,
+                      lr_at: Callable[[int], float] | None = None,
+                      augment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None) -> float:
     """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring); the model is
     the built-in ``model_name``, or ``model_spec`` (a model file's layers) when given. Evaluated in eval
-    mode (BatchNorm's running statistics)."""
+    mode (BatchNorm's running statistics). ``lr_at``: the split run's learning rate per epoch
+    (``RunConfig.lr_at``), when it has a schedule; ``augment``: its training augmentation
+    (:func:`clicooper.data.augment.augmenter_for`, the same public draws per epoch and sample id)."""
     torch.manual_seed(seed)
     model = zoo.build_model(model_name, model_spec, dataset.input_shape, dataset.num_classes, seed=seed)
     plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)
@@ -40,10 +45,16 @@ def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, 
     net.train()
     for e in range(epochs):
         order = epoch_order(ids, seed=seed, epoch=e)
+        if lr_at is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(e)
         for i in range(0, len(order), batch_size):
             bi = order[i : i + batch_size]
             opt.zero_grad()
-            F.cross_entropy(net(x[bi].float()), y[bi]).backward()
+            xb = x[bi].float()
+            if augment is not None:
+                xb = augment(xb, bi, e)
+            F.cross_entropy(net(xb), y[bi]).backward()
             opt.step()
     net.eval()
     with torch.no_grad():

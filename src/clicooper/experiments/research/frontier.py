@@ -51,8 +51,8 @@ from clicooper.experiments.research.frontier_report import (
     write_markdown,
 )
 from clicooper.privacy.accountant import epsilon as dp_epsilon
-from clicooper.training.do_alone import do_alone_accuracy as _do_alone
 from clicooper.training import train
+from clicooper.training.do_alone import do_alone_accuracy as _do_alone
 
 
 @dataclass(frozen=True)
