@@ -60,3 +60,20 @@ def test_do_alone_follows_the_schedule() -> None:
     frozen = do_alone_accuracy("digits-mlp", ds, epochs=3, lr_at=lambda e: 0.0, **kw)  # rate 0: Adam moves nothing
     trained = do_alone_accuracy("digits-mlp", ds, epochs=3, lr_at=make_config(**CFG).lr_at, **kw)
     assert frozen == untrained and trained > untrained + 0.2
+
+
+def test_weight_decay_gives_every_party_adamw(tmp_path: Path) -> None:
+    from clicooper.core.builder import _adam
+
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(_adam(make_config(weight_decay=0.05), w), torch.optim.AdamW)
+    assert type(_adam(make_config(), w)) is torch.optim.Adam
+    decayed = train(CFG | {"weight_decay": 0.05, "epochs": 1}, out=tmp_path / "wd")
+    plain = train(CFG | {"epochs": 1}, out=tmp_path / "plain")
+    for party in ("DO", "T1", "T2"):
+        with safe_open(str(tmp_path / "wd" / "checkpoints" / "round_0" / f"{party}.optim.safetensors"), "pt") as f:
+            assert json.loads(f.metadata()["param_groups"])[0]["weight_decay"] == 0.05
+    a, b = decayed.model.state_dict(), plain.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception, match="weight_decay"):
+        make_config(weight_decay=-1.0)

@@ -42,6 +42,9 @@ def neighbours(config: RunConfig, name: str) -> list[str]:
 
 
 def _adam(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+    """Each party's optimizer: Adam, or AdamW with ``config.weight_decay`` > 0."""
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr)
 
 
