@@ -63,11 +63,13 @@ def test_do_alone_follows_the_schedule() -> None:
 
 
 def test_weight_decay_gives_every_party_adamw(tmp_path: Path) -> None:
-    from clicooper.core.builder import _adam
+    from clicooper.core.builder import _optimizer
 
     w = [torch.nn.Parameter(torch.zeros(2))]
-    assert isinstance(_adam(make_config(weight_decay=0.05), w), torch.optim.AdamW)
-    assert type(_adam(make_config(), w)) is torch.optim.Adam
+    assert isinstance(_optimizer(make_config(weight_decay=0.05), w), torch.optim.AdamW)
+    assert type(_optimizer(make_config(), w)) is torch.optim.Adam
+    sgd = _optimizer(make_config(optimizer="sgd", lr=0.05, weight_decay=5e-4), w)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
     decayed = train(CFG | {"weight_decay": 0.05, "epochs": 1}, out=tmp_path / "wd")
     plain = train(CFG | {"epochs": 1}, out=tmp_path / "plain")
     for party in ("DO", "T1", "T2"):
@@ -77,3 +79,13 @@ def test_weight_decay_gives_every_party_adamw(tmp_path: Path) -> None:
     assert any(not torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(Exception, match="weight_decay"):
         make_config(weight_decay=-1.0)
+
+
+def test_sgd_with_momentum_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    cfg = CFG | {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}
+    a = train(cfg, out=tmp_path / "a")
+    b = interrupted_then_resumed(cfg, tmp_path / "cut")  # the momentum buffers travel in the checkpoint
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())["epochs"]
+    assert m[-1]["loss"] < m[0]["loss"]

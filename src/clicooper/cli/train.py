@@ -80,7 +80,9 @@ def train(
     micro_batches: int = typer.Option(None, help="GPipe micro-batches per step"),
     lr: float = typer.Option(None),
     lr_schedule: str = typer.Option(None, "--lr-schedule", help="constant | cosine (per epoch, every party)"),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW's decoupled weight decay (0: Adam)"),
+    optimizer: str = typer.Option(None, "--optimizer", help="adam | sgd (Nesterov momentum 0.9, --momentum)"),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="adam: AdamW's decoupled decay (0: Adam); sgd: L2"),
+    momentum: float = typer.Option(None, "--momentum", help="sgd: Nesterov momentum (default 0.9)"),
     wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32 | bf16 | fp16 | int8 (row-scaled): how "
                                    "activations and gradients travel, after the privacy mechanisms"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
@@ -143,7 +145,8 @@ def train(
         cfg = config_from_options(
             config_file, dataset=dataset, model=model, model_file=model_file, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
-            lr_schedule=lr_schedule, weight_decay=weight_decay, wire_dtype=wire_dtype,
+            lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+            wire_dtype=wire_dtype,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,

@@ -202,13 +202,15 @@ class RunConfig(_Strict):
         "scale (clicooper.protocol.wire_codec); applied after the privacy mechanisms, so ε is unchanged",
     )
     lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", description="every party's optimizer: adam (AdamW with weight_decay > 0) or sgd (Nesterov momentum)")
     weight_decay: float = Field(
         0.0, ge=0.0, le=1.0, allow_inf_nan=False,
-        description="decoupled weight decay of every party's optimizer (AdamW, Loshchilov & Hutter 2019); "
-        "0: plain Adam",
+        description="adam: decoupled weight decay (AdamW, Loshchilov & Hutter 2019), 0: plain Adam; sgd: L2 decay",
     )
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False, description="sgd: Nesterov momentum")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="every party's Adam learning rate per epoch: constant `lr`, or cosine, "
+        "constant", description="every party's learning rate per epoch: constant `lr`, or cosine, "
         "lr · ½(1 + cos(π·e/epochs)) in epoch e (0-based; each party sets it from the epoch of what it steps on)",
     )
     seed: int = 0

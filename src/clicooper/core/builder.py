@@ -20,6 +20,7 @@ from clicooper.data.augment import augmenter_for
 from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
+from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
 from clicooper.privacy.dpsgd import head_dpsgd_for
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
@@ -41,11 +42,10 @@ def neighbours(config: RunConfig, name: str) -> list[str]:
     return sorted({"DO"} | ({t[i - 1]} if i > 0 else set()) | ({t[i + 1]} if i < len(t) - 1 else set()))
 
 
-def _adam(config: RunConfig, params: Any) -> torch.optim.Optimizer:
-    """Each party's optimizer: Adam, or AdamW with ``config.weight_decay`` > 0."""
-    if config.weight_decay > 0:
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr)
+def _optimizer(config: RunConfig, params: Any) -> torch.optim.Optimizer:
+    """Each party's optimizer (:func:`clicooper.parties.optim.make_optimizer` from the run's settings)."""
+    return make_optimizer(params, kind=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                          momentum=config.momentum)
 
 
 def _lr_schedule(config: RunConfig) -> Callable[[int], float] | None:
@@ -57,7 +57,7 @@ def build_data_owner(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], dataset: Any, *,
     privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
 ) -> DataOwner:
-    """The DO: its head (and tail in U-shape) on its device, one Adam over both, its data and its privacy
+    """The DO: its head (and tail in U-shape) on its device, one optimizer over both, its data and its privacy
     mechanisms."""
     dev = resolve_device(device or config.device_of("DO"), "DO")
     head, tail = modules["DO:head"].to(dev), modules.get("DO:tail")
@@ -66,7 +66,7 @@ def build_data_owner(
     params = list(head.parameters()) + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
     do = DataOwner(
-        head=head, tail=tail, optimizer=_adam(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
+        head=head, tail=tail, optimizer=_optimizer(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
         trainers=party_names(config)[1:], micro_batches=config.micro_batches, protector=privacy.protector,
         grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
         label_noiser=privacy.label_noiser,
@@ -81,14 +81,14 @@ def build_data_owner(
 
 def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
                   device: str | None = None, context: AdversaryContext | None = None) -> Trainer:
-    """Trainer ``name`` (``T<i>``): its segment on its device, its Adam, its chain neighbours and input shape
+    """Trainer ``name`` (``T<i>``): its segment on its device, its optimizer, its chain neighbours and input shape
     (the malicious trainer of ``config.adversary`` where it names ``name``: core/security.py)."""
     tnames = party_names(config)[1:]
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
     mod = modules[name].to(resolve_device(device or config.device_of(name), name))
     trainer = trainer_factory(config, name, context)(
-        name, mod, _adam(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
+        name, mod, _optimizer(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
         bf16=config.trainer_precision == "bf16",

@@ -81,6 +81,8 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
         key["lr_schedule"] = cfg["lr_schedule"]
     if cfg.get("weight_decay"):
         key["weight_decay"] = cfg["weight_decay"]
+    if cfg.get("optimizer", "adam") != "adam":
+        key["optimizer"], key["momentum"] = cfg["optimizer"], cfg.get("momentum", 0.9)
     data = cfg.get("data") or {}
     if data.get("crop_padding") or data.get("flip"):  # the DO's training augmentation applies alone too
         key["augment"] = {"crop_padding": data.get("crop_padding", 0), "flip": bool(data.get("flip"))}
@@ -102,7 +104,8 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
                             batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
                             lr_at=run_cfg.lr_at if "lr_schedule" in key else None,
                             augment=augmenter_for(run_cfg.data, seed=run_cfg.seed),
-                            weight_decay=run_cfg.weight_decay)
+                            weight_decay=run_cfg.weight_decay, optimizer=run_cfg.optimizer,
+                            momentum=run_cfg.momentum)
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
     rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
     return out

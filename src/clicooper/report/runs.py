@@ -17,7 +17,7 @@ from clicooper.errors import ConfigError, RunDirError
 MUST_MATCH = ("dataset", "seed")
 #: Fields that should match; a difference is reported as a warning.
 SHOULD_MATCH = ("trainers", "topology", "epochs", "train_range", "observe", "observe_count", "batch_size", "lr",
-                "lr_schedule", "weight_decay")
+                "lr_schedule", "optimizer", "weight_decay", "momentum")
 
 Progress = Callable[[str], None]
 

@@ -20,6 +20,7 @@ from torch import nn
 from clicooper.data import epoch_order
 from clicooper.models import zoo
 from clicooper.models.partition import make_plan, split_model
+from clicooper.parties.optim import make_optimizer
 
 
 def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, int] | None, epochs: int,
@@ -27,13 +28,13 @@ def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, 
                       model_spec: list[dict[str, Any]] | None = None,
                       lr_at: Callable[[int], float] | None = None,
                       augment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
-                      weight_decay: float = 0.0) -> float:
+                      weight_decay: float = 0.0, optimizer: str = "adam", momentum: float = 0.9) -> float:
     """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring); the model is
     the built-in ``model_name``, or ``model_spec`` (a model file's layers) when given. Evaluated in eval
     mode (BatchNorm's running statistics). ``lr_at``: the split run's learning rate per epoch
     (``RunConfig.lr_at``), when it has a schedule; ``augment``: its training augmentation
     (:func:`clicooper.data.augment.augmenter_for`, the same public draws per epoch and sample id);
-    ``weight_decay``: its optimizer's (AdamW when > 0)."""
+    ``optimizer``, ``weight_decay``, ``momentum``: its optimizer (:func:`clicooper.parties.optim.make_optimizer`)."""
     torch.manual_seed(seed)
     model = zoo.build_model(model_name, model_spec, dataset.input_shape, dataset.num_classes, seed=seed)
     plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)
@@ -41,8 +42,7 @@ def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, 
     feat = int(math.prod(plan.head.output_shape))
     torch.manual_seed(seed + 17)
     net = nn.Sequential(head, nn.Flatten(), nn.Linear(feat, dataset.num_classes))
-    opt = (torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay > 0
-           else torch.optim.Adam(net.parameters(), lr=lr))
+    opt = make_optimizer(net.parameters(), kind=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
     ids = dataset.train_ids(train_range)
     x, y = dataset.x_train, dataset.y_train
     net.train()
