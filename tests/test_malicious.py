@@ -1,6 +1,6 @@
 """Issue 15: malicious trainers, the DO's live detection, a clean stop on detection and its resume.
 
-Digits runs with the default detection settings (1,438 training rows, batch 16: 90 steps an epoch). Each
+Digits runs with the thorough detection settings (BASE) (1,438 training rows, batch 16: 90 steps an epoch). Each
 behaviour is caught either live (the run stops with a "detection" record) or by the audit
 (tests/test_audit.py).
 """
@@ -24,9 +24,12 @@ from clicooper.provenance.verify import verify_run
 from clicooper.training import train
 
 # SplitGuard's warm-up at 60 of digits' 90 steps: on batches of 16 its early honest scores are noisy (an
-# honest digits run with the default 20 raised a false alarm; docs/malicious.md); the rest is the default
+# honest digits run with the default 20 raised a false alarm; docs/malicious.md). The gradient test and the
+# validation run at the thorough settings (every 2nd step on 64 rows; every 10 steps on 256 rows): the
+# defaults' (every 8th; every 40) give too few decisions in 90 steps
 BASE = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 1,
-        "detection": {"enabled": True, "splitguard": {"warmup_steps": 60}}}
+        "detection": {"enabled": True, "splitguard": {"warmup_steps": 60}, "scrutinizer": {"every": 2, "rows": 64},
+                      "validation": {"every": 10, "rows": 256}}}
 
 
 @pytest.fixture(autouse=True)

@@ -71,8 +71,9 @@ class ScrutinizerConfig(_Strict):
     """Gradient-similarity test after Gradients Scrutinizer (Fu et al., NDSS 2023)."""
 
     enabled: bool = True
-    every: int = Field(2, ge=1, description="test every n-th step")
-    rows: int = Field(64, ge=4, description="rows of a batch used (the first ones)")
+    every: int = Field(8, ge=1, description="test every n-th step (2 on 64 rows: the thorough settings of "
+                                           "docs/malicious.md §4)")
+    rows: int = Field(32, ge=4, description="rows of a batch used (the first ones)")
     warmup_steps: int = Field(10, ge=0, description="steps before the first test")
     window: int = Field(8, ge=1, description="tests averaged for the decision")
     threshold: float = Field(0.02, description="alarm when mean(intra − inter cosine) is below it")
@@ -82,8 +83,9 @@ class ValidationConfig(_Strict):
     """Progress of loss and accuracy on the DO's own held-out rows, queried through the chain."""
 
     enabled: bool = True
-    every: int = Field(10, ge=1, description="steps between two validations")
-    rows: int = Field(256, ge=8, description="held-out rows (the last of the test split's second half)")
+    every: int = Field(40, ge=1, description="steps between two validations (10 on 256 rows: the thorough "
+                                            "settings)")
+    rows: int = Field(128, ge=8, description="held-out rows (the last of the test split's second half)")
     warmup: int = Field(3, ge=1, description="validations before a decision")
     min_gain: float = Field(0.10, ge=0.0, description="alarm if the recent mean accuracy < chance + min_gain")
     max_drop: float = Field(0.25, gt=0.0, description="alarm if accuracy falls this far below its best")
