@@ -5,7 +5,10 @@ included), so the file loads into the ``nn.Sequential`` the run trained — for 
 model=seq)`` into ``seq`` itself; a model file's run records its layers in the metadata (``model_spec``, JSON).
 Under label obfuscation the export
 appends ``Softmax`` and a fixed 0/1 ``Linear(C·m → C)`` that sums each class's sub-classes, so the exported
-model outputs probabilities over the true classes (the DO holds the key; this is its own copy).
+model outputs probabilities over the true classes (the DO holds the key; this is its own copy). Under
+activation protection the trainers learned on the DO's head output clipped to norm S per sample; the
+metadata's ``cut_clip`` (after which layer, S) says where a forward pass must clip
+(:func:`clicooper.privacy.activation.clip_per_sample`), as ``clicooper evaluate`` and ``predict`` do.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def export_run(run_dir: str | Path, out_file: str | Path) -> str:
             "num_classes": str(run.plan_num_classes), "outputs": "logits"}
     if run.config.model_spec is not None:
         meta["model_spec"] = json.dumps(run.config.model_spec, separators=(",", ":"))
+    clip = run.config.cut_clip_norm
+    if clip is not None:  # the trainers learned on clip(head(x)): a user's forward must clip there too
+        meta["cut_clip"] = json.dumps({"after_layer": run.plan.head.layers[-1], "norm": clip})
     dec = run._label_decoder()
     if dec is not None:
         c, co = run.plan_num_classes, int(run.plan.extra["num_outputs"])
@@ -41,4 +47,6 @@ def export_run(run_dir: str | Path, out_file: str | Path) -> str:
         sd[f"{n_layers + 1}.weight"] = w
         meta["outputs"] = f"probabilities (layers {n_layers}: Softmax(dim=1), {n_layers + 1}: Linear({co},{c},bias=False))"
     rundir.save_tensors(out_file, sd, meta)
-    return f"{len(sd)} tensors, outputs {meta['outputs']}"
+    note = "" if clip is None else (f"; clip each sample's output of layer {run.plan.head.layers[-1]} to norm {clip:g} "
+                                    "(clicooper.privacy.activation.clip_per_sample), as in training")
+    return f"{len(sd)} tensors, outputs {meta['outputs']}{note}"

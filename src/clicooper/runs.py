@@ -20,6 +20,7 @@ from clicooper.errors import DataError, RunDirError
 from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import blueprint_for
 from clicooper.models.partition import Plan
+from clicooper.privacy.activation import clip_per_sample
 from clicooper.privacy.runtime import label_codec_for_run
 from clicooper.provenance.commitments import stamp_architecture
 from clicooper.rundir import model_file
@@ -53,7 +54,8 @@ class RunHandle:
         return self.modules.get("DO:tail")
 
     def full_model(self) -> nn.Sequential:
-        """The whole model (raw outputs: the obfuscated label space if labels are obfuscated)."""
+        """The whole model as one ``nn.Sequential`` (raw outputs: the obfuscated label space if labels are
+        obfuscated). Under activation protection it lacks the DO's clip at the cut: use :meth:`forward`."""
         return self.model
 
     def dataset(self) -> Dataset:
@@ -74,6 +76,17 @@ class RunHandle:
         """Number of true classes."""
         return int(self.plan.extra.get("num_classes", 0)) or self.dataset().num_classes
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's raw outputs on ``x`` by the local path: head, the DO's clip at the cut as in training
+        (``RunConfig.cut_clip_norm``; no noise), the segments, the tail. The caller sets the mode."""
+        h = self.head(x)
+        clip = self.config.cut_clip_norm
+        if clip is not None:
+            h = clip_per_sample(h, clip)
+        for seg in self.segments:
+            h = seg(h)
+        return self.tail(h) if self.tail is not None else h
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
         """Probabilities over the true classes for inputs ``x`` (N, *input_shape); local path, no noise; in
@@ -88,7 +101,7 @@ class RunHandle:
         outs = []
         with evaluating(self.model):
             for i in range(0, len(x), batch_size):
-                p = self.model(x[i : i + batch_size]).softmax(1)
+                p = self.forward(x[i : i + batch_size]).softmax(1)
                 outs.append(dec.decode_probs(p) if dec is not None else p)
         return torch.cat(outs) if outs else torch.zeros((0, self.plan_num_classes))
 

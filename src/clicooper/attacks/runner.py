@@ -60,12 +60,12 @@ def _raw_predict(reader: RunReader) -> Callable[[Any], Any]:
     """For attacks with ``query_space = "raw"``: the softmax of the model's own outputs, in eval mode, not
     decoded with the DO's label key (the obfuscated label space, as a copy of the model without the key
     answers)."""
-    model = load_run(reader.root).full_model()
+    run = load_run(reader.root)
 
     def predict(x: Any) -> Any:
-        model.eval()
+        run.full_model().eval()
         with no_grad():
-            return model(x.float()).softmax(1)
+            return run.forward(x.float()).softmax(1)
     return predict
 
 

@@ -323,6 +323,13 @@ class RunConfig(_Strict):
         """Whether activations are clipped and noised (defense ``dp`` or ``clicooper``)."""
         return self.defense in ("dp", "clicooper")
 
+    @property
+    def cut_clip_norm(self) -> float | None:
+        """The per-sample norm the DO clips its head's output to before anything leaves it (``dp.clip_norm``
+        when activations are protected, else ``None``). It is part of the function the trainers learn on, so
+        the local inference path applies it too (without the noise)."""
+        return self.dp.clip_norm if self.protect_activations else None
+
     def device_of(self, party: str) -> str:
         """The device party ``party`` (``DO``, ``T<i>``) asks for: its override, else ``device``."""
         return self.party_devices.get(party, self.device)

@@ -17,6 +17,7 @@ from clicooper.core.security import Validator, adversary_context, build_guard
 from clicooper.data import Dataset
 from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import Blueprint, blueprint_for
+from clicooper.privacy.activation import clip_per_sample
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 from clicooper.protocol.inproc import InProcessNetwork
 from clicooper.protocol.messages import Message
@@ -106,10 +107,14 @@ class Session:
         checkpoint.save_model_files(self._dir(), self.config, self.plan, self.modules, epoch)
 
     def _local_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The whole model on ``x``, part by part on each party's device (the local inference path)."""
+        """The whole model on ``x``, part by part on each party's device (the local inference path): the
+        DO's clip at the cut as in training (``RunConfig.cut_clip_norm``), no noise."""
+        clip = self.config.cut_clip_norm
         for p in self.plan.parties:
             mod = self.modules[p.party]
             x = mod(x.to(next(mod.parameters()).device))
+            if p.party == "DO:head" and clip is not None:
+                x = clip_per_sample(x, clip)
         return x
 
     @torch.no_grad()
