@@ -253,9 +253,11 @@ def test_cli_plan_and_train_take_a_model_file(tmp_path: Path) -> None:
     assert ev.exit_code == 0, ev.output
 
 
-@pytest.mark.parametrize(("name", "shape"), [("fmnist-resnet", (1, 28, 28)), ("cifar-resnet", (3, 32, 32))])
-def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks(name: str,
-                                                                                 shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(("name", "shape", "n_blocks"), [("fmnist-resnet", (1, 28, 28), 3),
+                                                      ("fmnist-resnet20", (1, 28, 28), 9),
+                                                      ("cifar-resnet", (3, 32, 32), 3)])
+def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks(name: str, shape: tuple[int, ...],
+                                                                                 n_blocks: int) -> None:
     # prepare
     model = zoo.build(name, shape, 10, seed=0)
     # execute
@@ -265,7 +267,7 @@ def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks
     assert plan.tail.layer_names == ["Flatten", "Linear"]
     assert plan.do_flop_share <= 0.10
     blocks = [i for i, m in enumerate(model) if isinstance(m, Residual)]
-    assert len(blocks) == 3
+    assert len(blocks) == n_blocks
     assert sorted(i for p in plan.segments for i in p.layers if i in blocks) == blocks
     with pytest.raises(ConfigError, match="expects"):
         zoo.build(name, (shape[0], 8, 8), 10, seed=0)

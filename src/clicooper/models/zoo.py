@@ -174,7 +174,27 @@ def _resnet(stem: int, width: int) -> list[dict[str, Any]]:
     ]
 
 
+def _resnet_stages(stem: int, widths: tuple[int, ...], blocks: int) -> list[dict[str, Any]]:
+    """ResNet-20-style (He et al. 2016, §4.2): a stride-1 stem, then ``blocks`` residual blocks per width,
+    each stage after the first halving the resolution. The DO's head is the stem alone (one bias-free
+    3×3 convolution, as in :func:`_resnet`), its tail the final Linear."""
+    layers: list[dict[str, Any]] = [
+        {"type": "Conv2d", "out_channels": stem, "kernel_size": 3, "stride": 1, "padding": 1, "bias": False},  # DO
+        _BN, _RELU,
+    ]
+    prev = stem
+    for s, w in enumerate(widths):
+        for b in range(blocks):
+            first = b == 0
+            layers += _block(w, stride=2 if first and s > 0 else 1, project=first and (w != prev or s > 0))
+        prev = w
+    return [*layers, {"type": "AdaptiveAvgPool2d", "output_size": 1},
+            {"type": "Flatten"}, {"type": "Linear", "out_features": "outputs"}]  # DO tail
+
+
 register_spec("fmnist-resnet", "residual CNN for 28×28: conv32/2 (DO) | res48 | res96/2 | res96 | avgpool fc",
               _resnet(32, 48), hw=(28, 28))
 register_spec("cifar-resnet", "residual CNN for 32×32×3: conv32/2 (DO) | res64 | res128/2 | res128 | avgpool fc",
               _resnet(32, 64), hw=(32, 32))
+register_spec("fmnist-resnet20", "ResNet-20-style for 28×28: conv16 (DO) | 3×res16 | 3×res32/2 | 3×res64/2 | "
+              "avgpool fc", _resnet_stages(16, (16, 32, 64), 3), hw=(28, 28))

@@ -51,6 +51,7 @@ from clicooper.experiments.research.frontier_report import (
     write_markdown,
 )
 from clicooper.privacy.accountant import epsilon as dp_epsilon
+from clicooper.runs import load_run
 from clicooper.training import train
 from clicooper.training.do_alone import do_alone_accuracy as _do_alone
 
@@ -194,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE],… (default defense clicooper)")
     ap.add_argument("--quick", action="store_true", help="first 3 grid points only")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
+    ap.add_argument("--reevaluate", action="store_true", help="re-read the cached rows' test accuracy from their "
+                    "model files (the local path with the cut's clip), then rebuild the report")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
     ap.add_argument("--summary", default="", help="comma-separated --runs directories (one per seed): print the "
@@ -232,6 +235,23 @@ def _sweep(grid: list[Setting], b: Budget, runs: Path) -> None:
               + f" ({time.time() - t:.0f} s)", flush=True)
 
 
+def reevaluate(runs: Path) -> None:
+    """Re-read every cached row's test accuracy from its run's model files by the local path as it is now
+    (:meth:`clicooper.runs.RunHandle.accuracy`: the DO's clip at the cut included, which rows made before
+    that fix lacked); the per-epoch figures cannot be redone from the final files and are dropped."""
+    for f in sorted(runs.glob("*/frontier_row.json")):
+        row = json.loads(f.read_text())
+        run = load_run(f.parent)
+        ds = run.dataset()
+        acc = run.accuracy(ds.x_test, ds.y_test)
+        if acc != row["test_acc"]:
+            row |= {"test_acc_recorded": row["test_acc"], "test_acc": acc, "acc_by_epoch": None,
+                    "trainer_gain": acc - row["do_alone_acc"],
+                    "test_acc_source": "model files re-evaluated by the local path with the cut's clip"}
+            f.write_text(json.dumps(row, indent=2))
+        print(f"[frontier] {row['tag']}: acc {row.get('test_acc_recorded', acc):.4f} → {acc:.4f}", flush=True)
+
+
 def _write_reports(runs: Path, res: Path, command: str) -> None:
     """``frontier.{json,md,png}`` from every cached row under ``runs``, in grid order."""
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*/frontier_row.json"))]
@@ -254,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     runs, res = Path(a.runs), Path(a.results)
     runs.mkdir(parents=True, exist_ok=True)
     res.mkdir(parents=True, exist_ok=True)
-    if not a.report_only:
+    if a.reevaluate:
+        reevaluate(runs)
+    elif not a.report_only:
         _sweep(grid_of(a.quick, a.only, a.extra), b, runs)
     command = "python -m clicooper.experiments.research.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
     _write_reports(runs, res, command)
