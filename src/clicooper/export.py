@@ -35,9 +35,9 @@ def export_run(run_dir: str | Path, out_file: str | Path) -> str:
             "num_classes": str(run.plan_num_classes), "outputs": "logits"}
     if run.config.model_spec is not None:
         meta["model_spec"] = json.dumps(run.config.model_spec, separators=(",", ":"))
-    clip = run.config.cut_clip_norm
+    clip, cut_layer = run.config.cut_clip_norm, run.plan.head.layers[-1]
     if clip is not None:  # the trainers learned on clip(head(x)): a user's forward must clip there too
-        meta["cut_clip"] = json.dumps({"after_layer": run.plan.head.layers[-1], "norm": clip})
+        meta["cut_clip"] = json.dumps({"after_layer": cut_layer, "norm": clip})
     dec = run._label_decoder()
     if dec is not None:
         c, co = run.plan_num_classes, int(run.plan.extra["num_outputs"])
@@ -47,6 +47,6 @@ def export_run(run_dir: str | Path, out_file: str | Path) -> str:
         sd[f"{n_layers + 1}.weight"] = w
         meta["outputs"] = f"probabilities (layers {n_layers}: Softmax(dim=1), {n_layers + 1}: Linear({co},{c},bias=False))"
     rundir.save_tensors(out_file, sd, meta)
-    note = "" if clip is None else (f"; clip each sample's output of layer {run.plan.head.layers[-1]} to norm {clip:g} "
+    note = "" if clip is None else (f"; clip each sample's output of layer {cut_layer} to norm {clip:g} "
                                     "(clicooper.privacy.activation.clip_per_sample), as in training")
     return f"{len(sd)} tensors, outputs {meta['outputs']}{note}"

@@ -77,15 +77,15 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
            "batch_size": cfg.get("batch_size") or 128, "lr": cfg.get("lr", 1e-3)}
     if cfg.get("model_spec"):  # a model file's run: its layers are part of the settings
         key["model_spec"] = cfg["model_spec"]
-    if cfg.get("lr_schedule", "constant") != "constant":
-        key["lr_schedule"] = cfg["lr_schedule"]
-    if cfg.get("weight_decay"):
-        key["weight_decay"] = cfg["weight_decay"]
-    if cfg.get("optimizer", "adam") != "adam":
-        key["optimizer"], key["momentum"] = cfg["optimizer"], cfg.get("momentum", 0.9)
-    data = cfg.get("data") or {}
-    if data.get("crop_padding") or data.get("flip"):  # the DO's training augmentation applies alone too
-        key["augment"] = {"crop_padding": data.get("crop_padding", 0), "flip": bool(data.get("flip"))}
+    run_cfg = make_config(**cfg)  # the settings below beyond the defaults are part of the key too
+    if run_cfg.lr_schedule != "constant":
+        key["lr_schedule"] = run_cfg.lr_schedule
+    if run_cfg.weight_decay:
+        key["weight_decay"] = run_cfg.weight_decay
+    if run_cfg.optimizer != "adam":
+        key["optimizer"], key["momentum"] = run_cfg.optimizer, run_cfg.momentum
+    if run_cfg.data.crop_padding or run_cfg.data.flip:  # the DO's training augmentation applies alone too
+        key["augment"] = {"crop_padding": run_cfg.data.crop_padding, "flip": run_cfg.data.flip}
     path = Path(run_dir) / "do_alone.json"
     if path.is_file():
         try:
@@ -98,11 +98,10 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
         progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
     dataset = load_dataset(key["dataset"], options=cfg.get("data"))
-    run_cfg = make_config(**cfg)
     acc = do_alone_accuracy(key["model"], dataset, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
                             batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
-                            lr_at=run_cfg.lr_at if "lr_schedule" in key else None,
+                            lr_at=run_cfg.lr_at,
                             augment=augmenter_for(run_cfg.data, seed=run_cfg.seed),
                             weight_decay=run_cfg.weight_decay, optimizer=run_cfg.optimizer,
                             momentum=run_cfg.momentum)
