@@ -163,3 +163,71 @@ def test_fuzz_malformed_envelopes_are_rejected(data):
         return
     # only routing defects (run id, receiver) pass the decoder: checking them is the transport's job
     assert msg.header.run_id != "run" or msg.header.receiver != "T1"
+
+
+# ------------------------------------------------------------------- the transport's copy-saving path
+
+
+def _fast_decode(raw: bytes, **kw):
+    env, data = serde.parse_envelope(raw, limits=LIMITS)
+    return message_from_proto(env, limits=LIMITS, data=data, **kw)
+
+
+def _same(a, b) -> bool:
+    try:
+        ra = ("ok", canonical_bytes(a()))
+    except WireError:
+        ra = ("error",)
+    try:
+        rb = ("ok", canonical_bytes(b()))
+    except WireError:
+        rb = ("error",)
+    return ra == rb
+
+
+@pytest.mark.parametrize("dtype", sorted(WIRE_DTYPES))
+def test_outgoing_parses_as_the_canonical_envelope_and_decodes_the_same(dtype):
+    # prepare: a non-contiguous tensor too, so the view path meets a copy
+    t = (torch.arange(48).reshape(4, 3, 4) % 5).to(WIRE_DTYPES[dtype]).transpose(1, 2)
+    scale = torch.tensor([0.5, 2.0, 1.0, 0.25]) if dtype == "int8" else None
+    msgs = [Activations(H, t, mode="train", scale=scale), Control(H, "loss", {"count": "3"})]
+    if t.is_floating_point() or dtype == "int8":  # what a gradient may be
+        msgs.append(Gradients(H, t, scale=scale))
+    if dtype == "int64":
+        msgs.append(Labels(H, torch.arange(4)))
+    for msg in msgs:
+        # execute
+        out = serde.message_to_outgoing(msg, limits=LIMITS)
+        raw = out.to_bytes()
+        canon = message_to_proto(msg, limits=LIMITS).SerializeToString()
+        # assert: same Envelope once parsed, same size, same record by either decoder
+        assert len(raw) == out.size
+        assert serde.pb.Envelope.FromString(raw) == serde.pb.Envelope.FromString(canon)
+        assert canonical_bytes(_fast_decode(raw)) == canonical_bytes(msg)
+        assert canonical_bytes(_fast_decode(canon)) == canonical_bytes(msg)
+
+
+def test_split_leaves_odd_layouts_to_the_full_parser():
+    # prepare: data twice (protobuf keeps the last), a control after the tensor (the oneof keeps it)
+    msg = Activations(H, torch.ones(2, 2))
+    raw = serde.message_to_outgoing(msg, limits=LIMITS).to_bytes()
+    zeros = bytes(16)
+    inner = b"\x1a" + serde._varint(len(zeros)) + zeros  # TensorPayload.data again: zeros
+    twice = raw + b"\x52" + serde._varint(len(inner)) + inner
+    ctl = message_to_proto(Control(H, "loss", {"a": "b"}), limits=LIMITS).SerializeToString()
+    # execute / assert: the split declines, or agrees with the full parser
+    assert serde.split_tensor_data(twice)[1] is None
+    back = _fast_decode(twice)
+    assert torch.equal(back.tensor, message_from_bytes(twice, limits=LIMITS).tensor)
+    assert torch.equal(back.tensor, torch.zeros(2, 2))
+    assert isinstance(_fast_decode(raw + ctl), Control)
+    assert serde.split_tensor_data(b"\x52\xff")[1] is None  # a length past the end
+
+
+@FUZZ
+@given(data=st.one_of(malformed_envelope_strategy("run", "DO", "T1"), st.binary(max_size=300)),
+       cut=st.integers(0, 64), junk=st.binary(max_size=16))
+def test_fuzz_fast_path_agrees_with_the_full_parser(data, cut, junk):
+    # execute / assert: accepted or rejected alike, and the same record when accepted
+    for raw in (data, data[:cut] + junk + data[cut:]):
+        assert _same(lambda raw=raw: _fast_decode(raw), lambda raw=raw: message_from_bytes(raw, limits=LIMITS))

@@ -9,7 +9,7 @@ gRPC and handles the replies (:mod:`clicooper.net.do_node`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,8 +28,9 @@ OnStep = Callable[[int, int, int], None]
 class StepDriver(Protocol):
     """Carries one step's messages and returns once the DO's step is done (else raises)."""
 
-    def run_step(self, messages: list[Message], *, round: int, step: int) -> None:
-        """Deliver the DO's ``messages`` of step ``step`` of ``round`` and pump until ``do.step_done``."""
+    def run_step(self, messages: Iterable[Message], *, round: int, step: int) -> None:
+        """Deliver the DO's ``messages`` of step ``step`` of ``round`` (in order, each as it comes: they may be
+        computed while earlier ones travel) and pump until ``do.step_done``."""
         ...
 
 
@@ -57,7 +58,7 @@ def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: t
         expect(order, bs, do.micro_batches)
     t0 = time.perf_counter()
     for s in range(steps):
-        driver.run_step(do.start_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)
+        driver.run_step(do.stream_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)
         if not do.step_done:
             raise RuntimeError(f"step {s} of round {r} did not complete; a party dropped a message")
         after_step(do, driver, validator, r, s)

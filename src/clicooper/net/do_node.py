@@ -4,7 +4,7 @@ agrees the ledger with the trainers, and collects their final segments (see :mod
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from clicooper import rundir
@@ -47,7 +47,7 @@ class GrpcDriver:
     def __init__(self, node: DataOwnerNode) -> None:
         self.node = node
 
-    def run_step(self, messages: list[Message], *, round: int, step: int) -> None:
+    def run_step(self, messages: Iterable[Message], *, round: int, step: int) -> None:
         """Send the step's messages and handle what comes back until the DO's step is done."""
         n = self.node
         for m in messages:

@@ -22,7 +22,7 @@ import grpc
 from clicooper.errors import WireError
 from clicooper.net.link import align_resend, message_digest
 from clicooper.net.proto import clicooper_pb2 as pb
-from clicooper.net.serde import WireLimits, message_to_proto
+from clicooper.net.serde import Outgoing, WireLimits, message_to_outgoing
 from clicooper.net.tls import TlsConfig, probe_certificate
 from clicooper.protocol.messages import Message, with_stamp
 
@@ -57,7 +57,7 @@ def channel_options(limits: WireLimits) -> list[tuple[str, int]]:
 
 @dataclass
 class _Item:
-    env: pb.Envelope
+    out: Outgoing  # the envelope without its tensor bytes + a view of them: serialized when streamed
     msg: Message
     size: int = 0
 
@@ -109,14 +109,14 @@ class OutboundLink:
         with self._cv:
             self._check_open()
             stamped = with_stamp(msg, run_id=self._run_id, seq=self._next_seq)
-            env = message_to_proto(stamped, limits=self._limits)
-            size = env.ByteSize()
+            out = message_to_outgoing(stamped, limits=self._limits)
+            size = out.size
             if size > self._limits.max_message_bytes:
                 raise WireError(f"message to {self.peer} is {size} bytes, above max_message_bytes="
                                 f"{self._limits.max_message_bytes}; raise WireLimits on every party")
             self._wait_room(size)
             self._next_seq += 1
-            self._queue.append(_Item(env, stamped, size))
+            self._queue.append(_Item(out, stamped, size))
             self._pending += size
             self.stats["peak_pending_bytes"] = max(self.stats["peak_pending_bytes"], self._pending)
             self.stats["sent"] += 1
@@ -256,7 +256,7 @@ class OutboundLink:
         # The method directly rather than clicooper_pb2_grpc.LinkStub: that generated module refuses to
         # import under a grpcio older than the grpcio-tools that generated it; this works with any.
         stream = self._channel_or_new().stream_stream(
-            LINK_METHOD, request_serializer=pb.Envelope.SerializeToString,
+            LINK_METHOD, request_serializer=None,  # _requests yields serialized Envelopes
             response_deserializer=pb.Ack.FromString)
         call = stream(self._requests(gen), metadata=(("clicooper-sender", self.owner),
                                                      ("clicooper-run-id", self._run_id)))
@@ -286,8 +286,9 @@ class OutboundLink:
                 if self._closed or gen != self._gen:
                     return
                 item = self._queue.popleft()
-                self._unacked[item.env.seq] = item
-            yield item.env
+                self._unacked[item.out.head.seq] = item
+                head = item.out.head.SerializeToString()  # seq as of now (a resend renumbers under the lock)
+            yield item.out.to_bytes(head)  # the copy of the tensor bytes outside the lock
 
     def _on_hello(self, hello: pb.Ack, gen: int) -> None:
         last = int(hello.seq)
@@ -298,7 +299,7 @@ class OutboundLink:
             digests = [message_digest(pending[0].msg)] if pending else []
             seq = align_resend(digests, last_seq=last, last_digest=hello.last_digest)
             for it in pending:
-                it.env.seq = seq
+                it.out.head.seq = seq
                 seq += 1
             self._next_seq = seq
             log.info("link %s→%s: resuming after the receiver's seq %d", self.owner, self.peer, last)

@@ -159,6 +159,86 @@ def control_to_proto(msg: Control, *, limits: WireLimits | None = None) -> pb.En
     return message_to_proto(msg, limits=limits)
 
 
+# Field numbers and tags of clicooper.proto that the streaming path below writes and reads by hand.
+_ENV_TENSOR = 10  # Envelope.tensor (length-delimited TensorPayload)
+_PAYLOAD_DATA = 3  # TensorPayload.data (bytes)
+_LEN = 2  # protobuf wire type "length-delimited"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def _tensor_view(t: torch.Tensor) -> memoryview:
+    """The raw little-endian C-contiguous bytes of ``t`` as a view (no copy when ``t`` is already so)."""
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
+
+
+@dataclass
+class Outgoing:
+    """A message ready for the wire without the protobuf copies of its tensor bytes (the transport's
+    send path): ``head`` is the ``Envelope`` with everything but ``tensor.data``, ``data`` a view of
+    the tensor's bytes. :meth:`to_bytes` is a valid serialized ``Envelope`` that parses exactly as
+    ``message_to_proto(msg).SerializeToString()`` does: protobuf merges the second ``tensor`` fragment,
+    which holds only ``data``, into the first (tested against the canonical encoding)."""
+
+    head: pb.Envelope
+    data: memoryview | None
+
+    @property
+    def size(self) -> int:
+        """Serialized length in bytes."""
+        return self.head.ByteSize() + (len(self._fragment_prefix()) + len(self.data) if self.data is not None else 0)
+
+    def _fragment_prefix(self) -> bytes:
+        assert self.data is not None
+        inner = bytes([_PAYLOAD_DATA << 3 | _LEN]) + _varint(len(self.data))
+        return bytes([_ENV_TENSOR << 3 | _LEN]) + _varint(len(inner) + len(self.data)) + inner
+
+    def to_bytes(self, head: bytes | None = None) -> bytes:
+        """The serialized ``Envelope`` (one copy of the tensor bytes); ``head``: ``self.head`` serialized
+        already (the transport does that under its lock, the copy outside it)."""
+        head = self.head.SerializeToString() if head is None else head
+        if self.data is None:
+            return head
+        return b"".join((head, self._fragment_prefix(), self.data))
+
+
+def message_to_outgoing(msg: Message, *, limits: WireLimits | None = None) -> Outgoing:
+    """:func:`message_to_proto` for the send path: the same checks, the tensor bytes kept apart as a view."""
+    if isinstance(msg, Control):
+        return Outgoing(message_to_proto(msg, limits=limits), None)
+    h = msg.header
+    env = pb.Envelope(
+        run_id=h.run_id, sender=h.sender, receiver=h.receiver, seq=h.seq, epoch=h.epoch, step=h.step,
+        micro=h.micro, n_micro=h.n_micro, kind=message_kind(msg),
+    )
+    t = msg.tensor
+    data = _tensor_view(t)
+    if limits is not None and len(data) > limits.max_tensor_bytes:
+        raise WireError(
+            f"{message_kind(msg)} tensor {tuple(t.shape)} to {h.receiver} is {len(data)} bytes, above "
+            f"max_tensor_bytes={limits.max_tensor_bytes}; derive WireLimits from the plan's largest tensor"
+        )
+    env.tensor.dtype = dtype_name(t.dtype)
+    env.tensor.shape.extend(int(s) for s in t.shape)
+    if isinstance(msg, Activations):
+        env.tensor.mode = msg.mode
+    scale = getattr(msg, "scale", None)
+    if scale is not None:
+        env.tensor.row_scale = tensor_bytes(scale.to(torch.float32))
+    return Outgoing(env, data if len(data) else None)
+
+
 def message_to_bytes(msg: Message, *, limits: WireLimits | None = None) -> bytes:
     """Serialized ``Envelope`` (deterministic: map entries sorted), as pinned by the golden-byte test."""
     return message_to_proto(msg, limits=limits).SerializeToString(deterministic=True)
@@ -175,6 +255,81 @@ def envelope_from_bytes(data: bytes, *, limits: WireLimits) -> pb.Envelope:
         return pb.Envelope.FromString(data)
     except (DecodeError, ValueError, RuntimeError) as e:
         raise WireError(f"not a valid Envelope ({type(e).__name__}: {e})") from e
+
+
+def _read_varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i
+        shift += 7
+
+
+def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    """Top-level fields of ``buf[start:end]``: (number, wire type, field start, value start, end)."""
+    out, i = [], start
+    while i < end:
+        s = i
+        key, i = _read_varint(buf, i, end)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            _, i = _read_varint(buf, i, end)
+            v = i
+        elif wt == 1:
+            v, i = i, i + 8
+        elif wt == 5:
+            v, i = i, i + 4
+        elif wt == _LEN:
+            n, v = _read_varint(buf, i, end)
+            i = v + n
+        else:
+            raise ValueError(f"wire type {wt}")
+        if i > end:
+            raise ValueError("field runs past the end")
+        out.append((num, wt, s, v, i))
+    return out
+
+
+def split_tensor_data(raw: bytes) -> tuple[bytes, memoryview | None]:
+    """``raw`` (a serialized ``Envelope``) without its one ``tensor.data`` field, and a view of that field's
+    bytes; ``(raw, None)`` whenever the layout is anything else (no tensor, several ``data`` fields,
+    malformed bytes): the full parser then decides, so this only ever skips copies, never a check."""
+    buf = memoryview(raw)
+    try:
+        top = _fields(buf, 0, len(buf))
+        found: list[tuple[int, int, int, int]] = []  # (fragment index, data field start, value start, end)
+        subs: dict[int, list[tuple[int, int, int, int, int]]] = {}
+        for k, (num, wt, _s, v, e) in enumerate(top):
+            if num == _ENV_TENSOR and wt == _LEN:
+                subs[k] = _fields(buf, v, e)
+                found += [(k, fs, fv, fe) for n2, w2, fs, fv, fe in subs[k] if n2 == _PAYLOAD_DATA and w2 == _LEN]
+    except ValueError:
+        return raw, None
+    if len(found) != 1:
+        return raw, None
+    k, ds, dv, de = found[0]
+    _, _, s, _v, e = top[k]
+    body = b"".join(bytes(buf[fs:fe]) for _n, _w, fs, _v, fe in subs[k] if fs != ds)
+    fragment = bytes([_ENV_TENSOR << 3 | _LEN]) + _varint(len(body)) + body  # kept even empty: oneof order
+    rest = b"".join((bytes(buf[:s]), fragment, bytes(buf[e:])))
+    return rest, buf[dv:de]
+
+
+def parse_envelope(raw: bytes, *, limits: WireLimits) -> tuple[pb.Envelope, memoryview | None]:
+    """:func:`envelope_from_bytes` for the receive path: the ``Envelope`` without its tensor bytes, and a
+    view of them (``None``: they stayed in the envelope), for :func:`message_from_proto`'s ``data``."""
+    if len(raw) > limits.max_message_bytes:
+        raise WireError(f"message of {len(raw)} bytes exceeds max_message_bytes={limits.max_message_bytes}")
+    rest, data = split_tensor_data(raw)
+    env = envelope_from_bytes(rest, limits=limits)
+    if data is not None and env.WhichOneof("body") != "tensor":  # a later ``control`` replaced the tensor
+        return envelope_from_bytes(raw, limits=limits), None
+    return env, data
 
 
 def message_from_bytes(
@@ -216,12 +371,16 @@ def header_from_proto(env: pb.Envelope, *, limits: WireLimits) -> Header:
 
 def tensor_from_proto(
     payload: pb.TensorPayload, *, limits: WireLimits, expected_shape: ShapePattern | None = None,
-    what: str = "tensor",
+    what: str = "tensor", data: memoryview | None = None,
 ) -> torch.Tensor:
-    """Validated tensor of a payload: known dtype, sane shape, exact byte count, finite values."""
+    """Validated tensor of a payload: known dtype, sane shape, exact byte count, finite values.
+    ``data``: the payload's bytes when they were split off (:func:`parse_envelope`); the payload then has none."""
     dtype = dtype_from_name(payload.dtype)
     shape = tuple(int(d) for d in payload.shape)
-    data = payload.data  # read once: each attribute access may copy the bytes out of the parsed message
+    if data is None:
+        data = payload.data  # read once: each attribute access may copy the bytes out of the parsed message
+    elif payload.data:
+        raise WireError(f"{what}: tensor bytes given twice")
     if len(shape) > limits.max_ndim:
         raise WireError(f"{what}: {len(shape)} dims, above max_ndim={limits.max_ndim}")
     if any(d < 0 for d in shape):
@@ -281,7 +440,8 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 
 
 def message_from_proto(
-    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None = None,
+    data: memoryview | None = None,
 ) -> Message:
     """Validated record of an ``Envelope``; raises :class:`WireError` naming the first problem found.
 
@@ -312,7 +472,7 @@ def message_from_proto(
             raise WireError(f"{what}: mode {p.mode[:40]!r} is not one of {_MODES}")
     elif p.mode:
         raise WireError(f"{what}: mode is only allowed on activations")
-    tensor = tensor_from_proto(p, limits=limits, expected_shape=expected_shape, what=what)
+    tensor = tensor_from_proto(p, limits=limits, expected_shape=expected_shape, what=what, data=data)
     scale = row_scale_from_proto(p, tensor, what) if kind != "labels" else None
     if kind == "labels" and p.row_scale:
         raise WireError(f"{what}: labels carry no row_scale")

@@ -7,7 +7,7 @@ Privacy mechanisms are plugged in through three small protocols (see :mod:`clico
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -141,6 +141,12 @@ class DataOwner(PartyBase):
 
     def start_step(self, epoch: int, step: int, ids: torch.Tensor) -> list[Message]:
         """Forward the head on batch ``ids`` (M micro-batches) and return the messages to send."""
+        return list(self.stream_step(epoch, step, ids))
+
+    def stream_step(self, epoch: int, step: int, ids: torch.Tensor) -> Iterator[Message]:
+        """:meth:`start_step` one micro-batch at a time: each message is yielded as soon as its head output is
+        computed, so a transport sends micro-batch j while the head computes j + 1 (the same messages, values
+        and order as :meth:`start_step`). The step is in flight from the first message on; consume it whole."""
         if self.state is not None:
             raise RuntimeError("DO: previous step still in flight")
         if len(ids) == 0:
@@ -152,9 +158,12 @@ class DataOwner(PartyBase):
         st = StepState(epoch, step, chunks, [], [], batch_size=len(ids))
         if self.guard is not None:
             self.guard.begin_step(epoch, step)
-        out: list[Message] = []
+        self.state = st
+        self.samples_processed += len(ids)
+        # these leave the DO outside ``handle``: encoded (after the privacy mechanisms below) and hashed here
         if self.tail is None:  # open tail: announce the batch size (public) before the labels
-            out.append(Control(Header("DO", self.last, epoch, step, 0, m), "batch", {"size": str(len(ids))}))
+            yield from self._outgoing([Control(Header("DO", self.last, epoch, step, 0, m), "batch",
+                                               {"size": str(len(ids))})])
         for j, cid in enumerate(chunks):
             x = self.x_train[cid].to(self.device)
             if self.augment is not None:  # training batches only; public draws per (epoch, sample id)
@@ -169,13 +178,11 @@ class DataOwner(PartyBase):
             st.releases[j] = rel
             if self.head_dpsgd is not None:
                 st.inputs[j] = x
+            out: list[Message] = []
             if self.tail is None:
                 out.append(Labels(Header("DO", self.last, epoch, step, j, m), tgt.detach().cpu()))
             out.append(Activations(Header("DO", self.first, epoch, step, j, m), rel.detach()))
-        self.state = st
-        self.samples_processed += len(ids)
-        # these leave the DO outside ``handle``: encoded (after the privacy mechanisms above) and hashed here
-        return self._outgoing(out)
+            yield from self._outgoing(out)
 
     @property
     def step_done(self) -> bool:

@@ -7,7 +7,7 @@ contract test covers both. Deterministic: the same inputs give the same delivery
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from clicooper.errors import WireError
 from clicooper.protocol.messages import Control, Message, with_stamp
@@ -45,7 +45,7 @@ class InProcessNetwork:
             self.bytes_per_link[key] = self.bytes_per_link.get(key, 0) + n
         self.queue.append(with_stamp(msg, run_id=self.run_id, seq=self.seq[link]))
 
-    def send_all(self, msgs: list[Message]) -> None:
+    def send_all(self, msgs: Iterable[Message]) -> None:
         """Queue several messages in order."""
         for m in msgs:
             self.send(m)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +48,7 @@ class InProcessDriver:
     def __init__(self, net: InProcessNetwork) -> None:
         self.net = net
 
-    def run_step(self, messages: list[Message], *, round: int, step: int) -> None:
+    def run_step(self, messages: Iterable[Message], *, round: int, step: int) -> None:
         """Send the DO's messages and let every party handle what it receives until nothing is in flight."""
         self.net.send_all(messages)
         self.net.run_until_idle()

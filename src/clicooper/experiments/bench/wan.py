@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,20 @@ def measure(cfg: RunConfig, profile: Profile, work: Path) -> dict[str, Any]:
     }
 
 
-def loopback(cfg: RunConfig, work: Path) -> dict[str, Any]:
-    """M = 1 over loopback gRPC (TLS, no bed) ÷ in-process on the same config."""
+def loopback(cfg: RunConfig, work: Path, repeats: int = 3) -> dict[str, Any]:
+    """M = 1 over loopback gRPC (no bed), pinned TLS and plaintext, ÷ in-process on the same config: the three
+    run in turn ``repeats`` times (so that a change of load hits all three), each figure their median."""
     c = cfg.model_copy(update={"micro_batches": 1})
-    ip = _last_round(train(c.model_dump(), out=work / "inproc").path)["samples_per_s"]
-    grpc, _ = _run_nodes(c, work / "loopback", None)
-    return {"inproc_samples_per_s": ip, "loopback_samples_per_s": grpc["samples_per_s"],
-            "ratio": grpc["samples_per_s"] / ip}
+    runs: dict[str, list[float]] = {"inproc": [], "tls": [], "plaintext": []}
+    for i in range(repeats):
+        runs["inproc"].append(_last_round(train(c.model_dump(), out=work / f"inproc{i}").path)["samples_per_s"])
+        runs["tls"].append(_run_nodes(c, work / f"loopback_tls{i}", None)[0]["samples_per_s"])
+        runs["plaintext"].append(_run_nodes(c, work / f"loopback_plain{i}", None, insecure_loopback=True)[0]
+                                 ["samples_per_s"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"repeats": repeats, "inproc_samples_per_s": med["inproc"], "loopback_samples_per_s": med["tls"],
+            "ratio": med["tls"] / med["inproc"], "plaintext_samples_per_s": med["plaintext"],
+            "plaintext_ratio": med["plaintext"] / med["inproc"], "runs": runs}
 
 
 def base_config(a: argparse.Namespace, profile: str | None) -> RunConfig:
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per round (default: per profile)")
     ap.add_argument("--wire", default="fp32", help="wire_dtype: fp32 | bf16 | fp16 | int8")
     ap.add_argument("--no-loopback", action="store_true")
+    ap.add_argument("--loopback-only", action="store_true", help="only the loopback row")
+    ap.add_argument("--repeats", type=int, default=3, help="loopback row: runs of each transport, medians")
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     a = ap.parse_args(argv)
     reason = netns_unavailable()
@@ -137,15 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     work = a.out or Path(tempfile.mkdtemp(prefix="clicooper-wan-"))
     rows = []
-    for name in a.profiles.split(","):
+    for name in ([] if a.loopback_only else a.profiles.split(",")):
         for m in (int(x) for x in a.micro.split(",")):
             cfg = base_config(a, name).model_copy(update={"micro_batches": m})
             row = measure(cfg, PROFILES[name], work / f"{name}_m{m}")
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if not a.no_loopback:
-        print(json.dumps({"loopback_m1": loopback(base_config(a, "lan"), work / "loopback")}), flush=True)
+        print(json.dumps({"loopback_m1": loopback(base_config(a, "lan"), work / "loopback", a.repeats)}), flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
