@@ -213,6 +213,12 @@ class RunConfig(_Strict):
         "constant", description="every party's learning rate per epoch: constant `lr`, or cosine, "
         "lr · ½(1 + cos(π·e/epochs)) in epoch e (0-based; each party sets it from the epoch of what it steps on)",
     )
+    overlap_steps: bool = Field(
+        False, description="opt-in, changes the result: the DO sends step s + 1 while step s's gradients come "
+        "back, hiding a wide-area link's latency; its head then trains one step stale (step s's forward uses the "
+        "head after step s − 2, its gradient applied one step late); the trainers and the tail stay exact. "
+        "Deterministic (in-process, gRPC and resumed runs agree); not with provenance, detection or head DP-SGD",
+    )
     seed: int = 0
     train_range: tuple[int, int] | None = None
     record_observations: bool = False
@@ -282,6 +288,14 @@ class RunConfig(_Strict):
             raise ValueError(data_problem)
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
+        if self.overlap_steps:
+            clash = [name for name, on in (("provenance", self.provenance), ("detection", self.detection.enabled),
+                                           ("dp.head_dpsgd", self.dp.head_dpsgd is not None),
+                                           ("adversary", self.adversary is not None)) if on]
+            if clash:
+                raise ValueError(f"overlap_steps is not combined with {', '.join(clash)} (their checks and records "
+                                 "assume one step in flight); turn those off (--no-provenance) or drop "
+                                 "--overlap-steps")
         if self.labels.label_dp_epsilon is not None and self.topology != "open-tail":
             raise ValueError(
                 "labels.label_dp_epsilon (randomized response) protects the labels sent to the last trainer, "

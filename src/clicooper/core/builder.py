@@ -72,7 +72,7 @@ def build_data_owner(
         label_noiser=privacy.label_noiser,
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
         hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
-        augment=augmenter_for(config.data, seed=config.seed),
+        augment=augmenter_for(config.data, seed=config.seed), overlap=config.overlap_steps,
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     do.lr_at = _lr_schedule(config)
@@ -95,6 +95,7 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
     )
     trainer.wire_dtype = config.wire_dtype
     trainer.lr_at = _lr_schedule(config)
+    trainer.defer_ahead = config.overlap_steps  # the DO may run one step ahead (parties/trainer.py)
     return trainer
 
 

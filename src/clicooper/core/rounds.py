@@ -30,7 +30,12 @@ class StepDriver(Protocol):
 
     def run_step(self, messages: Iterable[Message], *, round: int, step: int) -> None:
         """Deliver the DO's ``messages`` of step ``step`` of ``round`` (in order, each as it comes: they may be
-        computed while earlier ones travel) and pump until ``do.step_done``."""
+        computed while earlier ones travel) and pump until ``do.ready`` (``do.step_done`` but with
+        ``overlap_steps``, where one step may stay in flight)."""
+        ...
+
+    def drain(self, *, round: int) -> None:
+        """Pump until no step of ``round`` is in flight (``do.step_done``)."""
         ...
 
 
@@ -59,11 +64,15 @@ def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: t
     t0 = time.perf_counter()
     for s in range(steps):
         driver.run_step(do.stream_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)
-        if not do.step_done:
+        if not do.ready:
             raise RuntimeError(f"step {s} of round {r} did not complete; a party dropped a message")
         after_step(do, driver, validator, r, s)
         if on_step is not None:
             on_step(r, s, steps)
+    if not do.step_done:  # overlap_steps: the round's last step is still in flight
+        driver.drain(round=r)
+        if not do.step_done:
+            raise RuntimeError(f"the last step of round {r} did not complete; a party dropped a message")
     return RoundResult(do.take_stats(), time.perf_counter() - t0, len(order))
 
 

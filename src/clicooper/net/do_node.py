@@ -52,8 +52,14 @@ class GrpcDriver:
         n = self.node
         for m in messages:
             n.transport.send(m)
-        while not n.do.step_done:
+        while not n.do.ready:
             n.handle(n.recv(f"the replies of step {step} of round {round}"))
+
+    def drain(self, *, round: int) -> None:
+        """Handle replies until no step is in flight (overlap_steps: the round's last one)."""
+        n = self.node
+        while not n.do.step_done:
+            n.handle(n.recv(f"the replies of the last step of round {round}"))
 
 
 class DataOwnerNode(Node):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
@@ -78,6 +79,8 @@ class StepState:
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for DP-SGD on the head
     batch_size: int = 0
     grads_back: int = 0
+    leaves: dict[str, torch.Tensor] | None = None  # overlap_steps: the head weights this step's forward used
+    tail_done: int = 0  # overlap_steps: micro-batches the tail has stepped on
 
 
 @dataclass
@@ -112,6 +115,7 @@ class DataOwner(PartyBase):
         head_dpsgd: HeadDPSGD | None = None,
         guard: Guard | None = None,
         augment: Augment | None = None,
+        overlap: bool = False,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -127,7 +131,16 @@ class DataOwner(PartyBase):
         self.guard = guard  # live detection of malicious trainers (parties/guard), None when off
         self.augment = augment  # training augmentation before the head (clicooper.data.augment), None: off
         self.device = torch.device(device)
-        self.state: StepState | None = None
+        # Steps in flight, oldest first: one, or two with ``overlap`` (RunConfig.overlap_steps): the DO then
+        # starts step s + 1 while step s's gradients travel back. Its head (only) trains one step stale: step s's
+        # forward uses the head weights after step s − 2's update (the round's first weights for s < 2), kept in
+        # ``_head_weights``; their gradient is applied to the current weights (a delayed gradient). The tail
+        # steps as soon as its own micro-batches are done, before the next step's reach it; the trainers defer
+        # a step's activations until their own previous step is done. So the result does not depend on timing:
+        # in-process, over gRPC and resumed runs agree.
+        self._inflight: dict[tuple[int, int], StepState] = {}
+        self.overlap = overlap
+        self._head_weights: dict[int, dict[str, torch.Tensor]] = {}
         self.stats = EpochStats()
         self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -147,7 +160,7 @@ class DataOwner(PartyBase):
         """:meth:`start_step` one micro-batch at a time: each message is yielded as soon as its head output is
         computed, so a transport sends micro-batch j while the head computes j + 1 (the same messages, values
         and order as :meth:`start_step`). The step is in flight from the first message on; consume it whole."""
-        if self.state is not None:
+        if not self.ready or (self._inflight and step == 0):
             raise RuntimeError("DO: previous step still in flight")
         if len(ids) == 0:
             raise ValueError("DO: a step needs at least one sample")
@@ -158,7 +171,16 @@ class DataOwner(PartyBase):
         st = StepState(epoch, step, chunks, [], [], batch_size=len(ids))
         if self.guard is not None:
             self.guard.begin_step(epoch, step)
-        self.state = st
+        leaves = None
+        if self.overlap:
+            if step == 0:  # a round starts drained: steps 0 and 1 use its first weights
+                self._head_weights = {-1: {n: p.detach().clone() for n, p in self.head.named_parameters()}}
+            base = self._head_weights.get(step - 2 if step >= 2 else -1)
+            if base is None:
+                raise RuntimeError(f"DO: head weights after step {step - 2} are not kept (overlap_steps)")
+            leaves = st.leaves = {n: w.detach().requires_grad_(True) for n, w in base.items()}
+            buffers = dict(self.head.named_buffers())  # live: BatchNorm statistics update in step order
+        self._inflight[(epoch, step)] = st
         self.samples_processed += len(ids)
         # these leave the DO outside ``handle``: encoded (after the privacy mechanisms below) and hashed here
         if self.tail is None:  # open tail: announce the batch size (public) before the labels
@@ -173,7 +195,7 @@ class DataOwner(PartyBase):
             y_used = y if self.guard is None else self.guard.labels(epoch, step, j, y)  # fake labels (SplitGuard)
             tgt = self._targets(y_used, cid, epoch).to(self.device)
             st.targets.append(tgt)
-            a0 = self.head(x)  # (b, …) head output
+            a0 = self.head(x) if leaves is None else functional_call(self.head, leaves | buffers, (x,))  # (b, …)
             rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
             st.releases[j] = rel
             if self.head_dpsgd is not None:
@@ -185,13 +207,42 @@ class DataOwner(PartyBase):
             yield from self._outgoing(out)
 
     @property
+    def state(self) -> StepState | None:
+        """The newest step in flight (``None``: none)."""
+        return next(reversed(self._inflight.values())) if self._inflight else None
+
+    @property
     def step_done(self) -> bool:
         """True when no step is in flight."""
-        return self.state is None
+        return not self._inflight
+
+    @property
+    def ready(self) -> bool:
+        """True when the next step may start: none in flight, or with ``overlap`` one."""
+        return len(self._inflight) < (2 if self.overlap else 1)
+
+    def _step_only(self, params: list[nn.Parameter], grads: list[torch.Tensor | None] | None = None, *,
+                   count: bool = True) -> None:
+        """Step ``params`` alone (``overlap``: the head and the tail step at different times): every other
+        parameter's gradient is held aside, so the optimizer (which skips parameters without one) leaves it.
+        ``count``: a step of the DO's (the head's; the tail's is part of the same step)."""
+        ids = {id(p) for p in params}
+        held = {id(p): p.grad for g in self.optimizer.param_groups for p in g["params"] if id(p) not in ids}
+        others = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in ids]
+        for p in others:
+            p.grad = None
+        if grads is not None:
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+        self._step()
+        if not count:
+            self.steps_taken -= 1
+        for p in others:
+            p.grad = held[id(p)]
 
     def _handle(self, msg: Message) -> list[Message]:
         h = msg.header
-        st = self.state
+        st = self._inflight.get((h.epoch, h.step))
         if isinstance(msg, Activations) and msg.mode == "infer":
             self.infer_results[(h.step, h.micro)] = msg.tensor
             return []
@@ -203,7 +254,7 @@ class DataOwner(PartyBase):
             except (KeyError, ValueError) as e:
                 raise WireError(f"DO: malformed loss report {msg.payload}") from e
             return []
-        if st is None or (h.epoch, h.step) != (st.epoch, st.step) or not (0 <= h.micro < len(st.ids)):
+        if st is None or not (0 <= h.micro < len(st.ids)):
             raise WireError(f"DO: {type(msg).__name__} for step {(h.epoch, h.step, h.micro)} not in flight")
         if isinstance(msg, Activations):
             if self.tail is None or h.sender != self.last:
@@ -225,13 +276,19 @@ class DataOwner(PartyBase):
                                            batch_size=st.batch_size)
             st.grads_back += 1
             if st.grads_back == len(st.ids):
-                if self.head_dpsgd is not None:
-                    self.head_dpsgd.finalize(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
-                if self.guard is None or self.guard.before_step(st.epoch, st.step):
-                    self._step()
-                else:  # a fake batch: its gradient is measured, never applied
-                    self.optimizer.zero_grad(set_to_none=True)
-                self.state = None
+                if st.leaves is not None:  # overlap: the delayed head gradient onto the current head weights
+                    names = [n for n, _ in self.head.named_parameters()]
+                    self._step_only([p for _, p in self.head.named_parameters()], [st.leaves[n].grad for n in names])
+                    self._head_weights[st.step] = {n: p.detach().clone() for n, p in self.head.named_parameters()}
+                    self._head_weights.pop(st.step - 2, None)
+                else:
+                    if self.head_dpsgd is not None:
+                        self.head_dpsgd.finalize(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
+                    if self.guard is None or self.guard.before_step(st.epoch, st.step):
+                        self._step()
+                    else:  # a fake batch: its gradient is measured, never applied
+                        self.optimizer.zero_grad(set_to_none=True)
+                del self._inflight[(st.epoch, st.step)]
             return []
         raise WireError(f"DO: unexpected {type(msg).__name__} from {h.sender}")
 
@@ -255,6 +312,10 @@ class DataOwner(PartyBase):
         self.stats.loss_sum += float(loss_sum.detach())
         self.stats.count += len(a)
         g = a.grad.detach()
+        if self.overlap:  # the tail steps once its micro-batches are done (the next step's come after)
+            st.tail_done += 1
+            if st.tail_done == len(st.ids):
+                self._step_only(list(self.tail.parameters()), count=False)
         if self.grad_protector is not None:
             g = self.grad_protector.protect(g, sample_ids=st.ids[h.micro], round=st.epoch, stream="grad")
         return [Gradients(Header("DO", self.last, h.epoch, h.step, h.micro, h.n_micro), g)]

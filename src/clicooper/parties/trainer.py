@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +54,23 @@ class Trainer(PartyBase):
         self._done_micro: dict[tuple[int, int], int] = {}
         self._step_batch: dict[tuple[int, int], int] = {}
         self.device = next(module.parameters()).device
+        # RunConfig.overlap_steps: the DO may send step s + 1 before step s is done; its activations wait here
+        # until this trainer has stepped on s (so it trains exactly as without the overlap). Bounded: the DO
+        # runs at most one step ahead, so more than that many waiting is a protocol error.
+        self.defer_ahead = False
+        self._deferred: deque[Activations] = deque()
+
+    def _older_step_open(self, h: Header) -> bool:
+        """Whether a step before ``h``'s has micro-batches forwarded but not yet all stepped on."""
+        k = (h.epoch, h.step)
+        return any(key[:2] < k for key in self._saved) or any(key < k for key in self._done_micro)
+
+    def _release_deferred(self) -> list[Message]:
+        """Forward the waiting activations whose previous step is now done, in arrival order."""
+        out: list[Message] = []
+        while self._deferred and not self._older_step_open(self._deferred[0].header):
+            out += self._forward(self._deferred.popleft())
+        return out
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The segment's forward, under bf16 autocast when asked."""
@@ -84,6 +103,12 @@ class Trainer(PartyBase):
                     self._pending_act[key] = msg
                     return []
                 return self._tail_step(msg, self._labels.pop(key))
+            if self.defer_ahead and (self._deferred or self._older_step_open(h)):
+                if len(self._deferred) >= max(1, h.n_micro):
+                    raise WireError(f"{self.name}: activations of step {(h.epoch, h.step)} arrive more than one "
+                                    f"step ahead of this trainer; the DO overlaps at most one step")
+                self._deferred.append(msg)
+                return []
             return self._forward(msg)
         if isinstance(msg, Labels):
             if not self.holds_tail:
@@ -126,9 +151,10 @@ class Trainer(PartyBase):
         x, y = self._saved.pop(key)
         validate_tensor(msg.tensor, expected_shape=tuple(y.shape), what=f"{self.name}: gradient")
         y.backward(msg.tensor.to(self.device, y.dtype))
-        out = [Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), self._wire(x.grad))]
+        out: list[Message] = [
+            Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), self._wire(x.grad))]
         self._maybe_step(h)
-        return out
+        return out + self._release_deferred() if self._deferred else out
 
     def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
         h = act.header

@@ -81,7 +81,7 @@ def measure(cfg: RunConfig, profile: Profile, work: Path) -> dict[str, Any]:
     done = {e["party"]: e.get("max_rss_mb") for e in events if e.get("event") == "done"}
     return {
         "profile": profile.name, "micro_batches": run_cfg.micro_batches, "batch_size": run_cfg.batch_size,
-        "wire_dtype": run_cfg.wire_dtype, "samples_per_s": rate, "busiest_link": busiest,
+        "wire_dtype": run_cfg.wire_dtype, "overlap_steps": run_cfg.overlap_steps, "samples_per_s": rate, "busiest_link": busiest,
         "bytes_per_sample": per_sample[busiest], "limit_samples_per_s": limit, "ratio": rate / limit,
         "measured_bytes_per_sample": (after.get(busiest, 0) - before.get(busiest, 0)) / samples if samples else None,
         "max_rss_mb": done,
@@ -108,17 +108,19 @@ def base_config(a: argparse.Namespace, profile: str | None) -> RunConfig:
     """The benchmark's run: fmnist-cnn (by default), K = 2, two rounds of ``STEPS[profile]`` steps."""
     steps = a.steps or STEPS.get(profile or "lan", 12)
     return make_config(dataset=a.dataset, model=a.model, trainers=a.trainers, epochs=2, batch_size=a.batch_size,
-                       train_range=(0, steps * a.batch_size), device="cpu", provenance=False, wire_dtype=a.wire)
+                       train_range=(0, steps * a.batch_size), device="cpu", provenance=False, wire_dtype=a.wire,
+                       overlap_steps=a.overlap)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The measured rows as a Markdown table."""
-    head = ("| profile | M | batch | wire | samples/s | limit (samples/s) | ratio | bytes/sample on the busiest link "
-            "(plan / relays) |\n|---|---|---|---|---|---|---|---|")
+    head = ("| profile | M | batch | wire | overlap | samples/s | limit (samples/s) | ratio | bytes/sample on the "
+            "busiest link (plan / relays) |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         meas = r["measured_bytes_per_sample"]
         lines.append(f"| {r['profile']} | {r['micro_batches']} | {r['batch_size']} | {r['wire_dtype']} | "
+                     f"{'yes' if r.get('overlap_steps') else 'no'} | "
                      f"{r['samples_per_s']:,.0f} | {r['limit_samples_per_s']:,.0f} | {r['ratio']:.2f} | "
                      f"{r['busiest_link']}: {r['bytes_per_sample']:,.0f} / {meas:,.0f} |")
     return "\n".join(lines)
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=None, help="steps per round (default: per profile)")
     ap.add_argument("--wire", default="fp32", help="wire_dtype: fp32 | bf16 | fp16 | int8")
+    ap.add_argument("--overlap", action="store_true", help="overlap_steps (opt-in: the DO's head one step stale)")
     ap.add_argument("--no-loopback", action="store_true")
     ap.add_argument("--loopback-only", action="store_true", help="only the loopback row")
     ap.add_argument("--repeats", type=int, default=3, help="loopback row: runs of each transport, medians")
