@@ -66,3 +66,30 @@ def test_frontier_reference_is_the_sweeps_own_undefended_model() -> None:
     mixed = [row("fmnist-resnet", "none", False), row("fmnist-cnn", "none", True)]
     assert reference_row(mixed)["model"] == "fmnist-cnn"  # the reference model wins where the sweep has it
     assert reference_row([row("fmnist-cnn", "clicooper", True)]) is None
+
+
+def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:
+    import json
+
+    from clicooper.experiments.research.frontier_report import seed_summary, write_markdown
+
+    def row(seed: int, defense: str, fora: float, converged: bool) -> dict:
+        lv = {"ssim": 0.5, "global_floor": 0.1, "class_floor": 0.3, "beats_floor": True}
+        return {"tag": f"fmnist-resnet_{defense}", "model": "fmnist-resnet", "defense": defense, "sigma": 0.0,
+                "cut_shape": [32, 14, 14], "noise_to_signal": 0.0, "test_acc": 0.85, "do_flop_share": 0.002,
+                "do_alone_acc": 0.8, "trainer_gain": 0.05, "epsilon": None, "budget": {"seed": seed},
+                "inversion": {"white-box": lv, "known-plaintext-100": lv, "known-plaintext-1000": lv},
+                "suite": {"fora": {"fora": {"score": fora, "converged": converged}},
+                          "completion": {"k10": {"score": 0.7, "advantage": 0.04, "converged": True}}}}
+
+    rows = [row(0, "none", 0.61, True), row(0, "clicooper", 0.42, False)]
+    write_markdown(rows, tmp_path / "f.md", "cmd")
+    text = (tmp_path / "f.md").read_text()
+    assert "| FORA |" in text and "k=10 (pt)" in text and "SDAR" not in text  # only the columns a row has
+    assert "| 0.610 |" in text and "≥0.420" in text and "+4.0" in text  # not converged: a lower bound
+    for seed in (0, 1):
+        d = tmp_path / f"s{seed}" / "fmnist-resnet_none"
+        d.mkdir(parents=True)
+        (d / "frontier_row.json").write_text(json.dumps(row(seed, "none", 0.6 + seed / 100, True)))
+    out, table = seed_summary([tmp_path / "s0", tmp_path / "s1"])
+    assert out[0]["suite"]["fora/fora/score"] == [0.6, 0.61] and "| FORA |" in table

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models in the zoo)
+from clicooper.attacks.budgets import run_suite
 from clicooper.attacks.runner import run_attack
 from clicooper.data import load_dataset
 from clicooper.experiments.research.frontier_report import (
@@ -83,6 +84,7 @@ class Budget:
     attack_width: int = 32
     refine_steps: int = 100
     delta: float = 1e-5
+    suite: tuple[str, ...] = ()  # more attacks on each run, at the report's demo budget (SUITE)
 
     def attack_config(self) -> dict[str, Any]:
         return {"modes": ("white-box", "known-plaintext"), "known_counts": (100, 1000), "victims": self.victims,
@@ -126,6 +128,29 @@ def _epsilon(s: Setting, b: Budget) -> dict[str, Any] | None:
     return {"epsilon": rep.epsilon, "delta": rep.delta, "accountant": rep.accountant, "covers": rep.covers}
 
 
+#: The attacks ``--suite`` may add to a row (their demo-budget settings: attacks/budgets.py), and the levels read.
+SUITE = {"fora": ("fora",), "sdar": ("sdar",), "completion": ("k1", "k10", "k100"),
+         "clustering": None, "extraction": None}
+
+
+def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """Run ``attacks`` (demo budget, T1's view, the sweep's seed) on ``run_dir``; per attack and level: score,
+    its floor(s), the advantage where the attack reports one, and whether the figure converged."""
+    unknown = sorted(set(attacks) - set(SUITE))
+    if unknown:
+        raise SystemExit(f"--suite: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}")
+    res = run_suite(run_dir, list(attacks), budget="demo", overrides={"party": "T1", "seed": seed})
+    out: dict[str, Any] = {}
+    for name, r in res["attacks"].items():
+        levels = r["headline"].get("T1", {})
+        keep = SUITE[name] or tuple(levels)
+        out[name] = {lv: {"score": levels[lv]["score"], "floor": levels[lv]["floor"],
+                          "class_floor": levels[lv]["metrics"].get("class_floor"),
+                          "advantage": levels[lv]["metrics"].get("advantage"),
+                          "converged": levels[lv].get("converged")} for lv in keep if lv in levels}
+    return out
+
+
 def _row(s: Setting, b: Budget, run_dir: Path, alone: float, att: dict[str, Any],
          seconds: dict[str, float]) -> dict[str, Any]:
     """The cached row of one measured setting."""
@@ -151,7 +176,14 @@ def measure(s: Setting, b: Budget, runs: Path, dataset: Any, *, fresh: bool = Fa
     run_dir = runs / s.tag
     cache = run_dir / "frontier_row.json"
     if cache.is_file() and not fresh:
-        return json.loads(cache.read_text())
+        row = json.loads(cache.read_text())
+        missing = tuple(a for a in b.suite if a not in row.get("suite", {}))
+        if missing:  # a cached run: only the attacks it lacks (observations and model files are kept)
+            t = time.time()
+            row.setdefault("suite", {}).update(suite_figures(run_dir, missing, b.seed))
+            row["seconds"]["suite"] = round(row["seconds"].get("suite", 0.0) + time.time() - t, 1)
+            cache.write_text(json.dumps(row, indent=2))
+        return row
     if run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.time()
@@ -161,7 +193,11 @@ def measure(s: Setting, b: Budget, runs: Path, dataset: Any, *, fresh: bool = Fa
     t2 = time.time()
     att = run_attack(run_dir, "inversion", knowledge=["known", "aux", "white-box"], party="T1",
                      victims=b.victims, known_k=100, seed=b.seed, config=b.attack_config())
-    row = _row(s, b, run_dir, alone, att, {"train": t1 - t0, "do_alone": t2 - t1, "attack": time.time() - t2})
+    t3 = time.time()
+    suite = suite_figures(run_dir, b.suite, b.seed) if b.suite else {}
+    row = _row(s, b, run_dir, alone, att, {"train": t1 - t0, "do_alone": t2 - t1, "attack": t3 - t2,
+                                           "suite": time.time() - t3})
+    row["suite"] = suite
     cache.write_text(json.dumps(row, indent=2))
     # keep the disk small: the checkpoints are not needed any more
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -198,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--reevaluate", action="store_true", help="re-read the cached rows' test accuracy from their "
                     "model files (the local path with the cut's clip), then rebuild the report")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--suite", default="", help="comma-separated attacks to add to every row at the report's demo "
+                    f"budget ({', '.join(SUITE)}); cached rows get only the ones they lack")
     ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
     ap.add_argument("--summary", default="", help="comma-separated --runs directories (one per seed): print the "
                     "mean and 95 %% interval per setting over them (and write RESULTS/frontier_seeds.{json,md})")
@@ -270,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_seed_summary(a.summary, Path(a.results))
         return 0
     torch.set_num_threads(a.threads)
-    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed)
+    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed,
+               suite=tuple(filter(None, a.suite.split(","))))
     runs, res = Path(a.runs), Path(a.results)
     runs.mkdir(parents=True, exist_ok=True)
     res.mkdir(parents=True, exist_ok=True)
