@@ -107,35 +107,23 @@ class WireLimits:
 
 def message_to_proto(msg: Message, *, limits: WireLimits | None = None) -> pb.Envelope:
     """Encode a record as an ``Envelope`` (``run_id``/``seq`` taken from its header as stamped)."""
+    if not isinstance(msg, Control):  # a tensor record: the send path's fields and checks, bytes inside
+        out = message_to_outgoing(msg, limits=limits)
+        if out.data is not None:
+            out.head.tensor.data = bytes(out.data)
+        return out.head
     h = msg.header
     env = pb.Envelope(
         run_id=h.run_id, sender=h.sender, receiver=h.receiver, seq=h.seq, epoch=h.epoch, step=h.step,
         micro=h.micro, n_micro=h.n_micro, kind=message_kind(msg),
     )
-    if isinstance(msg, Control):
-        env.control.kind = msg.kind
-        env.control.payload.update(msg.payload)
-        if limits is not None and _control_size(msg.kind, msg.payload) > limits.max_control_bytes:
-            raise WireError(
-                f"control {msg.kind!r} to {h.receiver} is larger than max_control_bytes="
-                f"{limits.max_control_bytes}; raise WireLimits.max_control_bytes on every party"
-            )
-        return env
-    t = msg.tensor
-    data = tensor_bytes(t)
-    if limits is not None and len(data) > limits.max_tensor_bytes:
+    env.control.kind = msg.kind
+    env.control.payload.update(msg.payload)
+    if limits is not None and _control_size(msg.kind, msg.payload) > limits.max_control_bytes:
         raise WireError(
-            f"{message_kind(msg)} tensor {tuple(t.shape)} to {h.receiver} is {len(data)} bytes, above "
-            f"max_tensor_bytes={limits.max_tensor_bytes}; derive WireLimits from the plan's largest tensor"
+            f"control {msg.kind!r} to {h.receiver} is larger than max_control_bytes="
+            f"{limits.max_control_bytes}; raise WireLimits.max_control_bytes on every party"
         )
-    env.tensor.dtype = dtype_name(t.dtype)
-    env.tensor.shape.extend(int(s) for s in t.shape)
-    env.tensor.data = data
-    if isinstance(msg, Activations):
-        env.tensor.mode = msg.mode
-    scale = getattr(msg, "scale", None)
-    if scale is not None:  # int8 with a per-row scale (protocol/wire_codec.py)
-        env.tensor.row_scale = tensor_bytes(scale.to(torch.float32))
     return env
 
 
