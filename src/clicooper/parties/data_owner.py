@@ -174,7 +174,7 @@ class DataOwner(PartyBase):
         leaves = None
         if self.overlap:
             if step == 0:  # a round starts drained: steps 0 and 1 use its first weights
-                self._head_weights = {-1: {n: p.detach().clone() for n, p in self.head.named_parameters()}}
+                self._head_weights = {-1: self._head_snapshot()}
             base = self._head_weights.get(step - 2 if step >= 2 else -1)
             if base is None:
                 raise RuntimeError(f"DO: head weights after step {step - 2} are not kept (overlap_steps)")
@@ -227,8 +227,8 @@ class DataOwner(PartyBase):
         parameter's gradient is held aside, so the optimizer (which skips parameters without one) leaves it.
         ``count``: a step of the DO's (the head's; the tail's is part of the same step)."""
         ids = {id(p) for p in params}
-        held = {id(p): p.grad for g in self.optimizer.param_groups for p in g["params"] if id(p) not in ids}
         others = [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in ids]
+        held = [p.grad for p in others]
         for p in others:
             p.grad = None
         if grads is not None:
@@ -237,8 +237,12 @@ class DataOwner(PartyBase):
         self._step()
         if not count:
             self.steps_taken -= 1
-        for p in others:
-            p.grad = held[id(p)]
+        for p, g in zip(others, held, strict=True):
+            p.grad = g
+
+    def _head_snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the head's current weights (overlap: what a later step's forward uses)."""
+        return {n: p.detach().clone() for n, p in self.head.named_parameters()}
 
     def _handle(self, msg: Message) -> list[Message]:
         h = msg.header
@@ -277,9 +281,9 @@ class DataOwner(PartyBase):
             st.grads_back += 1
             if st.grads_back == len(st.ids):
                 if st.leaves is not None:  # overlap: the delayed head gradient onto the current head weights
-                    names = [n for n, _ in self.head.named_parameters()]
-                    self._step_only([p for _, p in self.head.named_parameters()], [st.leaves[n].grad for n in names])
-                    self._head_weights[st.step] = {n: p.detach().clone() for n, p in self.head.named_parameters()}
+                    params = dict(self.head.named_parameters())
+                    self._step_only(list(params.values()), [st.leaves[n].grad for n in params])
+                    self._head_weights[st.step] = self._head_snapshot()
                     self._head_weights.pop(st.step - 2, None)
                 else:
                     if self.head_dpsgd is not None:

@@ -154,7 +154,7 @@ class Trainer(PartyBase):
         out: list[Message] = [
             Gradients(Header(self.name, self.left, h.epoch, h.step, h.micro, h.n_micro), self._wire(x.grad))]
         self._maybe_step(h)
-        return out + self._release_deferred() if self._deferred else out
+        return out + self._release_deferred()
 
     def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
         h = act.header
