@@ -118,3 +118,20 @@ def test_initialisation_is_pinned(name: str) -> None:
         h.update(k.encode())
         h.update(v.detach().contiguous().numpy().tobytes())
     assert h.hexdigest()[:16] == INIT_DIGESTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(zoo.PRIVATE_RESNETS))
+def test_private_resnets_cut_is_a_unit_norm_spatial_bottleneck(name: str) -> None:
+    """Issue 14's residual models behind a private cut: the whole head is the DO's one unit, its k×7×7 cut has
+    norm 1 (the clip is exact), every BatchNorm is on the trainers' side, and the DO holds ≤ 15 % of the FLOPs."""
+    k = zoo.PRIVATE_RESNETS[name]
+    m = zoo.build(name, SHAPE, 10, seed=0)
+    plan = make_plan(m, model_name=name, input_shape=SHAPE, trainers=2)
+    assert plan.head.layers == [0] and plan.head.output_shape == [k, 7, 7]
+    assert plan.do_flop_share <= 0.15 and plan.tail is not None and plan.tail.layer_names[-1] == "Linear"
+    parts = split_model(m, plan)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in parts["DO:head"].modules())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in parts["T1"].modules())
+    norms = parts["DO:head"](torch.rand(8, *SHAPE)).flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert m(torch.rand(2, *SHAPE)).shape == (2, 10)

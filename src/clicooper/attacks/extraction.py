@@ -250,9 +250,11 @@ class ExtractionAttack:
                                    max_shift=0, seed=cfg.seed, params=list(head.parameters()) + list(tail.parameters()),
                                    extra=reg, score=test_acc)
         acc = accs[-1]
-        # 3) the same architecture from scratch on the same k samples
+        # 3) the same architecture from scratch on the same k samples: the head and the segments the pool holds
+        # (one attacker's view holds only the first of them), then the same fresh tail
+        segments = arch.segments[:len(views.pooled)]
         scratch = nn.Sequential(reinit(arch.head(), cfg.seed + 1),
-                                *[reinit(f(), cfg.seed + 2 + i) for i, f in enumerate(arch.segments)],
+                                *[reinit(f(), cfg.seed + 2 + i) for i, f in enumerate(segments)],
                                 nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed + 9))
         _, base_accs = train_classifier(scratch, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
                                         max_shift=cfg.max_shift, seed=cfg.seed, score=test_acc)

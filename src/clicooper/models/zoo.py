@@ -198,3 +198,33 @@ register_spec("cifar-resnet", "residual CNN for 32×32×3: conv32/2 (DO) | res64
               _resnet(32, 64), hw=(32, 32))
 register_spec("fmnist-resnet20", "ResNet-20-style for 28×28: conv16 (DO) | 3×res16 | 3×res32/2 | 3×res64/2 | "
               "avgpool fc", _resnet_stages(16, (16, 32, 64), 3), hw=(28, 28))
+
+
+# ------------------------------------------------------------- residual trainers behind a private cut (issue 14)
+def _resnet_trainers(width: int) -> list[dict[str, Any]]:
+    """What follows the DO's head in :func:`_resnet`: BatchNorm + ReLU on the received cut, the three residual
+    blocks, pooling and the DO's final Linear."""
+    return _resnet(1, width)[1:]
+
+
+def _private_resnet(k: int, *, width: int = 48, channels: int = 32) -> Builder:
+    """Head = :class:`~clicooper.models.private.SpatialBottleneckHead` (conv ``channels`` 5×5/2 + ReLU + 1×1 to
+    ``k`` channels + 2×2 average pool + L2 norm: a unit-norm k×H/4×W/4 cut, so the clip of DESIGN §3 is exact)
+    | the residual trainers of ``fmnist-resnet`` | the DO's Linear tail."""
+
+    def build(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+        if len(input_shape) != 3:
+            raise ConfigError(f"this model expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
+        c, h, w = input_shape
+        head = private.SpatialBottleneckHead(c, (h, w), k, channels=channels)
+        rest = spec.build_model(_resnet_trainers(width), (k, h // 4, w // 4), num_outputs)
+        return nn.Sequential(head, *rest)
+
+    return build
+
+
+#: the residual models with a private (spatial bottleneck, unit-norm) cut: name → cut channels
+PRIVATE_RESNETS = {"fmnist-resnet-s4": 4, "fmnist-resnet-s8": 8, "fmnist-resnet-s16": 16}
+for _name, _k in PRIVATE_RESNETS.items():
+    register(_name, f"private residual: conv32 5×5/2 + 1×1→{_k} + avgpool, unit norm ({_k}×7×7 cut, DO) | "
+                    "res48 | res96/2 | res96 | avgpool fc")(_private_resnet(_k))

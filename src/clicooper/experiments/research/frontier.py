@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models in the zoo)
-from clicooper.attacks.budgets import run_suite
+from clicooper.attacks.budgets import DESCRIPTIONS, settings_for
 from clicooper.attacks.runner import run_attack
 from clicooper.data import load_dataset
 from clicooper.experiments.research.frontier_report import (
@@ -117,7 +117,7 @@ def _level(att: dict[str, Any], name: str) -> dict[str, Any] | None:
     m = lv["metrics"]
     return {"ssim": lv["score"], "global_floor": m.get("global_floor", lv["floor"]),
             "class_floor": m.get("class_floor"), "beats_floor": lv["beats_floor"],
-            "psnr": m.get("psnr"), "best_method": m.get("best_method")}
+            "psnr": m.get("psnr"), "best_method": m.get("best_method"), "converged": lv.get("converged")}
 
 
 def _epsilon(s: Setting, b: Budget) -> dict[str, Any] | None:
@@ -128,20 +128,35 @@ def _epsilon(s: Setting, b: Budget) -> dict[str, Any] | None:
     return {"epsilon": rep.epsilon, "delta": rep.delta, "accountant": rep.accountant, "covers": rep.covers}
 
 
-#: The attacks ``--suite`` may add to a row (their demo-budget settings: attacks/budgets.py), and the levels read.
-SUITE = {"fora": ("fora",), "sdar": ("sdar",), "completion": ("k1", "k10", "k100"),
-         "clustering": None, "extraction": None}
+#: The attacks ``--suite`` may add to a row (their demo-budget settings: attacks/budgets.py), and the levels read
+#: (``None``: every level the attack reports).
+SUITE = {"fora": ("fora",), "sdar": ("sdar", "sdar-labels"), "completion": ("k1", "k10", "k100"),
+         "unsplit": ("aux",), "clustering": None, "extraction": None, "paper-metrics": None}
+#: ``--suite`` names that run another attack's code with a changed config, and the config changes (over the
+#: demo budget) of each: UnSplit is the inversion attack's ``unsplit`` mode alone; known-sample inference
+#: (the clustering attack's ``known-k`` levels) at k = 1, 10 and 100 per class, as the issue asks.
+_SUITE_ATTACK = {"unsplit": "inversion"}
+_SUITE_CONFIG: dict[str, dict[str, Any]] = {"unsplit": {"modes": ("unsplit",)},
+                                            "clustering": {"known_ks": (1, 10, 100)}}
+#: ``run_attack`` keywords over the budget's: the known samples per class the known-sample levels need
+_SUITE_KW: dict[str, dict[str, Any]] = {"clustering": {"known_k": 100}}
 
 
-def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int) -> dict[str, Any]:
-    """Run ``attacks`` (demo budget, T1's view, the sweep's seed) on ``run_dir``; per attack and level: score,
-    its floor(s), the advantage where the attack reports one, and whether the figure converged."""
+def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int, *, budget: str = "demo") -> dict[str, Any]:
+    """Run ``attacks`` (``budget``: the sweep uses the report's demo budget; T1's view, the sweep's seed) on
+    ``run_dir``; per attack and level: score, its floor(s), the advantage where the attack reports one, and
+    whether the figure converged."""
     unknown = sorted(set(attacks) - set(SUITE))
     if unknown:
         raise SystemExit(f"--suite: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}")
-    res = run_suite(run_dir, list(attacks), budget="demo", overrides={"party": "T1", "seed": seed})
     out: dict[str, Any] = {}
-    for name, r in res["attacks"].items():
+    for name in attacks:
+        attack = _SUITE_ATTACK.get(name, name)
+        kw = settings_for(budget, attack)
+        kw["config"] = {**kw.get("config", {}), **_SUITE_CONFIG.get(name, {})}
+        kw.update(_SUITE_KW.get(name, {}))
+        r = run_attack(run_dir, attack, party="T1", seed=seed,
+                       annotate={"budget": budget, "budget_description": DESCRIPTIONS[budget]}, **kw)
         levels = r["headline"].get("T1", {})
         keep = SUITE[name] or tuple(levels)
         out[name] = {lv: {"score": levels[lv]["score"], "floor": levels[lv]["floor"],

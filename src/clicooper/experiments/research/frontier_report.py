@@ -20,9 +20,15 @@ REFERENCE = "fmnist-cnn"
 
 
 #: Columns of the ``--suite`` attacks where a row has them: (attack, level, figure, header).
-SUITE_COLUMNS = (("fora", "fora", "score", "FORA"), ("sdar", "sdar", "score", "SDAR"),
+SUITE_COLUMNS = (("unsplit", "aux", "score", "UnSplit"), ("fora", "fora", "score", "FORA"),
+                 ("sdar", "sdar", "score", "SDAR"),
+                 ("clustering", "known-1", "score", "known-sample k=1"), ("clustering", "known-10", "score", "k=10"),
+                 ("clustering", "known-100", "score", "k=100"),
                  ("completion", "k1", "advantage", "completion adv. k=1 (pt)"),
-                 ("completion", "k10", "advantage", "k=10 (pt)"), ("completion", "k100", "advantage", "k=100 (pt)"))
+                 ("completion", "k10", "advantage", "k=10 (pt)"), ("completion", "k100", "advantage", "k=100 (pt)"),
+                 ("sdar", "sdar-labels", "score", "SDAR labels"),
+                 ("paper-metrics", "cluster-naming", "score", "paper: cluster naming"),
+                 ("paper-metrics", "surrogate-obfuscated", "score", "paper: surrogate, obfuscated space"))
 
 
 def _suite_value(r: dict[str, Any], attack: str, level: str, figure: str) -> float | None:
@@ -100,7 +106,20 @@ def _seed_setting(tag: str, rows: list[dict[str, Any]], ref: dict[int, float]) -
         "do_flop_share": rows[0]["do_flop_share"],
         "suite": {f"{a}/{lv}/{fig}": [v for r in rows if (v := _suite_value(r, a, lv, fig)) is not None]
                   for a, lv, fig, _ in SUITE_COLUMNS},
+        # per figure: whether every seed's attack converged (a figure that did not is a lower bound)
+        "converged": {**{lv: all(r["inversion"][lv].get("converged") in (True, None) for r in rows
+                                 if r["inversion"].get(lv)) for lv in LEVELS},
+                      **{f"{a}/{lv}/{fig}": all(r.get("suite", {}).get(a, {}).get(lv, {}).get("converged") in (True, None)
+                                                for r in rows if _suite_value(r, a, lv, fig) is not None)
+                         for a, lv, fig, _ in SUITE_COLUMNS}},
     }
+
+
+def _ci_cell(vals: list[float], figure: str, converged: bool) -> str:
+    """Mean [95 % interval] of a score (SSIM, accuracy) or an advantage (in points); marked where some seed's
+    attack did not converge: ≥ before a score (a lower bound), "(not converged)" after an advantage."""
+    text = _ci(vals, 1, 100) if figure == "advantage" else _ci(vals, 3)
+    return text if converged else f"≥{text}" if figure == "score" else f"{text} (not converged)"
 
 
 def seed_summary(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], str]:
@@ -121,9 +140,9 @@ def seed_summary(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], str]:
         lines.append(
             f"| {o['tag']} | {','.join(map(str, o['seeds']))} | {_ci(o['acc'])} | {_ci(delta, 2, 100) if delta else '–'} | "
             f"{_ci(o['do_alone'])} | {_ci(o['trainer_gain'], 2, 100)} | {o['do_flop_share']:.3f} | "
-            + " | ".join(_ci(inv[lv], 3) if inv[lv] else "–" for lv in LEVELS)
-            + "".join(f" | {_ci(v, 1, 100) if fig == 'advantage' else _ci(v, 3)}" if v else " | –"
-                      for v, (_, _, fig, _) in zip(suite, cols, strict=True))
+            + " | ".join(_ci_cell(inv[lv], "score", o["converged"][lv]) if inv[lv] else "–" for lv in LEVELS)
+            + "".join(f" | {_ci_cell(v, fig, o['converged'][f'{a}/{lv}/{fig}'])}" if v else " | –"
+                      for v, (a, lv, fig, _) in zip(suite, cols, strict=True))
             + f" | {_ci(floor, 3) if floor else '–'} |")
     return out, "\n".join(lines) + "\n"
 
@@ -160,7 +179,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
             f"| {r['model']} | {r['defense']} | {'×'.join(map(str, r['cut_shape']))} | {r['sigma']:g} | {_f(r['noise_to_signal'], 2)} | "
             f"{_f(r['test_acc'], 4)} | {_f(dref, 1)} | {_f(r['do_flop_share'], 3)} | {_f(r['do_alone_acc'], 4)} | "
             f"{_f(r['trainer_gain'] * 100, 1)} | "
-            + " | ".join(_f(inv[lv]["ssim"]) if inv.get(lv) else "–" for lv in LEVELS)
+            + " | ".join(_suite_cell(inv[lv]["ssim"], "score", inv[lv].get("converged")) if inv.get(lv) else "–"
+                         for lv in LEVELS)
             + "".join(" | " + _suite_cell(_suite_value(r, a, lv, fig), fig,
                                           r.get("suite", {}).get(a, {}).get(lv, {}).get("converged"))
                       for a, lv, fig, _ in cols)
