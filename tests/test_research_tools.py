@@ -103,14 +103,14 @@ def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:
 
 def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
     """Each ``--suite`` name runs on a recorded digits run (smoke budget) and yields the levels its columns read."""
-    from clicooper.experiments.research.frontier import SUITE, suite_figures
-    from clicooper.experiments.research.frontier_report import SUITE_COLUMNS
-    from clicooper.training import train
-
     import numpy as np
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
+
+    from clicooper.experiments.research.frontier import SUITE, suite_figures
+    from clicooper.experiments.research.frontier_report import SUITE_COLUMNS
+    from clicooper.training import train
 
     d = load_digits()  # upsampled to 16×16: SSIM needs 11×11 images at least
     x = F.interpolate(torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, size=(16, 16),
