@@ -88,6 +88,8 @@ def train(
     overlap_steps: bool = typer.Option(None, "--overlap-steps", help="opt-in, changes the result: send step s + 1 "
                                        "while step s's gradients return (the DO's head one step stale); "
                                        "hides wide-area latency"),
+    nopeek: float = typer.Option(None, "--nopeek", help="NoPeek weight α ≥ 0: the DO's head also minimises the "
+                                 "distance correlation between its inputs and its outputs (0: off)"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
@@ -149,7 +151,7 @@ def train(
             config_file, dataset=dataset, model=model, model_file=model_file, trainers=trainers, capacities=capacities,
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
-            wire_dtype=wire_dtype, overlap_steps=overlap_steps,
+            wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,

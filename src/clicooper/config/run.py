@@ -219,6 +219,11 @@ class RunConfig(_Strict):
         "head after step s − 2, its gradient applied one step late); the trainers and the tail stay exact. "
         "Deterministic (in-process, gRPC and resumed runs agree); not with provenance, detection or head DP-SGD",
     )
+    nopeek: float = Field(
+        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="NoPeek (Vepakomma et al. 2020; "
+        "privacy/decorrelation.py): weight α of the distance correlation between each micro-batch's inputs and "
+        "the DO head's output, added to the head's loss at the DO; 0 = off. An empirical defense: no ε",
+    )
     seed: int = 0
     train_range: tuple[int, int] | None = None
     record_observations: bool = False
@@ -288,6 +293,9 @@ class RunConfig(_Strict):
             raise ValueError(data_problem)
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
+        if self.nopeek > 0 and (self.overlap_steps or self.dp.head_dpsgd is not None):
+            raise ValueError("nopeek trains the head on its own term beside T1's gradient; it is not combined with "
+                             "overlap_steps or dp.head_dpsgd: drop one of them")
         if self.overlap_steps:
             clash = [name for name, on in (("provenance", self.provenance), ("detection", self.detection.enabled),
                                            ("dp.head_dpsgd", self.dp.head_dpsgd is not None),

@@ -73,6 +73,7 @@ def build_data_owner(
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
         hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
         augment=augmenter_for(config.data, seed=config.seed), overlap=config.overlap_steps,
+        nopeek=config.nopeek,
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     do.lr_at = _lr_schedule(config)

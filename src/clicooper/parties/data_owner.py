@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
+from clicooper.privacy.decorrelation import distance_correlation
 from clicooper.protocol.messages import (
     Activations,
     Control,
@@ -77,6 +78,7 @@ class StepState:
     targets: list[torch.Tensor]
     releases: dict[int, torch.Tensor] = field(default_factory=dict)
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for DP-SGD on the head
+    decor: dict[int, torch.Tensor] = field(default_factory=dict)  # NoPeek: each micro-batch's α·DCOR term
     batch_size: int = 0
     grads_back: int = 0
     leaves: dict[str, torch.Tensor] | None = None  # overlap_steps: the head weights this step's forward used
@@ -116,6 +118,7 @@ class DataOwner(PartyBase):
         guard: Guard | None = None,
         augment: Augment | None = None,
         overlap: bool = False,
+        nopeek: float = 0.0,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -140,6 +143,9 @@ class DataOwner(PartyBase):
         # in-process, over gRPC and resumed runs agree.
         self._inflight: dict[tuple[int, int], StepState] = {}
         self.overlap = overlap
+        # NoPeek (privacy/decorrelation.py): α of the distance correlation between a micro-batch's inputs and
+        # the head's output, added to the head's loss at the DO (weighted by the micro-batch's share of the step)
+        self.nopeek = float(nopeek)
         self._head_weights: dict[int, dict[str, torch.Tensor]] = {}
         self.stats = EpochStats()
         self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
@@ -197,6 +203,8 @@ class DataOwner(PartyBase):
             st.targets.append(tgt)
             a0 = self.head(x) if leaves is None else functional_call(self.head, leaves | buffers, (x,))  # (b, …)
             rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
+            if self.nopeek > 0 and len(cid) > 1:
+                st.decor[j] = distance_correlation(x, a0) * (self.nopeek * len(cid) / len(ids))
             st.releases[j] = rel
             if self.head_dpsgd is not None:
                 st.inputs[j] = x
@@ -274,7 +282,11 @@ class DataOwner(PartyBase):
             if self.guard is not None:
                 self.guard.on_gradient(st.epoch, st.step, h.micro, msg.tensor)
             if self.head_dpsgd is None:
-                rel.backward(msg.tensor.to(self.device))
+                decor = st.decor.pop(h.micro, None)
+                if decor is None:
+                    rel.backward(msg.tensor.to(self.device))
+                else:  # NoPeek: T1's gradient and the DO's own decorrelation term, through one graph
+                    torch.autograd.backward([rel, decor], [msg.tensor.to(self.device), None])
             else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
                 self.head_dpsgd.accumulate(st.inputs.pop(h.micro), msg.tensor.to(self.device),
                                            batch_size=st.batch_size)

@@ -64,10 +64,19 @@ class Setting:
     model: str
     sigma: float
     defense: str  # "none" for the reference, "clicooper" otherwise
+    nopeek: float = 0.0  # NoPeek's α (RunConfig.nopeek); 0: off
+    expansion: int | None = None  # label obfuscation's m (labels.expansion); None: the default (2)
 
     @property
     def tag(self) -> str:
-        return f"{self.model}_{self.defense}_s{self.sigma:g}"
+        return (f"{self.model}_{self.defense}_s{self.sigma:g}" + (f"_np{self.nopeek:g}" if self.nopeek else "")
+                + (f"_m{self.expansion}" if self.expansion is not None else ""))
+
+    @property
+    def label(self) -> str:
+        """The model's name and what this point changes besides σ (for tables and plots)."""
+        return self.model + (f" NoPeek α={self.nopeek:g}" if self.nopeek else "") + (
+            f" m={self.expansion}" if self.expansion is not None else "")
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,10 @@ def run_config(s: Setting, b: Budget) -> dict[str, Any]:
     }
     if s.defense in ("dp", "clicooper"):
         cfg["dp"] = {"sigma": s.sigma, "clip_norm": 1.0, "delta": b.delta}
+    if s.nopeek:
+        cfg["nopeek"] = s.nopeek
+    if s.expansion is not None:
+        cfg["labels"] = {"expansion": s.expansion}
     return cfg
 
 
@@ -173,7 +186,8 @@ def _row(s: Setting, b: Budget, run_dir: Path, alone: float, att: dict[str, Any]
     plan = json.loads((run_dir / "plan.json").read_text())
     cut = plan["parties"][0]["output_shape"]
     return {
-        "tag": s.tag, "model": s.model, "defense": s.defense, "sigma": s.sigma, "clip_norm": 1.0,
+        "tag": s.tag, "model": s.model, "label": s.label, "defense": s.defense, "sigma": s.sigma, "clip_norm": 1.0,
+        "nopeek": s.nopeek, "expansion": s.expansion,
         "cut_shape": cut, "cut_dim": int(math.prod(cut)),
         "noise_to_signal": s.sigma * math.sqrt(math.prod(cut)) if s.defense in ("dp", "clicooper") else 0.0,
         "test_acc": metrics["final_test_acc"], "acc_by_epoch": [m["test_acc"] for m in metrics["epochs"]],
@@ -243,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--victims", type=int, default=300)
     ap.add_argument("--attack-steps", type=int, default=400)
     ap.add_argument("--only", default="", help="comma-separated tags or model names to run (default: whole grid)")
-    ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE],… (default defense clicooper)")
+    ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE[:nopeek=α][:m=M]],… (default "
+                    "defense clicooper; nopeek: NoPeek's weight; m: label obfuscation's sub-classes per class)")
     ap.add_argument("--quick", action="store_true", help="first 3 grid points only")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
     ap.add_argument("--reevaluate", action="store_true", help="re-read the cached rows' test accuracy from their "
@@ -264,8 +279,12 @@ def grid_of(quick: bool, only: str, extra: str) -> list[Setting]:
         keep = set(only.split(","))
         grid = [g for g in grid if g.tag in keep or g.model in keep or (g.model == REFERENCE and "ref" in keep)]
     for item in filter(None, extra.split(",")):
-        m, s, *d = item.split(":")
-        grid.append(Setting(m, float(s), d[0] if d else "clicooper"))
+        m, s, *rest = item.split(":")
+        opts = dict(o.split("=", 1) for o in rest[1:] if "=" in o)
+        if unknown := sorted(set(opts) - {"nopeek", "m"}) or [o for o in rest[1:] if "=" not in o]:
+            raise SystemExit(f"--extra {item}: unknown option(s) {', '.join(unknown)}; use nopeek=α and/or m=M")
+        grid.append(Setting(m, float(s), rest[0] if rest else "clicooper", nopeek=float(opts.get("nopeek", 0.0)),
+                            expansion=int(opts["m"]) if "m" in opts else None))
     return grid
 
 

@@ -176,7 +176,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
         eps = r["epsilon"]["epsilon"] if r["epsilon"] else None
         dref = (r["test_acc"] - ref["test_acc"]) * 100 if ref else None
         lines.append(
-            f"| {r['model']} | {r['defense']} | {'×'.join(map(str, r['cut_shape']))} | {r['sigma']:g} | {_f(r['noise_to_signal'], 2)} | "
+            f"| {r.get('label', r['model'])} | {r['defense']} | {'×'.join(map(str, r['cut_shape']))} | {r['sigma']:g} | {_f(r['noise_to_signal'], 2)} | "
             f"{_f(r['test_acc'], 4)} | {_f(dref, 1)} | {_f(r['do_flop_share'], 3)} | {_f(r['do_alone_acc'], 4)} | "
             f"{_f(r['trainer_gain'] * 100, 1)} | "
             + " | ".join(_suite_cell(inv[lv]["ssim"], "score", inv[lv].get("converged")) if inv.get(lv) else "–"
@@ -209,7 +209,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             sc = ax.scatter(x["ssim"], r["test_acc"], s=60 + 1500 * r["do_flop_share"], c=r["do_flop_share"],
                             cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="k",
                             marker="*" if r["defense"] == "none" else "o")
-            ax.annotate(f"{r['model'].replace('fmnist-', '')}"
+            ax.annotate(f"{r.get('label', r['model']).replace('fmnist-', '')}"
                         + (f" [{r['defense']}]" if r["defense"] != "clicooper" else f" σ={r['sigma']:g}"), (x["ssim"], r["test_acc"]),
                         fontsize=7, xytext=(4, 4), textcoords="offset points")
         ref = reference_row(rows)
