@@ -132,3 +132,16 @@ def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
             v = out[attack][level][figure]
             assert v is not None and v == v, (attack, level, figure)
     assert out["unsplit"]["aux"]["converged"] in (True, False)
+
+
+def test_frontier_extra_points_parse_their_options() -> None:
+    from clicooper.experiments.research.frontier import Budget, grid_of, run_config
+
+    g = grid_of(False, "none", "fmnist-resnet-s8:0.05:clicooper:nopeek=3:m=8,fmnist-resnet-s8:0.05:clicooper:head=secret")
+    assert [s.tag for s in g] == ["fmnist-resnet-s8_clicooper_s0.05_np3_m8", "fmnist-resnet-s8_clicooper_s0.05_rh"]
+    cfg = run_config(g[0], Budget())
+    assert cfg["nopeek"] == 3.0 and cfg["labels"] == {"expansion": 8} and cfg["dp"]["sigma"] == 0.05
+    assert run_config(g[1], Budget())["head_mode"] == "secret-random"
+    for bad in ("x:0.1:clicooper:foo=1", "x:0.1:clicooper:head=random", "x:0.1:clicooper:bare"):
+        with pytest.raises(SystemExit, match="unknown option"):
+            grid_of(False, "none", bad)

@@ -219,6 +219,11 @@ class RunConfig(_Strict):
         "head after step s − 2, its gradient applied one step late); the trainers and the tail stay exact. "
         "Deterministic (in-process, gRPC and resumed runs agree); not with provenance, detection or head DP-SGD",
     )
+    head_mode: Literal["learned", "secret-random"] = Field(
+        "learned", description="secret-random: the DO's head is drawn from a key (privacy/random_head.py: "
+        "Kaiming-normal weights from the DO's noise secret, biases 0) and never trained; only the U-shape "
+        "(the DO's tail trains), not with nopeek or dp.head_dpsgd",
+    )
     nopeek: float = Field(
         0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="NoPeek (Vepakomma et al. 2020; "
         "privacy/decorrelation.py): weight α of the distance correlation between each micro-batch's inputs and "
@@ -293,6 +298,12 @@ class RunConfig(_Strict):
             raise ValueError(data_problem)
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
+        if self.head_mode == "secret-random":
+            clash = [name for name, on in (("open-tail", self.topology == "open-tail"), ("nopeek", self.nopeek > 0),
+                                           ("dp.head_dpsgd", self.dp.head_dpsgd is not None)) if on]
+            if clash:
+                raise ValueError(f"head_mode secret-random (a frozen head) is not combined with {', '.join(clash)} "
+                                 "(nothing there would train, or it trains the head); use head_mode learned")
         if self.nopeek > 0 and (self.overlap_steps or self.dp.head_dpsgd is not None):
             raise ValueError("nopeek trains the head on its own term beside T1's gradient; it is not combined with "
                              "overlap_steps or dp.head_dpsgd: drop one of them")

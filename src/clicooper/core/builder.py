@@ -17,12 +17,13 @@ from clicooper.config import RunConfig
 from clicooper.core.security import AdversaryContext, trainer_factory
 from clicooper.core.setup import resolve_device
 from clicooper.data.augment import augmenter_for
-from clicooper.errors import ConfigError
+from clicooper.errors import ConfigError, PrivacyError
 from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
 from clicooper.privacy.dpsgd import head_dpsgd_for
+from clicooper.privacy.random_head import draw_secret_head
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 
 
@@ -63,7 +64,11 @@ def build_data_owner(
     head, tail = modules["DO:head"].to(dev), modules.get("DO:tail")
     if tail is not None:
         tail.to(dev)
-    params = list(head.parameters()) + (list(tail.parameters()) if tail is not None else [])
+    if config.head_mode == "secret-random":  # drawn from the DO's key and frozen (privacy/random_head.py)
+        if privacy.head_key is None:
+            raise PrivacyError("head_mode secret-random needs the DO's privacy mechanisms (its head key)")
+        draw_secret_head(head, privacy.head_key)
+    params = [p for p in head.parameters() if p.requires_grad] + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
     do = DataOwner(
         head=head, tail=tail, optimizer=_optimizer(config, params), x_train=dataset.x_train, y_train=dataset.y_train,

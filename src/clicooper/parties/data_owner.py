@@ -283,7 +283,9 @@ class DataOwner(PartyBase):
                 self.guard.on_gradient(st.epoch, st.step, h.micro, msg.tensor)
             if self.head_dpsgd is None:
                 decor = st.decor.pop(h.micro, None)
-                if decor is None:
+                if not rel.requires_grad:  # a frozen head (head_mode secret-random): nothing of the DO's to train
+                    pass
+                elif decor is None:
                     rel.backward(msg.tensor.to(self.device))
                 else:  # NoPeek: T1's gradient and the DO's own decorrelation term, through one graph
                     torch.autograd.backward([rel, decor], [msg.tensor.to(self.device), None])

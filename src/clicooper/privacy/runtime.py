@@ -18,6 +18,7 @@ from clicooper.privacy.defaults import cut_advice, describe_sigma, sigma_derivat
 from clicooper.privacy.label_dp import RandomizedResponse
 from clicooper.privacy.labels import LabelCodec
 from clicooper.privacy.prefetch import EpochSchedule, NoisePrefetcher
+from clicooper.privacy.random_head import head_key
 from clicooper.privacy.record import privacy_record
 from clicooper.privacy.secrets import LABEL_KEY, NOISE_SECRET, backup_reminder, create_secrets, load_secret
 
@@ -55,6 +56,7 @@ class PrivacyMechanisms:
     sigma: dict[str, Any] | None = None
     notice: str | None = None
     prefetcher: NoisePrefetcher | None = None
+    head_key: bytes | None = None  # head_mode secret-random: the key the DO's frozen head is drawn from
     delta: float = 1e-5
     accountant: str = "pld"
 
@@ -136,7 +138,8 @@ def mechanisms_for_run(
     :class:`~clicooper.privacy.prefetch.NoisePrefetcher`: the next batch's noise is drawn on one background
     thread, with the same values; ``close()`` stops it.
     """
-    if not (config.protect_activations or config.obfuscate_labels or config.labels.label_dp_epsilon):
+    secret_head = config.head_mode == "secret-random"
+    if not (config.protect_activations or config.obfuscate_labels or config.labels.label_dp_epsilon or secret_head):
         return PrivacyMechanisms()
     _refuse_before_secrets(config)
     dp = config.dp
@@ -160,5 +163,6 @@ def mechanisms_for_run(
         protector=act, grad_protector=grad,
         label_encoder=label_codec_for_run(run_dir, config, num_classes) if config.obfuscate_labels else None,
         label_noiser=rr, head_dpsgd=head, sigma=derivation, notice="\n".join(notice) or None,
-        prefetcher=prefetcher, delta=dp.delta, accountant=dp.accountant,
+        prefetcher=prefetcher, head_key=head_key(noise_secret) if secret_head else None, delta=dp.delta,
+        accountant=dp.accountant,
     )
