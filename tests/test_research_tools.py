@@ -85,7 +85,7 @@ def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:
     rows = [row(0, "none", 0.61, True), row(0, "clicooper", 0.42, False)]
     write_markdown(rows, tmp_path / "f.md", "cmd")
     text = (tmp_path / "f.md").read_text()
-    assert "| FORA |" in text and "k=10 (pt)" in text and "SDAR" not in text  # only the columns a row has
+    assert "| FORA |" in text and "completion adv. k=10 (pt)" in text and "SDAR" not in text  # only the columns a row has
     assert "| 0.610 |" in text and "≥0.420" in text and "+4.0" in text  # not converged: a lower bound
     for seed in (0, 1):
         d = tmp_path / f"s{seed}" / "fmnist-resnet_none"
@@ -145,3 +145,22 @@ def test_frontier_extra_points_parse_their_options() -> None:
     for bad in ("x:0.1:clicooper:foo=1", "x:0.1:clicooper:head=random", "x:0.1:clicooper:bare"):
         with pytest.raises(SystemExit, match="unknown option"):
             grid_of(False, "none", bad)
+
+
+def test_goal_check_judges_the_strongest_converged_inversion() -> None:
+    from clicooper.experiments.research.frontier_report import goal_check, strongest_inversion
+
+    lv = {"ssim": 0.30, "class_floor": 0.36, "converged": True}
+    r = {"inversion": {"white-box": lv, "known-plaintext-100": lv | {"ssim": 0.2}},
+         "suite": {"fora": {"fora": {"score": 0.41, "converged": True}}}}
+    assert strongest_inversion(r) == {"level": "fora", "ssim": 0.41, "converged": True, "levels": 3}
+    o = {"delta_vs_reference": [-0.005, -0.007], "trainer_gain": [0.05, 0.04], "class_floor": [0.36, 0.36],
+         "do_flop_share": 0.03, "strongest": [strongest_inversion(r)] * 2}
+    g = goal_check(o)
+    assert g["parts"] == {"accuracy": True, "trainers' gain": True, "inversion": False, "DO share": True}
+    assert g["strongest_minus_class_floor"] == pytest.approx(0.05) and not g["met"]
+    r["suite"]["fora"]["fora"] = {"score": 0.38, "converged": False}  # at the floor, but a lower bound
+    g = goal_check(o | {"strongest": [strongest_inversion(r)] * 2})
+    assert g["parts"]["inversion"] is False and not g["strongest_converged"]
+    r["suite"]["fora"]["fora"]["converged"] = True
+    assert goal_check(o | {"strongest": [strongest_inversion(r)] * 2})["met"]

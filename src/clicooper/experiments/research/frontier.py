@@ -48,6 +48,7 @@ from clicooper.experiments.research.frontier_report import (
     REFERENCE,
     informative_levels,
     plot,
+    plot_seeds,
     seed_summary,
     write_markdown,
 )
@@ -299,6 +300,8 @@ def _write_seed_summary(run_dirs: str, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / "frontier_seeds.json").write_text(json.dumps({"runs": run_dirs.split(","), "rows": rows}, indent=2))
     (results / "frontier_seeds.md").write_text(table)
+    if rows:
+        plot_seeds(rows, results / "frontier_seeds.png")
     print(table)
 
 
