@@ -142,6 +142,7 @@ def test_frontier_extra_points_parse_their_options() -> None:
     cfg = run_config(g[0], Budget())
     assert cfg["nopeek"] == 3.0 and cfg["labels"] == {"expansion": 8} and cfg["dp"]["sigma"] == 0.05
     assert run_config(g[1], Budget())["head_mode"] == "secret-random"
+    assert run_config(grid_of(False, "none", "m:0.1:clicooper:adv=5")[0], Budget())["adversarial_decoder"] == 5.0
     for bad in ("x:0.1:clicooper:foo=1", "x:0.1:clicooper:head=random", "x:0.1:clicooper:bare"):
         with pytest.raises(SystemExit, match="unknown option"):
             grid_of(False, "none", bad)

@@ -229,6 +229,12 @@ class RunConfig(_Strict):
         "privacy/decorrelation.py): weight α of the distance correlation between each micro-batch's inputs and "
         "the DO head's output, added to the head's loss at the DO; 0 = off. An empirical defense: no ε",
     )
+    adversarial_decoder: float = Field(
+        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="ResSFL-style adversarial training (Li et al. "
+        "2022; privacy/adversarial.py): λ of −MSE(decoder(release), input) in the DO head's loss, against an MLP "
+        "decoder the DO trains on its own releases; 0 = off. An empirical defense: no ε; the decoder's FLOPs are "
+        "the DO's",
+    )
     seed: int = 0
     train_range: tuple[int, int] | None = None
     record_observations: bool = False
@@ -300,13 +306,15 @@ class RunConfig(_Strict):
             raise ValueError("micro_batches cannot exceed batch_size")
         if self.head_mode == "secret-random":
             clash = [name for name, on in (("open-tail", self.topology == "open-tail"), ("nopeek", self.nopeek > 0),
+                                           ("adversarial_decoder", self.adversarial_decoder > 0),
                                            ("dp.head_dpsgd", self.dp.head_dpsgd is not None)) if on]
             if clash:
                 raise ValueError(f"head_mode secret-random (a frozen head) is not combined with {', '.join(clash)} "
                                  "(nothing there would train, or it trains the head); use head_mode learned")
-        if self.nopeek > 0 and (self.overlap_steps or self.dp.head_dpsgd is not None):
-            raise ValueError("nopeek trains the head on its own term beside T1's gradient; it is not combined with "
-                             "overlap_steps or dp.head_dpsgd: drop one of them")
+        for name, on in (("nopeek", self.nopeek > 0), ("adversarial_decoder", self.adversarial_decoder > 0)):
+            if on and (self.overlap_steps or self.dp.head_dpsgd is not None):
+                raise ValueError(f"{name} trains the head on its own term beside T1's gradient; it is not combined "
+                                 "with overlap_steps or dp.head_dpsgd: drop one of them")
         if self.overlap_steps:
             clash = [name for name, on in (("provenance", self.provenance), ("detection", self.detection.enabled),
                                            ("dp.head_dpsgd", self.dp.head_dpsgd is not None),

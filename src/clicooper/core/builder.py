@@ -22,6 +22,7 @@ from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
+from clicooper.privacy.adversarial import InversionAdversary
 from clicooper.privacy.dpsgd import head_dpsgd_for
 from clicooper.privacy.random_head import draw_secret_head
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
@@ -79,6 +80,8 @@ def build_data_owner(
         hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
         augment=augmenter_for(config.data, seed=config.seed), overlap=config.overlap_steps,
         nopeek=config.nopeek,
+        adversary=InversionAdversary(plan.head.output_shape, plan.input_shape, weight=config.adversarial_decoder,
+                                     seed=config.seed, device=dev) if config.adversarial_decoder > 0 else None,
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     do.lr_at = _lr_schedule(config)

@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
+from clicooper.privacy.adversarial import InversionAdversary
 from clicooper.privacy.decorrelation import distance_correlation
 from clicooper.protocol.messages import (
     Activations,
@@ -78,7 +79,7 @@ class StepState:
     targets: list[torch.Tensor]
     releases: dict[int, torch.Tensor] = field(default_factory=dict)
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for DP-SGD on the head
-    decor: dict[int, torch.Tensor] = field(default_factory=dict)  # NoPeek: each micro-batch's α·DCOR term
+    decor: dict[int, torch.Tensor] = field(default_factory=dict)  # the head's own loss terms (NoPeek, adversary)
     batch_size: int = 0
     grads_back: int = 0
     leaves: dict[str, torch.Tensor] | None = None  # overlap_steps: the head weights this step's forward used
@@ -119,6 +120,7 @@ class DataOwner(PartyBase):
         augment: Augment | None = None,
         overlap: bool = False,
         nopeek: float = 0.0,
+        adversary: InversionAdversary | None = None,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -146,6 +148,9 @@ class DataOwner(PartyBase):
         # NoPeek (privacy/decorrelation.py): α of the distance correlation between a micro-batch's inputs and
         # the head's output, added to the head's loss at the DO (weighted by the micro-batch's share of the step)
         self.nopeek = float(nopeek)
+        # ResSFL-style adversarial training (privacy/adversarial.py): the DO's own decoder steps on each release,
+        # and the head's loss gains −λ·MSE(decoder(release), input)
+        self.inversion_adversary = adversary
         self._head_weights: dict[int, dict[str, torch.Tensor]] = {}
         self.stats = EpochStats()
         self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
@@ -203,8 +208,14 @@ class DataOwner(PartyBase):
             st.targets.append(tgt)
             a0 = self.head(x) if leaves is None else functional_call(self.head, leaves | buffers, (x,))  # (b, …)
             rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
+            terms = []
             if self.nopeek > 0 and len(cid) > 1:
-                st.decor[j] = distance_correlation(x, a0) * (self.nopeek * len(cid) / len(ids))
+                terms.append(distance_correlation(x, a0) * self.nopeek)
+            if self.inversion_adversary is not None:
+                self.inversion_adversary.step(rel, x)
+                terms.append(self.inversion_adversary.head_term(rel, x))
+            if terms:  # the head's own terms, weighted by the micro-batch's share of the step
+                st.decor[j] = sum(terms) * (len(cid) / len(ids))
             st.releases[j] = rel
             if self.head_dpsgd is not None:
                 st.inputs[j] = x
@@ -287,7 +298,7 @@ class DataOwner(PartyBase):
                     pass
                 elif decor is None:
                     rel.backward(msg.tensor.to(self.device))
-                else:  # NoPeek: T1's gradient and the DO's own decorrelation term, through one graph
+                else:  # T1's gradient and the head's own terms (NoPeek, adversary), through one graph
                     torch.autograd.backward([rel, decor], [msg.tensor.to(self.device), None])
             else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
                 self.head_dpsgd.accumulate(st.inputs.pop(h.micro), msg.tensor.to(self.device),

@@ -68,17 +68,20 @@ class Setting:
     nopeek: float = 0.0  # NoPeek's α (RunConfig.nopeek); 0: off
     expansion: int | None = None  # label obfuscation's m (labels.expansion); None: the default (2)
     secret_head: bool = False  # head_mode secret-random: the DO's head drawn from its key, never trained
+    adversary: float = 0.0  # ResSFL-style adversarial decoder's λ (RunConfig.adversarial_decoder); 0: off
 
     @property
     def tag(self) -> str:
         return (f"{self.model}_{self.defense}_s{self.sigma:g}" + (f"_np{self.nopeek:g}" if self.nopeek else "")
-                + (f"_m{self.expansion}" if self.expansion is not None else "") + ("_rh" if self.secret_head else ""))
+                + (f"_m{self.expansion}" if self.expansion is not None else "") + ("_rh" if self.secret_head else "")
+                + (f"_adv{self.adversary:g}" if self.adversary else ""))
 
     @property
     def label(self) -> str:
         """The model's name and what this point changes besides σ (for tables and plots)."""
         return self.model + (f" NoPeek α={self.nopeek:g}" if self.nopeek else "") + (
-            f" m={self.expansion}" if self.expansion is not None else "") + (" secret random head" if self.secret_head else "")
+            f" m={self.expansion}" if self.expansion is not None else "") + (" secret random head" if self.secret_head else "") + (
+            f" adversarial decoder λ={self.adversary:g}" if self.adversary else "")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ def run_config(s: Setting, b: Budget) -> dict[str, Any]:
         cfg["labels"] = {"expansion": s.expansion}
     if s.secret_head:
         cfg["head_mode"] = "secret-random"
+    if s.adversary:
+        cfg["adversarial_decoder"] = s.adversary
     return cfg
 
 
@@ -191,7 +196,7 @@ def _row(s: Setting, b: Budget, run_dir: Path, alone: float, att: dict[str, Any]
     cut = plan["parties"][0]["output_shape"]
     return {
         "tag": s.tag, "model": s.model, "label": s.label, "defense": s.defense, "sigma": s.sigma, "clip_norm": 1.0,
-        "nopeek": s.nopeek, "expansion": s.expansion, "secret_head": s.secret_head,
+        "nopeek": s.nopeek, "expansion": s.expansion, "secret_head": s.secret_head, "adversary": s.adversary,
         "cut_shape": cut, "cut_dim": int(math.prod(cut)),
         "noise_to_signal": s.sigma * math.sqrt(math.prod(cut)) if s.defense in ("dp", "clicooper") else 0.0,
         "test_acc": metrics["final_test_acc"], "acc_by_epoch": [m["test_acc"] for m in metrics["epochs"]],
@@ -261,9 +266,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--victims", type=int, default=300)
     ap.add_argument("--attack-steps", type=int, default=400)
     ap.add_argument("--only", default="", help="comma-separated tags or model names to run (default: whole grid)")
-    ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE[:nopeek=α][:m=M][:head=secret]],… "
+    ap.add_argument("--extra", default="", help="extra points MODEL:SIGMA[:DEFENSE[:nopeek=α][:m=M][:head=secret][:adv=λ]],… "
                     "(default defense clicooper; nopeek: NoPeek's weight; m: label obfuscation's sub-classes per class; "
-                    "head=secret: the DO's head drawn from its key, never trained)")
+                    "head=secret: the DO's head drawn from its key, never trained; adv: the ResSFL-style adversarial decoder's λ)")
     ap.add_argument("--quick", action="store_true", help="first 3 grid points only")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
     ap.add_argument("--reevaluate", action="store_true", help="re-read the cached rows' test accuracy from their "
@@ -286,12 +291,13 @@ def grid_of(quick: bool, only: str, extra: str) -> list[Setting]:
     for item in filter(None, extra.split(",")):
         m, s, *rest = item.split(":")
         opts = dict(o.split("=", 1) for o in rest[1:] if "=" in o)
-        unknown = sorted(set(opts) - {"nopeek", "m", "head"}) + [o for o in rest[1:] if "=" not in o]
+        unknown = sorted(set(opts) - {"nopeek", "m", "head", "adv"}) + [o for o in rest[1:] if "=" not in o]
         if unknown or opts.get("head", "secret") != "secret":
             raise SystemExit(f"--extra {item}: unknown option(s) {', '.join(unknown) or 'head=' + opts['head']}; "
-                             "use nopeek=α, m=M and/or head=secret")
+                             "use nopeek=α, m=M, head=secret and/or adv=λ")
         grid.append(Setting(m, float(s), rest[0] if rest else "clicooper", nopeek=float(opts.get("nopeek", 0.0)),
-                            expansion=int(opts["m"]) if "m" in opts else None, secret_head="head" in opts))
+                            expansion=int(opts["m"]) if "m" in opts else None, secret_head="head" in opts,
+                            adversary=float(opts.get("adv", 0.0))))
     return grid
 
 
