@@ -90,6 +90,9 @@ def train(
                                        "hides wide-area latency"),
     head_mode: str = typer.Option(None, "--head-mode", help="learned | secret-random (the DO's head drawn from its "
                                   "secret key and never trained)"),
+    adversarial_decoder: float = typer.Option(None, "--adversarial-decoder", help="λ ≥ 0 of ResSFL-style "
+                                              "adversarial training: the DO's head against a decoder it trains on "
+                                              "its own releases (0: off)"),
     nopeek: float = typer.Option(None, "--nopeek", help="NoPeek weight α ≥ 0: the DO's head also minimises the "
                                  "distance correlation between its inputs and its outputs (0: off)"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
@@ -154,6 +157,7 @@ def train(
             topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
             lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek, head_mode=head_mode,
+            adversarial_decoder=adversarial_decoder,
             seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
