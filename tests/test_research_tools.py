@@ -101,24 +101,31 @@ def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:
     assert not out[0]["converged"]["fora/fora/score"] and "≥0.605 [" in table
 
 
-def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
-    """Each ``--suite`` name runs on a recorded digits run (smoke budget) and yields the levels its columns read."""
+def _digits16_run(tmp_path: Path) -> Path:
+    """A recorded 1-epoch digits-cnn run on digits upsampled to 16×16 (SSIM needs 11×11 images at least)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
-    from clicooper.experiments.research.frontier import SUITE, suite_figures
-    from clicooper.experiments.research.frontier_report import SUITE_COLUMNS
     from clicooper.training import train
 
-    d = load_digits()  # upsampled to 16×16: SSIM needs 11×11 images at least
+    d = load_digits()
     x = F.interpolate(torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, size=(16, 16),
                       mode="bilinear", align_corners=False).clamp(0, 1).numpy()
     np.savez(tmp_path / "digits16.npz", x=x[:1200], y=d.target[:1200], x_test=x[1200:], y_test=d.target[1200:])
     run = tmp_path / "run"
-    train({"dataset": f"npz:{tmp_path / 'digits16.npz'}", "model": "digits-cnn", "trainers": 2, "epochs": 1, "record_observations": True,
-           "defense": "labels", "provenance": False, "seed": 0}, out=run)
+    train({"dataset": f"npz:{tmp_path / 'digits16.npz'}", "model": "digits-cnn", "trainers": 2, "epochs": 1,
+           "record_observations": True, "defense": "labels", "provenance": False, "seed": 0}, out=run)
+    return run
+
+
+def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
+    """Each ``--suite`` name runs on a recorded digits run (smoke budget) and yields the levels its columns read."""
+    from clicooper.experiments.research.frontier import SUITE, suite_figures
+    from clicooper.experiments.research.frontier_report import SUITE_COLUMNS
+
+    run = _digits16_run(tmp_path)
     out = suite_figures(run, tuple(SUITE), 0, budget="smoke")
     assert set(out) == set(SUITE) and all(out.values())
     # every column the smoke budget's settings produce (it runs completion at k = 1 only, and its 500 clustered
@@ -165,3 +172,18 @@ def test_goal_check_judges_the_strongest_converged_inversion() -> None:
     assert g["parts"]["inversion"] is False and not g["strongest_converged"]
     r["suite"]["fora"]["fora"]["converged"] = True
     assert goal_check(o | {"strongest": [strongest_inversion(r)] * 2})["met"]
+
+
+def test_patient_attacker_runs_on_a_copy(tmp_path: Path) -> None:
+    """The patient attacks (tiny budgets here) write into a copy, never into the run they read."""
+    from clicooper.experiments.research.patient import main
+
+    run = _digits16_run(tmp_path)
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main([str(run), str(tmp_path / "copy"), "--steps", "8", "--adversarial-steps", "8", "--victims", "16"]) == 0
+    assert sorted(p.name for p in run.rglob("*")) == before
+    res = json.loads((tmp_path / "copy" / "patient.json").read_text())
+    assert {"inversion/white-box", "inversion/known-plaintext-1000", "fora/fora", "sdar/sdar"} <= set(res["figures"])
+    assert all(len(f["values"]) == 3 for f in res["figures"].values())
+    with pytest.raises(SystemExit, match="no recorded observations"):
+        main([str(tmp_path), str(tmp_path / "c2")])
