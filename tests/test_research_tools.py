@@ -66,6 +66,10 @@ def test_frontier_reference_is_the_sweeps_own_undefended_model() -> None:
     mixed = [row("fmnist-resnet", "none", False), row("fmnist-cnn", "none", True)]
     assert reference_row(mixed)["model"] == "fmnist-cnn"  # the reference model wins where the sweep has it
     assert reference_row([row("fmnist-cnn", "clicooper", True)]) is None
+    # an undefended private architecture sorted first is a control, not the reference
+    controls = [row("fmnist-resnet-s8", "none", True), row("fmnist-resnet", "none", True)]
+    assert reference_row(controls)["model"] == "fmnist-resnet"
+    assert reference_row([row("fmnist-resnet-s8", "none", True)])["model"] == "fmnist-resnet-s8"  # nothing else
 
 
 def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ description are copied from that table (Fashion-MNIST, rows 0–15,000, 3 epochs
 known-plaintext (KP, 100 / 1,000 pairs) and white-box (WB) inversions by T1, class floor 0.357; ε per-release,
 head fixed, δ = 1e-5) — they are what was measured at that budget, not guarantees.
 
-Explicit fields win over a preset's: a preset only fills ``model``, ``defense``, ``dp.sigma`` and
-``dp.clip_norm`` where the user gave no value (``dp.sigma`` also stays unset when ``dp.target_epsilon``
+Explicit fields win over a preset's: a preset only fills ``model``, ``defense``, ``dp.sigma``,
+``dp.clip_norm`` (and ``nopeek`` where its point was measured with NoPeek) where the user gave no value (``dp.sigma`` also stays unset when ``dp.target_epsilon``
 is given, so the target decides σ).
 """
 
@@ -30,6 +30,7 @@ class Preset:
     clip_norm: float
     description: str
     defense: str = "clicooper"
+    nopeek: float = 0.0  # NoPeek's α (RunConfig.nopeek) where the point was measured with it
 
     def fields(self) -> dict[str, Any]:
         """The config fields this preset sets (before explicit fields override them)."""
@@ -37,7 +38,7 @@ class Preset:
             "model": self.model,
             "defense": self.defense,
             "dp": {"sigma": self.sigma, "clip_norm": self.clip_norm},
-        }
+        } | ({"nopeek": self.nopeek} if self.nopeek else {})
 
 
 PRESETS: dict[str, Preset] = {
@@ -124,6 +125,8 @@ def apply_preset(fields: dict[str, Any]) -> dict[str, Any]:
     for key in ("model", "defense"):
         if not _given(out.get(key)):
             out[key] = getattr(preset, key)
+    if preset.nopeek and not _given(out.get("nopeek")):
+        out["nopeek"] = preset.nopeek
     dp_in = out.get("dp")
     if dp_in is None:
         dp: dict[str, Any] = {}

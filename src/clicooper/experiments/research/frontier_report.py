@@ -56,11 +56,21 @@ def _f(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+#: The undefended reference models, in order of preference: a sweep's reference is the first of these it ran
+#: undefended (an undefended private architecture, e.g. ``fmnist-resnet-s8`` with ``none``, is a control, never
+#: the reference), else its first undefended row.
+REFERENCES = (REFERENCE, "fmnist-resnet", "cifar-resnet", "fmnist-resnet20")
+
+
 def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The undefended reference: undefended ``REFERENCE`` (fmnist-cnn) where the sweep has it, else its first
-    undefended row (a sweep of another model, e.g. ``--extra fmnist-resnet:0:none,fmnist-resnet:0.0126``)."""
-    undefended = [r for r in rows if r["defense"] == "none"]
-    return next((r for r in undefended if r["model"] == REFERENCE), undefended[0] if undefended else None)
+    """The undefended reference: the first of :data:`REFERENCES` the sweep ran undefended (plain: no NoPeek,
+    secret head or adversary), else its first undefended row."""
+    undefended = [r for r in rows if r["defense"] == "none" and not (r.get("nopeek") or r.get("secret_head")
+                                                                     or r.get("adversary"))]
+    for name in REFERENCES:
+        if (hit := next((r for r in undefended if r["model"] == name), None)) is not None:
+            return hit
+    return undefended[0] if undefended else None
 
 
 def informative_levels(rows: list[dict[str, Any]]) -> dict[str, bool]:
