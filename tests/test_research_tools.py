@@ -191,3 +191,18 @@ def test_patient_attacker_runs_on_a_copy(tmp_path: Path) -> None:
     assert all(len(f["values"]) == 3 for f in res["figures"].values())
     with pytest.raises(SystemExit, match="no recorded observations"):
         main([str(tmp_path), str(tmp_path / "c2")])
+
+
+def test_suite_unsplit_keeps_the_sweeps_inversion_file(tmp_path: Path) -> None:
+    from clicooper.attacks.runner import run_attack
+    from clicooper.experiments.research.frontier import suite_figures
+
+    run = _digits16_run(tmp_path)
+    first = run_attack(run, "inversion", party="T1", victims=16, known_k=2,
+                       config={"modes": ("white-box",), "victims": 16, "steps": 8, "width": 8, "refine_steps": 2})
+    suite_figures(run, ("unsplit",), 0, budget="smoke")
+    assert json.loads((run / "attacks" / "inversion.json").read_text())["headline"] == first["headline"]
+    assert "aux" in json.loads((run / "attacks" / "unsplit.json").read_text())["headline"]["T1"]
+    with pytest.raises(Exception, match="save_as"):
+        run_attack(run, "fora", party="T1", victims=16, config={"victims": 16, "steps": 2, "width": 8},
+                   save_as="../x")

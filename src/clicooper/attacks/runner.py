@@ -25,6 +25,7 @@ from clicooper.attacks.reader import RunReader
 from clicooper.attacks.views import Architecture, build_view, recorded_epochs
 from clicooper.config import make_config
 from clicooper.data import load_dataset
+from clicooper.errors import AttackError
 from clicooper.models.partition import Plan
 from clicooper.rundir import atomic_write_bytes
 from clicooper.runs import build_skeleton, load_run
@@ -100,6 +101,7 @@ def run_attack(
     config: dict[str, Any] | None = None,
     write: bool = True,
     annotate: dict[str, Any] | None = None,
+    save_as: str | None = None,
 ) -> dict[str, Any]:
     """Run attack ``name`` on ``run_dir``, write ``RUN/attacks/<name>.json`` atomically and return its dict.
 
@@ -107,9 +109,13 @@ def run_attack(
     (``DEFAULT_PARTIES``); ``epochs`` to the last recorded epoch; ``aux_range`` to the first half of the
     test split. ``config`` is passed to the attack's config dataclass. Reconstruction grids are written
     to ``RUN/attacks/<name>_artifacts.safetensors``. ``annotate`` adds keys to ``settings`` (e.g. the
-    budget name used by ``clicooper attack --budget``).
+    budget name used by ``clicooper attack --budget``). ``save_as``: the file stem instead of ``name`` (a
+    second run of the same attack with other settings, kept beside the first instead of replacing it).
     """
     t0 = time.time()
+    stem = save_as or name
+    if not stem.replace("-", "").replace("_", "").isalnum():
+        raise AttackError(f"save_as must be letters, digits, '-' or '_', got {stem!r}")
     cls = get(name)
     attack = cls(**(config or {}))
     reader = RunReader(run_dir)
@@ -145,5 +151,5 @@ def run_attack(
     }
     out = json.loads(json.dumps(out, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
     if write:
-        _write(reader, name, out, artifacts)
+        _write(reader, stem, out, artifacts)
     return out

@@ -177,7 +177,7 @@ def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int, *, budget:
         kw = settings_for(budget, attack)
         kw["config"] = {**kw.get("config", {}), **_SUITE_CONFIG.get(name, {})}
         kw.update(_SUITE_KW.get(name, {}))
-        r = run_attack(run_dir, attack, party="T1", seed=seed,
+        r = run_attack(run_dir, attack, party="T1", seed=seed, save_as=name,  # unsplit: beside inversion.json
                        annotate={"budget": budget, "budget_description": DESCRIPTIONS[budget]}, **kw)
         levels = r["headline"].get("T1", {})
         keep = SUITE[name] or tuple(levels)
