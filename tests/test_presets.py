@@ -54,7 +54,8 @@ def _doc_rows() -> dict[str, list[str]]:
 def test_presets_are_the_frontier_table_rows() -> None:
     rows = _doc_rows()
 
-    assert preset_names() == ["private-light", "private-balanced", "private-strong", "private-accurate"] == list(rows)
+    assert preset_names() == ["private-light", "private-balanced", "private-strong", "private-accurate",
+                              "private-resnet"] == list(rows)
     for name, (model, sigma, rho, *figures) in rows.items():
         p = PRESETS[name]
         assert (p.model, p.sigma, p.clip_norm, p.defense) == (model, float(sigma), 1.0, "clicooper")
@@ -63,7 +64,8 @@ def test_presets_are_the_frontier_table_rows() -> None:
             assert fig in p.description, (name, fig)
 
 
-@pytest.mark.parametrize("name", ["private-light", "private-balanced", "private-strong", "private-accurate"])
+@pytest.mark.parametrize("name", ["private-light", "private-balanced", "private-strong", "private-accurate",
+                                  "private-resnet"])
 def test_preset_fills_model_defense_sigma_and_clip(name: str) -> None:
     c = make_config(preset=name)
     p = get_preset(name)
@@ -95,7 +97,8 @@ def test_explicit_fields_override_the_preset() -> None:
 
 
 def test_unknown_preset_is_a_config_error_listing_the_valid_names() -> None:
-    with pytest.raises(ConfigError, match="private-light, private-balanced, private-strong, private-accurate"):
+    with pytest.raises(ConfigError, match="private-light, private-balanced, private-strong, private-accurate, "
+                                          "private-resnet"):
         make_config(preset="private-max")
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("Private-Balanced")
@@ -236,3 +239,10 @@ def test_a_digits_run_records_the_preset_and_the_sigma_derivation(tmp_path: Path
     assert noise["sigma"] == 0.125 and noise["sigma_source"] == "preset"
     assert noise["sigma_derivation"]["preset"] == "private-balanced"
     assert noise["sigma_derivation"]["cut_dim"] == math.prod(noise["sigma_derivation"]["cut_shape"])
+
+
+def test_the_residual_preset_fills_nopeek_unless_given() -> None:
+    assert make_config(preset="private-resnet").nopeek == 3.0
+    assert make_config(preset="private-light").nopeek == 0.0
+    assert make_config(preset="private-resnet", nopeek=0.5).nopeek == 0.5
+    assert get_preset("private-resnet").fields()["nopeek"] == 3.0

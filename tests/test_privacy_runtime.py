@@ -130,6 +130,7 @@ def test_noise_on_an_unmeasured_wide_cut_comes_with_advice(tmp_path: Path) -> No
     from clicooper.privacy.defaults import cut_advice
 
     assert cut_advice("fmnist-private-d64w") is None
+    assert "--nopeek 3" in cut_advice("fmnist-resnet-s8") and "frontier-resnet" in cut_advice("fmnist-resnet-s16")
     assert "--preset private-accurate" in cut_advice("fmnist-cnn")
     assert "not measured" in cut_advice("digits-mlp", "digits")
     m = mechanisms_for_run(make_config(defense="clicooper", dp={"sigma": 0.1}), tmp_path / "a", 10, new_run=True)
