@@ -36,7 +36,7 @@ def test_the_decoder_learns_and_the_head_term_pushes_against_it() -> None:
             p -= 0.05 * gr
         after = torch.nn.functional.mse_loss(adv.decoder(head(x)), x.flatten(1)).item()
     assert after > before
-    assert adv.flops_per_sample() == 2 * 3 * (16 * 64 + 64 * 64)
+    assert adv.flops_per_sample() == 2 * 2 * 3 * (16 * 64 + 64 * 64)
 
 
 def test_its_own_init_leaves_the_global_rng_alone() -> None:

@@ -50,6 +50,6 @@ class InversionAdversary:
         return -self.weight * F.mse_loss(functional_call(self.decoder, frozen, (release,)), x.detach().flatten(1))
 
     def flops_per_sample(self) -> int:
-        """Multiply-adds per training sample: the decoder's forward + backward for its step and for the head
-        term (≈ 3 × forward each)."""
-        return 2 * 3 * (self.d * self.hidden + self.hidden * self.out)
+        """FLOPs per training sample (2 per multiply-add, the unit of the plan's FLOP counts): the decoder's
+        forward + backward (≈ 3 × forward) for its step and again for the head term."""
+        return 2 * 2 * 3 * (self.d * self.hidden + self.hidden * self.out)
