@@ -320,7 +320,7 @@ def plot_seeds(out: list[dict[str, Any]], path: Path) -> None:
         ax.axhline(sum(refs) / len(refs) - 0.01, color="grey", ls=":", lw=1, label="undefended − 1 pt")
     ax.set_xlabel("strongest inversion SSIM (T1; max over KP-100, KP-1000, white-box, UnSplit, FORA, SDAR)")
     ax.set_ylabel("test accuracy (● split model, ○ DO alone)")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="lower right")
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="DO FLOP share")
     fig.suptitle("Privacy frontier on the residual models, seed means with 95 % intervals")
