@@ -233,7 +233,8 @@ class RunConfig(_Strict):
         0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="ResSFL-style adversarial training (Li et al. "
         "2022; privacy/adversarial.py): λ of −MSE(decoder(release), input) in the DO head's loss, against an MLP "
         "decoder the DO trains on its own releases; 0 = off. An empirical defense: no ε; the decoder's FLOPs are "
-        "the DO's",
+        "the DO's. The decoder is not checkpointed: a resumed run starts it afresh (so it differs from an "
+        "uninterrupted one)",
     )
     seed: int = 0
     train_range: tuple[int, int] | None = None
