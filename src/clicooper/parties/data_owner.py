@@ -294,12 +294,10 @@ class DataOwner(PartyBase):
                 self.guard.on_gradient(st.epoch, st.step, h.micro, msg.tensor)
             if self.head_dpsgd is None:
                 decor = st.decor.pop(h.micro, None)
-                if not rel.requires_grad:  # a frozen head (head_mode secret-random): nothing of the DO's to train
-                    pass
-                elif decor is None:
-                    rel.backward(msg.tensor.to(self.device))
-                else:  # T1's gradient and the head's own terms (NoPeek, adversary), through one graph
+                if decor is not None:  # T1's gradient and the head's own terms (NoPeek, adversary), through one graph
                     torch.autograd.backward([rel, decor], [msg.tensor.to(self.device), None])
+                elif rel.requires_grad:  # not with a frozen head (head_mode secret-random): nothing to train
+                    rel.backward(msg.tensor.to(self.device))
             else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
                 self.head_dpsgd.accumulate(st.inputs.pop(h.micro), msg.tensor.to(self.device),
                                            batch_size=st.batch_size)

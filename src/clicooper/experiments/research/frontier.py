@@ -70,18 +70,22 @@ class Setting:
     secret_head: bool = False  # head_mode secret-random: the DO's head drawn from its key, never trained
     adversary: float = 0.0  # ResSFL-style adversarial decoder's λ (RunConfig.adversarial_decoder); 0: off
 
+    def _options(self) -> list[tuple[str, str]]:
+        """(tag suffix, label suffix) of each option this point sets besides σ."""
+        opts = [(f"_np{self.nopeek:g}", f" NoPeek α={self.nopeek:g}") if self.nopeek else None,
+                (f"_m{self.expansion}", f" m={self.expansion}") if self.expansion is not None else None,
+                ("_rh", " secret random head") if self.secret_head else None,
+                (f"_adv{self.adversary:g}", f" adversarial decoder λ={self.adversary:g}") if self.adversary else None]
+        return [o for o in opts if o is not None]
+
     @property
     def tag(self) -> str:
-        return (f"{self.model}_{self.defense}_s{self.sigma:g}" + (f"_np{self.nopeek:g}" if self.nopeek else "")
-                + (f"_m{self.expansion}" if self.expansion is not None else "") + ("_rh" if self.secret_head else "")
-                + (f"_adv{self.adversary:g}" if self.adversary else ""))
+        return f"{self.model}_{self.defense}_s{self.sigma:g}" + "".join(t for t, _ in self._options())
 
     @property
     def label(self) -> str:
         """The model's name and what this point changes besides σ (for tables and plots)."""
-        return self.model + (f" NoPeek α={self.nopeek:g}" if self.nopeek else "") + (
-            f" m={self.expansion}" if self.expansion is not None else "") + (" secret random head" if self.secret_head else "") + (
-            f" adversarial decoder λ={self.adversary:g}" if self.adversary else "")
+        return self.model + "".join(lb for _, lb in self._options())
 
 
 @dataclass(frozen=True)

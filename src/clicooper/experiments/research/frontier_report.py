@@ -41,11 +41,16 @@ def _suite_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]
     return [c for c in SUITE_COLUMNS if any(_suite_value(r, *c[:3]) is not None for r in rows)]
 
 
+def _marked(text: str, figure: str, converged: bool | None) -> str:
+    """``text`` marked where its attack did not converge: ≥ before a score (a lower bound), "(not converged)"
+    after an advantage; ``None`` (no record) is left unmarked."""
+    return text if converged in (True, None) else f"≥{text}" if figure == "score" else f"{text} (not converged)"
+
+
 def _suite_cell(v: float | None, figure: str, converged: bool | None) -> str:
     if v is None:
         return "–"
-    text = f"{v * 100:+.1f}" if figure == "advantage" else f"{v:.3f}"
-    return text if converged in (True, None) else f"≥{text}" if figure == "score" else f"{text} (not converged)"
+    return _marked(f"{v * 100:+.1f}" if figure == "advantage" else f"{v:.3f}", figure, converged)
 
 
 def _f(v: Any, nd: int = 3) -> str:
@@ -169,8 +174,7 @@ def goal_check(o: dict[str, Any]) -> dict[str, Any]:
 def _ci_cell(vals: list[float], figure: str, converged: bool) -> str:
     """Mean [95 % interval] of a score (SSIM, accuracy) or an advantage (in points); marked where some seed's
     attack did not converge: ≥ before a score (a lower bound), "(not converged)" after an advantage."""
-    text = _ci(vals, 1, 100) if figure == "advantage" else _ci(vals, 3)
-    return text if converged else f"≥{text}" if figure == "score" else f"{text} (not converged)"
+    return _marked(_ci(vals, 1, 100) if figure == "advantage" else _ci(vals, 3), figure, converged)
 
 
 def seed_summary(run_dirs: list[Path]) -> tuple[list[dict[str, Any]], str]:
