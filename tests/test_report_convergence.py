@@ -70,3 +70,30 @@ def test_paper_metrics_are_printed_beside_the_strong_attacker() -> None:
     line = next(ln for ln in md.splitlines() if ln.startswith("| surrogate-obfuscated (accuracy)"))
     assert "0.0120" in line and "0.8500" in line and "0.8100" in line and "0.8600" in line
     assert "Why they differ: names are hidden, groups are not." in md
+
+
+def test_an_unconverged_baseline_still_shows_the_attack_informative_and_the_run_is_judged() -> None:
+    run = {"headline": {"T1": {"fora": _level(0.12, 0.13, [0.125, 0.121, 0.12], class_floor=0.35),
+                               "white-box": _level(0.40, 0.13, [0.30, 0.36, 0.40], class_floor=0.35)}}}
+    base = {"headline": {"T1": {"fora": _level(0.88, 0.13, [0.79, 0.84, 0.88], class_floor=0.35),
+                                "white-box": _level(0.95, 0.13, [0.90, 0.94, 0.95], class_floor=0.35)}}}
+    rows = {r["level"]: r for r in level_rows("inversion", run, base)}
+    fora, wb = rows["fora"], rows["white-box"]
+    assert fora["baseline_converged"] is False and fora["judged"]
+    assert fora["verdict"].startswith("protected at this budget") and "baseline's figure is a lower bound" in fora["verdict"]
+    # the run's own figure did not converge: not judged, though it already beats the class floor
+    assert not wb["judged"] and wb["verdict"].startswith("not judged") and "already beats the class floor" in wb["verdict"]
+    md = _report(list(rows.values()))
+    fora_line = next(ln for ln in md.splitlines() if ln.startswith("| inversion | T1 | fora | ssim"))
+    assert "≥ 0.8800" in fora_line and "| 0.1200 |" in fora_line
+    assert "judged on the 1 of 2 figures" in md
+
+
+def test_a_result_made_under_an_older_version_of_a_budget_is_not_reused() -> None:
+    from clicooper.attacks.budgets import settings_for
+    from clicooper.report.rows import _current
+
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in settings_for("demo", "inversion")["config"].items()}
+    assert _current({"budget": "demo", "config": {**cfg, "seed": 0}}, "demo", "inversion")
+    assert not _current({"budget": "demo", "config": {**cfg, "steps": 200}}, "demo", "inversion")
+    assert _current({"budget": "gone", "config": {}}, "gone", "inversion")  # unknown budget: keep what is stored

@@ -1,9 +1,11 @@
 """Named attack budgets: the settings ``clicooper attack --budget`` and ``clicooper report`` use.
 
-``full`` is each attack's library defaults (500 victims, decoders of 800 minibatches, every level). ``demo``
-fits ``make demo`` (two runs attacked on 2 shared CPU cores within a few minutes) and is still informative on
-an undefended ``fmnist-cnn`` run: every level keeps its attack, with fewer victims, shorter decoders, fewer
-k-means restarts and fewer extraction steps. Each result file records the budget and the settings used.
+``demo`` is the budget at which every trained attack converged on ``make demo``'s defended run (its figure
+moved by < 0.01 over the last doubling of its steps; docs/attack-budgets.md has the measurements), with
+fewer victims and levels than ``full`` and smaller decoders (width 16) at a higher learning rate where that
+was as strong. ``full`` has every level and 500 victims at one doubling beyond the demo's steps. ``sweep`` is
+the frontier sweeps' short budget (the demo budget until session 9). Each result file records the budget and
+the settings used.
 """
 
 from __future__ import annotations
@@ -24,6 +26,19 @@ _VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 #: ``config``). Missing keys take ``run_attack``'s defaults.
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
+        "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
+        "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
+        "inversion": {"victims": 200,
+                      "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 200, "steps": 3200,
+                                 "width": 16, "lr": 3e-3, "refine_steps": 120, "unsplit_rounds": 80,
+                                 "unsplit_inner": 5, "known_counts": (1000,)}},
+        "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 1600, "queries": 2000}},
+        "paper-metrics": {"config": {"steps": 2400, "queries": 2000, "max_rows": 2000}},
+        "completion": {"known_k": 100, "config": {"ks": (1, 10, 100), "steps": 300, "max_rows": 2000}},
+        "fora": {"victims": 200, "config": {"victims": 200, "steps": 2400}},
+        "sdar": {"victims": 200, "config": {"victims": 200, "steps": 2400}},
+    },
+    "sweep": {  # the frontier sweeps' budget (results/frontier-*): short decoders, many rows
         "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
         "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
         "inversion": {"victims": 200,
@@ -49,26 +64,35 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "fora": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
         "sdar": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
     },
-    "full": {
+    "full": {  # every level and 500 victims, one doubling beyond the demo's steps
         "gradient-leak": {"epochs": "all"},
         "clustering": {"epochs": "all"},
-        "inversion": {},
-        "extraction": {},
-        "paper-metrics": {},
-        "completion": {},
-        "fora": {},
-        "sdar": {},
+        "inversion": {"config": {"steps": 6400, "width": 16, "lr": 3e-3, "refine_steps": 240,
+                                 "unsplit_rounds": 160}},
+        "extraction": {"config": {"steps": 3200}},
+        "paper-metrics": {"config": {"steps": 4800}},
+        "completion": {"config": {"steps": 600}},
+        "fora": {"config": {"steps": 4800}},
+        "sdar": {"config": {"steps": 4800}},
     },
 }
 
 DESCRIPTIONS = {
     "demo": "demo budget: the recorded subset, gradient-leak on every recorded epoch; on the last epoch: "
-            "clustering (k-means, cosine k-means, 2 restarts), inversion on 200 victims (white-box decoder of 200 "
-            "minibatches + 60 rMLE steps, known-plaintext 1,000 pairs, UnSplit 10×5 rounds; no shadow head) and "
-            "extraction k ∈ {0, 10} (200 steps) and query with 2,000 queries",
+            "clustering (k-means, cosine k-means, 2 restarts), inversion on 200 victims (white-box decoder of 3,200 "
+            "minibatches, width 16 at lr 3·10⁻³, + 120 rMLE steps; known-plaintext 1,000 pairs; UnSplit 80×5 "
+            "rounds; no shadow head), FORA and SDAR of 2,400 steps, extraction k ∈ {0, 10} (1,600 steps) and "
+            "query with 2,000 queries, the paper's surrogate of 2,400 steps, completion of 300 steps: the "
+            "budgets at which each attack converged on the demo's defended run (docs/attack-budgets.md)",
+    "sweep": "sweep budget (the frontier sweeps, and the demo budget until session 9): the recorded subset; "
+             "inversion on 200 victims (white-box decoder of 200 minibatches + 60 rMLE steps, known-plaintext "
+             "1,000 pairs, UnSplit 10×5 rounds), FORA and SDAR of 1,200 steps, extraction and completion of "
+             "200 / 300 steps; most decoders have not converged at it, and the sweeps mark those figures ≥",
     "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts; figures are not meaningful)",
-    "full": "full budget: library defaults (500 victims, 800-minibatch decoders, extraction k ∈ {0, 1, 10, 100} "
-            "and 5,000 queries); clustering/gradient-leak on every recorded epoch, the others on the last",
+    "full": "full budget: every level the library has (500 victims, known-plaintext 100 and 1,000 pairs, shadow "
+            "heads, extraction k ∈ {0, 1, 10, 100}, 5,000 queries) at one doubling beyond the demo's steps "
+            "(decoders of 6,400 minibatches, FORA and SDAR of 4,800); clustering/gradient-leak on every recorded "
+            "epoch, the others on the last",
 }
 
 

@@ -93,7 +93,7 @@ def attack(
     epochs: str = typer.Option(None, help="last | all | 1,3 (default: from --budget)"),
     known_k: int = typer.Option(None, "--known-k", help="known samples per class in the known level"),
     seed: int = typer.Option(None, help="attacker's seed (victims, known samples)"),
-    budget: str = typer.Option("demo", help="demo (minutes on 2 CPU cores) | full (library defaults)"),
+    budget: str = typer.Option("demo", help="demo (converged on the demo run; minutes on 2 CPU cores) | full (every level, one doubling more) | sweep | smoke"),
     as_json: bool = typer.Option(False, "--json", help="only the JSON object on stdout (no summary)"),
 ) -> None:
     """Run attacks on a run directory; writes RUN/attacks/<attack>.json and prints a JSON summary."""
@@ -129,7 +129,7 @@ def report(
     baseline_model: str = typer.Option(None, "--baseline-model",
                                        help="architecture of the undefended baseline when it is not the run's "
                                             "(e.g. fmnist-cnn, the reference, beside a private model)"),
-    budget: str = typer.Option("demo", help="attack budget for attacks not yet run: demo | full"),
+    budget: str = typer.Option("demo", help="attack budget for attacks not yet run: demo | full | sweep | smoke"),
     attack_name: str = typer.Option("all", "--attack", help="attacks to report (default all)"),
     rerun: bool = typer.Option(False, "--rerun", help="re-run attacks even if RUN/attacks/<name>.json exists"),
     do_alone: bool = typer.Option(True, "--do-alone/--no-do-alone",

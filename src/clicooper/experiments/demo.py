@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", default="private-accurate", help="privacy preset (clicooper train --help)")
     ap.add_argument("--defense", default=None, help="train fmnist-cnn with this defense instead of the preset")
     ap.add_argument("--observe-count", type=int, default=2000, help="recorded rows (the attacks' subset)")
-    ap.add_argument("--budget", default="demo", help="attack budget of the report: demo | full")
+    ap.add_argument("--budget", default="demo", help="attack budget of the report: demo | full | sweep")
     ap.add_argument("--no-report", action="store_true", help="train only")
     args = ap.parse_args(argv)
     t0 = time.time()

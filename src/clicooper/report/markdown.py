@@ -133,7 +133,9 @@ def _convergence(rows: list[dict[str, Any]]) -> list[str]:
     L = ["\n## Convergence (figure at ¼ / ½ / full budget)\n",
          "Each trained attack's figure read along one run at ¼, ½ and all of its step budget. A figure whose "
          "last doubling (½ → full) changed it by ≥ 0.01 (✗) has not converged: it is a lower bound of what "
-         "the attack reaches, marked ≥ in the table above, and the defence is not judged on it. Rows without "
+         "the attack reaches, marked ≥ in the table above. The defence is judged on the run's converged figures "
+         "only; the baseline's figure shows that the attack is informative, and a lower bound that beats the "
+         "floor shows it too. Rows without "
          "a step budget (k-means clustering, gradient directions) are left out.\n",
          "| attack | party | level | budget | run | undefended |", "|---|---|---|---|---|---|"]
     for r in conv:
@@ -151,7 +153,7 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     judged = [r for r in rows if r.get("judged")]
     L = ["\n## Verdict\n",
          f"The defence is judged on the {len(judged)} of {len(rows)} figures that are informative and converged "
-         "on both runs (inversion rows against the class floor: what the label alone gives). The others are "
+         "on the run (inversion rows against the class floor: what the label alone gives). The others are "
          "listed with the reason they are not judged.\n"]
     for r in rows:
         L.append(f"- {r['attack']} / {r['party']} / {r['level']}: {r['verdict']}")

@@ -11,7 +11,8 @@ from typing import Any
 
 from clicooper.attacks import informative
 from clicooper.attacks.base import converged
-from clicooper.attacks.budgets import run_suite
+from clicooper.attacks.budgets import run_suite, settings_for
+from clicooper.errors import AttackError
 from clicooper.report.runs import Progress, read_json
 
 #: Settings of an attack result compared between run and baseline (a difference is a warning).
@@ -19,17 +20,28 @@ SETTINGS_COMPARED = ("knowledge", "parties", "epochs", "victims", "known_k", "au
 
 
 def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None) -> dict[str, Any]:
-    """Attack ``name``'s result on ``run_dir``: the stored one if it used ``budget`` (and not ``rerun``)."""
+    """Attack ``name``'s result on ``run_dir``: the stored one if it used ``budget`` with that budget's current
+    settings (and not ``rerun``); a result made under an older version of the budget is run again."""
     path = run_dir / "attacks" / f"{name}.json"
     if path.is_file() and not rerun:
         res = read_json(path)
-        if res.get("settings", {}).get("budget", budget) == budget:
+        if res.get("settings", {}).get("budget", budget) == budget and _current(res.get("settings", {}), budget, name):
             if progress:
                 progress(f"reusing {path}")
             return res
     if progress:
         progress(f"{run_dir}:")
     return run_suite(run_dir, [name], budget=budget, progress=progress)["attacks"][name]
+
+
+def _current(settings: dict[str, Any], budget: str, name: str) -> bool:
+    """Whether a stored result's config holds every value the budget now sets for ``name``."""
+    try:
+        want = settings_for(budget, name).get("config", {})
+    except AttackError:
+        return True  # a budget this version does not know: the stored result is all there is
+    got = settings.get("config") or {}
+    return all(json.dumps(got.get(k)) == json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in want.items())
 
 
 def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -67,12 +79,17 @@ def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> l
 
 def _convergence(row: dict[str, Any], r: dict[str, Any], b: dict[str, Any] | None) -> None:
     """Issue 14: each figure read at ¼, ½ and the full budget on both runs; a figure whose last doubling
-    changed it by ≥ the tolerance is a bound, not a converged figure, and the row is not judged."""
+    changed it by ≥ the tolerance is a bound, not a converged figure.
+
+    The defence is judged on the run's figure, so a row is judged only when that figure converged. The
+    baseline's figure only shows that the attack is informative (it beats its floor on the undefended run);
+    an unconverged one is a lower bound of what the attack reaches there, so one that already beats the floor
+    shows it as well as a converged one would. The verdict still says that it is a bound."""
     row["convergence"] = r.get("convergence")
     row["baseline_convergence"] = None if b is None else b.get("convergence")
     row["converged"] = converged(r)
     row["baseline_converged"] = None if b is None else converged(b)
-    row["judged"] = bool(row["informative"]) and row["converged"] is not False and row["baseline_converged"] is not False
+    row["judged"] = bool(row["informative"]) and row["converged"] is not False
     row["verdict"] = verdict(row)
 
 
@@ -87,17 +104,20 @@ def verdict(row: dict[str, Any]) -> str:
         return f"last doubling changed it by {conv['last_doubling']:.3f}" if conv else ""
     if not row["informative"]:
         return "not informative: the attack does not beat its floor on the undefended baseline"
-    unconverged = [f"{who} figure is a {bound_word(row)} (not converged: {moved(c)})"
-                   for who, ok, c in (("the run's", row["converged"], row["convergence"]),
-                                      ("the baseline's", row["baseline_converged"], row["baseline_convergence"]))
-                   if ok is False]
-    if unconverged:
-        return "not judged: " + "; ".join(unconverged)
     ref, ref_name = (row["class_floor"], "class floor") if row.get("class_floor") is not None else (row["floor"], "floor")
     better = row["score"] > ref if row.get("higher_is_better", True) else row["score"] < ref
+    base_note = ""
+    if row["baseline_converged"] is False:
+        base_note = (f" (the baseline's figure is a {bound_word(row)}, not converged: "
+                     f"{moved(row['baseline_convergence'])}; it beats its floor all the same)")
+    if row["converged"] is False:
+        head = f"not judged: the run's figure is a {bound_word(row)} (not converged: {moved(row['convergence'])})"
+        if better:
+            head += f"; it already beats the {ref_name} {ref:.3f}, so the defence does not hide this one"
+        return head + base_note
     if better:
-        return f"leaks: {row['score']:.3f} beats the {ref_name} {ref:.3f}"
-    return f"protected at this budget: {row['score']:.3f} does not beat the {ref_name} {ref:.3f}"
+        return f"leaks: {row['score']:.3f} beats the {ref_name} {ref:.3f}" + base_note
+    return f"protected at this budget: {row['score']:.3f} does not beat the {ref_name} {ref:.3f}" + base_note
 
 
 def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,

@@ -102,7 +102,7 @@ class Budget:
     attack_width: int = 32
     refine_steps: int = 100
     delta: float = 1e-5
-    suite: tuple[str, ...] = ()  # more attacks on each run, at the report's demo budget (SUITE)
+    suite: tuple[str, ...] = ()  # more attacks on each run, at the sweep budget (SUITE)
 
     def attack_config(self) -> dict[str, Any]:
         return {"modes": ("white-box", "known-plaintext"), "known_counts": (100, 1000), "victims": self.victims,
@@ -154,12 +154,12 @@ def _epsilon(s: Setting, b: Budget) -> dict[str, Any] | None:
     return {"epsilon": rep.epsilon, "delta": rep.delta, "accountant": rep.accountant, "covers": rep.covers}
 
 
-#: The attacks ``--suite`` may add to a row (their demo-budget settings: attacks/budgets.py), and the levels read
+#: The attacks ``--suite`` may add to a row (their sweep-budget settings: attacks/budgets.py), and the levels read
 #: (``None``: every level the attack reports).
 SUITE = {"fora": ("fora",), "sdar": ("sdar", "sdar-labels"), "completion": ("k1", "k10", "k100"),
          "unsplit": ("aux",), "clustering": None, "extraction": None, "paper-metrics": None}
 #: ``--suite`` names that run another attack's code with a changed config, and the config changes (over the
-#: demo budget) of each: UnSplit is the inversion attack's ``unsplit`` mode alone; known-sample inference
+#: sweep budget) of each: UnSplit is the inversion attack's ``unsplit`` mode alone; known-sample inference
 #: (the clustering attack's ``known-k`` levels) at k = 1, 10 and 100 per class, as the issue asks.
 _SUITE_ATTACK = {"unsplit": "inversion"}
 _SUITE_CONFIG: dict[str, dict[str, Any]] = {"unsplit": {"modes": ("unsplit",)},
@@ -168,10 +168,10 @@ _SUITE_CONFIG: dict[str, dict[str, Any]] = {"unsplit": {"modes": ("unsplit",)},
 _SUITE_KW: dict[str, dict[str, Any]] = {"clustering": {"known_k": 100}}
 
 
-def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int, *, budget: str = "demo") -> dict[str, Any]:
-    """Run ``attacks`` (``budget``: the sweep uses the report's demo budget; T1's view, the sweep's seed) on
-    ``run_dir``; per attack and level: score, its floor(s), the advantage where the attack reports one, and
-    whether the figure converged."""
+def suite_figures(run_dir: Path, attacks: tuple[str, ...], seed: int, *, budget: str = "sweep") -> dict[str, Any]:
+    """Run ``attacks`` (``budget``: the sweeps use the ``sweep`` budget, the demo budget until session 9; T1's
+    view, the sweep's seed) on ``run_dir``; per attack and level: score, its floor(s), the advantage where the
+    attack reports one, and whether the figure converged."""
     unknown = sorted(set(attacks) - set(SUITE))
     if unknown:
         raise SystemExit(f"--suite: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}")
