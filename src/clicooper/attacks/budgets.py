@@ -22,35 +22,38 @@ ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "paper-metrics", 
 #: Attacks whose ``victims`` option is also their config's (the reconstruction attacks).
 _VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 
+#: The frontier sweeps' budget (results/frontier-*), and the demo's until session 9: short decoders.
+_SWEEP: dict[str, dict[str, Any]] = {
+    "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
+    "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
+    "inversion": {"victims": 200,
+                  "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 200, "steps": 200,
+                             "refine_steps": 60, "unsplit_rounds": 10, "unsplit_inner": 5, "known_counts": (1000,)}},
+    "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 200, "queries": 2000}},
+    "paper-metrics": {"config": {"steps": 300, "queries": 2000, "max_rows": 2000}},
+    "completion": {"known_k": 100, "config": {"ks": (1, 10, 100), "steps": 300, "max_rows": 2000}},
+    "fora": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
+    "sdar": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
+}
+#: The demo's config changes over the sweep's: the steps at which each attack converged on ``make demo``'s
+#: defended run (docs/attack-budgets.md), with the smaller, faster inversion decoder.
+_DEMO_CHANGES: dict[str, dict[str, Any]] = {
+    "inversion": {"steps": 3200, "width": 16, "lr": 3e-3, "refine_steps": 120, "unsplit_rounds": 80},
+    "extraction": {"steps": 1600}, "paper-metrics": {"steps": 2400}, "fora": {"steps": 2400}, "sdar": {"steps": 2400},
+}
+
+
+def _with_config(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``base`` with each attack's config updated by its ``changes`` entry."""
+    return {a: {**kw, "config": {**kw.get("config", {}), **changes[a]}} if a in changes else kw
+            for a, kw in base.items()}
+
+
 #: Per budget and attack: keyword arguments of ``run_attack`` (``victims``, ``epochs``, ``known_k``,
 #: ``config``). Missing keys take ``run_attack``'s defaults.
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {
-        "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
-        "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
-        "inversion": {"victims": 200,
-                      "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 200, "steps": 3200,
-                                 "width": 16, "lr": 3e-3, "refine_steps": 120, "unsplit_rounds": 80,
-                                 "unsplit_inner": 5, "known_counts": (1000,)}},
-        "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 1600, "queries": 2000}},
-        "paper-metrics": {"config": {"steps": 2400, "queries": 2000, "max_rows": 2000}},
-        "completion": {"known_k": 100, "config": {"ks": (1, 10, 100), "steps": 300, "max_rows": 2000}},
-        "fora": {"victims": 200, "config": {"victims": 200, "steps": 2400}},
-        "sdar": {"victims": 200, "config": {"victims": 200, "steps": 2400}},
-    },
-    "sweep": {  # the frontier sweeps' budget (results/frontier-*): short decoders, many rows
-        "gradient-leak": {"epochs": "all", "config": {"n_init": 3, "max_rows": 2000}},
-        "clustering": {"config": {"n_init": 2, "max_rows": 2000, "clusterers": ("kmeans", "cosine-kmeans")}},
-        "inversion": {"victims": 200,
-                      "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 200, "steps": 200,
-                                 "refine_steps": 60, "unsplit_rounds": 10, "unsplit_inner": 5,
-                                 "known_counts": (1000,)}},
-        "extraction": {"known_k": 10, "config": {"ks": (0, 10), "steps": 200, "queries": 2000}},
-        "paper-metrics": {"config": {"steps": 300, "queries": 2000, "max_rows": 2000}},
-        "completion": {"known_k": 100, "config": {"ks": (1, 10, 100), "steps": 300, "max_rows": 2000}},
-        "fora": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
-        "sdar": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
-    },
+    "demo": _with_config(_SWEEP, _DEMO_CHANGES),
+    "sweep": _SWEEP,
     "smoke": {
         "gradient-leak": {"epochs": "all", "config": {"n_init": 1, "known_ks": (1,)}, "known_k": 1},
         "clustering": {"epochs": "all", "known_k": 1,

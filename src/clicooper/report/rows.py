@@ -41,7 +41,7 @@ def _current(settings: dict[str, Any], budget: str, name: str) -> bool:
     except AttackError:
         return True  # a budget this version does not know: the stored result is all there is
     got = settings.get("config") or {}
-    return all(json.dumps(got.get(k)) == json.dumps(list(v) if isinstance(v, tuple) else v) for k, v in want.items())
+    return all(json.dumps(got.get(k)) == json.dumps(v) for k, v in want.items())  # tuples dump as lists
 
 
 def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
