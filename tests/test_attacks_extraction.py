@@ -84,3 +84,29 @@ def test_skips_levels_it_cannot_run() -> None:
     res = ExtractionAttack(ks=(1,), steps=10).run(_query_views().without("query"))
     assert not res.levels and set(res.info["skipped"]) == {"pooled-k1", "query"}
     assert np.isfinite(len(res.info["skipped"]))
+
+
+def test_holdout_rows_are_never_trained_on_and_pick_the_returned_state() -> None:
+    import torch
+    from torch import nn
+
+    from clicooper.attacks.extraction import train_classifier
+
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    seen: list[set[int]] = []
+
+    def extra(m: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        seen.append({int(r) for r in rows})
+        return torch.zeros(())
+
+    train_classifier(nn.Linear(4, 3), x, y, soft=False, steps=40, batch=8, lr=1e-2, max_shift=0, seed=0,
+                     extra=extra, holdout=0.2)
+    held = [s for s in seen if len(s) == 10]  # the validation calls: the same 10 rows each time
+    trained = set().union(*(s for s in seen if len(s) != 10))
+    assert len(held) == 20 and all(h == held[0] for h in held)  # read 20 times along the run
+    assert not (held[0] & trained) and len(trained) == 40
+    seen.clear()
+    train_classifier(nn.Linear(4, 3), x[:40], y[:40], soft=False, steps=10, batch=8, lr=1e-2, max_shift=0, seed=0,
+                     extra=extra, holdout=0.2)  # 8 rows held out would be < 10: no holdout
+    assert set().union(*seen) == set(range(40)) and all(len(s) == 8 for s in seen)

@@ -82,3 +82,19 @@ def test_on_a_real_training_run(digits_run: Path, tmp_path: Path, monkeypatch: p
     out = run_attack(run, "extraction", knowledge=("zero", "aux", "query"), config={"modes": ("query",), "steps": 200})
     assert out["headline"]["pool"]["query-hard"]["score"] > 0.5
     assert (run / "attacks" / "extraction.json").is_file()
+
+
+def test_attacks_flush_denormals_and_restore_the_setting() -> None:
+    import pytest
+    import torch
+
+    from clicooper.attacks.runner import flush_denormals
+
+    tiny = torch.tensor([1e-39])  # a denormal float32
+    if float(tiny * 1.0) == 0.0:
+        pytest.skip("denormals are already flushed here")
+    with flush_denormals():
+        flushed = float(tiny * 1.0) == 0.0
+    if not flushed:
+        pytest.skip("this CPU cannot flush denormals")
+    assert float(tiny * 1.0) > 0.0  # training outside an attack keeps IEEE arithmetic

@@ -157,6 +157,11 @@ def test_cli_inversion_then_report_trains_baseline(tmp_path: Path) -> None:
     assert rep["attacks"]["inversion"]["seconds"] == seconds  # the stored run result was reused
     assert rep["baseline"]["trained_by_report"] and rep["baseline"]["defense"] == "none"
     assert json.loads((out / "baseline" / "config.json").read_text())["record_observations"] is True
+    # the baseline's attack ran at ¼ of the steps, or again at the whole budget if a figure was below its floor
+    b_settings = json.loads((out / "baseline" / "attacks" / "inversion.json").read_text())["settings"]
+    scale = rep["attacks"]["inversion"]["baseline_scale"]
+    assert b_settings["config"]["steps"] == {0.25: 5, 1.0: 20}[scale] and rep["baseline_scale"] == 0.25
+    assert ("The baseline's budget" in (out / "report.md").read_text()) == (scale == 0.25)
     grids = [f for f in rep["figures"] if f["kind"].startswith("reconstruction grid")]
     assert {f["kind"] for f in grids} >= {"reconstruction grid (T1, white-box)", "reconstruction grid (T1, aux)"}
     assert all((out / f["file"]).is_file() for f in grids)

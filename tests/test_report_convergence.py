@@ -97,3 +97,37 @@ def test_a_result_made_under_an_older_version_of_a_budget_is_not_reused() -> Non
     assert _current({"budget": "demo", "config": {**cfg, "seed": 0}}, "demo", "inversion")
     assert not _current({"budget": "demo", "config": {**cfg, "steps": 200}}, "demo", "inversion")
     assert _current({"budget": "gone", "config": {}}, "gone", "inversion")  # unknown budget: keep what is stored
+
+
+def test_the_baseline_budget_is_a_declared_share_of_the_steps() -> None:
+    import pytest
+
+    from clicooper.attacks.budgets import scaled, settings_for
+    from clicooper.errors import AttackError
+    from clicooper.report.rows import _current, needs_whole_budget, settings_diff
+
+    inv = settings_for("demo", "inversion")
+    q = scaled(inv, 0.25)
+    assert q["config"]["steps"] == inv["config"]["steps"] // 4 and q["config"]["unsplit_rounds"] == 20
+    assert q["config"]["refine_steps"] == 30 and q["config"]["width"] == inv["config"]["width"]
+    assert q["victims"] == inv["victims"] and inv["config"]["steps"] == 3200  # a copy: the budget is untouched
+    assert scaled(settings_for("smoke", "inversion"), 0.25)["config"]["refine_steps"] == 3  # never above itself
+    assert scaled(inv, 1.0) == inv
+    with pytest.raises(AttackError, match="scale"):
+        scaled(inv, 0.0)
+    # a stored ¼-budget result is current as such, not as the whole budget
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in q["config"].items()}
+    assert _current({"config": cfg}, "demo", "inversion", 0.25) and not _current({"config": cfg}, "demo", "inversion")
+    # run and ¼-budget baseline: the scaled steps are not a difference, anything else still is
+    run = {"settings": {"budget": "demo", "config": inv["config"], "victims": 200}}
+    base = {"settings": {"budget": "demo", "budget_scale": 0.25, "config": q["config"], "victims": 200}}
+    assert settings_diff(run, base) == []
+    assert settings_diff(run, {"settings": {**base["settings"], "victims": 100}}) == ["victims"]
+    assert settings_diff(run, {"settings": {**base["settings"], "config": inv["config"]}}) == ["config"]
+    # a figure below its floor before converging at a share of the steps: run again at the whole budget
+    below = {"settings": {"budget_scale": 0.25},
+             "headline": {"T1": {"fora": _level(0.12, 0.13, [0.05, 0.09, 0.12]), "wb": _level(0.9, 0.13, [0.9] * 3)}}}
+    assert needs_whole_budget(below)
+    assert not needs_whole_budget({**below, "settings": {}})  # already the whole budget
+    done = {"settings": {"budget_scale": 0.25}, "headline": {"T1": {"fora": _level(0.12, 0.13, [0.12] * 3)}}}
+    assert not needs_whole_budget(done)  # converged below the floor: not informative, whatever the steps

@@ -9,7 +9,7 @@
   received activation distribution (sliced Wasserstein) on unlabelled auxiliary images with an
   information-maximisation term (Liang et al. 2020, "SHOT", ICML, §3.2); it is scored Hungarian-matched
   since class names are unknown. The gain is reported against the same architecture trained from
-  scratch on the same k samples.
+  scratch on the same k samples; both stop early on a held-out tenth of the known samples.
 * **Query client** — CopycatCNN (Correia-Silva et al. 2018, IJCNN) / KnockoffNets (Orekondy et al. 2019,
   CVPR): query ``predict`` on auxiliary images and train a surrogate on the answers, with soft labels
   (KL to the probabilities) and hard labels (CE on the argmax).
@@ -49,11 +49,14 @@ class ExtractionConfig:
     lr: float = 1e-3
     queries: int = 5000
     max_shift: int = 2
+    holdout: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
         bad = set(self.modes) - set(MODES)
         require(not bad, f"unknown extraction modes {sorted(bad)}; choose from {MODES}")
+        require(0 <= self.holdout < 0.5, "holdout (the share of the known samples kept for early stopping) must be "
+                "in [0, 0.5)")
         require(all(k >= 0 for k in self.ks), "ks must be ≥ 0")
         require(self.steps >= 1 and self.batch >= 1 and self.queries >= 1, "steps, batch, queries must be ≥ 1")
         require(self.lr > 0, "lr must be > 0")
@@ -88,22 +91,40 @@ def train_classifier(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *
                      batch: int, lr: float, max_shift: int, seed: int,
                      params: list[nn.Parameter] | None = None,
                      extra: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                     score: Callable[[nn.Module], float] | None = None) -> tuple[nn.Module, list[float]]:
+                     score: Callable[[nn.Module], float] | None = None,
+                     holdout: float = 0.0) -> tuple[nn.Module, list[float]]:
     """Train ``model`` on (x, targets): CE on hard labels or KL to soft probabilities, shift augmentation.
+
+    ``holdout``: that share of the rows (when it is at least 10 rows) is kept out of training, and the state
+    with the lowest loss on them (read 20 times along the run) is the one returned and scored: early
+    stopping on data the attacker holds. ``extra(model, rows)`` is added to the loss on training and
+    held-out rows alike.
 
     Returns the model and ``score(model)`` read at ¼, ½ and all of ``steps`` (empty without ``score``)."""
     gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    rows, held = torch.arange(n), None
+    if holdout > 0 and round(n * holdout) >= 10:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+        held, rows = perm[: round(n * holdout)], perm[round(n * holdout):]
 
-    def loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        xb = random_shift(x[idx], max_shift, gen)
-        out = m(xb)
+    def objective(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if soft:
-            ls = F.kl_div(F.log_softmax(out, 1), targets[idx], reduction="batchmean")
-        else:
-            ls = F.cross_entropy(out, targets[idx])
+            return F.kl_div(F.log_softmax(out, 1), targets[idx], reduction="batchmean")
+        return F.cross_entropy(out, targets[idx])
+
+    def loss(m: nn.Module, i: torch.Tensor) -> torch.Tensor:
+        idx = rows[i]
+        ls = objective(m(random_shift(x[idx], max_shift, gen)), idx)
         return ls + (extra(m, idx) if extra is not None else 0)
 
-    return fit_scored(model, loss, x.shape[0], score, steps=steps, batch=batch, lr=lr, seed=seed, params=params)
+    def val(m: nn.Module) -> float:
+        with torch.no_grad():
+            v = objective(batched(m, x[held]), held)  # type: ignore[index]
+            return float(v + (extra(m, held) if extra is not None else 0))  # type: ignore[arg-type]
+
+    return fit_scored(model, loss, rows.numel(), score, steps=steps, batch=batch, lr=lr, seed=seed, params=params,
+                      val=None if held is None else val, val_every=max(1, steps // 20))
 
 
 def fit_scored(model: nn.Module, loss: Callable[[nn.Module, torch.Tensor], torch.Tensor], n: int,
@@ -232,7 +253,9 @@ class ExtractionAttack:
 
     def _fit_known(self, views: Views, k: int, model: nn.Sequential, width: int, x_test: torch.Tensor,
                    y_test: np.ndarray, chance: float) -> LevelResult:
-        """k > 0: head and tail fitted on the known samples, against the same architecture from scratch."""
+        """k > 0: head and tail fitted on the known samples, against the same architecture from scratch. Both keep
+        ``holdout`` of the known samples out of training and stop early on them (at k = 10 the fit on 100 samples
+        otherwise swings by up to 0.07 between readings; docs/attack-budgets.md)."""
         cfg, arch, c = self.config, views.zero.public.architecture, views.zero.public.num_classes
         head, tail = model[0], model[2]
         a0 = views.pooled[0].received.activations  # what T1 received, every row
@@ -248,7 +271,7 @@ class ExtractionAttack:
 
         _, accs = train_classifier(model, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
                                    max_shift=0, seed=cfg.seed, params=list(head.parameters()) + list(tail.parameters()),
-                                   extra=reg, score=test_acc)
+                                   extra=reg, score=test_acc, holdout=cfg.holdout)
         acc = accs[-1]
         # 3) the same architecture from scratch on the same k samples: the head and the segments the pool holds
         # (one attacker's view holds only the first of them), then the same fresh tail
@@ -257,7 +280,7 @@ class ExtractionAttack:
                                 *[reinit(f(), cfg.seed + 2 + i) for i, f in enumerate(segments)],
                                 nn.Flatten(), _fresh_tail(arch, width, c, cfg.seed + 9))
         _, base_accs = train_classifier(scratch, xk, yk, soft=False, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
-                                        max_shift=cfg.max_shift, seed=cfg.seed, score=test_acc)
+                                        max_shift=cfg.max_shift, seed=cfg.seed, score=test_acc, holdout=cfg.holdout)
         base = base_accs[-1]
         return LevelResult(primary="accuracy", score=acc, floor=max(chance, base),
                            metrics={"accuracy": acc, "scratch_accuracy": base, "advantage": acc - base,

@@ -135,6 +135,11 @@ def report(
     do_alone: bool = typer.Option(True, "--do-alone/--no-do-alone",
                                   help="train each one's DO alone (head + linear tail, no trainers) and report "
                                        "the trainers' gain (cached in RUN/do_alone.json)"),
+    baseline_scale: float = typer.Option(0.25, "--baseline-scale", min=0.01, max=1.0,
+                                         help="share of the budget's steps the attacks get on the undefended "
+                                              "baseline, which only has to show that each beats its floor (an "
+                                              "attack below its floor there before converging runs again at the "
+                                              "whole budget); 1: the run's budget on both"),
     as_json: bool = typer.Option(False, "--json", help="only the JSON object on stdout"),
 ) -> None:
     """Attack a run and its undefended baseline, and write report.md, report.json and plots."""
@@ -142,7 +147,7 @@ def report(
 
     rep = make_report(run_dir, out_dir, baseline=baseline, budget=budget, attacks=attack_name, rerun=rerun,
                       progress=lambda m: err.print(m, highlight=False), baseline_model=baseline_model,
-                      do_alone=do_alone)
+                      do_alone=do_alone, baseline_scale=baseline_scale)
     if not as_json:
         err.print(f"wrote {out_dir / 'report.md'}", highlight=False)
     emit_json({"report": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),

@@ -70,6 +70,15 @@ def _budget_and_warnings(rep: dict[str, Any]) -> list[str]:
          "Every figure is shown beside the same attack on the undefended baseline (DESIGN §7). A figure "
          "is **not informative** when the attack does not beat its floor on the undefended baseline: "
          "then the defended figure says nothing about protection (the attack is too weak or mis-aligned).\n"]
+    scales = {n: a.get("baseline_scale", 1.0) for n, a in rep.get("attacks", {}).items()}
+    if any(v != 1.0 for v in scales.values()):
+        whole = sorted(n for n, v in scales.items() if v == 1.0)
+        L.append(f"**The baseline's budget:** the attacks on the undefended baseline ran with "
+                 f"{rep.get('baseline_scale', 1.0):g} × the budget's steps (`--baseline-scale`). The baseline "
+                 "only has to show that each attack beats its floor; a baseline figure that has not converged "
+                 "is a lower bound (≥), and an attack with a figure below its floor before converging runs "
+                 "again at the whole budget" + (f" (here: {', '.join(whole)})" if whole else "") + ". The "
+                 "defence is judged on the run's figures at the whole budget.\n")
     if rep["warnings"]:
         L.append("**Warnings:**\n")
         L += [f"- {w}" for w in rep["warnings"]]
@@ -141,8 +150,12 @@ def _convergence(rows: list[dict[str, Any]]) -> list[str]:
     for r in conv:
         c = r.get("convergence") or r.get("baseline_convergence") or {}
         budget = " / ".join(str(b) for b in (c.get("budget") or [])) + f" {c.get('unit', 'steps')}"
+        bc = r.get("baseline_convergence") or {}
+        at = ""  # the baseline's own budget when it ran at another share of the steps
+        if bc.get("budget") and bc.get("budget") != c.get("budget"):
+            at = " at " + " / ".join(str(b) for b in bc["budget"])
         L.append(f"| {r['attack']} | {r['party']} | {r['level']} | {budget} | {_series(r.get('convergence'))} | "
-                 f"{_series(r.get('baseline_convergence'))} |")
+                 f"{_series(r.get('baseline_convergence'))}{at} |")
     return L
 
 

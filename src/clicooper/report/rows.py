@@ -11,7 +11,7 @@ from typing import Any
 
 from clicooper.attacks import informative
 from clicooper.attacks.base import converged
-from clicooper.attacks.budgets import run_suite, settings_for
+from clicooper.attacks.budgets import run_suite, scaled, settings_for
 from clicooper.errors import AttackError
 from clicooper.report.runs import Progress, read_json
 
@@ -19,29 +19,45 @@ from clicooper.report.runs import Progress, read_json
 SETTINGS_COMPARED = ("knowledge", "parties", "epochs", "victims", "known_k", "aux", "seed", "config", "budget")
 
 
-def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None) -> dict[str, Any]:
+def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None, *,
+                scale: float = 1.0, accept: tuple[float, ...] = ()) -> dict[str, Any]:
     """Attack ``name``'s result on ``run_dir``: the stored one if it used ``budget`` with that budget's current
-    settings (and not ``rerun``); a result made under an older version of the budget is run again."""
+    settings at ``scale`` of its steps, or at one of the ``accept`` scales (and not ``rerun``); a result made
+    under an older version of the budget is run again, at ``scale``."""
     path = run_dir / "attacks" / f"{name}.json"
     if path.is_file() and not rerun:
         res = read_json(path)
-        if res.get("settings", {}).get("budget", budget) == budget and _current(res.get("settings", {}), budget, name):
+        got = res.get("settings", {})
+        if got.get("budget", budget) == budget and any(
+                float(got.get("budget_scale", 1.0)) == sc and _current(got, budget, name, sc)
+                for sc in (scale, *accept)):
             if progress:
                 progress(f"reusing {path}")
             return res
     if progress:
         progress(f"{run_dir}:")
-    return run_suite(run_dir, [name], budget=budget, progress=progress)["attacks"][name]
+    return run_suite(run_dir, [name], budget=budget, progress=progress, scale=scale)["attacks"][name]
 
 
-def _current(settings: dict[str, Any], budget: str, name: str) -> bool:
-    """Whether a stored result's config holds every value the budget now sets for ``name``."""
+def _current(settings: dict[str, Any], budget: str, name: str, scale: float = 1.0) -> bool:
+    """Whether a stored result's config holds every value the budget (at ``scale`` of its steps) now sets for
+    ``name``."""
     try:
-        want = settings_for(budget, name).get("config", {})
+        want = scaled(settings_for(budget, name), scale).get("config", {})
     except AttackError:
         return True  # a budget this version does not know: the stored result is all there is
     got = settings.get("config") or {}
     return all(json.dumps(got.get(k)) == json.dumps(v) for k, v in want.items())  # tuples dump as lists
+
+
+def needs_whole_budget(res: dict[str, Any]) -> bool:
+    """Whether a baseline result run at a share of the budget's steps has a figure that is below its floor
+    and has not converged: more steps could still make the attack informative, so it runs again at the whole
+    budget before the report calls the attack *not informative*."""
+    if float(res.get("settings", {}).get("budget_scale", 1.0)) == 1.0:
+        return False
+    return any(not lv.get("beats_floor") and converged(lv) is False
+               for levels in res.get("headline", {}).values() for lv in levels.values())
 
 
 def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -138,6 +154,11 @@ def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,
 
 
 def settings_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """The :data:`SETTINGS_COMPARED` keys whose values differ between two attack results."""
+    """The :data:`SETTINGS_COMPARED` keys whose values differ between two attack results. When ``b`` ran at
+    a declared share of the budget (``budget_scale``), its step counts are not a difference: they are
+    compared as ``a``'s scaled by that share."""
     sa, sb = a.get("settings", {}), b.get("settings", {})
+    sb_scale = float(sb.get("budget_scale", 1.0))
+    if sb_scale != float(sa.get("budget_scale", 1.0)):
+        sa = {**sa, "config": scaled({"config": dict(sa.get("config") or {})}, sb_scale)["config"]}
     return [k for k in SETTINGS_COMPARED if json.dumps(sa.get(k), sort_keys=True) != json.dumps(sb.get(k), sort_keys=True)]
