@@ -206,3 +206,31 @@ def test_suite_unsplit_keeps_the_sweeps_inversion_file(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="save_as"):
         run_attack(run, "fora", party="T1", victims=16, config={"victims": 16, "steps": 2, "width": 8},
                    save_as="../x")
+
+
+def test_converged_point_counts_only_converged_inversion_figures() -> None:
+    from clicooper.experiments.research.converged_point import Setting, markdown, summarise, t_interval
+
+    m, lo, hi = t_interval([0.30, 0.32, 0.34])
+    assert abs(m - 0.32) < 1e-12 and lo < 0.30 and hi > 0.34 and abs((hi - m) - (m - lo)) < 1e-12
+    assert t_interval([0.5]) == (0.5, 0.5, 0.5)
+
+    def seed(s: int, wb: float, wb_conv: bool) -> dict:
+        row = {"floor": 0.13, "class_floor": 0.36, "informative": True, "baseline_score": 0.9,
+               "baseline_converged": False, "verdict": "", "convergence": None}
+        return {"seed": s, "test_acc": 0.80, "baseline_acc": 0.85, "do_alone_acc": 0.74, "trainer_gain": 0.06,
+                "do_flop_share": 0.026, "rows": {
+                    "inversion/T1/white-box": {**row, "score": wb, "converged": wb_conv},
+                    "fora/T1/fora": {**row, "score": 0.30, "converged": True}}}
+
+    s = summarise([seed(0, 0.37, True), seed(1, 0.38, True), seed(2, 0.39, True)])
+    g = s["goal"]
+    assert not g["accuracy"] and g["gain"] and g["share"]  # −5 pt, +6 pt, 2.6 %
+    assert g["inversion"] and g["inversion_all_converged"]  # strongest 0.38 ≤ 0.36 + 0.03
+    assert abs(g["inversion_worst_over_class_floor"][0] - 0.02) < 1e-9
+    s2 = summarise([seed(0, 0.37, True), seed(1, 0.38, False), seed(2, 0.39, True)])
+    assert s2["goal"]["inversion"] is False and s2["figures"]["inversion/T1/white-box"]["converged_seeds"] == 2
+    s3 = summarise([seed(0, 0.41, True), seed(1, 0.42, True), seed(2, 0.43, True)])
+    assert s3["goal"]["inversion"] is False  # 0.42 > 0.39
+    md = markdown(Setting("fmnist-resnet-s8", 0.0505, "clicooper", nopeek=3), "demo", s2)
+    assert "| inversion/T1/white-box | 0.380 [" in md and "| 2/3 |" in md and "not every figure converged" in md

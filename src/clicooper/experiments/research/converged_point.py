@@ -1,0 +1,172 @@
+"""One frontier point under converged attacks (issue 14): the frontier sweep's protocol for training, then
+``clicooper report``'s attacks at a converging budget instead of the sweep's short one, over several seeds.
+
+    python -m clicooper.experiments.research.converged_point --runs runs15/np3 --results results/frontier-resnet/converged-np3 \\
+        --model fmnist-resnet-s8 --sigma 0.0505 --nopeek 3 --seeds 0,1,2
+
+Each seed: the run as ``frontier`` trains it (Fashion-MNIST rows 0–15,000, 3 epochs, K = 2 U-shape, one
+thread), then :func:`clicooper.report.make_report` with ``--budget`` (default ``demo``: every attack's figure at
+¼ / ½ / full of a budget that converged on ``make demo``'s run) against the undefended ``--baseline-model``
+(default ``fmnist-resnet``, the sweep's reference). The summary gives per figure the mean and 95 % t-interval
+over the seeds, how many seeds' figures converged, the class floor, and the issue's goal part by part, counting
+only converged figures. Runs and reports are cached: a second call resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clicooper import rundir
+from clicooper.experiments.research.frontier import Budget, Setting, run_config
+from clicooper.report import make_report
+from clicooper.training import train
+
+#: The reconstruction rows the goal's inversion part counts (T1's view), as the report keys them.
+INVERSION = ("inversion/T1/white-box", "inversion/T1/known-plaintext-1000", "inversion/T1/aux",
+             "fora/T1/fora", "sdar/T1/sdar")
+#: The goal of issue 14, item 4.
+GOAL = {"accuracy_pt": -1.0, "gain_pt": 3.0, "inversion_over_class_floor": 0.03, "do_share": 0.15}
+
+
+def t_interval(vals: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % Student-t interval (the interval is the mean itself for one value)."""
+    from scipy import stats  # scikit-learn's dependency
+
+    n = len(vals)
+    m = sum(vals) / n
+    if n < 2:
+        return m, m, m
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    h = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return m, m - h, m + h
+
+
+def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_model: str,
+             attacks: str) -> dict[str, Any]:
+    """Train (or reuse) one seed's run and report it; the figures the summary reads."""
+    b = Budget(seed=seed)
+    run = runs / f"{setting.tag}_s{seed}"
+    if not (run / "metrics.json").is_file():
+        if run.exists():
+            raise SystemExit(f"{run} exists but is not a finished run; remove it and run again")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the sweep's protocol: one thread per run (the attacks then use every core)
+        try:
+            train(run_config(setting, b), out=run)
+        finally:
+            torch.set_num_threads(threads)
+    rep = make_report(run, runs / f"{setting.tag}_s{seed}-report", budget=budget, attacks=attacks,
+                      baseline_model=baseline_model, progress=lambda m: print(m, flush=True))
+    rows = rep["rows_by_key"]
+    return {
+        "seed": seed, "run": str(run), "test_acc": rep["run"]["test_acc"], "baseline_acc": rep["baseline"]["test_acc"],
+        "do_alone_acc": rep["run"].get("do_alone_acc"), "trainer_gain": rep["run"].get("trainer_gain"),
+        "do_flop_share": rep["run"]["do_flop_share"], "epsilon": rep["run"].get("epsilon"),
+        "rows": {k: {f: rows[k].get(f) for f in ("score", "floor", "class_floor", "converged", "convergence",
+                                                 "informative", "baseline_score", "baseline_converged", "verdict")}
+                 for k in rows},
+    }
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means and intervals over the seeds, and the goal part by part (inversion on converged figures only)."""
+    def ci(vals: list[float]) -> list[float]:
+        return list(t_interval(vals))
+
+    out: dict[str, Any] = {
+        "seeds": [p["seed"] for p in per_seed],
+        "test_acc": ci([p["test_acc"] for p in per_seed]),
+        "delta_pt": ci([100 * (p["test_acc"] - p["baseline_acc"]) for p in per_seed]),
+        "do_alone_acc": ci([p["do_alone_acc"] for p in per_seed]),
+        "gain_pt": ci([100 * p["trainer_gain"] for p in per_seed]),
+        "do_flop_share": per_seed[0]["do_flop_share"],
+        "figures": {},
+    }
+    keys = sorted({k for p in per_seed for k in p["rows"]})
+    for k in keys:
+        got = [p["rows"][k] for p in per_seed if k in p["rows"]]
+        entry = {"score": ci([r["score"] for r in got]), "converged_seeds": sum(r["converged"] is not False for r in got),
+                 "seeds": len(got), "informative_seeds": sum(bool(r["informative"]) for r in got),
+                 "baseline_score": ci([r["baseline_score"] for r in got if r["baseline_score"] is not None] or [math.nan])}
+        if all(r.get("class_floor") is not None for r in got):
+            entry["class_floor"] = ci([r["class_floor"] for r in got])
+        entry["floor"] = ci([r["floor"] for r in got])
+        out["figures"][k] = entry
+    inv = {k: out["figures"][k] for k in INVERSION if k in out["figures"]}
+    all_conv = all(e["converged_seeds"] == e["seeds"] for e in inv.values())
+    worst = max((e["score"][0] - e["class_floor"][0] for e in inv.values() if "class_floor" in e), default=math.nan)
+    worst_hi = max((e["score"][2] - e["class_floor"][0] for e in inv.values() if "class_floor" in e), default=math.nan)
+    out["goal"] = {
+        "accuracy": out["delta_pt"][0] >= GOAL["accuracy_pt"],
+        "gain": out["gain_pt"][0] >= GOAL["gain_pt"],
+        "inversion": (all_conv and worst <= GOAL["inversion_over_class_floor"]) if inv else None,
+        "inversion_worst_over_class_floor": [worst, worst_hi],
+        "inversion_all_converged": all_conv,
+        "share": out["do_flop_share"] <= GOAL["do_share"],
+    }
+    return out
+
+
+def _fmt(c: list[float], nd: int = 3) -> str:
+    m, lo, hi = c
+    if any(math.isnan(v) for v in c):
+        return "–"
+    return f"{m:.{nd}f}" if lo == hi else f"{m:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"
+
+
+def markdown(setting: Setting, budget: str, s: dict[str, Any]) -> str:
+    g = s["goal"]
+    L = [f"# {setting.label}, σ {setting.sigma:g}: attacks at the `{budget}` budget, seeds {s['seeds']}\n",
+         "Written by `python -m clicooper.experiments.research.converged_point` (the command is in the README beside "
+         "this file). Means with 95 % t-intervals over the seeds; a figure's `conv.` counts the seeds on which its "
+         "last doubling changed it by < 0.01.\n",
+         f"- accuracy {_fmt(s['test_acc'], 4)}; Δ vs undefended {_fmt(s['delta_pt'], 2)} pt",
+         f"- DO-alone {_fmt(s['do_alone_acc'], 4)}; trainers' gain {_fmt(s['gain_pt'], 2)} pt",
+         f"- DO FLOP share {100 * s['do_flop_share']:.1f} %\n",
+         "| figure | run | conv. | class floor | global floor | undefended |", "|---|---|---|---|---|---|"]
+    for k, e in s["figures"].items():
+        L.append(f"| {k} | {_fmt(e['score'])} | {e['converged_seeds']}/{e['seeds']} | "
+                 f"{_fmt(e['class_floor']) if 'class_floor' in e else '–'} | {_fmt(e['floor'])} | {_fmt(e['baseline_score'])} |")
+    worst = g["inversion_worst_over_class_floor"]
+    L += ["\n## The goal (issue 14, item 4), part by part\n",
+          f"- accuracy ≥ undefended − 1 pt: {'met' if g['accuracy'] else 'not met'} (Δ {_fmt(s['delta_pt'], 2)} pt)",
+          f"- trainers' gain ≥ +3 pt: {'met' if g['gain'] else 'not met'} ({_fmt(s['gain_pt'], 2)} pt)",
+          f"- every inversion level ≤ class floor + 0.03: {'met' if g['inversion'] else 'not met'} (strongest mean − "
+          f"class floor {worst[0]:+.3f}, upper end {worst[1]:+.3f}; "
+          f"{'every figure converged' if g['inversion_all_converged'] else 'not every figure converged'})",
+          f"- DO share ≤ 15 %: {'met' if g['share'] else 'not met'}\n"]
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", required=True, help="where the runs and their reports go (cached)")
+    ap.add_argument("--results", required=True, help="where summary.{json,md} go")
+    ap.add_argument("--model", default="fmnist-resnet-s8")
+    ap.add_argument("--sigma", type=float, default=0.0505)
+    ap.add_argument("--nopeek", type=float, default=3.0)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", default="demo")
+    ap.add_argument("--baseline-model", default="fmnist-resnet")
+    ap.add_argument("--attacks", default="inversion,fora,sdar")
+    args = ap.parse_args(argv)
+    setting = Setting(args.model, args.sigma, "clicooper", nopeek=args.nopeek)
+    runs, results = Path(args.runs), Path(args.results)
+    runs.mkdir(parents=True, exist_ok=True)
+    per_seed = [one_seed(setting, int(s), runs, budget=args.budget, baseline_model=args.baseline_model,
+                         attacks=args.attacks) for s in args.seeds.split(",")]
+    summary = summarise(per_seed)
+    results.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(results / "summary.json", {"setting": setting.__dict__, "budget": args.budget,
+                                                 "summary": summary, "per_seed": per_seed})
+    (results / "summary.md").write_text(markdown(setting, args.budget, summary))
+    print((results / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
