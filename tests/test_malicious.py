@@ -131,7 +131,9 @@ def test_detection_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     assert report.checks_failed() == {"closing-missing"}  # stopped mid-run: saved, not closed
     train(resume=out)
     again = rundir.read_json(out / rundir.METRICS)["stopped"]
-    assert (again["round"], again["detector"]) == (1, m["stopped"]["detector"])
+    # the guard's key (fake-batch schedule) is drawn per run from the OS CSPRNG and the warm-up starts again on
+    # resume, so another check may be the first to fire: what must hold is that round 1 is stopped again, T1 named
+    assert again["reason"] == "detection" and again["round"] == 1 and "T1" in again["suspects"]
     run = train(resume=out, dismiss_detection=True)
     done = rundir.read_json(out / rundir.METRICS)
     assert "stopped" not in done and len(done["epochs"]) == 2
