@@ -229,8 +229,56 @@ def test_converged_point_counts_only_converged_inversion_figures() -> None:
     assert g["inversion"] and g["inversion_all_converged"]  # strongest 0.38 ≤ 0.36 + 0.03
     assert abs(g["inversion_worst_over_class_floor"][0] - 0.02) < 1e-9
     s2 = summarise([seed(0, 0.37, True), seed(1, 0.38, False), seed(2, 0.39, True)])
-    assert s2["goal"]["inversion"] is False and s2["figures"]["inversion/T1/white-box"]["converged_seeds"] == 2
+    # a lower bound under the bound decides nothing; SDAR's pooled view counts as an inversion level too
+    assert s2["goal"]["inversion"] is None and s2["figures"]["inversion/T1/white-box"]["converged_seeds"] == 2
+    s4 = summarise([{**p, "rows": {**p["rows"], "sdar/pool/sdar": {**p["rows"]["fora/T1/fora"], "score": 0.45,
+                                                                   "converged": False}}}
+                    for p in (seed(0, 0.37, True), seed(1, 0.38, True), seed(2, 0.39, True))])
+    assert s4["goal"]["inversion"] is False  # a lower bound of 0.45 is already above 0.39
     s3 = summarise([seed(0, 0.41, True), seed(1, 0.42, True), seed(2, 0.43, True)])
     assert s3["goal"]["inversion"] is False  # 0.42 > 0.39
     md = markdown(Setting("fmnist-resnet-s8", 0.0505, "clicooper", nopeek=3), "demo", s2)
     assert "| inversion/T1/white-box | 0.380 [" in md and "| 2/3 |" in md and "not every figure converged" in md
+    assert "undetermined" in md
+
+
+def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
+    from clicooper import rundir
+    from clicooper.experiments.research.converged_frontier import collect, main
+
+    def seed(s: int, acc: float, wb: float, wb_conv: bool, fora: float) -> dict:
+        row = {"floor": 0.13, "class_floor": 0.36, "informative": True, "verdict": "", "convergence": None}
+        return {"seed": s, "test_acc": acc, "baseline_acc": 0.85, "do_alone_acc": 0.74, "trainer_gain": acc - 0.74,
+                "do_flop_share": 0.026, "baseline_do_alone_acc": 0.81, "baseline_do_flop_share": 0.002, "rows": {
+                    "inversion/T1/white-box": {**row, "score": wb, "converged": wb_conv, "baseline_score": 0.95,
+                                               "baseline_converged": True},
+                    "fora/T1/fora": {**row, "score": fora, "converged": True, "baseline_score": 0.7,
+                                     "baseline_converged": False},
+                    "extraction/pool/query-soft": {**row, "class_floor": None, "score": 0.8, "converged": True,
+                                                   "baseline_score": 0.85, "baseline_converged": True},
+                    "completion/T1/k10": {**row, "class_floor": None, "floor": 0.70, "score": 0.75, "converged": True,
+                                          "baseline_score": 0.78, "baseline_converged": True}},
+                "epsilon": [{"epsilon": 935.15, "delta": 1e-5, "covers": "per-release, head fixed"}]}
+
+    pts = {"a": ({"model": "fmnist-resnet-s8", "sigma": 0.101, "defense": "clicooper"},
+                 [seed(s, 0.77, 0.40, True, 0.30) for s in range(3)]),
+           "b": ({"model": "fmnist-resnet-s8", "sigma": 0.0505, "defense": "clicooper", "nopeek": 3.0},
+                 [seed(s, 0.845, 0.37 + 0.001 * s, s != 1, 0.30) for s in range(3)])}
+    dirs = []
+    for name, (setting, per_seed) in pts.items():
+        rundir.write_json(tmp_path / name / "summary.json", {"setting": setting, "budget": "demo", "per_seed": per_seed})
+        dirs.append(tmp_path / name)
+    rows = collect(dirs, tmp_path / "out")
+    ref, a, b = rows
+    assert ref["point"] == "undefended reference" and ref["acc"][0] == 0.85 and abs(ref["gain_pt"][0] - 4.0) < 1e-9
+    assert abs(ref["strongest_over_floor"][0] - 0.59) < 1e-9 and ref["goal"]["inversion"] is False
+    assert a["point"] == "fmnist-resnet-s8 σ 0.101" and abs(a["delta_pt"][0] + 8.0) < 1e-9
+    assert a["goal"] == {"accuracy": False, "gain": True, "inversion": False, "share": True}  # 0.40 − 0.36 > 0.03
+    assert b["goal"]["accuracy"] and b["goal"]["inversion"] is None  # a seed's white-box had not converged
+    md = (tmp_path / "out" / "frontier.md").read_text()
+    assert "| fmnist-resnet-s8 NoPeek α=3 σ 0.0505 |" in md and "≥0.371 [" in md and "✓ / ✓ / ? / ✓" in md
+    assert abs(a["labels"]["completion adv. k=10 (pt)"]["score"][0] - 5.0) < 1e-9 and "935 (δ 1e-05" in md
+    assert "| undefended reference | 8.0 |" in md  # the reference's completion advantage, 0.78 − 0.70
+    assert "✗ / ✓ / ✗ / ✓" in md and (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="run converged_point"):
+        main(["--results", str(tmp_path / "out2"), str(tmp_path / "missing")])
