@@ -244,7 +244,7 @@ def test_converged_point_counts_only_converged_inversion_figures() -> None:
 
 def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     from clicooper import rundir
-    from clicooper.experiments.research.converged_frontier import collect, main
+    from clicooper.experiments.research.converged_frontier import _epsilon, collect, main
 
     def seed(s: int, acc: float, wb: float, wb_conv: bool, fora: float) -> dict:
         row = {"floor": 0.13, "class_floor": 0.36, "informative": True, "verdict": "", "convergence": None}
@@ -282,3 +282,38 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     assert "✗ / ✓ / ✗ / ✓" in md and (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="run converged_point"):
         main(["--results", str(tmp_path / "out2"), str(tmp_path / "missing")])
+    # a point without noise: the accountant writes ε as the string "inf"
+    assert _epsilon({"epsilon": [{"epsilon": "inf", "delta": 1e-5, "covers": "per-release, head fixed"}]}) == \
+        "∞ (δ 1e-05, per-release, head fixed)"
+
+
+def test_converged_point_adds_the_known_plaintext_levels_the_budget_leaves_out(tmp_path: Path) -> None:
+    """KP-N beside the report's inversion: a row per count on run and baseline, cached while settings match."""
+    import shutil
+
+    from clicooper.experiments.research.converged_point import known_plaintext_rows
+
+    run = _digits16_run(tmp_path)
+    base = tmp_path / "base"
+    shutil.copytree(run, base)
+    msgs: list[str] = []
+    rows = known_plaintext_rows(run, base, budget="smoke", counts=(20,), progress=msgs.append)
+    r = rows["inversion/T1/known-plaintext-20"]
+    assert set(rows) == {"inversion/T1/known-plaintext-20"}
+    assert 0 < r["score"] <= 1 and r["baseline_score"] is not None and r["class_floor"] is not None
+    assert len(r["convergence"]["values"]) == 3 and r["converged"] in (True, False)
+    assert not (run / "attacks" / "inversion.json").exists()  # the report's own file is left alone
+    assert not any(m.startswith("reusing") for m in msgs)
+    msgs.clear()
+    again = known_plaintext_rows(run, base, budget="smoke", counts=(20,), progress=msgs.append)
+    assert again["inversion/T1/known-plaintext-20"]["score"] == r["score"]
+    assert sum(m.startswith("reusing") for m in msgs) == 2
+    msgs.clear()
+    known_plaintext_rows(run, base, budget="smoke", counts=(10, 20), progress=msgs.append)  # other settings: rerun
+    assert not any(m.startswith("reusing") for m in msgs)
+    from clicooper.experiments.research.converged_point import known_sample_rows
+
+    ks = known_sample_rows(run, base, budget="smoke", ks=(20,))  # enough per class among the 500 clustered rows
+    assert set(ks) == {"clustering/T1/known-20", "clustering/T2/known-20"}
+    assert all(0 <= r["score"] <= 1 and r["baseline_score"] is not None for r in ks.values())
+    assert not (run / "attacks" / "clustering.json").exists()

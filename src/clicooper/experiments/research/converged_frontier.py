@@ -3,7 +3,7 @@
 at a converging budget).
 
     python -m clicooper.experiments.research.converged_frontier --results results/frontier-resnet/converged \\
-        results/frontier-resnet/converged-np3 results/frontier-resnet/converged-s0.101 ...
+        results/frontier-resnet/converged/s8-np3-sigma0.0505 results/frontier-resnet/converged/s8-sigma0.101 ...
 
 Per point: accuracy, Δ against the same seed's undefended reference, DO-alone accuracy and the trainers' gain,
 the DO's FLOP share, every inversion level (mean and 95 % t-interval over the seeds; ``≥`` where some seed's
@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from clicooper import rundir
 from clicooper.experiments.research.converged_point import GOAL, INVERSION, is_inversion, t_interval
 from clicooper.experiments.research.frontier import Setting
+from clicooper.experiments.research.frontier_report import finish_plot
 
 #: Table headers of the inversion levels.
 _HEADERS = {("inversion", "white-box"): "white-box", ("inversion", "known-plaintext-100"): "KP-100",
@@ -58,6 +59,7 @@ def _rows_of(per_seed: list[dict[str, Any]], attack: str, level: str, *, baselin
 
 #: The label attacks on T1's features: (header, report key, whether the figure is an advantage over the floor).
 LABELS = (("known-sample k=1", "clustering/T1/known-1", False), ("known-sample k=10", "clustering/T1/known-10", False),
+          ("known-sample k=100", "clustering/T1/known-100", False),
           ("completion adv. k=1 (pt)", "completion/T1/k1", True), ("completion adv. k=10 (pt)", "completion/T1/k10", True),
           ("completion adv. k=100 (pt)", "completion/T1/k100", True))
 
@@ -86,7 +88,8 @@ def _epsilon(p: dict[str, Any]) -> str:
     if not eps:
         return "–"
     e = eps[0]
-    return f"{e['epsilon']:.3g} (δ {e['delta']:g}, {e['covers']})"
+    v = float(e["epsilon"])  # the accountant writes "inf" for a release without noise
+    return f"{'∞' if math.isinf(v) else f'{v:.3g}'} (δ {float(e['delta']):g}, {e['covers']})"
 
 
 def _strongest(p: dict[str, Any], *, baseline: bool) -> dict[str, Any] | None:
@@ -211,14 +214,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ref = rows[0]["acc"][0] if rows and rows[0]["point"] == "undefended reference" else None
     if ref is not None:
         ax.axhline(ref - 0.01, color="grey", ls=":", lw=1, label="undefended − 1 pt")
-    ax.set_xlabel("strongest inversion SSIM − class floor (T1 / pooled; white-box, KP, UnSplit, FORA, SDAR; "
-                  "▶ = a lower bound)")
-    ax.set_ylabel("test accuracy (● split model, ○ DO alone)")
-    ax.legend(fontsize=8, loc="lower right")
-    if sc is not None:
-        fig.colorbar(sc, ax=ax, label="DO FLOP share")
-    fig.suptitle("Residual-model frontier under converging attackers, seed means with 95 % intervals")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    finish_plot(fig, ax, sc, path, xlabel="strongest inversion SSIM − class floor (T1 / pooled; white-box, KP, "
+                "UnSplit, FORA, SDAR; ▶ = a lower bound)",
+                title="Residual-model frontier under converging attackers, seed means with 95 % intervals")
 
 
 def collect(summaries: list[Path], results: Path) -> list[dict[str, Any]]:

@@ -322,10 +322,16 @@ def plot_seeds(out: list[dict[str, Any]], path: Path) -> None:
         ax.axvline(c + 0.03, color="r", ls=":", lw=1, label=f"class floor + 0.03 ≈ {c + 0.03:.3f}")
     if refs:
         ax.axhline(sum(refs) / len(refs) - 0.01, color="grey", ls=":", lw=1, label="undefended − 1 pt")
-    ax.set_xlabel("strongest inversion SSIM (T1; max over KP-100, KP-1000, white-box, UnSplit, FORA, SDAR)")
+    finish_plot(fig, ax, sc, path, xlabel="strongest inversion SSIM (T1; max over KP-100, KP-1000, white-box, "
+                "UnSplit, FORA, SDAR)", title="Privacy frontier on the residual models, seed means with 95 % intervals")
+
+
+def finish_plot(fig: Any, ax: Any, sc: Any, path: Path, *, xlabel: str, title: str) -> None:
+    """Label a frontier plot (accuracy against inversion; colour = the DO's share) and write it to ``path``."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (● split model, ○ DO alone)")
     ax.legend(fontsize=8, loc="lower right")
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="DO FLOP share")
-    fig.suptitle("Privacy frontier on the residual models, seed means with 95 % intervals")
+    fig.suptitle(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")
