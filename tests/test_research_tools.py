@@ -257,7 +257,9 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
                     "extraction/pool/query-soft": {**row, "class_floor": None, "score": 0.8, "converged": True,
                                                    "baseline_score": 0.85, "baseline_converged": True},
                     "completion/T1/k10": {**row, "class_floor": None, "floor": 0.70, "score": 0.75, "converged": True,
-                                          "baseline_score": 0.78, "baseline_converged": True}},
+                                          "baseline_score": 0.78, "baseline_floor": 0.70, "baseline_converged": True},
+                    "clustering/T1/known-10": {**row, "class_floor": None, "floor": 0.11, "score": 0.72,
+                                               "converged": True, "baseline_score": 0.80, "baseline_converged": True}},
                 "epsilon": [{"epsilon": 935.15, "delta": 1e-5, "covers": "per-release, head fixed"}]}
 
     pts = {"a": ({"model": "fmnist-resnet-s8", "sigma": 0.101, "defense": "clicooper"},
@@ -278,7 +280,10 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "frontier.md").read_text()
     assert "| fmnist-resnet-s8 NoPeek α=3 σ 0.0505 |" in md and "≥0.371 [" in md and "✓ / ✓ / ? / ✓" in md
     assert abs(a["labels"]["completion adv. k=10 (pt)"]["score"][0] - 5.0) < 1e-9 and "935 (δ 1e-05" in md
-    assert "| undefended reference | 8.0 |" in md  # the reference's completion advantage, 0.78 − 0.70
+    # known-sample k = 10 (0.80 on the reference), its advantage over completion's from-scratch floor (0.80 −
+    # 0.70) and the reference's completion advantage (0.78 − 0.70)
+    assert "| undefended reference | 0.800 | 10.0 | 8.0 |" in md
+    assert abs(a["labels"]["known-sample adv. k=10 (pt)"]["score"][0] - 2.0) < 1e-9  # 0.72 − 0.70
     assert "✗ / ✓ / ✗ / ✓" in md and (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="run converged_point"):
         main(["--results", str(tmp_path / "out2"), str(tmp_path / "missing")])

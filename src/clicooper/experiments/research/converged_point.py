@@ -143,7 +143,8 @@ def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_m
         "baseline_do_alone_acc": rep["baseline"].get("do_alone_acc"),
         "baseline_do_flop_share": rep["baseline"].get("do_flop_share"),
         "rows": {k: {f: rows[k].get(f) for f in ("score", "floor", "class_floor", "converged", "convergence",
-                                                 "informative", "baseline_score", "baseline_converged", "verdict")}
+                                                 "informative", "baseline_score", "baseline_floor", "baseline_converged",
+                                                 "verdict")}
                  for k in rows},
     }
 
