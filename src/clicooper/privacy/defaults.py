@@ -154,9 +154,9 @@ def cut_advice(model: str, dataset: str = "fashion-mnist") -> str | None:
         return None
     if model.startswith("fmnist-resnet-s"):
         return (f"note: on {model} noise alone was measured above the inversion class floor (fmnist-resnet-s8, "
-                "3 seeds, 15k rows × 3 epochs: noise/signal 1 → strongest inversion SSIM ≈ 0.52, 2 → ≈ 0.41, class "
-                "floor 0.36); with --nopeek 3 at noise/signal 1 it reached the floor at the sweep's budget for "
-                "−6.7 points (--preset private-resnet; docs/frontier-resnet.md).")
+                "3 seeds, 15k rows × 3 epochs, converging attackers: noise/signal 1 → strongest inversion ≥ 0.20 "
+                "over the class floor for −4.0 points, 2 → ≥ 0.08 for −7.9; --nopeek 3 at noise/signal 1 "
+                "(--preset private-resnet) → ≥ 0.04 for −8.3; docs/frontier-resnet.md).")
     if dataset != "fashion-mnist":
         return (f"note: what this noise protects on {model} ({dataset}) is not measured; run `clicooper report` "
                 "on the run (with --record-observations) to measure inversion against an undefended baseline.")
