@@ -75,13 +75,14 @@ def _extra_rows(run: Path, base: Path, attack: str, stem: str, *, budget: str, c
     def result(d: Path) -> dict[str, Any]:
         path = d / "attacks" / f"{stem}.json"
         if path.is_file():
-            got = rundir.read_json(path).get("settings", {})
+            stored = rundir.read_json(path)
+            got = stored.get("settings", {})
             same = [(got.get("known_k"), kw["known_k"]), (got.get("victims"), kw.get("victims", got.get("victims")))]
             same += [((got.get("config") or {}).get(k), v) for k, v in kw["config"].items()]
             if all(json.dumps(a) == json.dumps(b) for a, b in same):  # tuples dump as lists
                 if progress:
                     progress(f"reusing {path}")
-                return rundir.read_json(path)
+                return stored
         if progress:
             progress(f"{d}: {stem} ({budget} budget) …")
         return run_attack(d, attack, annotate={"budget": budget}, save_as=stem, **kw)
