@@ -17,14 +17,13 @@ from clicooper.config import RunConfig
 from clicooper.core.security import AdversaryContext, trainer_factory
 from clicooper.core.setup import resolve_device
 from clicooper.data.augment import augmenter_for
-from clicooper.errors import ConfigError, PrivacyError
+from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
-from clicooper.privacy.adversarial import InversionAdversary
-from clicooper.privacy.dpsgd import head_dpsgd_for
-from clicooper.privacy.random_head import draw_secret_head
+from clicooper.privacy.defenses.base import DefenseContext
+from clicooper.privacy.defenses.registry import build_defenses
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 
 
@@ -65,23 +64,20 @@ def build_data_owner(
     head, tail = modules["DO:head"].to(dev), modules.get("DO:tail")
     if tail is not None:
         tail.to(dev)
-    if config.head_mode == "secret-random":  # drawn from the DO's key and frozen (privacy/random_head.py)
-        if privacy.head_key is None:
-            raise PrivacyError("head_mode secret-random needs the DO's privacy mechanisms (its head key)")
-        draw_secret_head(head, privacy.head_key)
+    context = DefenseContext(config=config, head=head, input_shape=tuple(plan.input_shape),
+                             cut_shape=tuple(plan.head.output_shape), num_classes=int(dataset.num_classes), device=dev,
+                             privacy=privacy)
+    defenses = build_defenses(config.defenses, context)  # the run's defences, in the order the DO applies them
+    for d in defenses:
+        d.setup_head(head)  # e.g. the secret random head: drawn from the DO's key and frozen
     params = [p for p in head.parameters() if p.requires_grad] + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
     do = DataOwner(
         head=head, tail=tail, optimizer=_optimizer(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
-        trainers=party_names(config)[1:], micro_batches=config.micro_batches, protector=privacy.protector,
-        grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
-        label_noiser=privacy.label_noiser,
+        trainers=party_names(config)[1:], micro_batches=config.micro_batches, defenses=defenses,
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
-        hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
+        hash_transcripts=bool(config.provenance), device=dev,
         augment=augmenter_for(config.data, seed=config.seed), overlap=config.overlap_steps,
-        nopeek=config.nopeek,
-        adversary=InversionAdversary(plan.head.output_shape, plan.input_shape, weight=config.adversarial_decoder,
-                                     seed=config.seed, device=dev) if config.adversarial_decoder > 0 else None,
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     do.lr_at = _lr_schedule(config)
