@@ -97,6 +97,13 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     if model_file is not None:  # --model-file replaces the file's model and model_spec
         fields.pop("model_spec", None)
         opts.update(model_file_fields(model_file, opts.get("model")))
+    if fields.get("defenses") is not None:  # the file lists its defences: the shorthand flags would clash
+        given = [k for k in (*_DP_KEYS, *_LABEL_KEYS, "defense", "preset", "nopeek", "adversarial_decoder",
+                             "head_mode", "head_dpsgd", "head_dpsgd_clip") if opts.get(k) is not None]
+        if [k for k in given if k != "preset"]:
+            raise typer.BadParameter(
+                f"{config_file} lists its defenses; set {', '.join(given)} in that list (the defence flags are "
+                "shorthand for a config without one)")
     dp_opts = _pop_set(opts, _DP_KEYS)
     label_opts = _pop_set(opts, _LABEL_KEYS)
     data_opts = _pop_set(opts, _DATA_KEYS)

@@ -327,8 +327,12 @@ def from_shorthand(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] |
         noise.setdefault("sigma", None)  # the user's σ (or target ε) decides; the preset's σ does not apply
         noise.setdefault("sigma_source", None)
     on("keyed-noise", None if defense is None else defense in ("dp", "clicooper"), noise)
-    on("label-obfuscation", None if defense is None else defense in ("labels", "clicooper"),
-       {k: labels[k] for k in ("expansion",) if labels.get(k) is not None})
+    expansion = {k: labels[k] for k in ("expansion",) if labels.get(k) is not None}
+    on("label-obfuscation", None if defense is None else defense in ("labels", "clicooper"), expansion)
+    # settings of a defence left off are still checked (a malformed dp or labels table is refused, as ever)
+    for kind, fields in (("keyed-noise", noise), ("label-obfuscation", expansion)):
+        if fields and kind not in out:
+            parse_defense({"kind": kind, **fields}, "dp" if kind == "keyed-noise" else "labels")
     if "keyed-noise" in out:
         if dp.get("protect_gradients"):
             out["gradient-protection"] = {"kind": "gradient-protection", "clip_norm": dp.get("grad_clip_norm")}
