@@ -144,3 +144,41 @@ def test_each_defence_reports_its_guarantee(tmp_path: Path) -> None:
     assert reports["nopeek"] == {"kind": "nopeek", "guarantee": "empirical", "epsilon": None,
                                  "covers": "no formal bound; measure it with the attacks (clicooper report)"}
     assert len(ctx.key("example")) == 32 and ctx.key("example") != ctx.key("other")
+
+
+def test_the_cli_takes_any_registered_defence_by_its_spec(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from clicooper.cli import app
+    from clicooper.cli.common import config_from_options
+
+    cfg = config_from_options(None, dataset="digits", defense_specs=["nopeek:weight=0.5", "keyed-noise:sigma=0.1"])
+    assert [(d.kind, getattr(d, "weight", None) or d.sigma) for d in cfg.defenses] == [
+        ("keyed-noise", 0.1), ("nopeek", 0.5)]
+    with pytest.raises(typer.BadParameter, match="--with lists the defences; give sigma there too"):
+        config_from_options(None, dataset="digits", defense_specs=["nopeek:weight=0.5"], sigma=0.2)
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "digits"\n[[defenses]]\nkind = "keyed-noise"\nsigma = 0.3\n', "utf-8")
+    cfg = config_from_options(toml, defense_specs=["keyed-noise:sigma=0.2,clip_norm=2"])  # same kind: replaced
+    assert [(d.kind, d.sigma, d.clip_norm) for d in cfg.defenses] == [("keyed-noise", 0.2, 2.0)]
+    with pytest.raises(typer.BadParameter, match="run.toml lists the defences"):
+        config_from_options(toml, nopeek=1.0)
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--dataset", "digits",
+                                   "--with", "nopeek:weight=-1"])
+    assert res.exit_code == 2 and "defenses[0] (nopeek): weight" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_defence_with_state_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """The adversarial decoder's weights and Adam moments are checkpointed (Defense.state_dict), so an
+    interrupted run resumes to the weights of an uninterrupted one."""
+    from tests.support.resume import interrupted_then_resumed
+
+    cfg = {**BASE, "defenses": [{"kind": "adversarial-decoder", "weight": 0.5, "hidden": 32}]}
+    whole = train(cfg, out=tmp_path / "whole")
+    resumed = interrupted_then_resumed(cfg, tmp_path / "resumed")
+    assert _weights(resumed.path) == _weights(whole.path)
+    state = load_file(tmp_path / "resumed" / "checkpoints" / "round_0" / "DO.defenses.safetensors")
+    assert "adversarial-decoder/decoder.1.weight" in state and any(k.endswith(".exp_avg") for k in state)

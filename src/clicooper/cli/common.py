@@ -68,6 +68,24 @@ def _override_table(fields: dict[str, Any], name: str, given: dict[str, Any]) ->
     fields[name] = {**table, **given}
 
 
+def parse_defense_option(text: str) -> dict[str, Any]:
+    """``--with KIND[:key=value,…]`` → ``{"kind": KIND, key: value, …}`` (a value is read as JSON where it
+    parses, e.g. numbers and true/false, else kept as text; the defence's spec checks it)."""
+    kind, _, rest = text.partition(":")
+    if not kind.strip():
+        raise typer.BadParameter(f"--with {text!r}: start with the defence's kind, e.g. --with nopeek:weight=0.5")
+    out: dict[str, Any] = {"kind": kind.strip()}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--with {text!r}: {item!r} is not key=value (e.g. --with nopeek:weight=0.5)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def parse_party_devices(text: str) -> dict[str, str]:
     """``"DO=cpu,T1=cuda"`` → ``{"DO": "cpu", "T1": "cuda"}`` (names and devices are checked by the config)."""
     out: dict[str, str] = {}
@@ -97,13 +115,18 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     if model_file is not None:  # --model-file replaces the file's model and model_spec
         fields.pop("model_spec", None)
         opts.update(model_file_fields(model_file, opts.get("model")))
-    if fields.get("defenses") is not None:  # the file lists its defences: the shorthand flags would clash
-        given = [k for k in (*_DP_KEYS, *_LABEL_KEYS, "defense", "preset", "nopeek", "adversarial_decoder",
+    specs = [parse_defense_option(t) for t in opts.pop("defense_specs", None) or []]
+    if specs:  # --with KIND:… replaces the file's defence of the same kind, or adds one
+        kinds = {d["kind"] for d in specs}
+        fields["defenses"] = [d for d in fields.get("defenses") or [] if d.get("kind") not in kinds] + specs
+    if fields.get("defenses") is not None:  # the defences are listed: the shorthand flags would clash
+        given = [k for k in (*_DP_KEYS, *_LABEL_KEYS, "defense", "nopeek", "adversarial_decoder",
                              "head_mode", "head_dpsgd", "head_dpsgd_clip") if opts.get(k) is not None]
-        if [k for k in given if k != "preset"]:
+        if given:
+            where = "--with" if specs else str(config_file)
             raise typer.BadParameter(
-                f"{config_file} lists its defenses; set {', '.join(given)} in that list (the defence flags are "
-                "shorthand for a config without one)")
+                f"{where} lists the defences; give {', '.join(given)} there too (e.g. --with keyed-noise:sigma=0.1), "
+                "not as the older flags")
     dp_opts = _pop_set(opts, _DP_KEYS)
     label_opts = _pop_set(opts, _LABEL_KEYS)
     data_opts = _pop_set(opts, _DATA_KEYS)

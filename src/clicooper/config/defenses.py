@@ -247,7 +247,7 @@ class NoPeek(DefenseSpec):
 class AdversarialDecoder(DefenseSpec):
     """ResSFL-style adversarial training (Li et al. 2022; privacy/adversarial.py): ``weight`` λ of
     −MSE(decoder(release), input) in the head's loss, against an MLP decoder the DO trains on its own
-    releases. Empirical: no ε. The decoder is not checkpointed: a resumed run starts it afresh."""
+    releases. Empirical: no ε. The decoder and its optimizer are checkpointed with the run."""
 
     kind: Literal["adversarial-decoder"] = "adversarial-decoder"
     order: ClassVar[int] = 60

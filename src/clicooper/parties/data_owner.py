@@ -129,6 +129,22 @@ class DataOwner(PartyBase):
             probs = d.decode_probs(probs)
         return probs
 
+    def defense_state(self) -> dict[str, torch.Tensor]:
+        """Every defence's state for a resumed run, keyed ``<kind>/<name>``."""
+        return {f"{d.kind}/{k}": v for d in self.defenses for k, v in d.state_dict().items()}
+
+    def load_defense_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`defense_state` (each defence gets its own keys; a defence with state but none
+        saved, e.g. a checkpoint written before it kept any, starts afresh)."""
+        kinds = {d.kind for d in self.defenses}
+        stray = sorted({k.partition("/")[0] for k in state} - kinds)
+        if stray:
+            raise ValueError(f"state of defences {', '.join(stray)} that this run does not have")
+        for d in self.defenses:
+            mine = {k.partition("/")[2]: v for k, v in state.items() if k.partition("/")[0] == d.kind}
+            if mine:
+                d.load_state_dict(mine)
+
     def defense_reports(self, epochs: int) -> list[dict]:
         """Each defence's report after ``epochs`` epochs (ε with what it covers, or empirical)."""
         return [d.report(epochs) for d in self.defenses]

@@ -176,6 +176,24 @@ class AdversarialDecoder(Defense):
         self.adversary.step(release, x)
         return self.adversary.head_term(release, x)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The decoder's weights and its Adam moments (so a resumed run goes on as an uninterrupted one)."""
+        out = {f"decoder.{k}": v.detach().clone() for k, v in self.adversary.decoder.state_dict().items()}
+        for i, st in self.adversary.optimizer.state_dict()["state"].items():
+            out |= {f"adam.{i}.{k}": torch.as_tensor(v).detach().clone() for k, v in st.items()}
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        dec = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+        self.adversary.decoder.load_state_dict(dec)  # strict: shapes and names are checked
+        opt: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in state.items():
+            if k.startswith("adam."):
+                _, i, name = k.split(".", 2)
+                opt.setdefault(int(i), {})[name] = v
+        groups = self.adversary.optimizer.state_dict()["param_groups"]
+        self.adversary.optimizer.load_state_dict({"state": opt, "param_groups": groups})
+
 
 class SecretRandomHead(Defense):
     """The head drawn from the DO's head key and frozen before training (nothing of it ever trains)."""
