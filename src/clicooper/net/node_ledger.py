@@ -24,13 +24,12 @@ Because every copy appends exactly the same checked entries, the copies are byte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from clicooper import rundir
+from clicooper import jsonbound, rundir
 from clicooper.config import RunConfig
 from clicooper.errors import LedgerError
 from clicooper.models.partition import Plan
@@ -44,7 +43,7 @@ from clicooper.provenance.entries import (
     entry_from_json,
     sign_multi,
 )
-from clicooper.provenance.ledger import Ledger, parse_line
+from clicooper.provenance.ledger import MAX_LINE_BYTES, Ledger, parse_line
 from clicooper.provenance.setup import genesis_body, key_path, load_or_create_identity
 from clicooper.provenance.stages import Position, StageEngine, positions_of
 
@@ -109,8 +108,7 @@ class NodeLedger:
 
     def sign_genesis(self, text: str) -> str:
         """Trainer: check a proposed body (own key and positions, rounds, topology, parties) and sign it."""
-        obj = json.loads(text)
-        g = Genesis.from_json(obj)
+        g = genesis_from_wire(text)
         if g.signatures:
             raise LedgerError("a proposed genesis must come unsigned")
         self._check_own_key(g)
@@ -203,7 +201,11 @@ class NodeLedger:
 
 def genesis_from_wire(text: str) -> Genesis:
     """A genesis (signed or proposed) from its JSON text."""
-    g = entry_from_json(json.loads(text))
+    try:
+        obj = jsonbound.loads(text, max_bytes=MAX_LINE_BYTES, what="the genesis")
+    except ValueError as e:  # bad JSON, too large or too deep: never a RecursionError
+        raise LedgerError(f"a genesis that cannot be read: {e}") from None
+    g = entry_from_json(obj)
     if not isinstance(g, Genesis):
         raise LedgerError("expected a genesis entry")
     return g
