@@ -112,3 +112,12 @@ def test_the_spec_validator_fuzzed_under_a_memory_and_time_limit() -> None:
     # assert: no error other than ConfigError, no MemoryError, every case tried
     assert out.error is None, f"{out.error}: {out.message}"
     assert out.value == 150 and out.peak_rss_mib < 1024
+
+
+def test_ten_thousand_cheap_layers_validate_in_seconds() -> None:
+    check_model(_HEAD, (1, 8, 8), 10)  # warm the meta kernels
+    layers = [{"type": "Conv2d", "out_channels": 4, "kernel_size": 1}, {"type": "BatchNorm2d"}, {"type": "ReLU"},
+              {"type": "GroupNorm", "num_groups": 2}, {"type": "LayerNorm"}] * 1999 + _HEAD
+    t0 = time.perf_counter()
+    budget = check_model(layers, (4, 8, 8), 10)
+    assert budget.params > 0 and time.perf_counter() - t0 < 20

@@ -61,6 +61,11 @@ MAX_PARAMETERS = 1 << 27  # the whole model: 512 MiB of float32 (before gradient
 MAX_ACTIVATIONS = 1 << 25  # one layer's output, values per sample (128 MiB of float32)
 MAX_TOTAL_ACTIVATIONS = 1 << 28  # every layer's output summed, values per sample (what backward keeps)
 MAX_FLOPS = 10**10  # counted forward FLOPs per sample (a multiply-add counts two, as torch's flop counter)
+#: layers whose output has their input's shape and that hold nothing (their arguments are checked by parsing)
+_ELEMENTWISE = frozenset({"ReLU", "Tanh", "Sigmoid", "SiLU", "Identity", "LeakyReLU", "ELU", "GELU", "Dropout"})
+#: layers with parameters whose output shape follows from the arguments alone (their meta kernels run
+#: through Python decompositions, milliseconds each; computing the shape keeps 10,000 of them cheap)
+_SAME_SHAPE = frozenset({"BatchNorm1d", "BatchNorm2d", "GroupNorm", "LayerNorm"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WHAT = {"channels": "channels", "features": "features", "shape": "per-sample shape"}
 
@@ -276,6 +281,11 @@ def _build_one(layer: Layer, shape: Shape, num_outputs: int, name: str, p: _Pass
     kw = {k: num_outputs if v == OUTPUTS else tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
     if not p.meta:
         return lt.cls(**kw), p.shapes[name]  # checked, with these very arguments, by the meta walk
+    if t in _ELEMENTWISE:  # same shape out, no parameters: nothing to build or probe (10,000 ReLUs stay cheap)
+        size = math.prod(shape)
+        _charge(p.budget, name, 0, size, size)
+        p.shapes[name] = shape
+        return nn.Identity(), shape
     if _weights(t, kw, len(shape)) > MAX_LAYER_WEIGHTS:
         raise ConfigError(f"{name}: its weight would have more than {MAX_LAYER_WEIGHTS:,} values; that is no model "
                           "this framework trains")
@@ -284,7 +294,8 @@ def _build_one(layer: Layer, shape: Shape, num_outputs: int, name: str, p: _Pass
             m = lt.cls(**kw)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{name}: {e}") from None
-    out = _probe(m, shape, name, p.budget)
+    out = _probe(m, shape, name, p.budget, (*shape[:-1], int(kw["out_features"])) if t == "Linear"
+                 else shape if t in _SAME_SHAPE else None)
     p.shapes[name] = out
     return m, out
 
@@ -325,24 +336,27 @@ def _as_list(v: Any) -> list[int]:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def _probe(m: nn.Module, shape: Shape, name: str, budget: Budget) -> Shape:
+def _probe(m: nn.Module, shape: Shape, name: str, budget: Budget, known: Shape | None = None) -> Shape:
     """The meta layer's per-sample output shape, found by running it on a meta batch of two (eval mode, no
-    grad); its parameters, output and counted FLOPs are charged to ``budget``."""
+    grad), or ``known`` when it follows from the arguments; its parameters, output and counted FLOPs are
+    charged to ``budget``."""
     # meta kernels compute shapes only: a huge padding or kernel costs nothing here, the caps refuse it
-    m.eval()
-    try:
-        with torch.no_grad():
-            y = m(torch.zeros((2, *shape), device="meta"))
-    except (RuntimeError, ValueError, IndexError, NotImplementedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{name}: cannot take an input of shape {shape} per sample: {first}") from None
-    finally:
-        m.train()
-    if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != 2:
-        raise ConfigError(f"{name}: its output mixes the samples of a batch (start_dim/dim 0 is the batch)")
-    if y.numel() == 0:
-        raise ConfigError(f"{name}: gives an empty output {tuple(y.shape[1:])} for input {shape}")
-    out = tuple(int(s) for s in y.shape[1:])
+    if known is None:
+        m.eval()
+        try:
+            with torch.no_grad():
+                y = m(torch.zeros((2, *shape), device="meta"))
+        except (RuntimeError, ValueError, IndexError, NotImplementedError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{name}: cannot take an input of shape {shape} per sample: {first}") from None
+        finally:
+            m.train()
+        if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != 2:
+            raise ConfigError(f"{name}: its output mixes the samples of a batch (start_dim/dim 0 is the batch)")
+        if y.numel() == 0:
+            raise ConfigError(f"{name}: gives an empty output {tuple(y.shape[1:])} for input {shape}")
+        known = tuple(int(s) for s in y.shape[1:])
+    out = known
     size = math.prod(out)
     params = sum(t.numel() for t in (*m.parameters(), *m.buffers()))
     flops = _flops(m, shape, out)
