@@ -175,7 +175,7 @@ def load_npz(path: str | Path) -> Dataset:
         _check_npz_headers(p)
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{p} is not a valid .npz file ({type(e).__name__}: {e}); save it with numpy.savez(path, "
