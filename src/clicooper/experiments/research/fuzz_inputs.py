@@ -33,6 +33,7 @@ import platform
 import random
 import resource
 import struct
+import sys
 import tempfile
 import time
 import traceback
@@ -451,7 +452,9 @@ def validate_alone(layers: Any, shape: tuple[int, ...]) -> dict[str, Any]:
     """Validate one spec in this (fresh) process: outcome, seconds and the peak memory it added."""
     from clicooper.models.spec import check_model
 
-    check_model([{"type": "Flatten"}, {"type": "Linear", "out_features": "outputs"}], (1, 8, 8), 10)  # warm-up
+    from clicooper.models import zoo
+
+    check_model(zoo.spec_of("fmnist-resnet"), (1, 28, 28), 10)  # warm-up: the meta kernels load once per process
     before = _rss_mib("VmRSS")
     t0 = time.perf_counter()
     try:
@@ -514,7 +517,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     surfaces = {n: in_child(run_surface, n, each, a.seed, a.max_cases, timeout=each + 120) for n in names}
     out: dict[str, Any] = {
-        "command": "python -m clicooper.experiments.research.fuzz_inputs " + " ".join(argv or []),
+        "command": "python -m clicooper.experiments.research.fuzz_inputs " + " ".join(
+            sys.argv[1:] if argv is None else argv),
         "seed": a.seed, "seconds_budget": a.seconds, "address_space_limit_bytes": LIMIT_AS,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "surfaces": surfaces,
