@@ -450,9 +450,8 @@ def run_surface(name: str, seconds: float, seed: int, max_cases: int) -> dict[st
 
 def validate_alone(layers: Any, shape: tuple[int, ...]) -> dict[str, Any]:
     """Validate one spec in this (fresh) process: outcome, seconds and the peak memory it added."""
-    from clicooper.models.spec import check_model
-
     from clicooper.models import zoo
+    from clicooper.models.spec import check_model
 
     check_model(zoo.spec_of("fmnist-resnet"), (1, 28, 28), 10)  # warm-up: the meta kernels load once per process
     before = _rss_mib("VmRSS")
