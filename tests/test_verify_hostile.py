@@ -174,3 +174,16 @@ def test_reveal_takes_several_files_after_one_option(tmp_path: Path) -> None:
     assert obj["reveals"] == obj2["reveals"]
     assert code2 == 0
     assert (code3, obj3["cause"]["check"]) == (2, "error") and "follow --reveal" in obj3["error"]
+
+
+def test_a_deep_config_or_plan_from_another_party_is_a_clean_refusal(tmp_path: Path) -> None:
+    from clicooper.config import load_config_file
+    from clicooper.errors import ConfigError
+    from clicooper.net.builder import read_plan
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(ConfigError, match="nested 5001 levels deep"):
+        load_config_file(deep)
+    with pytest.raises(ConfigError, match="not a CliCooper plan .*nested 5001 levels deep"):
+        read_plan(deep)
