@@ -123,7 +123,7 @@ def load_tls(certs: Path, party: str, key: Path | None, peers: list[str]) -> tup
         raise ConfigError(f"{fp_file} must map party names to certificate fingerprints")
     missing = [n for n in [party, *peers] if n not in pinned]
     if missing:
-        raise ConfigError(f"{fp_file} pins no certificate for {', '.join(missing)}: regenerate with `clicooper certs`")
+        raise ConfigError(f"{fp_file} pins no certificate for {', '.join(missing)}: assemble the set again (`clicooper certs assemble`)")
     key_path = Path(key) if key is not None else Path(certs) / f"{party}.key"
     try:
         cert_pem = (Path(certs) / f"{party}.crt").read_bytes()
