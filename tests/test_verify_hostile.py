@@ -187,3 +187,16 @@ def test_a_deep_config_or_plan_from_another_party_is_a_clean_refusal(tmp_path: P
         load_config_file(deep)
     with pytest.raises(ConfigError, match="not a CliCooper plan .*nested 5001 levels deep"):
         read_plan(deep)
+
+
+def test_a_usage_error_of_verify_json_still_prints_one_verdict(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from clicooper.cli.app import main
+
+    monkeypatch.setattr("sys.argv", ["clicooper", "verify", str(HONEST), "--json", "--bogus"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1
+    obj = json.loads(lines[0])
+    assert (obj["ok"], obj["cause"]["check"], obj["exit_code"]) == (False, "error", 2) and "--bogus" in obj["error"]

@@ -97,6 +97,14 @@ def _print_verify(report: Any, reveals: list[dict[str, Any]], secs: float) -> No
             err.print(f"[red]FAIL[/] {escape(str(f))}", highlight=False, soft_wrap=True)
 
 
+def emit_usage_verdict(message: str, exit_code: int) -> None:
+    """The JSON verdict of ``verify --json`` called wrongly (an unknown option, a missing argument)."""
+    from clicooper.errors import ConfigError
+    from clicooper.provenance.delivered import error_verdict  # lazy: torch
+
+    emit_json(error_verdict(ConfigError(f"usage: {message}"), exit_code) | {"seconds": 0.0})
+
+
 @guarded
 def verify(
     run: Path = typer.Argument(..., help="run directory"),
