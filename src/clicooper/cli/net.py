@@ -171,7 +171,8 @@ def launch(
     model_file: Path = typer.Option(None, "--model-file", help="model.toml / model.json (your own layers) "
                                     "instead of the config's model; it goes into RUN/config.json, which every "
                                     "node builds from"),
-    local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1)"),
+    local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1): one machine makes "
+                               "every party's keys, each in its own RUN/nodes/<party>/own (tests, demos)"),
     insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
     max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
     as_json: bool = typer.Option(False, "--json"),
