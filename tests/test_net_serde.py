@@ -226,9 +226,9 @@ def test_repeated_or_interleaved_tensor_fields_are_refused_by_both_paths():
     msg = Activations(H, torch.ones(2, 2))
     raw = serde.message_to_outgoing(msg, limits=LIMITS).to_bytes()
     twice = raw + _field(10, _field(3, bytes(16)))
-    ctl = message_to_proto(Control(H, "loss", {"a": "b"}), limits=LIMITS).SerializeToString()
+    ctl = _field(11, _field(1, b"loss"))  # a control body
     head = message_to_proto(msg, limits=LIMITS)
-    dtype_shape = _field(1, b"float32") + _field(2, b"\x02\x02")
+    dtype_shape = _field(1, b"float32") + _field(2, b"\x02\x02") + _field(4, b"train")
     head.ClearField("tensor")
     interleaved = (head.SerializeToString() + _field(10, _field(3, bytes(16))) + _field(11, _field(1, b"x"))
                    + _field(10, dtype_shape))
@@ -241,7 +241,7 @@ def test_repeated_or_interleaved_tensor_fields_are_refused_by_both_paths():
     assert torch.equal(_fast_decode(split).tensor, message_from_bytes(split, limits=LIMITS).tensor)  # well-formed
     _both_refuse(head.SerializeToString() + _field(10, dtype_shape + _field(3, ones) + _field(3, ones)),
                  "TensorPayload.data appears 2 times")
-    _both_refuse(raw + _field(16, b"x"), "unknown Envelope field 16")
+    _both_refuse(raw + _field(15, b"x"), "unknown Envelope field 15")
     _both_refuse(raw + bytes([5 << 3 | 2, 1, 0]), "Envelope.epoch has wire type 2")
     assert serde.split_tensor_data(twice)[1] is None  # the split alone still declines odd layouts
     assert serde.split_tensor_data(b"\x52\xff")[1] is None  # a length past the end

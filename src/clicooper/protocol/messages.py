@@ -149,7 +149,7 @@ def _tensor_parts(parts: list[bytes | memoryview], t: torch.Tensor) -> None:
     c = t.detach().to("cpu").contiguous()
     if c.dtype == torch.bfloat16:
         c = c.view(torch.int16)
-    data = memoryview(c.numpy()).cast("B")
+    data = memoryview(c.numpy()).cast("B") if c.numel() else memoryview(b"")  # cast refuses a 0 in the shape
     parts.append(data.nbytes.to_bytes(8, "big"))
     parts.append(data)
 
