@@ -115,7 +115,7 @@ def test_float64_on_an_fp32_wire_is_refused_before_training():
 
 def test_dtype_must_match_the_kind_and_the_runs_codec():
     t = _mid()
-    with pytest.raises(WireError, match="int64.*activations"):
+    with pytest.raises(WireError, match="activations.*int64"):
         t.handle(Activations(_h("DO", "T1"), torch.ones(2, 3, dtype=torch.int64)))
     t.wire_dtype = "int8"
     with pytest.raises(WireError, match="wire_dtype int8 carries int8"):
@@ -194,7 +194,7 @@ def test_do_query_answers_come_only_from_the_tail_and_are_checked():
     do.wire_dtype = "int8"
     (q,) = do.start_query(torch.randn(3, 4), epoch=0, step=50, query_ids=torch.arange(3))
     assert q.tensor.dtype == torch.int8  # the query is encoded like every other release
-    good, scale = encode_tensor(torch.ones(3, 3), "int8")
+    good, scale = encode_tensor(torch.full((3, 3), 127.0), "int8")  # scale 1: decodes exactly
     # execute / assert
     with pytest.raises(WireError, match="query answer from T1.*only T2"):
         do.handle(Activations(_h("T1", "DO", step=50), good, mode="infer", scale=scale))
@@ -207,4 +207,4 @@ def test_do_query_answers_come_only_from_the_tail_and_are_checked():
         do.handle(Activations(_h("T2", "DO", step=51), good, mode="infer", scale=scale))
     assert do.infer_results == {}
     do.handle(Activations(_h("T2", "DO", step=50), good, mode="infer", scale=scale))
-    assert torch.equal(do.infer_results[(50, 0)], torch.ones(3, 3))
+    assert torch.equal(do.infer_results[(50, 0)], torch.full((3, 3), 127.0))

@@ -10,6 +10,7 @@ from torch import nn
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
+from clicooper.parties.inbound import batch_announcement, check_label_range, received_labels
 from clicooper.protocol.messages import (
     Activations,
     Control,
@@ -48,6 +49,7 @@ class Trainer(PartyBase):
         self.bf16 = bf16  # forward under bf16 autocast; what is sent stays float32 (and on the CPU)
         self.left, self.right, self.holds_tail = left, right, holds_tail
         self.input_shape = input_shape  # per-sample shape expected from ``left`` (None: not checked)
+        self.max_batch: int | None = None  # the run's batch size: the largest the DO may announce (None: any)
         self._saved: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}
         self._labels: dict[_Key, torch.Tensor] = {}
         self._pending_act: dict[_Key, Activations] = {}
@@ -113,26 +115,27 @@ class Trainer(PartyBase):
         if isinstance(msg, Labels):
             if not self.holds_tail:
                 raise WireError(f"{self.name} does not hold the tail and must not receive labels")
+            labels = received_labels(msg, receiver=self.name, batch=self._step_batch.get((h.epoch, h.step)))
             key = (h.epoch, h.step, h.micro)
             if key in self._pending_act:
-                return self._tail_step(self._pending_act.pop(key), msg.tensor)
-            self._labels[key] = msg.tensor
+                return self._tail_step(self._pending_act.pop(key), labels)
+            self._labels[key] = labels
             return []
         if isinstance(msg, Gradients):
             if h.sender != self.right or self.holds_tail:
                 raise WireError(f"{self.name}: unexpected gradients from {h.sender}")
             return self._backward(msg)
         if isinstance(msg, Control):
-            if msg.kind == "batch" and self.holds_tail:
-                try:
-                    size = int(msg.payload["size"])
-                except (KeyError, ValueError) as e:
-                    raise WireError(f"{self.name}: malformed batch announcement {msg.payload}") from e
-                if size < 1:
-                    raise WireError(f"{self.name}: batch size {size} < 1")
-                self._step_batch[(h.epoch, h.step)] = size
+            if msg.kind == "batch":
+                self._step_batch[(h.epoch, h.step)] = batch_announcement(
+                    msg, receiver=self.name, holds_tail=self.holds_tail, max_batch=self.max_batch)
             return []
         raise WireError(f"{self.name}: unknown message type {type(msg).__name__}")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """bfloat16 under bf16 autocast (what the segment casts its input and its output's gradient to)."""
+        return torch.bfloat16 if self.bf16 else self.full_dtype
 
     def _forward(self, msg: Activations) -> list[Message]:
         h = msg.header
@@ -159,10 +162,11 @@ class Trainer(PartyBase):
     def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
         h = act.header
         x = act.tensor.to(self.device).detach().requires_grad_(True)
-        logits = self._run(x).float()  # (B, C·m) in the (possibly obfuscated) label space
-        labels = labels.to(self.device)
         if labels.shape != (x.shape[0],):
             raise WireError(f"{self.name}: {labels.shape[0]} labels for {x.shape[0]} activations")
+        logits = self._run(x).float()  # (B, C·m) in the (possibly obfuscated) label space
+        check_label_range(labels, logits.shape[1], receiver=self.name)
+        labels = labels.to(self.device)
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")
         correct = int((logits.argmax(1) == labels).sum())
         self.samples_processed += x.shape[0]
