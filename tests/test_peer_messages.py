@@ -3,10 +3,10 @@ dtype, with which values — each refused with a WireError before it reaches a m
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-import pytest
 from clicooper.errors import WireError
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.trainer import Trainer
@@ -208,3 +208,40 @@ def test_do_query_answers_come_only_from_the_tail_and_are_checked():
     assert do.infer_results == {}
     do.handle(Activations(_h("T2", "DO", step=50), good, mode="infer", scale=scale))
     assert torch.equal(do.infer_results[(50, 0)], torch.full((3, 3), 127.0))
+
+
+# ------------------------------------------------------------------ the fuzz campaign, in small
+
+
+def test_envelope_fuzz_campaign_finds_no_crash_and_no_disagreement():
+    # execute: a few hundred mutated envelopes of every kind through both parse paths, the transport's receive
+    # handler and the parties (results/fuzz/wire.json holds the long campaign)
+    from clicooper.experiments.research.fuzz_wire import campaign
+
+    report = campaign(60.0, seed=1, max_cases=400)
+    # assert
+    assert report["cases"] == 400 and len(report["cases_per_kind"]) == 10
+    assert sum(report["accepted_by_transport_per_kind"].values()) > 0 and report["party_handled_without_error"] > 0
+    assert report["crashes"] == 0, report["crash_examples"][:1]
+    assert report["parse_path_disagreements"] == 0
+
+
+def test_a_middle_trainer_keeps_one_step_open_and_its_micro_batch_count():
+    # prepare: step 0 forwarded in 2 micro-batches, nothing back yet
+    t = _mid()
+    t.handle(Activations(_h("DO", "T1", n_micro=2), torch.ones(2, 3)))
+    # execute / assert: a gradient that claims a 1-micro-batch step would step the optimizer under the saved graph
+    # of micro-batch 1; activations of another step would be forwarded on weights stepped in between (both once
+    # crashed autograd with a RuntimeError)
+    with pytest.raises(WireError, match="has 1 micro-batches; it has 2"):
+        t.handle(Gradients(_h("T2", "T1", n_micro=1), torch.ones(2, 3)))
+    with pytest.raises(WireError, match=r"step \(0, 1\) while step \(0, 0\) is open"):
+        t.handle(Activations(_h("DO", "T1", step=1), torch.ones(2, 3)))
+    t.handle(Activations(_h("DO", "T1", micro=1, n_micro=2), torch.ones(2, 3)))
+    t.handle(Gradients(_h("T2", "T1", micro=0, n_micro=2), torch.ones(2, 3)))
+    t.handle(Gradients(_h("T2", "T1", micro=1, n_micro=2), torch.ones(2, 3)))
+    assert t.steps_taken == 1
+    t.handle(Activations(_h("DO", "T1", step=1), torch.ones(2, 3)))  # the next step, once this one is done
+    t.defer_ahead = True  # overlap_steps: a newer step waits, an older one is refused
+    with pytest.raises(WireError, match=r"step \(0, 0\) while step \(0, 1\) is open"):
+        t.handle(Activations(_h("DO", "T1", step=0), torch.ones(2, 3)))

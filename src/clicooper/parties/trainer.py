@@ -55,6 +55,7 @@ class Trainer(PartyBase):
         self._pending_act: dict[_Key, Activations] = {}
         self._done_micro: dict[tuple[int, int], int] = {}
         self._step_batch: dict[tuple[int, int], int] = {}
+        self._step_micro: dict[tuple[int, int], int] = {}  # n_micro of each open step, fixed by its first message
         self.device = next(module.parameters()).device
         # RunConfig.overlap_steps: the DO may send step s + 1 before step s is done; its activations wait here
         # until this trainer has stepped on s (so it trains exactly as without the overlap). Bounded: the DO
@@ -66,6 +67,24 @@ class Trainer(PartyBase):
         """Whether a step before ``h``'s has micro-batches forwarded but not yet all stepped on."""
         k = (h.epoch, h.step)
         return any(key[:2] < k for key in self._saved) or any(key < k for key in self._done_micro)
+
+    def _bind_micro(self, h: Header) -> None:
+        """Fix a step's number of micro-batches by its first message; refuse a later one that disagrees (it would
+        step the optimizer before the step's other micro-batches are back, under their saved graphs)."""
+        n = self._step_micro.setdefault((h.epoch, h.step), h.n_micro)
+        if n != h.n_micro:
+            raise WireError(f"{self.name}: {h.sender} says step {(h.epoch, h.step)} has {h.n_micro} micro-batches; "
+                            f"it has {n}")
+
+    def _check_step_order(self, h: Header) -> None:
+        """A middle trainer forwards a step only once every older one is stepped on (``defer_ahead``: the next one
+        waits in :attr:`_deferred`): a step's saved graph must not outlive an optimizer step of another."""
+        k = (h.epoch, h.step)
+        open_steps = {key[:2] for key in self._saved} | set(self._done_micro)
+        newer = [o for o in open_steps if o > k]
+        if newer or (not self.defer_ahead and any(o < k for o in open_steps)):
+            raise WireError(f"{self.name}: activations of step {k} while step {min(open_steps - {k})} is open; "
+                            "the DO starts a step once the previous one is done")
 
     def _release_deferred(self) -> list[Message]:
         """Forward the waiting activations whose previous step is now done, in arrival order."""
@@ -99,6 +118,9 @@ class Trainer(PartyBase):
             self._check_input(msg.tensor, "activations")
             if msg.mode == "infer":
                 return self._infer(msg)
+            if not self.holds_tail:
+                self._check_step_order(h)
+            self._bind_micro(h)
             if self.holds_tail:
                 key = (h.epoch, h.step, h.micro)
                 if key not in self._labels:
@@ -116,6 +138,7 @@ class Trainer(PartyBase):
             if not self.holds_tail:
                 raise WireError(f"{self.name} does not hold the tail and must not receive labels")
             labels = received_labels(msg, receiver=self.name, batch=self._step_batch.get((h.epoch, h.step)))
+            self._bind_micro(h)
             key = (h.epoch, h.step, h.micro)
             if key in self._pending_act:
                 return self._tail_step(self._pending_act.pop(key), labels)
@@ -124,11 +147,13 @@ class Trainer(PartyBase):
         if isinstance(msg, Gradients):
             if h.sender != self.right or self.holds_tail:
                 raise WireError(f"{self.name}: unexpected gradients from {h.sender}")
+            self._bind_micro(h)
             return self._backward(msg)
         if isinstance(msg, Control):
             if msg.kind == "batch":
-                self._step_batch[(h.epoch, h.step)] = batch_announcement(
-                    msg, receiver=self.name, holds_tail=self.holds_tail, max_batch=self.max_batch)
+                size = batch_announcement(msg, receiver=self.name, holds_tail=self.holds_tail, max_batch=self.max_batch)
+                self._bind_micro(h)
+                self._step_batch[(h.epoch, h.step)] = size
             return []
         raise WireError(f"{self.name}: unknown message type {type(msg).__name__}")
 
@@ -190,6 +215,7 @@ class Trainer(PartyBase):
         if n >= h.n_micro:
             self._done_micro.pop(k, None)
             self._step_batch.pop(k, None)
+            self._step_micro.pop(k, None)
             self._step()
         else:
             self._done_micro[k] = n
