@@ -68,10 +68,12 @@ class Trainer(PartyBase):
         k = (h.epoch, h.step)
         return any(key[:2] < k for key in self._saved) or any(key < k for key in self._done_micro)
 
-    def _bind_micro(self, h: Header) -> None:
+    def _bind_micro(self, h: Header, *, first: bool = True) -> None:
         """Fix a step's number of micro-batches by its first message; refuse a later one that disagrees (it would
-        step the optimizer before the step's other micro-batches are back, under their saved graphs)."""
-        n = self._step_micro.setdefault((h.epoch, h.step), h.n_micro)
+        step the optimizer before the step's other micro-batches are back, under their saved graphs).
+        ``first=False``: a message that cannot open a step (a gradient) only checks."""
+        k = (h.epoch, h.step)
+        n = self._step_micro.setdefault(k, h.n_micro) if first else self._step_micro.get(k, h.n_micro)
         if n != h.n_micro:
             raise WireError(f"{self.name}: {h.sender} says step {(h.epoch, h.step)} has {h.n_micro} micro-batches; "
                             f"it has {n}")
@@ -147,7 +149,7 @@ class Trainer(PartyBase):
         if isinstance(msg, Gradients):
             if h.sender != self.right or self.holds_tail:
                 raise WireError(f"{self.name}: unexpected gradients from {h.sender}")
-            self._bind_micro(h)
+            self._bind_micro(h, first=False)
             return self._backward(msg)
         if isinstance(msg, Control):
             if msg.kind == "batch":

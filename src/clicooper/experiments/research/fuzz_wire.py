@@ -143,10 +143,6 @@ def _pieces(raw: bytes) -> list[tuple[int, int, bytes, bytes]] | None:
         return None
 
 
-def _sub(value: bytes) -> list[tuple[int, int, bytes, bytes]] | None:
-    return _pieces(value)
-
-
 def mutate(raw: bytes, rng: random.Random) -> bytes:
     """One to three random mutations of ``raw`` (byte-level, field-level, or value-level)."""
     for _ in range(rng.randint(1, 3)):
@@ -200,7 +196,7 @@ def _m_tensor(raw: bytes, rng: random.Random) -> bytes:
     k = next((i for i, (n, w, _f, _v) in enumerate(p) if n == 10 and w == 2), None)
     if k is None:
         return _m_fields(raw, rng)
-    sub = _sub(p[k][3]) or []
+    sub = _pieces(p[k][3]) or []
     fields = {n: v for n, _w, _f, v in sub}
     op = rng.choice(["dtype", "shape", "values", "mode", "scale", "split"])
     if op == "dtype":
@@ -297,7 +293,7 @@ def run_case(raw: bytes, sender: str, receiver: str, receivers: Receivers) -> di
         pass
     except Exception as e:  # noqa: BLE001 - the point: anything but a WireError is a crash, recorded
         out["crash"] = {"stage": stage, "error": f"{type(e).__name__}: {str(e)[:300]}", "hex": raw.hex()[:2000],
-                        "trace": traceback.format_exc(limit=4)[-1500:]}
+                        "trace": traceback.format_exc()[-1500:]}
     return out
 
 
