@@ -69,8 +69,8 @@ class DataOwnerNode(Node):
         super().__init__(opts)
         plan, _ = self.plan_and_meta()
         ds = load_dataset(self.given.dataset, options=self.given.data)
-        if hasattr(ds.x_train, "workers"):  # a streamed split: read inline in a node. Forking DataLoader
-            ds.x_train.workers = 0  # workers once gRPC's threads run crashed them (same batches, same values)
+        if ds.streamed is not None:  # read inline in a node (StreamedImages.read_inline says why)
+            ds.streamed.read_inline()
         self.train_ids = ds.train_ids(self.given.train_range)
         config, bp = resolve_run(self.given, num_train=len(self.train_ids), input_shape=ds.input_shape,
                                  num_classes=ds.num_classes, plan=plan, check_devices=False)
