@@ -195,7 +195,7 @@ def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     # the README shows the same example as the docs page, character for character
     code = _doc_example(ROOT / "docs" / "python-api.md")
     assert _doc_example(ROOT / "README.md") == code
-    assert len(code.strip().splitlines()) <= 16
+    assert len([line for line in code.splitlines() if line.strip()]) <= 16  # a screenful, imports included
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
     exec(compile(code, "docs/python-api.md", "exec"), ns)  # noqa: S102 - the project's own docs
