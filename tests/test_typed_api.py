@@ -201,3 +201,20 @@ def test_the_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     exec(compile(code, "docs/python-api.md", "exec"), ns)  # noqa: S102 - the project's own docs
     run = ns["run"]
     assert run.paths["model"].is_dir() and run.privacy is not None and 0.0 <= run.test_acc <= 1.0
+
+
+@pytest.mark.slow
+def test_attack_takes_the_users_own_module_and_data_back(tmp_path: Path) -> None:
+    from clicooper.attacks.runner import OwnObjects, run_attack
+
+    # prepare: a run of the user's own classes on data given as tensors, observations recorded
+    d = load_dataset("digits")
+    data, test = (d.x_train, d.y_train), (d.x_test, d.y_test)
+    run = clicooper.train(BASE | {"record_observations": True}, model=_resnet(), data=data, test_data=test,
+                          out=tmp_path / "r")
+    # execute / assert: refused in one line without them, run with them
+    with pytest.raises((ConfigError, DataError)):
+        run_attack(run.path, "clustering", knowledge=["zero"], write=False)
+    res = run_attack(run.path, "clustering", knowledge=["zero"], write=False,
+                     own=OwnObjects(model=_resnet(), data=data, test_data=test))
+    assert res["results"] and res["attack"] == "clustering"
