@@ -218,3 +218,18 @@ def test_attack_takes_the_users_own_module_and_data_back(tmp_path: Path) -> None
     res = run_attack(run.path, "clustering", knowledge=["zero"], write=False,
                      own=OwnObjects(model=_resnet(), data=data, test_data=test))
     assert res["results"] and res["attack"] == "clustering"
+
+
+def test_only_the_do_node_names_its_own_data(tmp_path: Path) -> None:
+    import json
+
+    from clicooper.net.node_base import NodeOptions
+    from clicooper.net.trainer_node import TrainerNode
+
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"dataset": "python:my_do_data:load", "model": "digits-mlp", "trainers": 2}))
+    opts = NodeOptions(config=cfg, party="T1", run_dir=tmp_path / "T1", listen="127.0.0.1:0",
+                       peers={"DO": "127.0.0.1:1", "T2": "127.0.0.1:2"}, insecure_loopback=True,
+                       dataset="python:my_do_data:load")
+    with pytest.raises(ConfigError, match="a trainer and never loads data"):
+        TrainerNode(opts)
