@@ -75,20 +75,27 @@ def test_own_module_classes_train_in_process_and_are_handed_back(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_own_module_run_resumes_with_the_module(tmp_path: Path) -> None:
+def test_own_module_run_on_given_data_resumes_with_both(tmp_path: Path) -> None:
     from clicooper.errors import InterruptedRun
 
-    full = clicooper.train({"dataset": "digits"} | BASE | {"epochs": 2}, model=_resnet(), out=tmp_path / "full")
+    # prepare: an uninterrupted run, and one stopped after its first epoch
+    d = load_dataset("digits")
+    given = {"data": (d.x_train, d.y_train), "test_data": (d.x_test, d.y_test)}
+    cfg = BASE | {"epochs": 2}
+    full = clicooper.train(cfg, model=_resnet(), out=tmp_path / "full", **given)
 
     def stop(_: dict) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(InterruptedRun):
-        clicooper.train({"dataset": "digits"} | BASE | {"epochs": 2}, model=_resnet(), out=tmp_path / "cut",
-                        on_epoch=stop)
+        clicooper.train(cfg, model=_resnet(), out=tmp_path / "cut", on_epoch=stop, **given)
+    # execute: resume refuses without the module or the data, then continues with both
     with pytest.raises(ConfigError, match="same module"):
-        clicooper.train(resume=tmp_path / "cut")
-    clicooper.train(resume=tmp_path / "cut", model=_resnet())
+        clicooper.train(resume=tmp_path / "cut", **given)
+    with pytest.raises(DataError, match="pass it again"):
+        clicooper.train(resume=tmp_path / "cut", model=_resnet())
+    clicooper.train(resume=tmp_path / "cut", model=_resnet(), **given)
+    # assert: the same weights as the uninterrupted run (stable sample ids)
     a, b = _weights(full.path), _weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

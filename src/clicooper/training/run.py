@@ -67,7 +67,7 @@ def _new_config(config: RunConfig | Mapping[str, Any] | None, fields: dict[str, 
         return config  # as given: not re-validated, so nothing about it can change
     base: dict[str, Any] = dict(config.model_dump() if isinstance(config, RunConfig) else (config or {}))
     named = set(config.model_fields_set) if isinstance(config, RunConfig) else set(base)
-    clash = sorted(k for k in fields if k in named and k != "defense" and base[k] != fields[k])
+    clash = sorted(k for k in fields if k in named and base[k] != fields[k])
     if clash:
         raise ConfigError(f"{', '.join(clash)} given both in config and as a keyword argument; give each once")
     return make_config(**(base | fields))
