@@ -240,3 +240,20 @@ def test_only_the_do_node_names_its_own_data(tmp_path: Path) -> None:
                        dataset="python:my_do_data:load")
     with pytest.raises(ConfigError, match="a trainer and never loads data"):
         TrainerNode(opts)
+
+
+@pytest.mark.slow
+def test_report_baseline_and_do_alone_take_the_users_own_objects(tmp_path: Path) -> None:
+    from clicooper.attacks.runner import OwnObjects
+    from clicooper.report.report import do_alone_for, train_baseline
+
+    d = load_dataset("digits")
+    data, test = (d.x_train, d.y_train), (d.x_test, d.y_test)
+    run = clicooper.train(BASE | {"defense": "dp"}, model=_resnet(), data=data, test_data=test, out=tmp_path / "r")
+    own = OwnObjects(model=_resnet(), data=data, test_data=test)
+    with pytest.raises(DataError, match="pass it again"):
+        train_baseline(run.path, tmp_path / "base")
+    base = train_baseline(run.path, tmp_path / "base", own=own)
+    again = clicooper.load_run(base, model=_resnet(), data=data, test_data=test)
+    assert again.config.defense == "none" and again.config.model == "own-module" and again.evaluate() > 0.1
+    assert 0.0 < do_alone_for(run.path, own=own)["do_alone_acc"] <= 1.0
