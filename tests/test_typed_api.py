@@ -63,7 +63,7 @@ def test_own_module_classes_train_in_process_and_are_handed_back(tmp_path: Path)
     # execute
     run = clicooper.train({"dataset": "digits"} | BASE, model=model, out=tmp_path / "r")
     # assert: trained as given; reopened with the same module; refused without it, naming the class
-    assert run.config.model == "own-module" and run.plan.extra["own_module"] == ["BasicBlock"]
+    assert run.config.model == "own-module:BasicBlock" and run.plan.extra["own_module"] == ["BasicBlock"]
     again = clicooper.load_run(tmp_path / "r", model=_resnet())
     assert again.evaluate() == run.evaluate() == run.test_acc
     assert torch.equal(again.predict(digits.x_test[:8]), run.predict(digits.x_test[:8]))
@@ -72,6 +72,12 @@ def test_own_module_classes_train_in_process_and_are_handed_back(tmp_path: Path)
     wider = nn.Sequential(*list(_resnet())[:-1], nn.Linear(32, 10), nn.ReLU())
     with pytest.raises(ConfigError):
         clicooper.load_run(tmp_path / "r", model=wider)
+    # a path where peers build the model refuses it before starting any node, naming the class
+    from clicooper.net.launch import launch_local
+
+    with pytest.raises(ConfigError, match="BasicBlock.*a peer .* builds the model from a declarative spec"):
+        launch_local(run.config.model_dump(), tmp_path / "launched", insecure_loopback=True)
+    assert not (tmp_path / "launched" / "nodes").exists()
 
 
 @pytest.mark.slow
@@ -255,5 +261,5 @@ def test_report_baseline_and_do_alone_take_the_users_own_objects(tmp_path: Path)
         train_baseline(run.path, tmp_path / "base")
     base = train_baseline(run.path, tmp_path / "base", own=own)
     again = clicooper.load_run(base, model=_resnet(), data=data, test_data=test)
-    assert again.config.defense == "none" and again.config.model == "own-module" and again.evaluate() > 0.1
+    assert again.config.defense == "none" and again.config.model == "own-module:BasicBlock" and again.evaluate() > 0.1
     assert 0.0 < do_alone_for(run.path, own=own)["do_alone_acc"] <= 1.0

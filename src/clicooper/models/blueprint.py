@@ -18,7 +18,7 @@ from torch import nn
 from clicooper.config import RunConfig
 from clicooper.errors import ConfigError
 from clicooper.models import zoo
-from clicooper.models.describe import OWN_MODULE, own_classes, peer_refusal
+from clicooper.models.describe import classes_of, is_own_module, own_classes, peer_refusal
 from clicooper.models.partition import Plan, make_plan, split_model
 
 
@@ -92,14 +92,13 @@ def check_batch_norm(config: RunConfig, plan: Plan, model: nn.Sequential) -> Non
 
 
 def _own_model(config: RunConfig, module: nn.Sequential | None, plan: Plan | None) -> nn.Sequential | None:
-    """A copy of the user's own module for an :data:`OWN_MODULE` run; ``None`` for a run built from its
+    """A copy of the user's own module for an ``own-module:…`` run; ``None`` for a run built from its
     config. Without the module, such a run is refused with what to do (a peer can never build it)."""
     if module is None:
-        if config.model == OWN_MODULE:
-            raise ConfigError(peer_refusal(plan.extra.get("own_module", []) if plan is not None else []) +
-                              "; in Python, pass the same module: model=…")
+        if is_own_module(config.model):
+            raise ConfigError(peer_refusal(classes_of(config.model)) + "; in Python, pass the same module: model=…")
         return None
-    if config.model != OWN_MODULE:
+    if not is_own_module(config.model):
         raise ConfigError(f"this run's model is {config.model!r}, built from its config; do not pass model=")
     return copy.deepcopy(module)  # the run's parameters, apart from the user's object
 
@@ -114,7 +113,7 @@ def blueprint_for(
     same way (same builder or spec, same seed), so its weights are those the plan was made from.
     ``initial_state`` replaces the seeded weights (the Python API's ``train(config, model=…)``; its plan
     says so in ``extra["initial_weights"]``, see :func:`clicooper.core.setup.resolve_run`).
-    ``module``: the user's own ``nn.Sequential`` of an :data:`~clicooper.models.describe.OWN_MODULE` run (a
+    ``module``: the user's own ``nn.Sequential`` of an ``own-module:…`` run (a
     copy is trained; a given plan's architecture hash is checked against it by the caller's stamp).
     """
     outputs = num_outputs_for(config, num_classes)

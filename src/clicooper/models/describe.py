@@ -7,7 +7,7 @@ model from it. Constructor arguments are read back from the layers' attributes; 
 activations and dropout is dropped (the rebuilt layer computes the same values out of place).
 
 A ``Sequential`` holding the user's own module classes (:func:`own_classes`: their ``BasicBlock``, their
-ResNet) trains in-process as it is: the run is named :data:`OWN_MODULE`, keeps its state dicts and the
+ResNet) trains in-process as it is: the run's ``model`` is ``own-module:CLASS,…`` (:func:`own_module_name`), keeps its state dicts and the
 architecture hash, and the user hands the same module back to reopen it (``load_run(RUN, model=…)``). A
 path where a peer must build the model (nodes, ``launch``) needs the declarative spec and says so
 (:func:`peer_refusal`). No module is ever pickled or rebuilt from code read from disk.
@@ -27,8 +27,24 @@ from clicooper.models.layers import LAYERS, RESIDUAL, allowed_types
 from clicooper.models.spec import Layer, parse_layer
 
 _BY_CLASS: dict[type[nn.Module], str] = {lt.cls: name for name, lt in LAYERS.items()}
-#: ``RunConfig.model`` of a run that trains the user's own module classes (no spec; see the module docstring)
+#: ``RunConfig.model`` of a run that trains the user's own module classes is ``own-module:CLASS,…`` (no spec;
+#: see the module docstring), so every path that reads the config alone can name the classes
 OWN_MODULE = "own-module"
+
+
+def own_module_name(classes: Sequence[str]) -> str:
+    """``RunConfig.model`` of a run of the user's own module ``classes``."""
+    return f"{OWN_MODULE}:{','.join(classes)}"
+
+
+def is_own_module(model: str) -> bool:
+    """Whether ``RunConfig.model`` names a run of the user's own module classes."""
+    return model == OWN_MODULE or model.startswith(f"{OWN_MODULE}:")
+
+
+def classes_of(model: str) -> list[str]:
+    """The user's own class names an ``own-module:…`` model name records."""
+    return [c for c in model.partition(":")[2].split(",") if c]
 _INPLACE = re.compile(r",?\s*inplace=True")
 
 

@@ -27,7 +27,7 @@ from clicooper.config import make_config
 from clicooper.data.augment import augmenter_for
 from clicooper.data.given import is_owner_code, open_dataset
 from clicooper.errors import AttackError, ConfigError, DataError, RunDirError
-from clicooper.models.describe import OWN_MODULE
+from clicooper.models.describe import is_own_module
 from clicooper.report import plots
 from clicooper.report.markdown import render_markdown
 from clicooper.report.rows import (
@@ -76,7 +76,7 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     if is_owner_code(str(want.get("dataset"))) and own.data is None:  # never run from the run's config.json
         raise DataError(f"{run_dir} trained on the data owner's own Python data ({want['dataset']}); pass it again "
                         "to the report: make_report(…, own=OwnObjects(data=…))")
-    mine = own.model if model is None and cfg.get("model") == OWN_MODULE else None
+    mine = own.model if model is None and is_own_module(str(cfg.get("model"))) else None
     train(want, out=out, model=mine, data=own.data, test_data=own.test_data)
     return out
 
@@ -116,7 +116,7 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
     plan = read_json(Path(run_dir) / "plan.json") if (Path(run_dir) / "plan.json").is_file() else {}
     dataset = open_dataset(key["dataset"], cfg.get("data"), own.data, own.test_data,
                            fingerprint_of_run=plan.get("extra", {}).get("data_fingerprint"))
-    acc = do_alone_accuracy(key["model"], dataset, module=own.model if key["model"] == OWN_MODULE else None, train_range=tuple(rng) if rng else None,
+    acc = do_alone_accuracy(key["model"], dataset, module=own.model if is_own_module(key["model"]) else None, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
                             batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
                             lr_at=run_cfg.lr_at,

@@ -3,7 +3,7 @@
 A module of allowlisted layers is described as a spec (:func:`clicooper.models.describe.describe`) that
 becomes the run's ``model_spec``, so ``config.json`` alone rebuilds the architecture (``load_run``,
 ``evaluate``, attacks, nodes); the rebuilt model must print like the given one. A module holding the
-user's own classes (their ``BasicBlock``) trains in-process as it is (``model`` = ``own-module``, see
+user's own classes (their ``BasicBlock``) trains in-process as it is (``model`` = ``own-module:BasicBlock``, see
 :mod:`clicooper.models.describe`): reopening the run takes the same module again (``model=``), checked
 against the architecture hash in ``plan.json``. A ``str`` / :class:`~pathlib.Path` ending in ``.toml`` or
 ``.json`` is a model file (``--model-file``); another string names a built-in model. Its weights are the run's initial weights: they are saved
@@ -26,7 +26,14 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.errors import ConfigError, RunDirError
 from clicooper.models import zoo
-from clicooper.models.describe import OWN_MODULE, as_sequential, check_rebuilt, describe, own_classes
+from clicooper.models.describe import (
+    as_sequential,
+    check_rebuilt,
+    describe,
+    is_own_module,
+    own_classes,
+    own_module_name,
+)
 from clicooper.models.partition import Plan
 from clicooper.models.spec import load_model_file
 from clicooper.provenance.commitments import architecture_hash, segment_commitment
@@ -48,15 +55,16 @@ def model_fields(model: str | Path) -> dict[str, Any]:
 def adopt(config: RunConfig, model: Model) -> tuple[RunConfig, dict[str, torch.Tensor], nn.Sequential | None]:
     """(``config`` naming ``model``, ``model``'s initial weights, the module when it is the user's own
     classes). A describable module gets ``model_spec`` (and ``model`` naming it: the config's own name unless
-    that is a built-in's, else ``custom``); one with the user's own classes gets ``model`` ``own-module``."""
+    that is a built-in's, else ``custom``); one with the user's own classes gets ``model`` ``own-module:CLASS,…``."""
     if config.model_spec is not None:
         raise ConfigError("give model= or the config's model_spec, not both")
     seq = as_sequential(model)
     state = {k: v.detach().to("cpu").clone() for k, v in seq.state_dict().items()}
-    if own_classes(seq):
-        return make_config(**(config.model_dump() | {"model": OWN_MODULE, "model_spec": None})), state, seq
+    own = own_classes(seq)
+    if own:
+        return make_config(**(config.model_dump() | {"model": own_module_name(own), "model_spec": None})), state, seq
     spec = describe(seq)
-    name = CUSTOM if config.model in zoo.names() or config.model == OWN_MODULE else config.model
+    name = CUSTOM if config.model in zoo.names() or is_own_module(config.model) else config.model
     return make_config(**(config.model_dump() | {"model": name, "model_spec": spec})), state, None
 
 
@@ -66,7 +74,7 @@ def check_adopted(model: Model, built: nn.Module) -> None:
 
 
 def check_own_architecture(run_dir: Path, module: nn.Sequential) -> None:
-    """The module given to reopen an ``own-module`` run must have the architecture ``plan.json`` records."""
+    """The module given to reopen an ``own-module:…`` run must have the architecture ``plan.json`` records."""
     plan = rundir.read_json(Path(run_dir) / rundir.PLAN)
     want = plan.get("extra", {}).get("architecture_hash")
     if want is not None and architecture_hash(module) != want:

@@ -26,7 +26,7 @@ from clicooper.core.setup import resolve_run
 from clicooper.data import Dataset
 from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_code, open_dataset
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
-from clicooper.models.describe import OWN_MODULE, as_sequential, peer_refusal
+from clicooper.models.describe import as_sequential, classes_of, is_own_module, peer_refusal
 from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
 from clicooper.training import own_model
@@ -193,9 +193,9 @@ def _initial_weights(config: RunConfig, model: own_model.ModelArg | None, run_di
     """(config, given initial weights, the user's own module): ``model=`` adopted for a new run, the saved
     weights for a resumed run (whose own module classes, if any, the caller gives again)."""
     if resumed:
-        if config.model == OWN_MODULE:
+        if is_own_module(config.model):
             if not isinstance(model, (nn.Module, list, tuple)):
-                raise ConfigError(peer_refusal([]) + f"; to resume it in Python, pass the same module: "
+                raise ConfigError(peer_refusal(classes_of(config.model)) + f"; to resume it in Python, pass the same module: "
                                   f"train(resume={str(run_dir)!r}, model=…)")
             module = as_sequential(model)
             own_model.check_own_architecture(run_dir, module)
