@@ -155,3 +155,13 @@ def test_set_on_train_and_launch_reaches_the_run_config(tmp_path: Path) -> None:
     code, _, stderr = run_cli("launch", str(tmp_path / "run.json"), "--local", "--set", "trainerz=2",
                               "--out", str(tmp_path / "L"))
     assert_clean_error(code, stderr, "did you mean trainers")
+
+
+def test_train_names_the_do_own_python_data_on_its_command_line_only(tmp_path: Path) -> None:
+    code, _, stderr = run_cli("train", "--dataset", "python:no_such_module_xyz:load", "--model", "digits-mlp",
+                              "--out", str(tmp_path / "R"))
+    assert_clean_error(code, stderr, "cannot import no_such_module_xyz")
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "python:no_such_module_xyz:load"}))
+    code, _, stderr = run_cli("train", "--config", str(tmp_path / "run.json"), "--model", "digits-mlp",
+                              "--out", str(tmp_path / "R2"))
+    assert_clean_error(code, stderr, "never loaded from a config")

@@ -156,6 +156,8 @@ def test_python_dataset_runs_the_do_own_function_only_when_named(tmp_path: Path,
         "    return (d.x_train, d.y_train), (d.x_test, d.y_test)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     name = "python:my_do_data:load"
+    with pytest.raises(DataError, match="never loaded from a config"):  # a config alone never runs code
+        clicooper.train(BASE | {"dataset": name}, model="digits-mlp", out=tmp_path / "from-config")
     # execute
     run = clicooper.train(BASE, data=name, model="digits-mlp", out=tmp_path / "r")
     # assert: config.json names it; nothing runs it from the file alone; naming it again does

@@ -174,6 +174,8 @@ def train(
             image_size=image_size, image_mode=image_mode, stream=stream, workers=workers,
             crop_padding=crop_padding, flip=flip, sets=sets,
         )
+        if dataset is not None and dataset.startswith("python:"):
+            data = dataset  # named on this command line: the DO's own function runs (never from --config)
     run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:

@@ -23,7 +23,7 @@ from clicooper.core.checkpoint import completed_rounds, write_state
 from clicooper.core.privacy import build_privacy
 from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
-from clicooper.data import Dataset
+from clicooper.data import Dataset, load_dataset
 from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_code, open_dataset
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.models.describe import as_sequential, classes_of, is_own_module, peer_refusal
@@ -96,15 +96,19 @@ def _open_run(config: RunConfig | Mapping[str, Any] | None, out: str | Path | No
     return run_dir, config, 0, {"epochs": []}
 
 
-def _dataset(config: RunConfig, run_dir: Path, data: GivenData | None, test_data: Any, *, resumed: bool
-             ) -> tuple[RunConfig, Dataset]:
+def _dataset(config: RunConfig, run_dir: Path, data: GivenData | None, test_data: Any, *, resumed: bool,
+             named: str | None) -> tuple[RunConfig, Dataset]:
     """The run's data: ``data=`` (the user's own objects, or a name) or the config's dataset. The DO's own
-    Python data (``python:`` / ``given:``) of a resumed run must be given again, and must be the same."""
+    Python data (``python:`` / ``given:``) of a resumed run must be given again, and must be the same; a
+    ``python:`` name runs only when this call names it (``named``: ``data=`` / ``dataset=``), never because
+    a config says so."""
     if resumed:
         plan = rundir.read_json(run_dir / rundir.PLAN) if (run_dir / rundir.PLAN).is_file() else {}
         return config, open_dataset(config.dataset, config.data, data, test_data,
                                     fingerprint_of_run=plan.get("extra", {}).get("data_fingerprint"))
-    if data is None:  # this call's own config: a python: name in it is the caller's own code
+    if data is None:
+        if named != config.dataset:  # load_dataset refuses the DO's own names, saying how to give them
+            return config, dataset_from(load_dataset(config.dataset, config.data), test_data)
         return config, dataset_from(config.dataset, test_data, options=config.data)
     ds = dataset_from(data, test_data, options=config.data)
     if ds.name != config.dataset:
@@ -275,6 +279,7 @@ def train(
     if isinstance(model, (str, Path)):
         fields |= own_model.model_fields(model)
         model = None
+    named = data if isinstance(data, str) else dataset  # a python: name runs only when named here
     if isinstance(data, str) and resume is None:  # a name: the config's dataset field
         if fields.get("dataset", data) != data:
             raise ConfigError(f"dataset={fields['dataset']!r} and data={data!r} name two datasets; give one")
@@ -284,7 +289,7 @@ def train(
     resumed = resume is not None
     run_dir, config, done, metrics = _open_run(config, out, resume, fields)
     config, initial, module = _initial_weights(config, model, run_dir, resumed=resumed)
-    config, ds = _dataset(config, run_dir, data, test_data, resumed=resumed)
+    config, ds = _dataset(config, run_dir, data, test_data, resumed=resumed, named=named)
     config, blueprint = resolve_run(config, num_train=len(ds.train_ids(config.train_range)),  # checks the range
                                     input_shape=ds.input_shape, num_classes=ds.num_classes,
                                     initial_state=initial, module=module)
