@@ -60,7 +60,7 @@ print(json.dumps(res))
 
 
 def test_an_unknown_kind_names_the_known_ones_and_kinds_are_unique() -> None:
-    with pytest.raises(ConfigError, match="unknown defence kind 'nope'; choose one of adversarial-decoder"):
+    with pytest.raises(ConfigError, match="unknown kind 'nope' of defence; choose one of adversarial-decoder"):
         make_config(dataset="digits", defenses=[{"kind": "nope"}])
     with pytest.raises(ConfigError, match="nopeek more than once"):
         make_config(dataset="digits", defenses=[{"kind": "nopeek", "weight": 1}, {"kind": "nopeek", "weight": 2}])

@@ -55,6 +55,10 @@ def test_every_older_field_becomes_its_spec() -> None:
     c = make_config(dataset="digits", **kinds["gradient-protection"])
     assert (c.defense, c.dp.sigma, c.dp.protect_gradients, c.dp.grad_clip_norm) == ("dp", 0.1, True, 0.5)
     assert make_config(dataset="digits", nopeek=0.0).defenses == []  # 0 = off, as before
+    # in a defenses list, a bare name is its kind, and the older defense values stand for their kinds
+    listed = make_config(dataset="digits", defenses=["clicooper", {"kind": "nopeek", "weight": 1}])
+    assert [d.kind for d in listed.defenses] == ["label-obfuscation", "keyed-noise", "nopeek"]
+    assert make_config(dataset="digits", defenses=[{"kind": "dp", "sigma": 0.5}]).dp.sigma == 0.5
     assert make_config(dataset="digits", defense="none", dp={"sigma": 0.3}).defenses == []
     with pytest.raises(ConfigError, match="sigma_source"):  # a malformed table is refused even when off
         make_config(dataset="digits", dp={"sigma_source": "noise-ratio"})

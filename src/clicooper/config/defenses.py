@@ -78,7 +78,7 @@ def spec_type(kind: str) -> type[DefenseSpec]:
                 raise ValueError(f"defence {kind!r} comes from {ep.value}, which failed to load ({e}); "
                                  "reinstall or uninstall that package") from e
         if kind not in _SPECS:
-            raise ValueError(f"unknown defence kind {kind!r}; choose one of {', '.join(defense_kinds())}")
+            raise ValueError(f"unknown kind {kind!r} of defence; choose one of {', '.join(defense_kinds())}")
     return _SPECS[kind]
 
 
@@ -102,8 +102,35 @@ def parse_defense(item: Any, where: str = "defenses") -> DefenseSpec:
         raise ValueError(f"{where} ({item['kind']}): " + "; ".join(msgs)) from None
 
 
+#: names a ``defenses`` entry may use for the kinds they stand for (the older ``defense`` values)
+ALIASES: dict[str, tuple[str, ...]] = {"none": (), "dp": ("keyed-noise",), "labels": ("label-obfuscation",),
+                                       "clicooper": ("label-obfuscation", "keyed-noise")}
+
+
+def expand_aliases(items: Any) -> Any:
+    """A ``defenses`` list with its shorthand entries spelled out: a bare name is ``{"kind": name}``, and
+    ``dp`` / ``labels`` / ``clicooper`` / ``none`` stand for the kinds they always meant (``{"kind": "dp",
+    "sigma": 0.5}`` is keyed noise with σ 0.5)."""
+    if not isinstance(items, list | tuple):
+        return items
+    out: list[Any] = []
+    for it in items:
+        if isinstance(it, str):
+            out += [{"kind": k} for k in ALIASES.get(it, (it,))]
+        elif isinstance(it, Mapping) and it.get("kind") in ALIASES:
+            kinds, settings = ALIASES[it["kind"]], {k: v for k, v in it.items() if k != "kind"}
+            if settings and len(kinds) != 1:
+                raise ValueError(f"{it['kind']} takes no settings here; give each of its defences "
+                                 f"({', '.join(kinds) or 'none'}) as its own entry")
+            out += [{"kind": k, **settings} for k in kinds]
+        else:
+            out.append(it)
+    return out
+
+
 def parse_defenses(items: Any) -> list[DefenseSpec]:
     """The specs of a ``defenses`` list, each kind at most once, in the order the DO applies them."""
+    items = expand_aliases(items)
     if not isinstance(items, list | tuple):
         raise ValueError("defenses must be a list of tables, each with a kind")
     specs = [parse_defense(x, f"defenses[{i}]") for i, x in enumerate(items)]
@@ -394,7 +421,7 @@ def migrate(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] | None =
         if old:
             raise ValueError(f"give defenses or the older fields ({', '.join(sorted(old))}), not both; "
                              "move their settings into the defenses list")
-        items = out["defenses"]
+        items = expand_aliases(out["defenses"])
         if preset_specs and isinstance(items, list | tuple):
             items = fill_from_preset(list(items), preset_specs)
         out["defenses"] = items
