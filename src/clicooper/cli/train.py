@@ -96,6 +96,11 @@ def train(
     nopeek: float = typer.Option(None, "--nopeek", help="NoPeek weight α ≥ 0: the DO's head also minimises the "
                                  "distance correlation between its inputs and its outputs (0: off)"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
+    provenance: bool = typer.Option(
+        None, "--provenance/--no-provenance", help="keep the signed ledger and watermark (default on). Its "
+        "watermark keys are fresh secrets, so two runs differ; --no-provenance: the same --seed gives the same "
+        "weights",
+    ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
     observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
@@ -158,7 +163,7 @@ def train(
             lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek, head_mode=head_mode,
             adversarial_decoder=adversarial_decoder,
-            seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
+            seed=seed, provenance=provenance, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
