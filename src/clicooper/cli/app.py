@@ -11,7 +11,6 @@ from typer.core import TyperCommand
 from clicooper.cli import attacks, net, provenance, security, train
 
 
-
 class _Command(TyperCommand):
     """A command whose ``--help`` shows on/off options as flags (``--stream``, ``--provenance/--no-provenance``)
     rather than with a ``<bool>`` value, which they do not take."""
