@@ -129,3 +129,102 @@ def test_no_provenance_same_seed_gives_bit_identical_weights(tmp_path: Path) -> 
     _train_digits(tmp_path / "C")
     c = _weights(tmp_path / "C")
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# ---- docs that name what the CLI has -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 1-epoch digits run with provenance on (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("fh") / "R"
+    _train_digits(out)
+    return out
+
+
+def _copy(run: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_attack_removal_and_forgery_as_readme_lists_them(small_run: Path, tmp_path: Path) -> None:
+    import json
+
+    run = _copy(small_run, tmp_path / "R")
+    code, stdout, stderr = run_cli("attack", run, "--attack", "removal,forgery", "--budget", "smoke", "--json")
+    assert code == 0, stderr
+    res = json.loads(stdout.strip().splitlines()[-1])["attacks"]
+    assert set(res) == {"removal", "forgery"}
+    forgery = json.loads((run / "attacks" / "forgery.json").read_text())
+    assert forgery["headline"]["verifier"]["verify"]["score"] == 1.0  # every forged ledger rejected
+    removal = json.loads((run / "attacks" / "removal.json").read_text())
+    assert {r["attack"] for r in removal["results"][0]["info"]["rows"]} == {"none", "prune-global", "int8"}
+    # options that choose trainer views do not apply to them: refused, not ignored
+    code, _, stderr = run_cli("attack", run, "--attack", "removal", "--party", "T1", "--budget", "smoke")
+    clean_error(code, stderr, "--party does not apply to removal")
+
+
+def test_attack_removal_on_a_run_without_provenance_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "R"
+    run.mkdir()
+    (run / "config.json").write_text('{"provenance": false}')
+    code, _, stderr = run_cli("attack", run, "--attack", "forgery")
+    clean_error(code, stderr, "provenance off")
+
+
+def test_launch_into_an_existing_directory_does_not_advise_resume(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text('dataset = "digits"\nmodel = "digits-mlp"\nepochs = 1\n')
+    (tmp_path / "R").mkdir()
+    (tmp_path / "R" / "keep.txt").write_text("mine")
+    code, _, stderr = run_cli("launch", tmp_path / "run.toml", "--local", "--out", tmp_path / "R")
+    clean_error(code, stderr, "already exists")
+    assert "--resume" not in stderr
+    assert (tmp_path / "R" / "keep.txt").read_text() == "mine"
+
+
+def _as_finished_launch(run: Path) -> Path:
+    """``run`` laid out as `clicooper launch` leaves a finished run: nodes/<party>/ hold the checkpoints,
+    RUN/ holds config, plan, state, model/ (no RUN/checkpoints)."""
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    (run / "nodes" / "DO").mkdir(parents=True)
+    (run / "nodes" / "DO" / "state.json").write_text('{"completed_rounds": 1, "finished": true}')
+    return run
+
+
+def test_resume_of_a_finished_launch_run_says_so(small_run: Path, tmp_path: Path) -> None:
+    run = _as_finished_launch(_copy(small_run, tmp_path / "R"))
+    code, _, stderr = run_cli("train", "--resume", run)
+    clean_error(code, stderr, "finished `clicooper launch` run", "clicooper evaluate")
+    assert "missing" not in stderr
+
+
+# ---- a missing state.json ---------------------------------------------------------------------------------
+def test_missing_state_json_is_refused_not_restarted(small_run: Path, tmp_path: Path) -> None:
+    run = _copy(small_run, tmp_path / "R")
+    (run / "state.json").unlink()
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+    code, _, stderr = run_cli("train", "--resume", run)
+    clean_error(code, stderr, "state.json is missing", '{"completed_rounds": 1}')
+    assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before  # nothing touched
+    # following the advice resumes it (a finished run: nothing left to train)
+    (run / "state.json").write_text('{"completed_rounds": 1}')
+    code, _, stderr = run_cli("train", "--resume", run)
+    assert code == 0, stderr
+
+
+def test_new_run_writes_state_json_from_the_start(tmp_path: Path) -> None:
+    from clicooper.training import train
+
+    calls: list[int] = []
+
+    def progress(epoch: int, step: int, steps: int) -> None:
+        if not calls:  # during the first step: the run's files exist, no round has completed
+            calls.append(int(__import__("json").loads((tmp_path / "R" / "state.json").read_text())
+                             ["completed_rounds"]))
+
+    train({"dataset": "digits", "model": "digits-mlp", "trainers": 1, "epochs": 1, "train_range": [0, 64],
+           "provenance": False}, out=tmp_path / "R", progress=progress)
+    assert calls == [0]

@@ -18,7 +18,7 @@ import torch
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.core.budget import budget_stop, check_max_epsilon
-from clicooper.core.checkpoint import completed_rounds, write_state
+from clicooper.core.checkpoint import completed_rounds, resumable_rounds, write_state
 from clicooper.core.privacy import build_privacy
 from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
@@ -41,7 +41,7 @@ def _open_run(config: RunConfig | dict[str, Any] | None, out: str | Path | None,
         if not (run_dir / rundir.CONFIG).is_file():
             raise RunDirError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
         config = make_config(**rundir.read_json(run_dir / rundir.CONFIG))
-        done = completed_rounds(run_dir)
+        done = resumable_rounds(run_dir)
         metrics = rundir.read_json(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).is_file() else {"epochs": []}
         metrics["epochs"] = [m for m in metrics["epochs"] if m["epoch"] <= done]
         return run_dir, config, done, metrics
@@ -148,6 +148,7 @@ def _start_files(session: Session, run_dir: Path, initial: Any, *, new_run: bool
         rundir.write_json(run_dir / rundir.CONFIG, session.config.model_dump(mode="json"))
         rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
         session.save_model_files(0)
+        write_state(run_dir, 0)  # from now on a missing state.json is a lost file, not a fresh run
     elif done > 0:
         session.load_checkpoint(done - 1)
 
