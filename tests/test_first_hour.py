@@ -228,3 +228,40 @@ def test_new_run_writes_state_json_from_the_start(tmp_path: Path) -> None:
     train({"dataset": "digits", "model": "digits-mlp", "trainers": 1, "epochs": 1, "train_range": [0, 64],
            "provenance": False}, out=tmp_path / "R", progress=progress)
     assert calls == [0]
+
+
+# ---- --stream on bad data leaves nothing behind ---------------------------------------------------------
+def _image_folder(root: Path, per_class: int = 12) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(per_class):
+            a = (rng.random((8, 8)) * 80 + c * 120).astype(np.uint8)
+            Image.fromarray(a, "L").save(root / f"c{c}" / f"{k:03d}.png")
+    return root
+
+
+@pytest.mark.parametrize("out_exists", [False, True])
+def test_stream_with_an_undecodable_image_leaves_no_half_made_run(tmp_path: Path, out_exists: bool) -> None:
+    folder = _image_folder(tmp_path / "img")
+    bad = sorted((folder / "c1").glob("*.png"))
+    for f in bad:  # which file lands in the training split is the split's business: break them all
+        f.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "R"
+    if out_exists:
+        out.mkdir()  # an empty directory is a valid --out; it must stay (empty), not vanish
+    args = ["train", "--dataset", f"imagefolder:{folder}", "--image-mode", "L", "--model", "digits-cnn",
+            "--trainers", "1", "--epochs", "1", "--stream", "--workers", "0", "--out", out]
+    code, _, stderr = run_cli(*args)
+    assert code == 2 and "Traceback" not in stderr, stderr
+    assert (not out.exists()) if not out_exists else (out.is_dir() and not any(out.iterdir()))
+    for f in bad:  # repaired, the same command works with the same --out
+        from PIL import Image
+
+        Image.new("L", (8, 8), 200).save(f)
+    code, _, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert (out / "state.json").is_file()

@@ -187,7 +187,47 @@ def train(
     if model is not None:
         own_model.check_adopted(model, blueprint.model)
     check_max_epsilon(max_epsilon, config)
+    made_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _invocation(config, run_dir, dataset, blueprint, initial, resume=resume, done=done, metrics=metrics,
+                           progress=progress, on_epoch=on_epoch, hooks=hooks, max_epsilon=max_epsilon,
+                           dismiss_detection=dismiss_detection)
+    except InterruptedRun:
+        raise  # Ctrl-C: saved as far as it got, and the message says how to resume
+    except Exception:
+        if resume is None:
+            _discard_unfinished_new_run(run_dir, made_dir)
+        raise
+
+
+def _discard_unfinished_new_run(run_dir: Path, made_dir: bool) -> None:
+    """A new run that failed before completing a round (e.g. an undecodable image read by ``--stream``)
+    leaves nothing behind, so the same ``--out`` works again. Only what this invocation made goes: the
+    directory was new or empty (:func:`rundir.check_new_run_dir`); a run with a completed round stays,
+    resumable."""
+    import shutil
+
+    try:
+        if completed_rounds(run_dir) > 0:
+            return
+    except RunDirError:
+        pass  # a half-written state.json of round 0: nothing completed
+    if made_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():  # it was empty before: everything in it is this invocation's
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _invocation(config: RunConfig, run_dir: Path, dataset: Any, blueprint: Any, initial: Any, *,
+                resume: str | Path | None, done: int, metrics: dict[str, Any], progress: Progress | None,
+                on_epoch: Callable[[dict[str, Any]], None] | None, hooks: RoundHooks | None,
+                max_epsilon: float | None, dismiss_detection: bool) -> RunHandle:
+    """The part of :func:`train` that writes into the run directory: privacy, session, the rounds."""
     privacy = build_privacy(config, run_dir, dataset, blueprint, new_run=resume is None)
     try:
         session = Session(config, dataset, run_dir, blueprint=blueprint, privacy=privacy)
