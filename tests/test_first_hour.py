@@ -265,3 +265,176 @@ def test_stream_with_an_undecodable_image_leaves_no_half_made_run(tmp_path: Path
     code, _, stderr = run_cli(*args)
     assert code == 0, stderr
     assert (out / "state.json").is_file()
+
+
+# ---- a user's own nn.Sequential under --defense clicooper: export and predict ---------------------------------
+# README "Loading an exported model in plain PyTorch", verbatim (no clicooper import)
+README_CLIP = '''
+class ClipPerSample(nn.Module):
+    """Clip each sample to L2 norm <= norm, as the data owner did at the cut in training."""
+    def __init__(self, norm):
+        super().__init__()
+        self.norm = norm
+    def forward(self, x):
+        n = x.reshape(len(x), -1).norm(dim=1).clamp_min(1e-12)
+        return x * torch.clamp(self.norm / n, max=1.0).reshape(-1, *[1] * (x.dim() - 1))
+'''
+
+
+def _readme_clip() -> type:
+    import torch
+    from torch import nn
+
+    ns: dict[str, object] = {"nn": nn, "torch": torch}
+    exec(README_CLIP, ns)  # noqa: S102 - the README's own snippet, checked against the README below
+    return ns["ClipPerSample"]  # type: ignore[return-value]
+
+
+def test_readme_writes_the_clip_module_the_test_uses() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    assert README_CLIP.strip() in readme
+
+
+def _own_digits_model():  # noqa: ANN202
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))  # ends with Linear(64, 10): 10 classes
+
+
+OWN_CFG = {"dataset": "digits", "trainers": 2, "epochs": 2, "train_range": (0, 1000), "provenance": False,
+           "defense": "clicooper", "dp": {"sigma": 0.02}, "lr": 3e-3}  # little noise: it learns in 2 epochs
+
+
+@pytest.mark.slow
+def test_own_sequential_under_clicooper_exports_to_plain_pytorch_agreeing_with_predict(tmp_path: Path) -> None:
+    import json
+
+    import clicooper
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    seq = _own_digits_model()
+    clicooper.train(OWN_CFG, out=tmp_path / "R", model=seq)  # Linear(64, 10) accepted: widened to 10 × m
+    run = clicooper.load_run(tmp_path / "R")
+    assert run.model[-1].out_features == 20
+    code, _, stderr = run_cli("export", tmp_path / "R", "--out", tmp_path / "m.safetensors")
+    assert code == 0, stderr
+    # the plain module the README writes down: the user's layers, the clip after the cut, the wider output layer,
+    # then Softmax and the 0/1 label decoding
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = f.metadata()
+    cut = json.loads(meta["cut_clip"])
+    clip = _readme_clip()
+    plain = nn.Sequential(*seq[: cut["after_layer"] + 1], clip(cut["norm"]), *seq[cut["after_layer"] + 1: -1],
+                          nn.Linear(64, 20), nn.Softmax(dim=1), nn.Linear(20, 10, bias=False))
+    plain.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    ds = run.dataset()
+    with torch.no_grad():
+        plain_pred = plain.eval()(ds.x_test).argmax(1)
+    np.save(tmp_path / "x.npy", ds.x_test.numpy())
+    code, stdout, stderr = run_cli("predict", tmp_path / "R", "--input", tmp_path / "x.npy", "--json")
+    assert code == 0, stderr
+    cli_pred = json.loads(stdout.strip().splitlines()[-1])["predictions"]
+    assert len(cli_pred) == len(ds.x_test) > 300
+    assert plain_pred.tolist() == cli_pred  # 100 % of the test rows
+    assert len(set(cli_pred)) > 3  # it learned something: not one class for everything
+
+
+def test_wrong_output_width_error_speaks_python(tmp_path: Path) -> None:
+    import clicooper
+    from clicooper.errors import ConfigError
+    from torch import nn
+
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 7))
+    with pytest.raises(ConfigError, match=r"nn\.Linear\(…, 20\)"):
+        clicooper.train(OWN_CFG, out=tmp_path / "R", model=seq)
+    assert not (tmp_path / "R").exists()
+
+
+def _csv_pair(root: Path) -> tuple[Path, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    return write_csv(root / "train.csv", 400), write_csv(root / "test.csv", 60)
+
+
+@pytest.mark.slow
+def test_predict_on_raw_csv_rows_npz_array_and_image_folder(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import clicooper
+    import numpy as np
+    import torch
+    from torch import nn
+
+    # csv: the user's own model, raw rows of the test file through the stored preprocessing
+    train_csv, test_csv = _csv_pair(tmp_path / "csv")
+    (tmp_path / "csv" / "train.csv").write_text(train_csv.read_text().replace("color", "colour"))
+    (tmp_path / "csv" / "test.csv").write_text(test_csv.read_text().replace("color", "colour"))
+    torch.manual_seed(0)
+    tab = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 2))
+    cfg = {"dataset": f"csv:{train_csv},{test_csv}", "data": {"label_column": "label"}, "trainers": 2,
+           "epochs": 3, "provenance": False, "defense": "clicooper", "lr": 0.01}
+    clicooper.train(cfg, out=tmp_path / "T", model=tab)
+    assert (tmp_path / "T" / "preprocessing.json").is_file()
+    run = clicooper.load_run(tmp_path / "T")
+    ds = run.dataset()
+    want = run.predict(ds.x_test).argmax(1).tolist()
+    code, stdout, stderr = run_cli("predict", tmp_path / "T", "--input", test_csv, "--json")
+    assert code == 0, stderr
+    got = json.loads(stdout.strip().splitlines()[-1])["predictions"]
+    assert got == want
+    truth = ds.y_test.tolist()
+    assert sum(g == t for g, t in zip(got, truth, strict=True)) / len(truth) > 0.8  # not "all class 1"
+    # the Python API takes the same file, and numpy arrays
+    assert run.predict(test_csv).argmax(1).tolist() == want
+    assert run.predict(ds.x_test.numpy()).argmax(1).tolist() == want
+    assert run.predict(ds.x_test.numpy()[0]).shape == (1, 2)  # one sample
+    # npz: one array, or one named among several
+    np.savez(tmp_path / "one.npz", anything=ds.x_test.numpy())
+    np.savez(tmp_path / "two.npz", x=ds.x_test.numpy(), other=np.zeros(3))
+    for args in (["--input", tmp_path / "one.npz"], ["--input", tmp_path / "two.npz", "--key", "x"]):
+        code, stdout, stderr = run_cli("predict", tmp_path / "T", *args, "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout.strip().splitlines()[-1])["predictions"] == want
+    code, _, stderr = run_cli("predict", tmp_path / "T", "--input", tmp_path / "two.npz")
+    clean_error(code, stderr, "--key")
+
+    # imagefolder: a folder of image files through the run's decoding
+    img = tmp_path / "img"
+    for split, n in (("train", 24), ("test", 6)):
+        _image_folder(img / split, n)
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 32), nn.ReLU(),
+                        nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    clicooper.train({"dataset": f"imagefolder:{img}", "data": {"image_mode": "L"}, "trainers": 2, "epochs": 1,
+                     "provenance": False, "defense": "clicooper"}, out=tmp_path / "I", model=cnn)
+    irun = clicooper.load_run(tmp_path / "I")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for c in ("c0", "c1"):  # the test split's order: class, then file name
+        for f in sorted((img / "test" / c).iterdir()):
+            shutil.copy(f, flat / f"{c}_{f.name}")
+    want = irun.predict(irun.dataset().x_test).argmax(1).tolist()
+    code, stdout, stderr = run_cli("predict", tmp_path / "I", "--input", flat, "--json")
+    assert code == 0, stderr
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["predictions"] == want and res["files"][0] == "c0_000.png"
+    # a folder given to a run that did not train on images: one clear line
+    code, _, stderr = run_cli("predict", tmp_path / "T", "--input", flat)
+    clean_error(code, stderr, "imagefolder")
+
+
+def test_predict_on_npz_with_text_or_missing_file_is_one_clear_line(digits_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.npz").write_text("hello")
+    code, _, stderr = run_cli("predict", digits_run, "--input", tmp_path / "x.npz")
+    clean_error(code, stderr, "not a valid .npy / .npz file")
+    assert "pickle" not in stderr.lower()
+    code, _, stderr = run_cli("predict", digits_run, "--input", tmp_path / "nope.npz")
+    clean_error(code, stderr, "not found")

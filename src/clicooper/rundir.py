@@ -33,6 +33,7 @@ LEDGER = "ledger.jsonl"
 ATTACKS = "attacks"
 PRIVACY = "privacy.json"
 STATE = "state.json"
+PREPROCESSING = "preprocessing.json"  # csv: runs: how raw rows become features (predict)
 INITIAL_MODEL = "initial_model.safetensors"  # the Python API's own initial weights (train(config, model=…))
 
 

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
 from clicooper.config.presets import PRESETS
-from clicooper.errors import DataError
 
 
 def plan_table(plan: Any) -> Table:
@@ -288,40 +287,32 @@ def evaluate(
 @guarded
 def predict(
     run_dir: Path = typer.Argument(...),
-    input_file: Path = typer.Option(..., "--input", help=".npy array (N, *input_shape) or one sample"),
+    input_file: Path = typer.Option(..., "--input", help="what to predict: a .npy / .npz array (N, *input_shape) "
+                                    "or one sample; raw rows of a .csv (csv: runs: encoded as in training); a "
+                                    "folder of image files (imagefolder: runs: decoded as in training)"),
+    key: str = typer.Option(None, "--key", help="the array of a .npz that holds several"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Predict classes for inputs in a .npy file (local path; labels decoded automatically)."""
-    import numpy as np  # lazy: numpy and torch, with clicooper.runs below
-    import torch
+    """Predict classes through the run's own preprocessing (local path; labels decoded automatically)."""
+    from clicooper.runs import load_run  # lazy: torch
 
-    from clicooper.runs import load_run
-
-    if not input_file.is_file():
-        raise DataError(f"input file {input_file} not found")
-    try:
-        arr = np.load(input_file, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{input_file} is not a valid .npy array ({e}); save it with numpy.save") from e
     run = load_run(run_dir)
-    shape = tuple(run.plan.input_shape)
-    if arr.shape == shape:
-        arr = arr[None]
-    elif arr.ndim >= 1 and arr.shape[1:] != shape and int(np.prod(arr.shape[1:])) == int(np.prod(shape)):
-        arr = arr.reshape((len(arr), *shape))
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{input_file} has dtype {arr.dtype}; expected numbers")
-    probs = run.predict(torch.from_numpy(arr.astype(np.float32)))
+    x, names = run.read_inputs(input_file, key=key)
+    probs = run.predict(x)
     pred = probs.argmax(1).tolist()
-    names = run.dataset().class_names if run.config.dataset != "digits" else None
-    res = {"predictions": pred, "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
-    if names:
-        res["class_names"] = [names[i] for i in pred]
+    classes = run.dataset().class_names if run.config.dataset != "digits" else None
+    res: dict[str, Any] = {"predictions": pred,
+                           "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
+    if input_file.is_dir():
+        res["files"] = names
+    if classes:
+        res["class_names"] = [classes[i] for i in pred]
     if as_json:
         emit_json(res)
     else:
         for i, p in enumerate(pred):
-            out.print(f"{i}: class {p}" + (f" ({names[p]})" if names else "") + f"  p={float(probs[i, p]):.3f}")
+            out.print(f"{names[i]}: class {p}" + (f" ({classes[p]})" if classes else "") + f"  p={float(probs[i, p]):.3f}",
+                      highlight=False)
 
 
 @guarded

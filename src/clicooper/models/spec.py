@@ -172,9 +172,9 @@ def build_model(layers: Any, input_shape: Shape, num_outputs: int) -> nn.Sequent
     mods, shape = _build_seq(spec, tuple(int(s) for s in input_shape), num_outputs, "")
     if shape != (num_outputs,):
         raise ConfigError(
-            f"the model's output has shape {shape} per sample, but this run needs ({num_outputs},): end with a "
-            f'Linear whose out_features is "{OUTPUTS}" (the number of classes, × labels.expansion under label '
-            "obfuscation)")
+            f"the model's output has shape {shape} per sample, but this run needs ({num_outputs},), the number of "
+            f"classes (× labels.expansion under label obfuscation): end with nn.Linear(…, {num_outputs}) (in a "
+            f'model file: out_features = "{OUTPUTS}")')
     return nn.Sequential(*mods)
 
 

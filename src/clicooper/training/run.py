@@ -23,6 +23,7 @@ from clicooper.core.privacy import build_privacy
 from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
 from clicooper.data import load_dataset
+from clicooper.data.tabular import csv_encoding
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
@@ -147,6 +148,9 @@ def _start_files(session: Session, run_dir: Path, initial: Any, *, new_run: bool
             own_model.save_initial(run_dir, session.plan, initial)
         rundir.write_json(run_dir / rundir.CONFIG, session.config.model_dump(mode="json"))
         rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
+        if session.config.dataset.startswith("csv:"):  # so predict encodes raw rows as training did
+            rundir.write_json(run_dir / rundir.PREPROCESSING,
+                              csv_encoding(session.config.dataset.removeprefix("csv:"), session.config.data))
         session.save_model_files(0)
         write_state(run_dir, 0)  # from now on a missing state.json is a lost file, not a fresh run
     elif done > 0:
@@ -179,8 +183,10 @@ def train(
     own weights, instead of ``config.model`` (see :mod:`clicooper.training.own_model`).
     """
     run_dir, config, done, metrics = _open_run(config, out, resume)
-    config, initial = _initial_weights(config, model, run_dir, resumed=resume is not None)
     dataset = load_dataset(config.dataset, options=config.data)
+    if model is not None and resume is None:  # label obfuscation: the output layer gets C·m outputs
+        model = own_model.fit_outputs(model, config, dataset.num_classes)
+    config, initial = _initial_weights(config, model, run_dir, resumed=resume is not None)
     config, blueprint = resolve_run(config, num_train=len(dataset.train_ids(config.train_range)),  # checks the range
                                     input_shape=dataset.input_shape, num_classes=dataset.num_classes,
                                     initial_state=initial)
