@@ -310,12 +310,13 @@ OWN_CFG = {"dataset": "digits", "trainers": 2, "epochs": 2, "train_range": (0, 1
 def test_own_sequential_under_clicooper_exports_to_plain_pytorch_agreeing_with_predict(tmp_path: Path) -> None:
     import json
 
-    import clicooper
     import numpy as np
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
     from torch import nn
+
+    import clicooper
 
     torch.manual_seed(0)
     seq = _own_digits_model()
@@ -346,9 +347,10 @@ def test_own_sequential_under_clicooper_exports_to_plain_pytorch_agreeing_with_p
 
 
 def test_wrong_output_width_error_speaks_python(tmp_path: Path) -> None:
+    from torch import nn
+
     import clicooper
     from clicooper.errors import ConfigError
-    from torch import nn
 
     seq = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                         nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 7))
@@ -367,10 +369,11 @@ def test_predict_on_raw_csv_rows_npz_array_and_image_folder(tmp_path: Path) -> N
     import json
     import shutil
 
-    import clicooper
     import numpy as np
     import torch
     from torch import nn
+
+    import clicooper
 
     # csv: the user's own model, raw rows of the test file through the stored preprocessing
     train_csv, test_csv = _csv_pair(tmp_path / "csv")
