@@ -441,3 +441,48 @@ def test_predict_on_npz_with_text_or_missing_file_is_one_clear_line(digits_run: 
     assert "pickle" not in stderr.lower()
     code, _, stderr = run_cli("predict", digits_run, "--input", tmp_path / "nope.npz")
     clean_error(code, stderr, "not found")
+
+
+# ---- launch and in-process agree bit for bit on a conv model ----------------------------------------------
+def test_in_process_network_delivers_row_major_tensors_as_the_wire_does() -> None:
+    import torch
+    from clicooper.protocol.inproc import InProcessNetwork
+    from clicooper.protocol.messages import Activations, Header
+
+    got: list[torch.Tensor] = []
+
+    class Sink:
+        name = "T1"
+
+        def handle(self, msg: object) -> list[object]:
+            got.append(msg.tensor)  # type: ignore[attr-defined]
+            return []
+
+    conv_out = torch.nn.Conv2d(1, 4, 3)(torch.randn(2, 1, 6, 6)).contiguous(memory_format=torch.channels_last)
+    net = InProcessNetwork([Sink()])  # type: ignore[list-item]
+    net.send(Activations(Header("DO", "T1", 0, 0, 0), conv_out.detach()))
+    net.run_until_idle()
+    assert got[0].is_contiguous() and torch.equal(got[0], conv_out)
+
+
+@pytest.mark.slow
+def test_launch_equals_in_process_bit_for_bit_on_a_conv_model(tmp_path: Path) -> None:
+    import torch
+    from clicooper.net.launch import launch_local
+    from clicooper.runs import load_run
+    from clicooper.training import train
+
+    cfg = {"dataset": "digits", "model": "digits-cnn", "trainers": 2, "epochs": 1, "train_range": [0, 160],
+           "provenance": False}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched node computes (OMP_NUM_THREADS=1)
+    try:
+        ref = train(cfg, out=tmp_path / "inproc")
+    finally:
+        torch.set_num_threads(threads)
+    res = launch_local(cfg, tmp_path / "grpc", insecure_loopback=True, max_restarts=0, timeout_s=240)
+    assert res.restarts == 0
+    ra, rb = load_run(ref.path), load_run(tmp_path / "grpc")
+    for k in ra.modules:
+        for n, v in ra.modules[k].state_dict().items():
+            assert torch.equal(v, rb.modules[k].state_dict()[n]), (k, n)
