@@ -446,6 +446,7 @@ def test_predict_on_npz_with_text_or_missing_file_is_one_clear_line(digits_run: 
 # ---- launch and in-process agree bit for bit on a conv model ----------------------------------------------
 def test_in_process_network_delivers_row_major_tensors_as_the_wire_does() -> None:
     import torch
+
     from clicooper.protocol.inproc import InProcessNetwork
     from clicooper.protocol.messages import Activations, Header
 
@@ -468,6 +469,7 @@ def test_in_process_network_delivers_row_major_tensors_as_the_wire_does() -> Non
 @pytest.mark.slow
 def test_launch_equals_in_process_bit_for_bit_on_a_conv_model(tmp_path: Path) -> None:
     import torch
+
     from clicooper.net.launch import launch_local
     from clicooper.runs import load_run
     from clicooper.training import train
