@@ -97,8 +97,8 @@ def train(
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
     provenance: bool = typer.Option(
         None, "--provenance/--no-provenance", help="keep the signed ledger and watermark (default on). Its "
-        "watermark keys are fresh secrets, so two runs differ; --no-provenance: the same --seed gives the same "
-        "weights",
+        "watermark keys are fresh secrets, so two runs differ; with --no-provenance and --defense none the same "
+        "--seed gives the same weights (README 'Which runs are reproducible')",
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
