@@ -145,8 +145,7 @@ def parse_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         return list(ALL_ATTACKS)
     bad = [s for s in items if s not in ALL_ATTACKS]
     if bad:
-        raise AttackError(f"unknown attack {bad[0]!r}; choose one of {', '.join(ALL_ATTACKS)} or all (or, on a "
-                          "provenance run, removal or forgery)")
+        raise AttackError(f"unknown attack {bad[0]!r}; choose one of {', '.join(ALL_ATTACKS)} or all")
     return [a for a in ALL_ATTACKS if a in items]
 
 

@@ -100,7 +100,7 @@ def attack(
     as_json: bool = typer.Option(False, "--json", help="only the JSON object on stdout (no summary)"),
 ) -> None:
     """Run attacks on a run directory; writes RUN/attacks/<attack>.json and prints a JSON summary."""
-    from clicooper.attacks.budgets import DESCRIPTIONS, run_suite  # lazy: torch
+    from clicooper.attacks.budgets import ALL_ATTACKS, DESCRIPTIONS, run_suite  # lazy: torch
     from clicooper.attacks.provenance_suite import PROVENANCE_ATTACKS, run_provenance_attacks
 
     if victims is not None and victims < 1:
@@ -116,6 +116,10 @@ def attack(
         "victims": victims, "epochs": parse_epochs(epochs), "known_k": known_k, "seed": seed,
     }
     names = [s.strip() for s in attack_name.split(",") if s.strip()]
+    bad = [n for n in names if n not in (*ALL_ATTACKS, "all", *PROVENANCE_ATTACKS)]
+    if bad or not names:
+        raise AttackError(f"unknown attack {bad[0] if bad else attack_name!r}; choose one of {', '.join(ALL_ATTACKS)} "
+                          f"or all (a comma-separated list), or on a run with provenance {' or '.join(PROVENANCE_ATTACKS)}")
     prov = [n for n in names if n in PROVENANCE_ATTACKS]
     if prov:  # they read the delivered model and the ledger, not a trainer's views
         view_opts = [k for k, v in overrides.items() if v is not None and k != "seed"]
