@@ -246,9 +246,11 @@ def _image_folder(root: Path, per_class: int = 12) -> Path:
 
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_stream_with_an_undecodable_image_leaves_no_half_made_run(tmp_path: Path, out_exists: bool) -> None:
-    folder = _image_folder(tmp_path / "img")
-    bad = sorted((folder / "c1").glob("*.png"))
-    for f in bad:  # which file lands in the training split is the split's business: break them all
+    folder = tmp_path / "img"
+    _image_folder(folder / "train")
+    _image_folder(folder / "test", 4)  # the test split is read at once: only a training image fails late
+    bad = [folder / "train" / "c1" / "005.png"]
+    for f in bad:
         f.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "R"
     if out_exists:
