@@ -45,8 +45,8 @@ def as_inputs(x: Any, input_shape: tuple[int, ...], what: str = "inputs") -> tor
     elif arr.ndim >= 1 and arr.shape[1:] != shape and int(np.prod(arr.shape[1:])) == int(np.prod(shape)):
         arr = arr.reshape((len(arr), *shape))
     if tuple(arr.shape[1:]) != shape:
-        raise DataError(f"{what} have shape {tuple(arr.shape)}; this model expects (N, {', '.join(map(str, shape))})"
-                        f"{' or one sample ' + str(shape) if len(shape) > 0 else ''}")
+        raise DataError(f"{what} have shape {tuple(arr.shape)}; this model expects (N, {', '.join(map(str, shape))}), "
+                        f"one sample {shape}, or (N, {int(np.prod(shape))}) flat rows")
     out = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):
         raise DataError(f"{what} contain NaN or Inf; clean them first")
