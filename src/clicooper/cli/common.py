@@ -21,7 +21,15 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from clicooper.config import RunConfig, load_config_file, make_config, parse_capacities, parse_range
+from clicooper.config import (
+    DPConfig,
+    LabelConfig,
+    RunConfig,
+    load_config_file,
+    make_config,
+    parse_capacities,
+    parse_range,
+)
 from clicooper.errors import CliCooperError, ConfigError
 
 err = Console(stderr=True)
@@ -134,6 +142,12 @@ def _table_of(annotation: Any) -> type[BaseModel] | dict[str, Any] | None:
     return None
 
 
+#: the older defence fields --set still reaches (RunConfig turns them into `defenses`): their tables' models
+_SHORTHAND_TABLES: dict[str, type[BaseModel] | None] = {
+    "dp": DPConfig, "labels": LabelConfig, "defense": None, "nopeek": None, "adversarial_decoder": None,
+    "head_mode": None}
+
+
 def _check_key(key: str) -> list[str]:
     """``key``'s parts, each a field of the table before it (from :class:`RunConfig`); a wrong part is
     refused with the closest field names (difflib)."""
@@ -148,6 +162,9 @@ def _check_key(key: str) -> list[str]:
                 raise ConfigError(f"--set {key}: empty key after {where}")
             return parts
         fields = table.model_fields
+        if table is RunConfig and part in _SHORTHAND_TABLES:  # the older defence fields: shorthand for specs
+            table = _SHORTHAND_TABLES[part]
+            continue
         if part not in fields:
             prefix = f"{where}." if where else ""
             close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
