@@ -312,7 +312,7 @@ _DP_NOISE_KEYS = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "sigma_
 _DP_KEYS = (*_DP_NOISE_KEYS, "protect_gradients", "grad_clip_norm", "head_dpsgd")
 
 
-def _given(value: Any) -> dict[str, Any]:
+def _given(value: Any, name: str = "table") -> dict[str, Any]:
     """The fields given in a shorthand table (a dict, or a model: only the fields set explicitly)."""
     if value is None:
         return {}
@@ -320,7 +320,7 @@ def _given(value: Any) -> dict[str, Any]:
         return {k: getattr(value, k) for k in value.model_fields_set}
     if isinstance(value, Mapping):
         return dict(value)
-    raise ValueError(f"expected a table of fields, got {value!r}")
+    raise ValueError(f"{name}: expected a table of fields, got {value!r}")
 
 
 def from_shorthand(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] | None = None
@@ -332,7 +332,7 @@ def from_shorthand(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] |
     obfuscation (``labels.expansion``); ``labels.label_dp_epsilon`` randomized response; ``dp.head_dpsgd``,
     ``nopeek`` > 0, ``adversarial_decoder`` > 0 and ``head_mode = "secret-random"`` their own defences. A
     preset's specs fill in what the old fields leave unset (``defense`` unset: the preset's kinds)."""
-    dp, labels = _given(data.get("dp")), _given(data.get("labels"))
+    dp, labels = _given(data.get("dp"), "dp"), _given(data.get("labels"), "labels")
     unknown = sorted(set(dp) - set(_DP_KEYS)) + sorted(set(labels) - {"expansion", "label_dp_epsilon"})
     if unknown:
         raise ValueError(f"unknown dp/labels field(s) {', '.join(unknown)}")
@@ -370,7 +370,7 @@ def from_shorthand(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] |
     else:
         on("randomized-response", None, {})
     if dp.get("head_dpsgd") is not None:
-        out["head-dpsgd"] = {"kind": "head-dpsgd", **_given(dp["head_dpsgd"])}
+        out["head-dpsgd"] = {"kind": "head-dpsgd", **_given(dp["head_dpsgd"], "dp.head_dpsgd")}
     else:
         on("head-dpsgd", None, {})
     for kind, name in (("nopeek", "nopeek"), ("adversarial-decoder", "adversarial_decoder")):
