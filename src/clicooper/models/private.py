@@ -1,4 +1,4 @@
-"""Privacy-oriented architectures for the data owner (issue 5, docs/privacy-frontier.md).
+"""Privacy-oriented architectures for the data owner (issue 5, docs/research/privacy-frontier.md).
 
 Idea: the DO's head is a *cheap* strided conv into a *low-dimensional*, L2-normalised cut, so
 
