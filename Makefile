@@ -43,7 +43,7 @@ demo: $(STAMP) $(FMNIST)
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/lint-imports --no-logo  # the layer contracts of pyproject.toml [tool.importlinter]
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site-check  # a broken link or API reference fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site-check  # a broken link or API reference fails
 	$(BIN)/python -m pytest -q
 
 # The documentation site (mkdocs.yml) into site/; open site/index.html.
