@@ -7,7 +7,7 @@ Precedence, first match wins:
 2. ``dp.target_epsilon`` (``--target-epsilon``) — the smallest σ whose per-release ε (head fixed) after
    ``epochs`` epochs at ``dp.delta`` is at most the target (:func:`~.accountant.sigma_for_epsilon`);
    source ``"target-epsilon"``;
-3. a preset's σ (``--preset``; :mod:`.presets`) — source ``"preset"``;
+3. a preset's σ (``--preset``; :mod:`clicooper.config.presets`) — source ``"preset"``;
 4. otherwise **σ = ρ/√d** — source ``"noise-ratio"``: ``ρ = dp.noise_ratio`` (default 1.0) and ``d`` the
    number of values per sample of the head's output (the cut). With the clip norm ``S``, each released row
    is clipped to norm ≤ S and gets noise of norm ≈ σ·S·√d = ρ·S: ρ is the noise/signal ratio at the cut

@@ -5,7 +5,8 @@ as they are; the gRPC transport converts them with ``net/serde.py`` (``x_to_prot
 Sample ids never appear here: the data owner keeps them (DESIGN §2).
 
 ``canonical_bytes`` gives one unambiguous byte string per message (every field length-prefixed, DESIGN §5
-"Formats"); transcript hashes in the ledger are SHA-256 running hashes over it.
+"Formats"); transcript hashes in the ledger are BLAKE3 running hashes over it
+(``clicooper.provenance.transcript``).
 """
 
 from __future__ import annotations
