@@ -1,7 +1,7 @@
 """CliCooper: privacy-preserving, verifiable cooperative split learning.
 
 A data owner has its model trained by K trainer clients that each hold one segment, with no central
-server. See README.md and DESIGN (../shared/DESIGN.md).
+server. See README.md and docs/design/.
 
 >>> import clicooper
 >>> run = clicooper.train({"dataset": "digits", "model": "digits-mlp", "trainers": 2}, out="runs/d")  # doctest: +SKIP

@@ -2,7 +2,7 @@
 
 Everything is rebuilt from the run directory's own files (config, plan, safetensors weights); nothing is
 unpickled. ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
-is needed (DESIGN §3).
+is needed (docs/design/mechanisms.md#activation-protection).
 """
 
 from __future__ import annotations

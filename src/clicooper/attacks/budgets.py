@@ -102,7 +102,7 @@ DESCRIPTIONS = {
 #: Config keys that count an attack's trained steps or rounds; :func:`scaled` scales them together.
 STEP_KEYS: tuple[str, ...] = ("steps", "known_steps", "refine_steps", "unsplit_rounds")
 #: The share of the run's steps ``clicooper report`` gives the attacks on the undefended baseline by default.
-#: The baseline only has to show that each attack beats its floor there (DESIGN §7); the defence is judged
+#: The baseline only has to show that each attack beats its floor there (docs/design/metrics.md#informative-figures); the defence is judged
 #: on the run's figures at the whole budget. A baseline figure that has not converged is a lower bound, and
 #: one that is below its floor before converging is run again at the whole budget (``report.rows``).
 BASELINE_SCALE = 0.25

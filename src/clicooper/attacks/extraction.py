@@ -1,4 +1,4 @@
-"""Model extraction (DESIGN §7).
+"""Model extraction (docs/design/metrics.md).
 
 * **Pooled trainers** — the trainers keep copies of their segments (§2 "deliver") and collude: they
   rebuild a surrogate by training a new head and tail around the frozen pooled segments. With k labelled

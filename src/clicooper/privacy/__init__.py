@@ -1,4 +1,4 @@
-"""Privacy mechanisms of the data owner (DESIGN §3–4).
+"""Privacy mechanisms of the data owner (docs/design/mechanisms.md).
 
 * :mod:`.secrets` — the DO's secrets in ``RUN/secrets/`` (noise secret, label key).
 * :mod:`.activation` — per-sample clip + keyed Gaussian noise on activations, gradients and queries.
