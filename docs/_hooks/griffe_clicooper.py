@@ -2,6 +2,8 @@
 
 - The sources' docstrings use Sphinx roles (:class:`RunConfig`, :func:`~.accountant.epsilon`), which
   Markdown would print as they are: each becomes inline code with the name it shows.
+- Doctest lines (``>>>`` and their ``...`` continuations), which Markdown would read as quotes, become a
+  Python code block.
 - A pydantic field ``x: float = Field(1.0, ge=0, description="…")`` is shown with its default as its value
   and its description as its docstring, instead of the whole ``Field(...)`` call.
 """
@@ -45,6 +47,24 @@ class SphinxRolesAndFields(Extension):
         else:
             attr.value = None  # required
 
-    def on_object(self, *, obj, loader, **kwargs) -> None:
+    def on_instance(self, *, node, obj, agent, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _ROLE.sub(_role, obj.docstring.value)
+            obj.docstring.value = _doctests(_ROLE.sub(_role, obj.docstring.value))
+
+
+def _doctests(text: str) -> str:
+    """Fence each run of doctest lines (``>>> …``, ``... …``) as a Python code block."""
+    out: list[str] = []
+    in_block = False
+    for line in text.split("\n"):
+        is_doctest = line.lstrip().startswith((">>>", "... ")) or line.strip() == "..."
+        if is_doctest and not in_block:
+            out.append("```python")
+            in_block = True
+        elif not is_doctest and in_block:
+            out.append("```")
+            in_block = False
+        out.append(line)
+    if in_block:
+        out.append("```")
+    return "\n".join(out)
