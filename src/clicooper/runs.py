@@ -4,7 +4,7 @@ Everything is rebuilt from the run directory's own files (config, plan, safetens
 unpickled and no code is run from them. What a run cannot rebuild from a description, the user hands back:
 the module of a run of their own module classes (``model=``), the data they gave in Python (``data=``,
 checked against the run's fingerprint). ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
-is needed (DESIGN §3).
+is needed (docs/design/mechanisms.md#activation-protection).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``clicooper attack`` and ``clicooper report`` (DESIGN §7).
+"""``clicooper attack`` and ``clicooper report`` (docs/design/metrics.md).
 
 Thin: ``attack`` calls :func:`clicooper.attacks.budgets.run_suite`, ``report`` calls
 :func:`clicooper.report.make_report`. Both print one JSON object as the last stdout line (``--json``

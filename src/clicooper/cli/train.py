@@ -32,7 +32,7 @@ def plan_table(plan: Any) -> Table:
 def presets_epilog() -> str:
     """The epilog of ``clicooper train --help``: the privacy presets and the default σ."""
     lines = ["Privacy presets (--preset NAME; all --defense clicooper, clip_norm 1; figures measured in "
-             "docs/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
+             "docs/research/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
     lines += [f"{p.name}: {p.description}" for p in PRESETS.values()]
     lines.append("Without --sigma, --target-epsilon or a preset, --defense dp/clicooper uses "
                  "σ = noise_ratio/√d (d = values per sample at the cut; noise_ratio 1 unless given).")

@@ -1,6 +1,6 @@
 """The data owner (DO): holds the data, labels, head (and tail in U-shape) and every privacy secret.
 
-Per step (DESIGN §2): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
+Per step (docs/design/protocol.md#one-training-step): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
 ``encode(y)``, gradient → T_K) … gradient from T1 → backward the head → step. Sample ids stay here.
 Its defences are a sequence of :class:`~clicooper.privacy.defenses.base.Defense` objects, each with a few
 hooks (labels, release, the head's own loss terms and gradient, the returned gradient); the DO calls them in
@@ -317,7 +317,7 @@ class DataOwner(PartyBase):
         if len(tgt) != len(a):
             raise WireError(f"DO: {len(a)} activations returned for a micro-batch of {len(tgt)}")
         loss_sum = F.cross_entropy(logits, tgt, reduction="sum")
-        (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (DESIGN §2)
+        (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (docs/design/protocol.md#micro-batch-pipelining)
         with torch.no_grad():
             probs = self.decode_probs(logits.softmax(1))
             self.stats.correct += int((probs.argmax(1).cpu() == st.y[h.micro]).sum())

@@ -34,7 +34,7 @@ def noise_from_config(config: dict[str, Any]) -> NoiseSpec | None:
 
     Protection is on when ``defenses`` lists ``keyed-noise`` (σ and the clip norm are its ``sigma`` and
     ``clip_norm``), or, in a ``config.json`` written before ``defenses``, for ``defense`` ``dp`` or
-    ``clicooper`` with ``dp.sigma`` and ``dp.clip_norm`` (DESIGN §3).
+    ``clicooper`` with ``dp.sigma`` and ``dp.clip_norm`` (docs/design/mechanisms.md#activation-protection).
     """
     if isinstance(config.get("defenses"), list):
         noise = next((d for d in config["defenses"] if isinstance(d, dict) and d.get("kind") == "keyed-noise"), None)
