@@ -146,7 +146,7 @@ SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
 
 class KeyedNoise(DefenseSpec):
-    """Activation protection at the cut (DESIGN §3): each release clipped per sample to ``clip_norm`` and
+    """Activation protection at the cut (docs/design/mechanisms.md#activation-protection): each release clipped per sample to ``clip_norm`` and
     noised with keyed Gaussian noise of std ``sigma · clip_norm`` (the DO's secret, never the seed).
 
     σ left unset is chosen when the run starts (:mod:`clicooper.privacy.defaults`): from ``target_epsilon``
@@ -207,7 +207,7 @@ class GradientProtection(DefenseSpec):
 
 
 class LabelObfuscation(DefenseSpec):
-    """Secret label obfuscation (DESIGN §4): a keyed permutation of ``expansion`` sub-classes per class."""
+    """Secret label obfuscation (docs/design/mechanisms.md#label-obfuscation): a keyed permutation of ``expansion`` sub-classes per class."""
 
     kind: Literal["label-obfuscation"] = "label-obfuscation"
     order: ClassVar[int] = 20
