@@ -3,16 +3,37 @@ command modules (:mod:`clicooper.cli.train`, ``attacks``, ``net``, ``provenance`
 
 from __future__ import annotations
 
-import typer
+import os
+import sys
 
-from clicooper.cli import attacks, net, provenance, security, train
+import typer
+from typer import rich_utils
+
+from clicooper.cli import attacks, info, net, provenance, security, train
+from clicooper.cli.common import _show, emit_json, err
+
+#: --help wider than rich's 80-column default when it is not shown on a terminal (a pipe, a file, a pager),
+#: so that option help is not cut mid-word; on a terminal rich reads its real width.
+HELP_WIDTH = 120
+if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+    rich_utils.MAX_WIDTH = HELP_WIDTH
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=info.version_callback, is_eager=True,
+                                 help="print the installed version and exit"),
+) -> None:
+    """CliCooper: cooperative split learning."""
+
 
 app.command("train", epilog=train.presets_epilog())(train.train)
 app.command("evaluate")(train.evaluate)
 app.command("predict")(train.predict)
 app.command("plan")(train.plan)
+app.command("models")(info.models)
 app.command("export")(train.export)
 app.command("keygen")(provenance.keygen)
 app.command("verify")(provenance.verify)
@@ -26,6 +47,22 @@ app.command("certs")(net.certs)
 app.command("launch")(net.launch)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point. With ``--json`` anywhere on the line, an error found while parsing the
+    line (an unknown option, a bad value) is also printed as one JSON object on stdout, as the commands' own
+    errors are (:func:`clicooper.cli.common.guarded`); the exit status is the same."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--json" not in args:
+        app(args)
+        return
+    try:
+        code = app(args, standalone_mode=False)
+    except typer.TyperException as e:
+        _show(e)  # the usual usage line on stderr
+        emit_json({"error": e.format_message(), "exit_code": e.exit_code})
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("[bold red]interrupted[/]")
+        emit_json({"error": "interrupted", "exit_code": 130})
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

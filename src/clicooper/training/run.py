@@ -24,6 +24,7 @@ from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
 from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
+from clicooper.models.partition import balance_warning
 from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
 from clicooper.training import own_model
@@ -192,6 +193,8 @@ def train(
         session = Session(config, dataset, run_dir, blueprint=blueprint, privacy=privacy)
         if privacy.notice:
             print(privacy.notice, file=sys.stderr)
+        if resume is None and (lopsided := balance_warning(session.plan)) is not None:
+            print(lopsided, file=sys.stderr)  # before the first epoch: the user can stop and re-plan
         _start_files(session, run_dir, initial, new_run=resume is None, done=done)
         if hooks is None:
             hooks = default_hooks(config, run_dir, session, new_run=resume is None)
