@@ -124,7 +124,9 @@ def train(
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
-    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
+    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all. Size ≈ rows × values per sample at each "
+                                "trainer's input and output × 4 bytes per epoch; config fields observe_count (rows of "
+                                "the subset) and observe_dtype = float16 | bfloat16 (half the bytes) make it smaller"),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     party_device: str = typer.Option(None, "--party-device", help="per-party device overrides, e.g. "
                                      "DO=cpu,T1=cuda,T2=cuda"),

@@ -68,12 +68,13 @@ def _recorder(session: Session, run_dir: Path) -> ObservationRecorder | None:
         return st.ids[micro]
 
     names = [t.name for t in session.trainers]
-    recorder = ObservationRecorder(run_dir / rundir.OBSERVATIONS, names, rec_ids, ids_of, len(session.dataset.x_train))
+    recorder = ObservationRecorder(run_dir / rundir.OBSERVATIONS, names, rec_ids, ids_of, len(session.dataset.x_train),
+                                   dtype=config.observe_dtype)
     session.net.taps.append(recorder)
     rundir.write_json(
         run_dir / rundir.OBSERVATIONS / "index.json",
         {"parties": names, "topology": config.topology,
-         "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}",
+         "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}", "dtype": config.observe_dtype,
          "epochs": list(range(1, config.epochs + 1)), "format": "docs/INTERNAL_API.md#run-directory-run"},
     )
     return recorder
