@@ -32,8 +32,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_float16_halves_the_files_and_reads_back_as_float32(runs: dict[str, Path]) -> None:
-    from clicooper.runs import load_run
     from clicooper.rundir import load_tensors, read_json
+    from clicooper.runs import load_run
 
     full, half = _obs_bytes(runs["float32"]), _obs_bytes(runs["float16"])
     assert half < 0.6 * full, (half, full)
