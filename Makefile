@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test bench bench-wan reproduce lint clean
+.PHONY: setup data demo quick test bench bench-wan reproduce lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ data: $(FMNIST)
 
 demo: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.demo --out $(DEMO_OUT)
+
+# A first result in about a minute: digits (no download), one step-free attack, the report's summary.
+quick: $(STAMP)
+	$(BIN)/python -m clicooper.experiments.demo --quick
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/lint-imports --no-logo  # the layer contracts of pyproject.toml [tool.importlinter]
