@@ -50,8 +50,20 @@ app.command("launch")(net.launch)
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. With ``--json`` anywhere on the line, an error found while parsing the
     line (an unknown option, a bad value) is also printed as one JSON object on stdout, as the commands' own
-    errors are (:func:`clicooper.cli.common.guarded`); the exit status is the same."""
+    errors are (:func:`clicooper.cli.common.guarded`); the exit status is the same. ``verify --json`` prints
+    its own verdict object instead, on every exit path."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["verify"] and "--json" in args:  # a verdict on every exit path, a usage error's included
+        try:
+            code = app(args=args, standalone_mode=False)
+        except typer.Abort:
+            sys.exit(1)
+        except typer.TyperException as e:  # a usage error (typer's own click): its message, then the verdict
+            code = int(getattr(e, "exit_code", 2))
+            e.show()  # type: ignore[attr-defined]
+            provenance.emit_usage_verdict(e.format_message(), code)  # type: ignore[attr-defined]
+            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)
     if "--json" not in args:
         app(args)
         return

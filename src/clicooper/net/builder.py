@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from clicooper import jsonbound
 from clicooper.config import RunConfig, load_config_file, make_config
 from clicooper.core.builder import build_party, party_names
 from clicooper.data import Dataset, load_dataset
@@ -96,7 +97,7 @@ def node_party(config: RunConfig, name: str, blueprint: Blueprint, *, dataset: D
 def read_plan(plan_file: Path) -> tuple[Plan, Any]:
     """``plan.json`` → (Plan, object with ``input_shape``/``num_classes``)."""
     try:
-        d = json.loads(Path(plan_file).read_text("utf-8"))
+        d = jsonbound.load_file(Path(plan_file))
         plan = Plan.from_dict(d)
         meta = SimpleNamespace(input_shape=tuple(d["input_shape"]), num_classes=int(d["extra"]["num_classes"]))
     except (OSError, KeyError, TypeError, ValueError) as e:
