@@ -152,5 +152,6 @@ def report(
     if not as_json:
         err.print(f"wrote {out_dir / 'report.md'}", highlight=False)
     emit_json({"report": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),
-               "baseline": rep["baseline"]["run"], "budget": rep["budget"], "figures": rep["figures"],
+               "baseline": rep["baseline"]["run"], "budget": rep["budget"], "summary": rep.get("summary"),
+               "figures": rep["figures"],
                "informative": {k: v["informative"] for k, v in rep["rows_by_key"].items()}})
