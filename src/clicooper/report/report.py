@@ -208,8 +208,6 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
     if budget not in DESCRIPTIONS:
         raise ConfigError(f"unknown budget {budget!r}; choose one of {', '.join(sorted(DESCRIPTIONS))}")
     names = parse_attacks(attacks)
-    if budget in UNCONVERGED_BUDGETS:
-        baseline_scale = 1.0  # a share of a smoke budget saves nothing and can make the baseline run twice
     run = run_summary(run_dir)
     if not (run_dir / "observations" / "index.json").is_file():
         raise AttackError(f"{run_dir} has no observations: the run was trained without recording them; "
