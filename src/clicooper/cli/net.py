@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
+from clicooper.cli.common import SET_HELP, config_from_options, emit_json, err, guarded, out
 from clicooper.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def node(
     idle_timeout: float = typer.Option(300.0, help="seconds without any message before giving up"),
     device: str = typer.Option(None, "--device", help="this party's device: auto | cpu | cuda (default: the "
                                "config's device for this party); not part of the run's config"),
+    dataset: str = typer.Option(None, "--dataset", help="DO only: its own data, as the config names it; required "
+                                "for python:pkg.module:fn (the DO's own function, run on this machine only)"),
 ) -> None:
     """Run ONE party as its own process (the DO drives the steps; trainers follow)."""
     from clicooper.net.node import NodeOptions, parse_peers, run_node  # lazy: torch, grpc
@@ -43,7 +45,7 @@ def node(
     run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
                          certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
                          connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout,
-                         device=device))
+                         device=device, dataset=dataset))
 
 
 @guarded
@@ -175,6 +177,7 @@ def launch(
                                "every party's keys, each in its own RUN/nodes/<party>/own (tests, demos)"),
     insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
     max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start every party as its own process, show progress, collect RUN/model (evaluate works)."""
@@ -183,7 +186,8 @@ def launch(
     if not local:
         raise ConfigError("only --local is implemented: on several machines, start `clicooper node` on each "
                           "(docs/network.md)")
-    run_config = config_from_options(config, model_file=model_file) if model_file is not None else config
+    overridden = model_file is not None or bool(sets)
+    run_config = config_from_options(config, model_file=model_file, sets=sets) if overridden else config
     with Progress(TextColumn("{task.description:>4}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), console=err) as prog:
         res = launch_local(run_config, out_dir, insecure_loopback=insecure_loopback, on_event=_launch_progress(prog),

@@ -218,6 +218,8 @@ PREFIXED: dict[str, Callable[[str, DataOptions], Dataset]] = {
     "imagefolder": load_imagefolder,
     "csv": load_csv,
 }
+#: the DO's own data given in Python (:mod:`clicooper.data.given`): never opened by name alone
+OWNER_FORMS = ("python", "given")
 FORMS = "fashion-mnist, digits, npz:PATH, cifar10:DIR, cifar100:DIR, cifar100-coarse:DIR, imagefolder:DIR, csv:PATH"
 
 
@@ -246,6 +248,11 @@ def load_dataset(name: str, options: DataOptions | Mapping[str, Any] | None = No
     if name in FIXED:
         return FIXED[name]()
     form, sep, arg = name.partition(":")
+    if sep and form in OWNER_FORMS:  # clicooper.data.given: the DO hands them over itself
+        raise DataError(
+            f"dataset {name!r} is the data owner's own Python data, which is never loaded from a config or a "
+            "run directory alone (no code runs from a file): pass it again (Python: data=…; a DO node: "
+            f"--dataset {name if form == 'python' else 'python:pkg.module:fn'})")
     if sep and form in PREFIXED:
         return PREFIXED[form](arg, opts)
     raise DataError(f"unknown dataset {name!r}; use one of {FORMS}")

@@ -22,6 +22,7 @@ from clicooper import jsonbound
 from clicooper.config import RunConfig, load_config_file, make_config
 from clicooper.core.builder import build_party, party_names
 from clicooper.data import Dataset, load_dataset
+from clicooper.data.given import is_owner_code
 from clicooper.errors import ConfigError
 from clicooper.models.blueprint import Blueprint
 from clicooper.models.partition import Plan
@@ -107,6 +108,9 @@ def read_plan(plan_file: Path) -> tuple[Plan, Any]:
 
 def dataset_meta(config: RunConfig) -> Any:
     """The dataset's ``input_shape``/``num_classes`` (a trainer without the run's plan file loads it)."""
+    if is_owner_code(config.dataset):
+        raise ConfigError(f"the dataset {config.dataset!r} is the data owner's own Python data, which a trainer "
+                          "never loads; give this node the run's plan.json (--plan)")
     return load_dataset(config.dataset, options=config.data)
 
 

@@ -90,6 +90,7 @@ class NodeOptions:
     idle_timeout_s: float = 300.0
     threads: int | None = 1
     device: str | None = None  # this node's device (auto, cpu, cuda); default: the config's for this party
+    dataset: str | None = None  # the DO's own data, named on its own command line (python:pkg.module:fn)
     events: TextIO | None = field(default=None, repr=False)
 
 
@@ -198,6 +199,9 @@ class Node(ABC):
         if opts.party not in names:
             raise ConfigError(f"--party {opts.party} is not a party of this run; choose one of {', '.join(names)}")
         self.name = opts.party
+        if opts.dataset is not None and opts.party != "DO":
+            raise ConfigError(f"--dataset names the data owner's own data; {opts.party} is a trainer and never "
+                              "loads data: drop --dataset")
         if opts.device not in (None, "auto", "cpu", "cuda"):
             raise ConfigError(f"--device {opts.device} is not a device; use auto, cpu or cuda")
         self.peers = neighbours(given, self.name)
