@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup lock data demo test docs bench bench-wan reproduce lint clean
+.PHONY: setup lock data demo quick test docs bench bench-wan reproduce lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ data: $(FMNIST)
 
 demo: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.demo --out $(DEMO_OUT)
+
+# A first result in about a minute: digits (no download), one step-free attack, the report's summary.
+quick: $(STAMP)
+	$(BIN)/python -m clicooper.experiments.demo --quick
 
 test: $(STAMP) $(FMNIST)
 	$(BIN)/lint-imports --no-logo  # the layer contracts of pyproject.toml [tool.importlinter]

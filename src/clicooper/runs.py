@@ -172,9 +172,10 @@ class RunHandle:
         return int((self.predict(x).argmax(1) == y).sum()) / max(1, len(y))
 
     def observations(self, party: str, epoch: int) -> dict[str, torch.Tensor]:
-        """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``."""
+        """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``; activations and
+        gradients as float32 whatever ``observe_dtype`` stored them as."""
         t, _ = rundir.load_tensors(self.path / rundir.OBSERVATIONS / party / f"epoch_{epoch}.safetensors")
-        return t
+        return {k: v.float() if v.is_floating_point() else v for k, v in t.items()}
 
 
 def build_skeleton(config: RunConfig, plan: Plan, num_classes: int, module: nn.Sequential | None = None

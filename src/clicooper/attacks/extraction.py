@@ -50,9 +50,11 @@ class ExtractionConfig:
     queries: int = 5000
     max_shift: int = 2
     holdout: float = 0.1
+    n_init: int = 10  # k-means restarts of the k = 0 pseudo-labels
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require(self.n_init >= 1, "n_init must be ≥ 1")
         bad = set(self.modes) - set(MODES)
         require(not bad, f"unknown extraction modes {sorted(bad)}; choose from {MODES}")
         require(0 <= self.holdout < 0.5, "holdout (the share of the known samples kept for early stopping) must be "
@@ -214,7 +216,7 @@ class ExtractionAttack:
         cfg, c = self.config, views.zero.public.num_classes
         z = embed(feats.flatten(1).double().numpy(), "cosine", 64, cfg.seed)
         if k == 0:
-            return KMeans(c, n_init=10, random_state=cfg.seed).fit_predict(z)
+            return KMeans(c, n_init=cfg.n_init, random_state=cfg.seed).fit_predict(z)
         kn = views.known.per_class(k)  # type: ignore[union-attr]
         rows, ky = kn.rows.numpy(), kn.y.numpy()
         pseudo = seeded_kmeans(z, rows, ky, c)

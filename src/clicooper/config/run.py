@@ -236,6 +236,11 @@ class RunConfig(_Strict):
     record_observations: bool = False
     observe: Literal["subset", "all"] = "subset"
     observe_count: int = Field(5000, ge=1)
+    observe_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="how recorded activations and gradients are stored (observations/): float16 "
+        "halves the files (relative error ≈ 2·10⁻⁴ per row; a tensor with values beyond float16's range stays "
+        "float32), bfloat16 halves them with float32's range (≈ 2·10⁻³); attacks read every one as float32",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     party_devices: dict[str, Literal["auto", "cpu", "cuda"]] = Field(
         default_factory=dict,
