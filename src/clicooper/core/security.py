@@ -6,7 +6,9 @@
 - :class:`Validator` — every ``detection.validation.every`` steps, the DO's held-out rows through the chain
   as queries, scored by the DO's tail (needs a driver that carries queries: the in-process one);
 - :class:`DetectionStop` — raised by the round loop when the guard raised an alarm;
-- :func:`adversary_context` — what the simulation lends a malicious trainer (:mod:`clicooper.attacks.active`).
+- :func:`adversary_context` — what the simulation lends a malicious trainer;
+- :func:`trainer_factory` — ``Trainer``, or ``config.adversary``'s behaviour looked up in the registry the
+  caller passes (:data:`clicooper.parties.adversary.Adversaries`): the core never imports the attack suite.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clicooper.attacks.active import AdversaryContext, Truth, build_adversary
 from clicooper.config import RunConfig
 from clicooper.errors import ConfigError
+from clicooper.parties.adversary import Adversaries, AdversaryContext, Truth
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.guard import Alarm, Guard
 from clicooper.parties.trainer import Trainer
@@ -115,17 +117,27 @@ def after_step(do: DataOwner, driver: Any, validator: Validator | None, r: int, 
 
 
 def adversary_context(config: RunConfig, dataset: Any, truth: Truth | None) -> AdversaryContext:
-    """Public auxiliary data (the first half of the test split), the evaluator's truth, shapes."""
+    """Public auxiliary data (the first half of the test split), the evaluator's truth (``None`` on a node,
+    where it is the DO's), shapes."""
     half = len(dataset.x_test) // 2
     return AdversaryContext(num_classes=dataset.num_classes, seed=config.seed, aux_x=dataset.x_test[:half],
                             aux_y=dataset.y_test[:half], truth=truth, input_shape=tuple(dataset.input_shape))
 
 
-def trainer_factory(config: RunConfig, name: str, context: AdversaryContext | None) -> Any:
+def trainer_factory(config: RunConfig, name: str, context: AdversaryContext | None,
+                    adversaries: Adversaries | None = None) -> Any:
     """``Trainer``, or the malicious trainer of ``config.adversary`` where it names ``name`` (a callable with
-    the Trainer's arguments), lent ``context`` by the simulation (a bare one for a node)."""
+    the Trainer's arguments): its behaviour looked up in ``adversaries``, lent ``context`` by the simulation
+    (a bare one when the caller has none). A behaviour the registry lacks is refused."""
     adv = config.adversary
     if adv is None or adv.party_for(config.trainers) != name:
         return Trainer
+    if adversaries is None:
+        raise ConfigError(f"config.adversary makes {name} a malicious trainer ({adv.behaviour}), but this path "
+                          "builds no malicious trainers (no adversary registry was given)")
+    factory = adversaries.get(adv.behaviour)
+    if factory is None:
+        raise ConfigError(f"adversary behaviour {adv.behaviour!r} is not registered; known: "
+                          f"{', '.join(sorted(adversaries))}")
     ctx = context or AdversaryContext(num_classes=0, seed=config.seed)
-    return functools.partial(build_adversary, adv, ctx)
+    return functools.partial(factory, adversary=adv, context=ctx)

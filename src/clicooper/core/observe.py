@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from clicooper import rundir
+from clicooper.config import RunConfig
 from clicooper.protocol.messages import Activations, Gradients, Labels, Message
 from clicooper.protocol.wire_codec import decode_message
 
@@ -25,6 +26,16 @@ def subset_ids(train_ids: torch.Tensor, count: int) -> torch.Tensor:
         return train_ids.clone()
     idx = torch.linspace(0, len(train_ids) - 1, count).round().long()
     return train_ids[idx]
+
+
+def write_index(run_dir: Path, config: RunConfig, parties: list[str], recorded_ids: torch.Tensor) -> None:
+    """``RUN/observations/index.json``: the recording parties, topology, subset and epochs."""
+    rundir.write_json(
+        Path(run_dir) / rundir.OBSERVATIONS / "index.json",
+        {"parties": parties, "topology": config.topology,
+         "subset": "all" if config.observe == "all" else f"fixed-{len(recorded_ids)}",
+         "epochs": list(range(1, config.epochs + 1)), "format": "docs/INTERNAL_API.md#run-directory-run"},
+    )
 
 
 class ObservationRecorder:
