@@ -24,6 +24,9 @@ app.command("report")(attacks.report)
 app.command("node")(net.node)
 app.command("certs")(net.certs)
 app.command("launch")(net.launch)
+observations = typer.Typer(no_args_is_help=True, help="What trainers received, for `clicooper report`.")
+observations.command("import")(net.observations_import)
+app.add_typer(observations, name="observations")
 
 
 def main() -> None:

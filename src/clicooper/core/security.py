@@ -4,7 +4,7 @@
   fake-batch key in ``RUN/secrets/guard_key`` (32 random bytes, 0600: the trainers must not predict which
   batches are fake; a resumed run draws the same ones);
 - :class:`Validator` — every ``detection.validation.every`` steps, the DO's held-out rows through the chain
-  as queries, scored by the DO's tail (needs a driver that carries queries: the in-process one);
+  as queries (:meth:`~clicooper.core.rounds.StepDriver.run_query`), scored by the DO's tail;
 - :class:`DetectionStop` — raised by the round loop when the guard raised an alarm;
 - :func:`adversary_context` — what the simulation lends a malicious trainer;
 - :func:`trainer_factory` — ``Trainer``, or ``config.adversary``'s behaviour looked up in the registry the
@@ -92,11 +92,11 @@ class Validator:
         ids = torch.arange(len(self.x), dtype=torch.int64) + self.calls * len(self.x)
         self.calls += 1
         self.do.infer_results.pop((qstep, 0), None)
-        driver.run_step(self.do.start_query(self.x, epoch=r, step=qstep, query_ids=ids), round=r, step=step)
+        driver.run_query(self.do.start_query(self.x, epoch=r, step=qstep, query_ids=ids), round=r, step=step,
+                         answered=lambda: (qstep, 0) in self.do.infer_results)
         ans = self.do.infer_results.pop((qstep, 0), None)
         if ans is None:
-            raise ConfigError("detection.validation queries the chain between steps, which this driver does not "
-                              "carry (a node); set detection.validation.enabled = false")
+            raise RuntimeError(f"the validation query after step {step} of round {r} got no answer")
         p = self.do.answer_probs(ans).cpu()
         acc = float((p.argmax(1) == self.y).float().mean())
         loss = float(F.nll_loss(p.clamp_min(1e-12).log(), self.y))

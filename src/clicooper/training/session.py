@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,11 @@ class InProcessDriver:
 
     def drain(self, *, round: int) -> None:
         """Nothing stays in flight in one process (:meth:`run_step` runs every party until idle)."""
+        self.net.run_until_idle()
+
+    def run_query(self, messages: Iterable[Message], *, round: int, step: int, answered: Callable[[], bool]) -> None:
+        """Send the query and run every party until idle (the answer is then in)."""
+        self.net.send_all(messages)
         self.net.run_until_idle()
 
 
