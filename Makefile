@@ -1,5 +1,6 @@
 # CliCooper — set-up and main jobs. Every target creates .venv if missing and installs the project with
-# its pinned dependencies (torch==2.13.0: an open range would pull a multi-GB CUDA build).
+# the exact versions of constraints.txt (torch==2.13.0: an open range would pull a multi-GB CUDA build;
+# any open range can resolve differently tomorrow). `make lock` refreshes constraints.txt.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,14 +8,26 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup data demo test bench bench-wan reproduce lint clean
+.PHONY: setup lock data demo test bench bench-wan reproduce lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
+
+# Resolve pyproject.toml's ranges anew in a scratch venv (pip cache bypassed) and pin the result.
+LOCK_VENV := build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir -e ".[dev]"
+	{ head -2 constraints.txt; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 setup: $(STAMP)
 
