@@ -167,3 +167,22 @@ def test_audit_works_on_a_launched_run(tmp_path: Path) -> None:
                                        "--json"])
         assert res.exit_code == 0, res.output
     assert verify_run(run / rundir.LEDGER).ok
+
+
+@pytest.mark.slow
+def test_node_run_stops_at_the_epsilon_budget_and_resumes(tmp_path: Path) -> None:
+    from clicooper.privacy.accountant import epsilon
+
+    cfg = TINY | {"defense": "dp", "dp": {"sigma": 1.0, "clip_norm": 1.0}}
+    eps = [epsilon(sigma=1.0, epochs=e, delta=1e-5).epsilon for e in (1, 2)]
+    run = tmp_path / "grpc"
+    res = launch_local(cfg, run, insecure_loopback=True, max_restarts=0, timeout_s=240, max_epsilon=sum(eps) / 2)
+    st = res.metrics["stopped"]
+    assert st["reason"] == "max_epsilon" and st["before_epoch"] == 2 and st["completed_epochs"] == 1
+    assert rundir.read_json(run / rundir.PRIVACY)["epochs_accounted"] == 1
+    assert rundir.read_json(run / rundir.STATE) == {"completed_rounds": 1} and not (run / rundir.MODEL_DIR).exists()
+    res = resume_local(run, timeout_s=240, max_epsilon=eps[1] * 1.01)
+    assert "stopped" not in res.metrics and len(res.metrics["epochs"]) == 2
+    assert rundir.read_json(run / rundir.PRIVACY)["epochs_accounted"] == 2
+    with pytest.raises(RunDirError, match="finished"):
+        resume_local(run)
