@@ -112,3 +112,56 @@ def test_corrupt_safetensors_in_run(digits_run: Path, tmp_path: Path) -> None:
 def test_resume_of_non_run(tmp_path: Path) -> None:
     code, _, stderr = run_cli("train", "--resume", str(tmp_path))
     assert_clean_error(code, stderr, "not a run directory")
+
+
+def test_set_overrides_any_config_field_by_its_dotted_name(tmp_path: Path) -> None:
+    # prepare: a config file, a flag, and --set over both (applied last)
+    (tmp_path / "run.json").write_text(json.dumps({"trainers": 2, "party_devices": {"DO": "cpu"}}))
+    # execute
+    code, stdout, stderr = run_cli("plan", "--dataset", "digits", "--model", "digits-mlp", "--trainers", "2",
+                                   "--set", "trainers=3", "--set", "capacities=[1, 2, 1]", "--json")
+    # assert
+    assert code == 0, stderr
+    plan = json.loads(stdout.strip().splitlines()[-1])
+    assert plan["trainers"] == 3 and len(plan["parties"]) == 5
+    from clicooper.cli.common import apply_sets
+
+    fields = apply_sets({"party_devices": {"DO": "cpu"}}, ["dp.sigma=0.1", "party_devices.T1=cpu",
+                                                           "train_range=[0, 100]", "provenance=false"])
+    assert fields == {"party_devices": {"DO": "cpu", "T1": "cpu"}, "dp": {"sigma": 0.1}, "train_range": [0, 100],
+                      "provenance": False}
+
+
+@pytest.mark.parametrize(("arg", "needle"), [
+    ("dp.sigmaa=0.1", "did you mean dp.sigma"),
+    ("trainrs=3", "did you mean trainers"),
+    ("epochs.n=3", "epochs is a single value"),
+    ("dp=", "invalid configuration: dp"),
+    ("trainers=many", "trainers: Input should be a valid integer"),
+    ("novalue", "is not KEY=VALUE"),
+])
+def test_set_refuses_a_wrong_key_or_value_in_one_line(arg: str, needle: str) -> None:
+    code, _, stderr = run_cli("plan", "--dataset", "digits", "--model", "digits-mlp", "--set", arg)
+    assert code == 2
+    assert_clean_error(code, stderr, needle)
+
+
+def test_set_on_train_and_launch_reaches_the_run_config(tmp_path: Path) -> None:
+    code, _, stderr = run_cli("train", "--dataset", "digits", "--model", "digits-mlp", "--set", "epochs=0",
+                              "--out", str(tmp_path / "R"))
+    assert_clean_error(code, stderr, "epochs: Input should be greater than or equal to 1")
+    assert not (tmp_path / "R").exists()
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "digits", "model": "digits-mlp"}))
+    code, _, stderr = run_cli("launch", str(tmp_path / "run.json"), "--local", "--set", "trainerz=2",
+                              "--out", str(tmp_path / "L"))
+    assert_clean_error(code, stderr, "did you mean trainers")
+
+
+def test_train_names_the_do_own_python_data_on_its_command_line_only(tmp_path: Path) -> None:
+    code, _, stderr = run_cli("train", "--dataset", "python:no_such_module_xyz:load", "--model", "digits-mlp",
+                              "--out", str(tmp_path / "R"))
+    assert_clean_error(code, stderr, "cannot import no_such_module_xyz")
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": "python:no_such_module_xyz:load"}))
+    code, _, stderr = run_cli("train", "--config", str(tmp_path / "run.json"), "--model", "digits-mlp",
+                              "--out", str(tmp_path / "R2"))
+    assert_clean_error(code, stderr, "never loaded from a config")

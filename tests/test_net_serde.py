@@ -207,20 +207,43 @@ def test_outgoing_parses_as_the_canonical_envelope_and_decodes_the_same(dtype):
         assert canonical_bytes(_fast_decode(canon)) == canonical_bytes(msg)
 
 
-def test_split_leaves_odd_layouts_to_the_full_parser():
-    # prepare: data twice (protobuf keeps the last), a control after the tensor (the oneof keeps it)
+def _field(num: int, body: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    return bytes([num << 3 | 2]) + serde._varint(len(body)) + body
+
+
+def _both_refuse(raw: bytes, reason: str) -> None:
+    with pytest.raises(WireError, match=reason):
+        _fast_decode(raw)
+    with pytest.raises(WireError, match=reason):
+        message_from_bytes(raw, limits=LIMITS)
+
+
+def test_repeated_or_interleaved_tensor_fields_are_refused_by_both_paths():
+    # prepare: data twice (protobuf keeps the last), a control after the tensor (the oneof keeps it), and
+    # tensor(data) · control · tensor(dtype, shape): the full parse once kept a tensor without data while
+    # the split accepted the first fragment's 16 bytes
     msg = Activations(H, torch.ones(2, 2))
     raw = serde.message_to_outgoing(msg, limits=LIMITS).to_bytes()
-    zeros = bytes(16)
-    inner = b"\x1a" + serde._varint(len(zeros)) + zeros  # TensorPayload.data again: zeros
-    twice = raw + b"\x52" + serde._varint(len(inner)) + inner
-    ctl = message_to_proto(Control(H, "loss", {"a": "b"}), limits=LIMITS).SerializeToString()
-    # execute / assert: the split declines, or agrees with the full parser
-    assert serde.split_tensor_data(twice)[1] is None
-    back = _fast_decode(twice)
-    assert torch.equal(back.tensor, message_from_bytes(twice, limits=LIMITS).tensor)
-    assert torch.equal(back.tensor, torch.zeros(2, 2))
-    assert isinstance(_fast_decode(raw + ctl), Control)
+    twice = raw + _field(10, _field(3, bytes(16)))
+    ctl = _field(11, _field(1, b"loss"))  # a control body
+    head = message_to_proto(msg, limits=LIMITS)
+    dtype_shape = _field(1, b"float32") + _field(2, b"\x02\x02") + _field(4, b"train")
+    head.ClearField("tensor")
+    interleaved = (head.SerializeToString() + _field(10, _field(3, bytes(16))) + _field(11, _field(1, b"x"))
+                   + _field(10, dtype_shape))
+    # execute / assert
+    _both_refuse(twice, "Envelope.tensor appears 2 times")
+    _both_refuse(raw + ctl, "both a tensor and a control body")
+    _both_refuse(interleaved, "Envelope.tensor appears 2 times")
+    ones = bytes(torch.ones(2, 2).numpy().tobytes())
+    split = head.SerializeToString() + _field(10, dtype_shape + _field(3, ones))
+    assert torch.equal(_fast_decode(split).tensor, message_from_bytes(split, limits=LIMITS).tensor)  # well-formed
+    _both_refuse(head.SerializeToString() + _field(10, dtype_shape + _field(3, ones) + _field(3, ones)),
+                 "TensorPayload.data appears 2 times")
+    _both_refuse(raw + _field(15, b"x"), "unknown Envelope field 15")
+    _both_refuse(raw + bytes([5 << 3 | 2, 1, 0]), "Envelope.epoch has wire type 2")
+    assert serde.split_tensor_data(twice)[1] is None  # the split alone still declines odd layouts
     assert serde.split_tensor_data(b"\x52\xff")[1] is None  # a length past the end
 
 
@@ -231,3 +254,84 @@ def test_fuzz_fast_path_agrees_with_the_full_parser(data, cut, junk):
     # execute / assert: accepted or rejected alike, and the same record when accepted
     for raw in (data, data[:cut] + junk + data[cut:]):
         assert _same(lambda raw=raw: _fast_decode(raw), lambda raw=raw: message_from_bytes(raw, limits=LIMITS))
+
+
+# Field-level mutations of valid envelopes: what the byte-level fuzzers above rarely build (a field twice, fields
+# moved, a tensor body split into fragments, a control body slipped between them), so that the fast receive path
+# and the full parse are compared on the layouts where they could differ.
+
+def _valid_envelope(kind: str, rows: int, mode: str) -> bytes:
+    t = torch.arange(rows * 3, dtype=torch.float32).reshape(rows, 3)
+    msg = {"activations": Activations(H, t, mode=mode), "gradients": Gradients(H, t),
+           "int8": Activations(H, t.to(torch.int8), scale=torch.full((rows,), 0.5)),
+           "labels": Labels(H, torch.arange(rows)), "control": Control(H, "loss", {"count": str(rows)})}[kind]
+    return serde.message_to_outgoing(msg, limits=LIMITS).to_bytes()
+
+
+def _pieces(raw: bytes) -> list[tuple[int, bytes]]:
+    """Top-level fields of ``raw`` as (number, bytes); the tensor body split into one piece per sub-field."""
+    buf = memoryview(raw)
+    out: list[tuple[int, bytes]] = []
+    for num, wt, s, v, e in serde._fields(buf, 0, len(buf)):
+        if num == 10 and wt == 2:
+            out += [(10, _field(10, bytes(buf[fs:fe]))) for _n, _w, fs, _v, fe in serde._fields(buf, v, e)]
+        else:
+            out.append((num, bytes(buf[s:e])))
+    return out
+
+
+@st.composite
+def mutated_envelopes(draw) -> bytes:
+    raw = _valid_envelope(draw(st.sampled_from(["activations", "gradients", "int8", "labels", "control"])),
+                          draw(st.integers(0, 3)), draw(st.sampled_from(["train", "infer"])))
+    pieces = _pieces(raw)
+    if draw(st.booleans()):  # the tensor pieces merged back into one fragment (the canonical layout)
+        body = _strip(pieces)
+        pieces = [(n, p) for n, p in pieces if n != 10] + ([(10, _field(10, body))] if body else [])
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.sampled_from(["dup", "move", "drop", "control", "byte"]))
+        if not pieces:
+            break
+        i = draw(st.integers(0, len(pieces) - 1))
+        j = draw(st.integers(0, len(pieces)))
+        if op == "dup":
+            pieces.insert(j, pieces[i])
+        elif op == "move":
+            pieces.insert(j, pieces.pop(i))
+        elif op == "drop":
+            pieces.pop(i)
+        elif op == "control":
+            pieces.insert(j, (11, _field(11, _field(1, b"loss"))))
+        else:
+            n, p = pieces[i]
+            k = draw(st.integers(0, len(p) - 1))
+            pieces[i] = (n, p[:k] + bytes([draw(st.integers(0, 255))]) + p[k + 1:])
+    return b"".join(p for _n, p in pieces)
+
+
+def _strip(pieces: list[tuple[int, bytes]]) -> bytes:
+    """The sub-fields of every tensor piece, concatenated (each piece is ``_field(10, sub-field)``)."""
+    out = b""
+    for n, p in pieces:
+        if n == 10:
+            _num, _wt, _s, v, e = serde._fields(memoryview(p), 0, len(p))[0]
+            out += p[v:e]
+    return out
+
+
+def _outcome(decode) -> tuple:
+    try:
+        m = decode()
+    except WireError:
+        return ("refused",)
+    return ("ok", canonical_bytes(m), m.header, getattr(m, "scale", None) is not None)
+
+
+@FUZZ
+@given(raw=mutated_envelopes())
+def test_property_fast_path_and_full_parse_agree_on_mutated_envelopes(raw):
+    # execute
+    fast = _outcome(lambda: _fast_decode(raw))
+    full = _outcome(lambda: message_from_bytes(raw, limits=LIMITS))
+    # assert: both refuse, or both accept the same record (header, kind, dtype, shape, data, scale)
+    assert fast == full

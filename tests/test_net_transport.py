@@ -247,3 +247,27 @@ def test_sender_refuses_oversized_and_large_tensors_pass_with_plan_limits():
         for t in mesh.values():
             t.close()
     assert message_to_proto(Gradients(Header("DO", "T1", 0, 0), x)).ByteSize() > 4 * 1024 * 1024
+
+
+def test_a_tensor_too_big_to_index_is_a_counted_rejection():
+    # prepare: a gradient of shape [0, 2**62] (no bytes, so the byte count matches) once made NumPy raise a
+    # ValueError that aborted the stream with UNKNOWN, outside the max_rejections count
+    t = GrpcTransport("T1", run_id=RUN, listen="127.0.0.1:0", peers={"DO": ""}, insecure_loopback=True,
+                      limits=SMALL, max_rejections=1).start()
+    env = message_to_proto(Gradients(Header("DO", "T1", 0, 0, run_id=RUN, seq=1), torch.zeros(0, 2)))
+    env.tensor.ClearField("shape")
+    env.tensor.shape.extend([0, 2**62])
+    try:
+        with RawLinkClient(t.address, sender="DO", run_id=RUN) as c:
+            # execute
+            first = c.send_bytes(env.SerializeToString())
+            env.seq = 2
+            second = c.send_bytes(env.SerializeToString())
+        # assert
+        assert first.status == second.status == pb.Ack.REJECTED
+        assert "above" in first.reason
+        assert t.stats["rejected"] == 2
+        with pytest.raises(WireError, match="more than 1 rejected messages"):
+            t.recv(timeout=2)
+    finally:
+        t.close(grace=0)

@@ -95,8 +95,8 @@ def test_cli_certs_lists_fingerprints(tmp_path: Path) -> None:
     cfg_file = tmp_path / "run.json"
     cfg_file.write_text(json.dumps(TINY | {"trainers": 3}))
     # execute
-    r = CliRunner().invoke(app, ["certs", str(cfg_file), "--out", str(tmp_path / "certs"), "--json"])
-    again = CliRunner().invoke(app, ["certs", str(cfg_file), "--out", str(tmp_path / "certs")])
+    r = CliRunner().invoke(app, ["certs", str(cfg_file), "--local", "--out", str(tmp_path / "certs"), "--json"])
+    again = CliRunner().invoke(app, ["certs", str(cfg_file), "--local", "--out", str(tmp_path / "certs")])
     # assert
     assert r.exit_code == 0, r.output
     fps = json.loads(r.output.strip().splitlines()[-1])["fingerprints"]

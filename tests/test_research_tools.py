@@ -322,3 +322,13 @@ def test_converged_point_adds_the_known_plaintext_levels_the_budget_leaves_out(t
     assert set(ks) == {"clustering/T1/known-20", "clustering/T2/known-20"}
     assert all(0 <= r["score"] <= 1 and r["baseline_score"] is not None for r in ks.values())
     assert not (run / "attacks" / "clustering.json").exists()
+
+
+def test_fuzz_inputs_runs_bounded_and_reports_figures(tmp_path: Path) -> None:
+    from clicooper.experiments.research.fuzz_inputs import main as fuzz_main
+
+    out = fuzz_main(["--seconds", "4", "--surfaces", "npz,csv", "--out", str(tmp_path / "f.json")])
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved["total_crashes"] == 0 and saved["total_cases"] == out["total_cases"] > 0
+    for s in saved["surfaces"].values():
+        assert s["cases"] == s["accepted"] + s["refused"] + s["crashes"] and s["peak_rss_mib"] > 0

@@ -116,3 +116,24 @@ def test_streamed_augmented_run_over_grpc_matches_in_process(folder: str, tmp_pa
     diff = max(float((v - rb.modules[k].state_dict()[n]).abs().max())
                for k in ra.modules for n, v in ra.modules[k].state_dict().items())
     assert diff < 1e-5  # the DO node streams and augments exactly as the in-process DO
+
+
+def test_streamed_split_is_its_own_type_not_sniffed(folder: str) -> None:
+    # prepare: the same folder in memory and streamed
+    mem = load_dataset(folder, {"image_mode": "L"})
+    st = load_dataset(folder, {"image_mode": "L", "stream": True, "workers": 2})
+    # execute: the typed accessors
+    streamed = st.streamed
+    assert streamed is not None
+    streamed.read_inline()
+    # assert: the type says which is which; inline reading gives the in-memory values
+    assert mem.streamed is None and isinstance(streamed, StreamedImages) and streamed.workers == 0
+    ids = torch.tensor([3, 0, 7])
+    assert torch.equal(streamed[ids], mem.x_train[ids])
+    # the library never sniffs a split by its attributes (hasattr/getattr on x_train or the tensors it hashes)
+    src = Path(__file__).resolve().parents[1] / "src" / "clicooper"
+    sniffing = [f"{f.relative_to(src)}:{i + 1}" for f in sorted(src.rglob("*.py"))
+                for i, line in enumerate(f.read_text("utf-8").splitlines())
+                if ("hasattr(" in line or "getattr(" in line) and ("x_train" in line or '"chunks"' in line
+                                                                   or '"expect"' in line or '"workers"' in line)]
+    assert sniffing == []

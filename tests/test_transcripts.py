@@ -42,8 +42,8 @@ def test_background_transcripts_equal_plain_blake3() -> None:
 
 def test_reset_waits_for_pending_jobs() -> None:
     t = _trainer()
-    for step in range(3):
-        t.handle(Activations(Header("DO", "T1", 0, step), torch.randn(512, 6)))
+    for micro in range(3):  # one step in flight at a time: three micro-batches of it
+        t.handle(Activations(Header("DO", "T1", 0, 0, micro, 3), torch.randn(512, 6)))
     before = t.transcript_digests()
     t.transcripts = {}  # a new stage: pending jobs of the old one finish first and are not lost into the new
     assert t.transcript_digests() == {}

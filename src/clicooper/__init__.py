@@ -4,8 +4,13 @@ A data owner has its model trained by K trainer clients that each hold one segme
 server. See README.md and DESIGN (../shared/DESIGN.md).
 
 >>> import clicooper
->>> run = clicooper.train({"dataset": "digits", "model": "digits-mlp", "trainers": 2}, out="runs/d")  # doctest: +SKIP
->>> run.predict(run.dataset().x_test[:5]).argmax(1)  # doctest: +SKIP
+>>> run = clicooper.train(model=my_sequential, data=(x, y), test_data=(x_test, y_test),  # doctest: +SKIP
+...                       trainers=2, epochs=3, defenses=["dp"], out="runs/mine")
+>>> run.test_acc, run.privacy, run.paths["model"]  # doctest: +SKIP
+
+:func:`train` is :func:`clicooper.training.run.train` and :func:`load_run` is
+:func:`clicooper.runs.load_run`, with their typed signatures; both are imported on first use, so that
+importing ``clicooper`` (the CLI's start-up) does not import torch.
 """
 
 from __future__ import annotations
@@ -16,18 +21,18 @@ __version__ = "0.1.0"
 __all__ = ["load_run", "train", "__version__"]
 
 if TYPE_CHECKING:
-    from clicooper.runs import RunHandle
+    from clicooper.runs import load_run
+    from clicooper.training.run import train
 
 
-def load_run(path: Any) -> RunHandle:
-    """Load a run directory (see :func:`clicooper.runs.load_run`)."""
-    from clicooper.runs import load_run as _load  # lazy, as train
+def __getattr__(name: str) -> Any:
+    """``clicooper.train`` / ``clicooper.load_run``: the library's own functions, imported on first use."""
+    if name == "train":
+        from clicooper.training.run import train
 
-    return _load(path)
+        return train
+    if name == "load_run":
+        from clicooper.runs import load_run
 
-
-def train(config: Any = None, **kwargs: Any) -> RunHandle:
-    """Train cooperatively and return the run (see :func:`clicooper.training.run.train`)."""
-    from clicooper.training import train as _train  # lazy: importing any clicooper module runs this file
-
-    return _train(config, **kwargs)
+        return load_run
+    raise AttributeError(f"module 'clicooper' has no attribute {name!r}")

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from clicooper import jsonbound
 from clicooper.errors import RunDirError
 
 CONFIG = "config.json"
@@ -73,9 +74,11 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise RunDirError(f"{path} is missing; is this a CliCooper run directory?")
     try:
-        return json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return jsonbound.load_file(path)  # size and depth bounded: a run directory may come from anyone
+    except ValueError as e:  # invalid UTF-8 or JSON, too large, too deep
         raise RunDirError(f"{path} is corrupt ({e}); restore it from a backup or re-run training") from e
+    except OSError as e:
+        raise RunDirError(f"cannot read {path}: {e}") from e
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

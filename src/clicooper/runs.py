@@ -1,24 +1,30 @@
 """Reading a finished (or interrupted) run: :func:`load_run` → :class:`RunHandle`.
 
 Everything is rebuilt from the run directory's own files (config, plan, safetensors weights); nothing is
-unpickled. ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
+unpickled and no code is run from them. What a run cannot rebuild from a description, the user hands back:
+the module of a run of their own module classes (``model=``), the data they gave in Python (``data=``,
+checked against the run's fingerprint). ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
 is needed (DESIGN §3).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
-from clicooper.data import Dataset, load_dataset
+from clicooper.data import Dataset
+from clicooper.data.given import GivenData, open_dataset
 from clicooper.errors import DataError, RunDirError
 from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import blueprint_for
+from clicooper.models.describe import as_sequential
 from clicooper.models.partition import Plan
 from clicooper.privacy.activation import clip_per_sample
 from clicooper.privacy.runtime import label_codec_for_run
@@ -37,6 +43,36 @@ class RunHandle:
     modules: dict[str, nn.Sequential]
     _dataset: Dataset | None = field(default=None, repr=False)
     _decoder: object | None = field(default=None, repr=False)
+    _data: tuple[GivenData | None, Any] = field(default=(None, None), repr=False)  # load_run(data=, test_data=)
+
+    # the run directory's records ------------------------------------------------------------------
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json``: one entry per completed epoch (loss, accuracies, speed, privacy), the final test
+        accuracy and, after a budget or detection stop, ``"stopped"``; ``{}`` before the first epoch."""
+        f = self.path / rundir.METRICS
+        return rundir.read_json(f) if f.is_file() else {}
+
+    @property
+    def test_acc(self) -> float | None:
+        """Test accuracy after the last completed epoch (``None`` before the first)."""
+        return self.metrics.get("final_test_acc")
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """``privacy.json``: each mechanism's report (ε with what it covers, or "empirical"); ``None`` for a
+        run without privacy mechanisms."""
+        f = self.path / rundir.PRIVACY
+        return rundir.read_json(f) if f.is_file() else None
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        """The run's files and folders that exist, by name: ``config``, ``plan``, ``metrics``, ``privacy``,
+        ``model`` (the delivered segments), ``ledger``, ``observations``, ``initial_model``."""
+        names = {"config": rundir.CONFIG, "plan": rundir.PLAN, "metrics": rundir.METRICS, "privacy": rundir.PRIVACY,
+                 "model": rundir.MODEL_DIR, "ledger": rundir.LEDGER, "observations": rundir.OBSERVATIONS,
+                 "initial_model": rundir.INITIAL_MODEL}
+        return {k: self.path / v for k, v in names.items() if (self.path / v).exists()}
 
     @property
     def head(self) -> nn.Sequential:
@@ -59,10 +95,16 @@ class RunHandle:
         return self.model
 
     def dataset(self) -> Dataset:
-        """The run's dataset (loaded on first use)."""
+        """The run's dataset (loaded on first use; data given in Python comes from ``load_run(data=…)``)."""
         if self._dataset is None:
-            self._dataset = load_dataset(self.config.dataset, options=self.config.data)
+            self._dataset = open_dataset(self.config.dataset, self.config.data, *self._data,
+                                         fingerprint_of_run=self.plan.extra.get("data_fingerprint"))
         return self._dataset
+
+    def evaluate(self) -> float:
+        """Accuracy on the run's test split by the local path (:meth:`accuracy`), as ``clicooper evaluate``."""
+        ds = self.dataset()
+        return self.accuracy(ds.x_test, ds.y_test)
 
     def _label_decoder(self):  # noqa: ANN202 - privacy.labels.LabelCodec
         if not self.config.obfuscate_labels:
@@ -115,16 +157,22 @@ class RunHandle:
         return t
 
 
-def build_skeleton(config: RunConfig, plan: Plan, num_classes: int) -> tuple[nn.Sequential, dict[str, nn.Sequential]]:
-    """Model and per-party modules with the run's architecture (seeded weights, to be overwritten); the
-    architecture hash that ``plan.json`` records is checked."""
-    bp = blueprint_for(config, plan.input_shape, num_classes, plan=plan)
+def build_skeleton(config: RunConfig, plan: Plan, num_classes: int, module: nn.Sequential | None = None
+                   ) -> tuple[nn.Sequential, dict[str, nn.Sequential]]:
+    """Model and per-party modules with the run's architecture (seeded weights, or a copy of the user's own
+    ``module``, to be overwritten); the architecture hash that ``plan.json`` records is checked."""
+    bp = blueprint_for(config, plan.input_shape, num_classes, plan=plan, module=module)
     stamp_architecture(plan.extra, bp.model)
     return bp.model, bp.modules()
 
 
-def load_run(path: str | Path) -> RunHandle:
-    """Load a run directory written by ``clicooper train``; errors say which file is wrong."""
+def load_run(path: str | Path, *, model: nn.Module | Sequence[nn.Module] | None = None,
+             data: GivenData | None = None, test_data: Any = None) -> RunHandle:
+    """Load a run directory written by ``clicooper train``; errors say which file is wrong.
+
+    ``model``: the same module a run of the user's own module classes was trained with (its architecture
+    is checked against ``plan.json``; the run's weights are loaded into a copy). ``data`` / ``test_data``:
+    the data given in Python to ``train`` (or the ``python:`` name), for :meth:`RunHandle.dataset`."""
     p = Path(path)
     if not p.is_dir():
         raise RunDirError(f"run directory {p} not found; train one with `clicooper train … --out {p}`")
@@ -134,7 +182,8 @@ def load_run(path: str | Path) -> RunHandle:
     except TypeError as e:
         raise RunDirError(f"{p / rundir.PLAN} is malformed ({e}); re-run `clicooper plan`") from e
     num_classes = int(plan.extra.get("num_classes", 10))
-    model, modules = build_skeleton(config, plan, num_classes)
+    module = as_sequential(model) if model is not None else None
+    built, modules = build_skeleton(config, plan, num_classes, module)
     for party, mod in modules.items():
         rundir.load_state_into(mod, p / rundir.MODEL_DIR / model_file(party))
-    return RunHandle(p, config, plan, model, modules)
+    return RunHandle(p, config, plan, built, modules, _data=(data, test_data))

@@ -9,13 +9,13 @@ opens no other path.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as _st_load
 
+from clicooper import jsonbound
 from clicooper.errors import AttackError
 
 #: Top-level folders of a run directory that no attacker may read: the DO's secrets, every party's keys,
@@ -65,8 +65,8 @@ class RunReader:
     def read_json(self, rel: str | Path) -> Any:
         """Parsed JSON of ``rel``."""
         try:
-            return json.loads(self.read_bytes(rel).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return jsonbound.loads(self.read_bytes(rel), max_bytes=jsonbound.MAX_FILE_BYTES, what=str(rel))
+        except ValueError as e:
             raise AttackError(f"{rel!s} is not valid JSON ({e}); the run directory may be corrupt") from e
 
     def read_tensors(self, rel: str | Path) -> dict[str, torch.Tensor]:

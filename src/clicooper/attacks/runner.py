@@ -14,20 +14,22 @@ import copy
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors.torch import save as _st_save
-from torch import no_grad
+from torch import nn, no_grad
 
 from clicooper.attacks.base import get
 from clicooper.attacks.nets import reinit
 from clicooper.attacks.reader import RunReader
 from clicooper.attacks.views import Architecture, build_view, recorded_epochs
 from clicooper.config import make_config
-from clicooper.data import load_dataset
+from clicooper.data.given import GivenData, open_dataset
 from clicooper.errors import AttackError
+from clicooper.models.describe import as_sequential
 from clicooper.models.partition import Plan
 from clicooper.rundir import atomic_write_bytes
 from clicooper.runs import build_skeleton, load_run
@@ -41,29 +43,43 @@ def _factory(mod: Any, seed: int) -> Any:
     return lambda: reinit(copy.deepcopy(mod), seed)
 
 
-def _load_core(reader: RunReader, need_predict: bool) -> tuple[Any, Architecture, Callable[..., Any] | None]:
+@dataclass(frozen=True)
+class OwnObjects:
+    """What a run cannot rebuild from its description, handed back by its owner (``run_attack(model=,
+    data=, test_data=)``): the module of a run of the user's own module classes, the data given in Python."""
+
+    model: nn.Module | Sequence[nn.Module] | None = None
+    data: GivenData | None = None
+    test_data: Any = None
+
+
+def _load_core(reader: RunReader, need_predict: bool, own: OwnObjects = OwnObjects()
+               ) -> tuple[Any, Architecture, Callable[..., Any] | None]:
     """(dataset, architecture, predict) from the core.
 
-    The architecture comes from ``config.json`` + ``plan.json`` (public) through the model zoo with
-    re-drawn weights — no weight file is read. ``predict`` (the DO's query interface; it decodes labels
-    with the DO's key, as a deployed service would) is loaded only for query attacks.
+    The architecture comes from ``config.json`` + ``plan.json`` (public) through the model zoo (or a copy of
+    the user's own module) with re-drawn weights — no weight file is read. ``predict`` (the DO's query
+    interface; it decodes labels with the DO's key, as a deployed service would) is loaded only for query
+    attacks.
     """
     config = make_config(**reader.read_json("config.json"))
     plan = Plan.from_dict(reader.read_json("plan.json"))
-    dataset = load_dataset(config.dataset, options=config.data)
-    _, modules = build_skeleton(config, plan, int(plan.extra.get("num_classes", dataset.num_classes)))
+    dataset = open_dataset(config.dataset, config.data, own.data, own.test_data,
+                           fingerprint_of_run=plan.extra.get("data_fingerprint"))
+    module = as_sequential(own.model) if own.model is not None else None
+    _, modules = build_skeleton(config, plan, int(plan.extra.get("num_classes", dataset.num_classes)), module)
     arch = Architecture(head=_factory(modules["DO:head"], 1),
                         segments=[_factory(modules[p.party], 2 + i) for i, p in enumerate(plan.segments)],
                         tail=_factory(modules["DO:tail"], 99) if "DO:tail" in modules else None)
-    predict = load_run(reader.root).predict if need_predict else None
+    predict = load_run(reader.root, model=own.model).predict if need_predict else None
     return dataset, arch, predict
 
 
-def _raw_predict(reader: RunReader) -> Callable[[Any], Any]:
+def _raw_predict(reader: RunReader, own: OwnObjects = OwnObjects()) -> Callable[[Any], Any]:
     """For attacks with ``query_space = "raw"``: the softmax of the model's own outputs, in eval mode, not
     decoded with the DO's label key (the obfuscated label space, as a copy of the model without the key
     answers)."""
-    run = load_run(reader.root)
+    run = load_run(reader.root, model=own.model)
 
     def predict(x: Any) -> Any:
         run.full_model().eval()
@@ -118,6 +134,7 @@ def run_attack(
     write: bool = True,
     annotate: dict[str, Any] | None = None,
     save_as: str | None = None,
+    own: OwnObjects | None = None,
 ) -> dict[str, Any]:
     """Run attack ``name`` on ``run_dir``, write ``RUN/attacks/<name>.json`` atomically and return its dict.
 
@@ -127,6 +144,7 @@ def run_attack(
     to ``RUN/attacks/<name>_artifacts.safetensors``. ``annotate`` adds keys to ``settings`` (e.g. the
     budget name used by ``clicooper attack --budget``). ``save_as``: the file stem instead of ``name`` (a
     second run of the same attack with other settings, kept beside the first instead of replacing it).
+    ``own``: the module and data a run of the user's own objects takes back (:class:`OwnObjects`).
     """
     t0 = time.time()
     stem = save_as or name
@@ -137,9 +155,10 @@ def run_attack(
     reader = RunReader(run_dir)
     levels = list(knowledge) if knowledge is not None else list(getattr(cls, "knowledge", ("zero", "known")))
     eps = recorded_epochs(reader, epochs)
-    dataset, arch, predict = _load_core(reader, "query" in levels)
+    own = own or OwnObjects()
+    dataset, arch, predict = _load_core(reader, "query" in levels, own)
     if predict is not None and getattr(cls, "query_space", "decoded") == "raw":
-        predict = _raw_predict(reader)
+        predict = _raw_predict(reader, own)
     kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
     parties = _parties(party or DEFAULT_PARTIES.get(name, "each"), len(arch.segments))
     cfg_json = reader.read_json("config.json")

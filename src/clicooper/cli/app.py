@@ -3,6 +3,8 @@ command modules (:mod:`clicooper.cli.train`, ``attacks``, ``net``, ``provenance`
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from clicooper.cli import attacks, net, provenance, security, train
@@ -31,4 +33,16 @@ app.add_typer(observations, name="observations")
 
 def main() -> None:
     """Console-script entry point."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["verify"] and "--json" in argv:  # a verdict on every exit path, a usage error's included
+        try:
+            code = app(args=argv, standalone_mode=False)
+        except typer.Abort:
+            sys.exit(1)
+        except typer.TyperException as e:  # a usage error (typer's own click): its message, then the verdict
+            code = int(getattr(e, "exit_code", 2))
+            e.show()  # type: ignore[attr-defined]
+            provenance.emit_usage_verdict(e.format_message(), code)  # type: ignore[attr-defined]
+            sys.exit(code)
+        sys.exit(code if isinstance(code, int) else 0)
     app()

@@ -7,18 +7,22 @@ traceback. ``--json`` prints one JSON object as the last line of stdout; progres
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import sys
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
-from clicooper.config import load_config_file, make_config, parse_capacities, parse_range
-from clicooper.errors import CliCooperError
+from clicooper.config import RunConfig, load_config_file, make_config, parse_capacities, parse_range
+from clicooper.errors import CliCooperError, ConfigError
 
 err = Console(stderr=True)
 out = Console()
@@ -90,8 +94,86 @@ def model_file_fields(path: Path, model: str | None) -> dict[str, Any]:
     return {"model": mf.name, "model_spec": mf.layers}
 
 
-def config_from_options(config_file: Path | None, **opts: Any) -> Any:
-    """A validated run config from an optional config file overridden by the given (not None) options."""
+SET_HELP = ("KEY=VALUE: set any config field by its dotted name (repeatable; after every other option), e.g. "
+            "--set dp.sigma=0.1 --set data.workers=4; VALUE is JSON (numbers, true, null, [..], {..}) or else "
+            "a string")
+
+
+def _table_of(annotation: Any) -> type[BaseModel] | dict[str, Any] | None:
+    """What a field's dotted keys continue into: its pydantic table, ``{}`` for a free-keyed dict, ``None``
+    for a plain value (``X | None`` unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            sub = _table_of(arg)
+            if sub is not None:
+                return sub
+        return None
+    if origin is dict:
+        return {}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _check_key(key: str) -> list[str]:
+    """``key``'s parts, each a field of the table before it (from :class:`RunConfig`); a wrong part is
+    refused with the closest field names (difflib)."""
+    parts = key.split(".")
+    table: type[BaseModel] | dict[str, Any] | None = RunConfig
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        if table is None:
+            raise ConfigError(f"--set {key}: {where} is a single value, not a table; use --set {where}=VALUE")
+        if isinstance(table, dict):  # e.g. party_devices.T1: its keys are checked by the config itself
+            if not part:
+                raise ConfigError(f"--set {key}: empty key after {where}")
+            return parts
+        fields = table.model_fields
+        if part not in fields:
+            prefix = f"{where}." if where else ""
+            close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(prefix + c for c in close)}?" if close else
+                    f"the fields{' of ' + where if where else ''} are {', '.join(fields)}")
+            raise ConfigError(f"--set {key}: {prefix}{part} is not a config field; {hint}")
+        table = _table_of(fields[part].annotation)
+    return parts
+
+
+def _set_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (``0.1``, ``true``, ``null``, ``[0, 100]``), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_sets(fields: dict[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """``fields`` with each ``KEY=VALUE`` of ``--set`` applied (dotted keys into tables, key by key); the
+    whole config is then validated by :func:`make_config`, which names the key of a bad value."""
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE (e.g. --set dp.sigma=0.1)")
+        parts = _check_key(key)
+        table = fields
+        for i, part in enumerate(parts[:-1]):
+            sub = table.get(part)
+            if sub is None:
+                sub = table[part] = {}
+            elif isinstance(sub, BaseModel):
+                sub = table[part] = sub.model_dump()
+            elif not isinstance(sub, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} holds {sub!r}, not a table")
+            table = sub
+        table[parts[-1]] = _set_value(text)
+    return fields
+
+
+def config_from_options(config_file: Path | None, *, sets: Sequence[str] | None = None, **opts: Any) -> Any:
+    """A validated run config from an optional config file overridden by the given (not None) options, then
+    by ``--set KEY=VALUE`` overrides (:func:`apply_sets`)."""
     fields: dict[str, Any] = load_config_file(config_file) if config_file else {}
     model_file = opts.pop("model_file", None)
     if model_file is not None:  # --model-file replaces the file's model and model_spec
@@ -118,4 +200,4 @@ def config_from_options(config_file: Path | None, **opts: Any) -> Any:
     if opts.get("party_devices") is not None:
         opts["party_devices"] = parse_party_devices(opts["party_devices"])
     fields.update({k: v for k, v in opts.items() if v is not None})
-    return make_config(**fields)
+    return make_config(**apply_sets(fields, sets or []))

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
+from clicooper.cli.common import SET_HELP, config_from_options, emit_json, err, guarded, out
 from clicooper.errors import ConfigError
 
 
@@ -36,6 +36,8 @@ def node(
     idle_timeout: float = typer.Option(300.0, help="seconds without any message before giving up"),
     device: str = typer.Option(None, "--device", help="this party's device: auto | cpu | cuda (default: the "
                                "config's device for this party); not part of the run's config"),
+    dataset: str = typer.Option(None, "--dataset", help="DO only: its own data, as the config names it; required "
+                                "for python:pkg.module:fn (the DO's own function, run on this machine only)"),
     max_epsilon: float = typer.Option(None, "--max-epsilon", help="DO: stop cleanly before a round that would take "
                                       "ε above this (resume with a larger one)"),
     dismiss_detection: bool = typer.Option(False, "--dismiss-detection", help="DO: live detection off for this "
@@ -47,30 +49,97 @@ def node(
     run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
                          certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
                          connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout,
-                         device=device, max_epsilon=max_epsilon, dismiss_detection=dismiss_detection))
+                         device=device, dataset=dataset, max_epsilon=max_epsilon,
+                         dismiss_detection=dismiss_detection))
 
 
 @guarded
 def certs(
-    config: Path = typer.Argument(..., help="run config (.json/.toml)"),
-    out_dir: Path = typer.Option(..., "--out", help="folder for NAME.crt, NAME.key, fingerprints.json"),
+    args: list[str] = typer.Argument(None, metavar="[RUN_CONFIG | assemble CARD...]",
+                                     help="with --local: the run config; after the word assemble: the cards "
+                                          "(NAME.party.json, or NAME.crt with NAME.pub beside it) the parties sent"),
+    party: str = typer.Option(None, "--party", help="make THIS party's own keys (run on its own machine): TLS "
+                              "key + certificate, Ed25519 ledger key, and the card to send to the data owner"),
+    local: bool = typer.Option(False, "--local", help="one-machine convenience (tests, demos): write EVERY party's "
+                               "private keys into one folder; whoever holds it can impersonate any party"),
+    out_dir: Path = typer.Option(..., "--out", help="folder to write into (existing key files are never "
+                                 "overwritten)"),
+    fingerprint: list[str] = typer.Option(None, "--fingerprint", help="assemble: NAME=HEX a party told you over "
+                                          "another channel; its card must match (repeat per party)"),
     valid_days: int = typer.Option(365, help="certificate validity"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Self-signed certificate set for the run's parties; prints the pinned fingerprints."""
-    from clicooper.net.builder import load_run_config, party_names  # lazy: torch, grpc
-    from clicooper.net.certs import write_cert_set
+    """Certificates and keys for a networked run (docs/network.md "Keys across organisations").
 
-    fps = write_cert_set(party_names(load_run_config(config)), out_dir, valid_days=valid_days)
-    if as_json:
-        emit_json({"out": str(out_dir), "fingerprints": fps})
+    \b
+    clicooper certs --party T1 --out MINE/        each party, on its own machine: its keys only
+    clicooper certs assemble --out SET/ CARD...   the data owner: the public set from the parties' cards
+    clicooper certs RUN_CONFIG --local --out DIR  one machine: every party's keys (tests only)
+    """
+    from clicooper.net import certs as c  # lazy: cryptography
+
+    words = list(args or [])
+    if party is not None:
+        if words or local:
+            raise ConfigError("--party makes one party's own keys: give no RUN_CONFIG, cards or --local with it")
+        own = c.write_own_party(party, out_dir, valid_days=valid_days)
+        if as_json:
+            emit_json({"party": own.name, "certificate": str(own.certificate), "card": str(own.card),
+                       "fingerprint": own.fingerprint, "ledger_public_key": own.ledger_public_key,
+                       "private": [str(own.tls_key), str(own.ledger_key)]})
+            return
+        out.print(f"{own.name}: private keys {own.tls_key} and {own.ledger_key} (0600) — they never leave this "
+                  "machine")
+        out.print(f"send to the data owner: {own.card} (or {own.certificate} and {own.ledger_pub})")
+        out.print(f"and tell them over another channel (phone, signed mail) the fingerprint\n  {own.fingerprint}")
+        out.print(f"ledger public key (for verify --trusted-keys): {own.ledger_public_key}")
         return
-    t = Table(title=f"certificates in {out_dir} (give each party its own .key only)")
+    if words and words[0] == "assemble":
+        if local:
+            raise ConfigError("assemble takes the parties' cards; --local is for a one-machine set")
+        expect = dict(_name_value(x, "--fingerprint") for x in (fingerprint or []))
+        fps, keys = c.assemble_set([Path(x) for x in words[1:]], out_dir, expect=expect)
+        if as_json:
+            emit_json({"out": str(out_dir), "fingerprints": fps, "ledger_keys": keys})
+            return
+        t = Table(title=f"certificate set in {out_dir} (public: give the folder to every party)")
+        t.add_column("party")
+        t.add_column("SHA-256 fingerprint (pinned) — compare with what each party told you")
+        t.add_column("ledger key")
+        for name, fp in fps.items():
+            t.add_row(name, fp, keys.get(name, "—")[:16] + "…")
+        out.print(t)
+        unchecked = sorted(set(fps) - set(expect))
+        if unchecked:
+            err.print(f"[yellow]not checked with --fingerprint:[/] {', '.join(unchecked)}", highlight=False)
+        return
+    if not local:
+        raise ConfigError("across organisations each party makes its own keys: `clicooper certs --party NAME --out "
+                          "DIR` on its machine, then the data owner runs `clicooper certs assemble --out SET CARD…`; "
+                          "for a one-machine test set pass RUN_CONFIG --local")
+    if len(words) != 1:
+        raise ConfigError("--local takes one RUN_CONFIG (the run's config file)")
+    from clicooper.net.builder import load_run_config, party_names  # lazy: torch, grpc
+
+    fps = c.write_cert_set(party_names(load_run_config(Path(words[0]))), out_dir, valid_days=valid_days)
+    if as_json:
+        emit_json({"out": str(out_dir), "fingerprints": fps, "local": True})
+        return
+    t = Table(title=f"certificates in {out_dir} — LOCAL: every party's private key is in this one folder")
     t.add_column("party")
     t.add_column("SHA-256 fingerprint (pinned)")
     for name, fp in fps.items():
         t.add_row(name, fp)
     out.print(t)
+    err.print("[yellow]--local:[/] one machine holds every party's TLS key; across organisations use "
+              "`clicooper certs --party NAME` on each machine", highlight=False)
+
+
+def _name_value(text: str, option: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise ConfigError(f"{option} {text!r} is not NAME=VALUE (e.g. T1=3f2a…)")
+    return name.strip(), value.strip()
 
 
 def _launch_progress(prog: Progress) -> Callable[[dict[str, Any]], None]:
@@ -111,13 +180,15 @@ def launch(
     model_file: Path = typer.Option(None, "--model-file", help="model.toml / model.json (your own layers) "
                                     "instead of the config's model; it goes into RUN/config.json, which every "
                                     "node builds from"),
-    local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1)"),
+    local: bool = typer.Option(False, "--local", help="all parties on this machine (127.0.0.1): one machine makes "
+                               "every party's keys, each in its own RUN/nodes/<party>/own (tests, demos)"),
     insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
     max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
     max_epsilon: float = typer.Option(None, "--max-epsilon", help="the DO stops cleanly before a round that would "
                                       "take ε above this (continue with --resume and a larger one)"),
     dismiss_detection: bool = typer.Option(False, "--dismiss-detection", help="with --resume: the DO reviewed the "
                                            "accusation of a detection stop and continues with live detection off"),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start every party as its own process, show progress, collect RUN/model (evaluate works)."""
@@ -133,15 +204,16 @@ def launch(
     with Progress(TextColumn("{task.description:>4}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), console=err) as prog:
         if resume is not None:
-            if out_dir is not None or model_file is not None or insecure_loopback:
-                raise typer.BadParameter("--resume continues the run as it was launched: drop --out, --model-file "
-                                         "and --insecure-loopback")
+            if out_dir is not None or model_file is not None or insecure_loopback or sets:
+                raise typer.BadParameter("--resume continues the run as it was launched: drop --out, --model-file, "
+                                         "--set and --insecure-loopback")
             res = resume_local(resume, on_event=_launch_progress(prog), max_restarts=max_restarts,
                                max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
         else:
             if out_dir is None:
                 raise typer.BadParameter("--out RUN is required (or --resume RUN)")
-            run_config = config_from_options(config, model_file=model_file) if model_file is not None else config
+            overridden = model_file is not None or bool(sets)
+            run_config = config_from_options(config, model_file=model_file, sets=sets) if overridden else config
             res = launch_local(run_config, out_dir, insecure_loopback=insecure_loopback,
                                on_event=_launch_progress(prog), max_restarts=max_restarts, max_epsilon=max_epsilon)
     for n in res.notices:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clicooper.cli.common import emit_json, err, guarded, out
-from clicooper.errors import CliCooperError, KeyFileError, LedgerError
+from clicooper.errors import CliCooperError, ConfigError, KeyFileError, LedgerError
 
 
 def _passphrase(path: Path | None) -> str | None:
@@ -97,11 +97,24 @@ def _print_verify(report: Any, reveals: list[dict[str, Any]], secs: float) -> No
             err.print(f"[red]FAIL[/] {escape(str(f))}", highlight=False, soft_wrap=True)
 
 
+def emit_usage_verdict(message: str, exit_code: int) -> None:
+    """The JSON verdict of ``verify --json`` called wrongly (an unknown option, a missing argument)."""
+    from clicooper.errors import ConfigError
+    from clicooper.provenance.delivered import error_verdict  # lazy: torch
+
+    emit_json(error_verdict(ConfigError(f"usage: {message}"), exit_code) | {"seconds": 0.0})
+
+
 @guarded
 def verify(
     run: Path = typer.Argument(..., help="run directory"),
     model: Path = typer.Option(None, "--model", help="folder of presented segments (default RUN/model)"),
-    reveal: list[Path] = typer.Option(None, "--reveal", help="reveal file(s) to check against the segments"),
+    reveal: list[Path] = typer.Option(None, "--reveal", help="reveal file(s) to check against the segments: "
+                                      "--reveal A.json B.json, or --reveal repeated"),
+    more: list[Path] = typer.Argument(None, metavar="[FILE]...", help="further reveal files after --reveal"),
+    trusted_keys: Path = typer.Option(None, "--trusted-keys", help="JSON file of party name → public key hex, "
+                                      "known out of band (from each party's `clicooper certs --party`); pins "
+                                      "the genesis keys instead of RUN/keys"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
     """Check a run's ledger, bound files and segments (docs/ledger-format.md §11). Exit 0 iff all hold."""
@@ -113,12 +126,18 @@ def verify(
 
     t0 = time.perf_counter()
     try:
-        report, reveals = verify_delivered(run, model, reveal or [])
-    except (CliCooperError, KeyboardInterrupt) as e:
+        if more and not reveal:
+            raise ConfigError(f"unexpected argument {more[0]}: verify takes one run directory; reveal files follow "
+                              "--reveal")
+        report, reveals = verify_delivered(run, model, [*(reveal or []), *(more or [])], trusted_keys)
+    except (KeyboardInterrupt, Exception) as e:  # a verdict on every path, even a bug's
         if not as_json:
             raise
-        code = 130 if isinstance(e, KeyboardInterrupt) else e.exit_code
-        emit_json(error_verdict(e, code) | {"seconds": time.perf_counter() - t0})  # a verdict on every path
+        code = 130 if isinstance(e, KeyboardInterrupt) else getattr(e, "exit_code", 2)
+        if not isinstance(e, (CliCooperError, KeyboardInterrupt)):
+            err.print(f"[bold red]error:[/] verify failed unexpectedly ({type(e).__name__}: {e}); please report it",
+                      highlight=False, soft_wrap=True)
+        emit_json(error_verdict(e, code) | {"seconds": time.perf_counter() - t0})
         raise typer.Exit(code) from None
     secs = time.perf_counter() - t0
     if as_json:

@@ -40,14 +40,17 @@ def audit(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
     """Replay sampled steps of a trainer; exit 0 iff every audited stage is reproduced."""
-    import json
-
+    from clicooper import jsonbound
     from clicooper.core.audit import audit_run, keys_from_identity, keys_from_reveal  # lazy: torch
     from clicooper.provenance.identity import load_identity
 
     keys = None
     if reveal is not None:
-        keys = keys_from_reveal(json.loads(reveal.read_text("utf-8")))
+        try:
+            obj = jsonbound.load_file(reveal)
+        except (OSError, ValueError) as e:
+            raise LedgerError(f"cannot read reveal file {reveal}: {e}") from None
+        keys = keys_from_reveal(obj)
     else:
         kf = key or Path(run) / "keys" / f"{party}.key"
         if kf.is_file():

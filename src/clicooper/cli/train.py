@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clicooper.cli.common import config_from_options, emit_json, err, guarded, out
+from clicooper.cli.common import SET_HELP, config_from_options, emit_json, err, guarded, out
 from clicooper.config.presets import PRESETS
 from clicooper.errors import DataError
 
@@ -48,7 +48,9 @@ def _preset_help() -> str:
 _MODEL_FILE_HELP = ("model.toml / model.json: your own layers (an allowlist of torch.nn types and residual "
                     "blocks; README 'Your own model'), instead of --model")
 _DATASET_HELP = ("fashion-mnist | digits | npz:PATH | cifar10:DIR | cifar100:DIR | cifar100-coarse:DIR "
-                 "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv")
+                 "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv | "
+                 "python:pkg.module:fn (your own function returning (x, y) tensors or a torch Dataset; with "
+                 "--resume, name it again)")
 _LABEL_COLUMN_HELP = "data.label_column: the class column of a csv: dataset (required there)"
 _TEST_FRACTION_HELP = "data.test_fraction: test share of one csv: file or a flat imagefolder: (default 0.2)"
 _IMAGE_SIZE_HELP = "data.image_size: resize imagefolder: images to N×N (default: keep their size)"
@@ -136,6 +138,7 @@ def train(
         "this; a limit of this invocation: resume with a larger one to continue",
     ),
     config_file: Path = typer.Option(None, "--config", help="run.toml / run.json with the same fields"),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     resume: Path = typer.Option(None, "--resume", help="continue an interrupted run directory"),
     dismiss_detection: bool = typer.Option(
         False, "--dismiss-detection", help="with --resume: continue past a detection stop, live detection off "
@@ -146,10 +149,14 @@ def train(
     """Train a model cooperatively (data owner + K trainers) and write a run directory."""
     from clicooper import rundir  # lazy: torch
 
-    cfg = None
+    cfg, data = None, None
     if dismiss_detection and resume is None:
         raise typer.BadParameter("--dismiss-detection continues a run stopped by a detection: use it with --resume")
-    if resume is None:
+    if resume is not None:
+        if sets:
+            raise typer.BadParameter("--resume continues the run's own config; drop --set")
+        data = dataset  # the run's own python: data, named again (never run from its config.json)
+    else:
         if out_dir is None:
             raise typer.BadParameter("--out RUN is required (or --resume RUN)")
         cfg = config_from_options(
@@ -165,9 +172,11 @@ def train(
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
             label_dp_epsilon=label_dp_epsilon, label_column=label_column, test_fraction=test_fraction,
             image_size=image_size, image_mode=image_mode, stream=stream, workers=workers,
-            crop_padding=crop_padding, flip=flip,
+            crop_padding=crop_padding, flip=flip, sets=sets,
         )
-    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection)
+        if dataset is not None and dataset.startswith("python:"):
+            data = dataset  # named on this command line: the DO's own function runs (never from --config)
+    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:
         err.print(plan_table(run.plan))
@@ -181,7 +190,7 @@ def train(
 
 
 def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None,
-                         dismiss_detection: bool = False) -> Any:
+                         dismiss_detection: bool = False, data: str | None = None) -> Any:
     """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
     from clicooper.training import train as run_train  # lazy: torch
 
@@ -205,7 +214,7 @@ def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, ma
 
     try:
         return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
+                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection, data=data)
     finally:
         if prog.live.is_started:  # never started: nothing to close (and no blank line)
             prog.stop()
@@ -262,15 +271,19 @@ def _activation_noise(run_dir: Path) -> dict[str, Any] | None:
     return noise if isinstance(noise, dict) else None
 
 
+_RUN_DATASET_HELP = "the run's own python:pkg.module:fn data, named again (never run from its config.json)"
+
+
 @guarded
 def evaluate(
     run_dir: Path = typer.Argument(..., help="run directory"),
+    dataset: str = typer.Option(None, "--dataset", help=_RUN_DATASET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Test accuracy of a run from its saved files alone (local inference path, no noise)."""
     from clicooper.runs import load_run  # lazy: torch
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, data=dataset)
     ds = run.dataset()
     acc = run.accuracy(ds.x_test, ds.y_test)
     res = {"run": str(run_dir), "test_acc": acc, "n_test": len(ds.y_test), "inference_path": "local"}
@@ -308,7 +321,8 @@ def predict(
         raise DataError(f"{input_file} has dtype {arr.dtype}; expected numbers")
     probs = run.predict(torch.from_numpy(arr.astype(np.float32)))
     pred = probs.argmax(1).tolist()
-    names = run.dataset().class_names if run.config.dataset != "digits" else None
+    named = run.config.dataset != "digits" and run.config.dataset.partition(":")[0] not in ("python", "given")
+    names = run.dataset().class_names if named else None  # the DO's own data is not reopened for its names
     res = {"predictions": pred, "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
     if names:
         res["class_names"] = [names[i] for i in pred]
@@ -333,18 +347,20 @@ def plan(
     topology: str = typer.Option("u-shape"),
     defense: str = typer.Option("none"),
     out_file: Path = typer.Option(None, "--out", help="also write the plan as JSON here"),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show the partition plan only (layers, parameters, counted FLOPs per party)."""
     from clicooper import rundir  # lazy: torch, with the two below
-    from clicooper.data import load_dataset
+    from clicooper.data.given import dataset_from
     from clicooper.models.blueprint import blueprint_for
     from clicooper.provenance.commitments import stamp_architecture
 
     cfg = config_from_options(None, dataset=dataset, model=model, model_file=model_file, trainers=trainers,
                               capacities=capacities, topology=topology, defense=defense, label_column=label_column,
-                              test_fraction=test_fraction, image_size=image_size, image_mode=image_mode)
-    ds = load_dataset(cfg.dataset, options=cfg.data)
+                              test_fraction=test_fraction, image_size=image_size, image_mode=image_mode,
+                              sets=sets)
+    ds = dataset_from(cfg.dataset, options=cfg.data)  # a python: name on this command line is the user's own
     bp = blueprint_for(cfg, ds.input_shape, ds.num_classes)
     stamp_architecture(bp.plan.extra, bp.model)  # as in a run's plan.json
     p = bp.plan

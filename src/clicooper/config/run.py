@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clicooper import jsonbound
 from clicooper.config.presets import apply_preset
 from clicooper.config.security import AdversaryConfig, AuditConfig, DetectionConfig, security_problem
 from clicooper.errors import ConfigError
@@ -408,12 +409,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if p.suffix == ".toml":
             return tomllib.loads(p.read_text("utf-8"))
         if p.suffix == ".json":
-            data = json.loads(p.read_text("utf-8"))
+            data = jsonbound.load_file(p)  # size and depth bounded: a config may come from another party
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: the top level must be an object of config fields")
             return data
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {e}") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{p} is not valid {p.suffix[1:].upper()}: {e}") from None
     raise ConfigError(f"{p}: unsupported config format {p.suffix!r}; use .toml or .json")
 
 

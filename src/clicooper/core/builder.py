@@ -106,6 +106,8 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
         bf16=config.trainer_precision == "bf16",
     )
     trainer.wire_dtype = config.wire_dtype
+    # the largest batch the DO may announce to the tail: the run's batch size (unset: what it resolves to at most)
+    trainer.max_batch = config.batch_size or max(128, config.micro_batches)
     trainer.lr_at = _lr_schedule(config)
     trainer.defer_ahead = config.overlap_steps  # the DO may run one step ahead (parties/trainer.py)
     return trainer

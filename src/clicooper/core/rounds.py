@@ -17,7 +17,7 @@ import torch
 
 from clicooper.config import RunConfig
 from clicooper.core.security import Validator, after_step
-from clicooper.data import epoch_order, steps_in
+from clicooper.data import StreamedImages, epoch_order, steps_in
 from clicooper.parties.data_owner import DataOwner, EpochStats
 from clicooper.protocol.messages import Message
 
@@ -62,9 +62,8 @@ def run_round(do: DataOwner, driver: StepDriver, config: RunConfig, train_ids: t
     bs = config.batch_size
     assert bs is not None, "config must be resolved (RunConfig.resolved) before training"
     steps = steps_in(len(order), bs)
-    expect = getattr(do.x_train, "expect", None)
-    if expect is not None:  # a streamed training split (data.stream) prefetches this round's batches in order
-        expect(order, bs, do.micro_batches)
+    if isinstance(do.x_train, StreamedImages):  # (data.stream) its workers decode this round's batches ahead
+        do.x_train.expect(order, bs, do.micro_batches)
     t0 = time.perf_counter()
     for s in range(steps):
         driver.run_step(do.stream_step(r, s, order[s * bs : (s + 1) * bs]), round=r, step=s)

@@ -5,8 +5,9 @@ Every training sample's **sample id** is its index in the training split (``x_tr
 data owner; trainers only ever see tensors. Nothing is downloaded at run time.
 """
 
-from clicooper.data.dataset import Dataset
+from clicooper.data.dataset import Dataset, TrainInputs
 from clicooper.data.loaders import load_dataset
 from clicooper.data.order import epoch_order, steps_in
+from clicooper.data.stream import StreamedImages
 
-__all__ = ["Dataset", "epoch_order", "load_dataset", "steps_in"]
+__all__ = ["Dataset", "StreamedImages", "TrainInputs", "epoch_order", "load_dataset", "steps_in"]

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clicooper.data.stream import StreamedImages
 from clicooper.errors import DataError
+
+#: What a training split's inputs are: a tensor in memory, or a split streamed from its files.
+TrainInputs = torch.Tensor | StreamedImages
 
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -17,12 +21,17 @@ class Dataset:
     """A train/test split held by the data owner. Sample id of ``x_train[i]`` is ``i``."""
 
     name: str
-    x_train: torch.Tensor  # (N, ...) float32
+    x_train: TrainInputs  # (N, ...) float32; indexed by sample-id tensors
     y_train: torch.Tensor  # (N,) int64
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
     class_names: tuple[str, ...]
+
+    @property
+    def streamed(self) -> StreamedImages | None:
+        """The training inputs when they stream from files (``data.stream``), else ``None`` (in memory)."""
+        return self.x_train if isinstance(self.x_train, StreamedImages) else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

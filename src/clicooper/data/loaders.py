@@ -103,6 +103,38 @@ def load_digits() -> Dataset:
     )
 
 
+#: the most bytes the arrays of one .npz may declare (a header can claim any shape; nothing that large is read)
+MAX_NPZ_BYTES = 1 << 32
+
+
+def _check_npz_headers(p: Path) -> None:
+    """Each ``.npy`` member's header, read before any array is: no object dtype, at most
+    :data:`MAX_NPZ_BYTES` in all, and exactly as many data bytes as the shape declares (a header claiming
+    a huge shape over a small member would otherwise make ``np.load`` allocate it first)."""
+    total = 0
+    with zipfile.ZipFile(p) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as m:
+                version = np.lib.format.read_magic(m)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(m, max_header_size=1 << 16)
+                header = m.tell()
+            if dtype.hasobject:
+                raise DataError(f"{p}: array {info.filename[:-4]!r} has dtype {dtype} (Python objects, pickled); "
+                                "save plain numeric arrays")
+            nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            total += nbytes
+            if total > MAX_NPZ_BYTES:
+                raise DataError(f"{p}: its arrays declare more than {MAX_NPZ_BYTES:,} bytes; that is no dataset "
+                                "this loader reads (split it, or use imagefolder/CSV with data.stream)")
+            if header + nbytes != info.file_size:
+                raise DataError(f"{p}: array {info.filename[:-4]!r} declares shape {shape} ({nbytes:,} bytes) but "
+                                f"holds {info.file_size - header:,}: the file is truncated or forged")
+
+
 def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim < 2:
         raise DataError(f"{where}: x must have shape (N, features…), got {x.shape}")
@@ -140,10 +172,14 @@ def load_npz(path: str | Path) -> Dataset:
     if not p.is_file():
         raise DataError(f"npz file {p} not found; pass --dataset npz:PATH with an existing file")
     try:
+        _check_npz_headers(p)
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{p} is not a valid .npz file ({e}); save it with numpy.savez(path, x=…, y=…)") from e
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{p} is not a valid .npz file ({type(e).__name__}: {e}); save it with numpy.savez(path, "
+                        "x=…, y=…)") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{p} must contain arrays 'x' and 'y' (found {sorted(arrays)})")
     x, y = _check_xy(arrays["x"], arrays["y"], f"{p}")
@@ -155,6 +191,9 @@ def load_npz(path: str | Path) -> Dataset:
     else:
         tr, te = _split(len(x))
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+        if len(xtr) == 0 or len(xte) == 0:
+            raise DataError(f"{p}: {len(x)} sample(s) cannot be split 80/20 into train and test; give more samples "
+                            "or x_test and y_test")
     c = int(max(ytr.max(), yte.max())) + 1
     if c < 2:
         raise DataError(f"{p}: need at least 2 classes, found {c}")
@@ -179,6 +218,8 @@ PREFIXED: dict[str, Callable[[str, DataOptions], Dataset]] = {
     "imagefolder": load_imagefolder,
     "csv": load_csv,
 }
+#: the DO's own data given in Python (:mod:`clicooper.data.given`): never opened by name alone
+OWNER_FORMS = ("python", "given")
 FORMS = "fashion-mnist, digits, npz:PATH, cifar10:DIR, cifar100:DIR, cifar100-coarse:DIR, imagefolder:DIR, csv:PATH"
 
 
@@ -207,6 +248,11 @@ def load_dataset(name: str, options: DataOptions | Mapping[str, Any] | None = No
     if name in FIXED:
         return FIXED[name]()
     form, sep, arg = name.partition(":")
+    if sep and form in OWNER_FORMS:  # clicooper.data.given: the DO hands them over itself
+        raise DataError(
+            f"dataset {name!r} is the data owner's own Python data, which is never loaded from a config or a "
+            "run directory alone (no code runs from a file): pass it again (Python: data=…; a DO node: "
+            f"--dataset {name if form == 'python' else 'python:pkg.module:fn'})")
     if sep and form in PREFIXED:
         return PREFIXED[form](arg, opts)
     raise DataError(f"unknown dataset {name!r}; use one of {FORMS}")

@@ -97,7 +97,13 @@ def micro_chunks(ids: torch.Tensor, micro_batches: int) -> list[torch.Tensor]:
 
 
 class StreamedImages:
-    """A training split read from files on demand, indexable like the tensor it replaces (module doc)."""
+    """A training split read from files on demand (module doc).
+
+    Its own type, not a tensor: code that must treat a streamed split differently (announcing a round's
+    batches, hashing it in chunks, reading it inline in a node) asks ``isinstance(x, StreamedImages)`` or
+    :attr:`clicooper.data.Dataset.streamed`. Indexing by sample ids returns the tensor the in-memory split
+    would, so the DO's step code reads both alike (:data:`clicooper.data.TrainInputs`).
+    """
 
     def __init__(self, items: Items, *, workers: int, prefetch_factor: int = 2):
         self.items, self.workers = items, workers
@@ -148,6 +154,13 @@ class StreamedImages:
             yield self.read(torch.arange(a, min(a + size, len(self.items))))
 
     # prefetch -------------------------------------------------------------------------------------
+    def read_inline(self) -> None:
+        """Decode in the calling process from now on (no worker processes): a node does, since forking
+        DataLoader workers once gRPC's threads run crashes them. Same batches, same values."""
+        if self._loader is not None:
+            raise DataError("read_inline() must be called before the first round is announced")
+        self.workers = 0
+
     def expect(self, order: torch.Tensor, batch_size: int, micro_batches: int) -> None:
         """Announce a round: the DO will ask for ``order`` step by step, each step in micro-batches."""
         batches = [c for s in range(0, len(order), batch_size)

@@ -20,12 +20,18 @@ Rules (every one a :class:`~clicooper.errors.DataError` of one line naming the f
 
 Features are float32, shape (N, F) (so ``input_shape`` is ``(F,)``), in file column order: one feature per
 numeric column, one per training category of each categorical column.
+
+Bounds (a file may come from anyone): a categorical column has at most :data:`MAX_CATEGORIES` distinct
+training values (more is an identifier or free text, not a category: drop the column or group its values),
+the table at most :data:`MAX_FEATURES` features and :data:`MAX_VALUES` encoded values in all; each refusal
+names the column or the count. Encoding costs one pass over the cells plus the output itself.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,10 @@ import torch
 from clicooper.config.run import DataOptions
 from clicooper.data.dataset import DEFAULT_TEST_FRACTION, Dataset, checked_split
 from clicooper.errors import DataError
+
+MAX_CATEGORIES = 1_000  # distinct training values of one categorical column
+MAX_FEATURES = 1 << 14  # encoded features (numeric columns + every column's categories)
+MAX_VALUES = 1 << 28  # encoded values, rows × features, of one split (1 GiB of float32)
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ def _check_header(path: Path, header: list[str]) -> tuple[str, ...]:
     names = tuple(h.strip() for h in header)
     if any(not n for n in names):
         raise DataError(f"csv: {path} line 1 (the header) has an empty column name; name every column")
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise DataError(f"csv: {path} header repeats column name(s) {', '.join(dup)}; make the names unique")
     return names
@@ -132,16 +142,33 @@ def _fit(train: Table, label: str) -> list[Column]:
             mean, std = float(np.nanmean(x)), float(np.nanstd(x))
             cols.append(Column(name, True, mean, std if std > 0 else 1.0, numbers=numbers))
         else:
-            cols.append(Column(name, False, categories=tuple(sorted(set(values)))))
+            distinct = set(values)
+            if len(distinct) > MAX_CATEGORIES:
+                raise DataError(
+                    f"csv: {train.path} column {name!r} is categorical with {len(distinct):,} distinct values in the "
+                    f"training split, more than the {MAX_CATEGORIES:,} allowed: an identifier or free text is no "
+                    "category; drop the column, or group its values into fewer categories")
+            cols.append(Column(name, False, categories=tuple(sorted(distinct))))
     if not cols:
         raise DataError(f"csv: {train.path} has no feature columns besides the label column {label!r}")
+    width = sum(1 if c.numeric else len(c.categories) for c in cols)
+    if width > MAX_FEATURES:
+        raise DataError(f"csv: {train.path} encodes to {width:,} features, more than the {MAX_FEATURES:,} allowed; "
+                        "drop columns or group the values of the widest categorical ones")
     return cols
 
 
 def _encode(table: Table, cols: list[Column]) -> np.ndarray:
-    """float32 (N, F) features of ``table`` under the fitted encoding ``cols``."""
+    """float32 (N, F) features of ``table`` under the fitted encoding ``cols``: written into one array,
+    each one-hot column set by index (no (N, categories) temporary per column)."""
     index = {n: j for j, n in enumerate(table.header)}
-    parts = []
+    n = len(table.rows)
+    width = sum(1 if c.numeric else len(c.categories) for c in cols)
+    if n * width > MAX_VALUES:
+        raise DataError(f"csv: {table.path} would encode to {n:,} rows × {width:,} features, more than the "
+                        f"{MAX_VALUES:,} values allowed; use fewer rows or columns")
+    out = np.zeros((n, width), dtype=np.float32)
+    at = 0
     for c in cols:
         values = [r[index[c.name]] for r in table.rows]
         if c.numeric:
@@ -152,15 +179,15 @@ def _encode(table: Table, cols: list[Column]) -> np.ndarray:
                         f"column is numeric ({c.numbers} of its training values are numbers); fix the value "
                         "or drop the row"
                     )
-            parts.append(((np.array([float(v) for v in values]) - c.mean) / c.std)[:, None])
+            out[:, at] = (np.array([float(v) for v in values]) - c.mean) / c.std
+            at += 1
         else:
             pos = {cat: k for k, cat in enumerate(c.categories)}
-            onehot = np.zeros((len(values), len(c.categories)))
-            for i, v in enumerate(values):
-                if v in pos:
-                    onehot[i, pos[v]] = 1.0  # a category never seen in training stays all-zero
-            parts.append(onehot)
-    return np.concatenate(parts, axis=1).astype(np.float32)
+            codes = np.fromiter((pos.get(v, -1) for v in values), dtype=np.int64, count=n)
+            seen = codes >= 0  # a category never seen in training stays all-zero
+            out[np.flatnonzero(seen), at + codes[seen]] = 1.0
+            at += len(c.categories)
+    return out
 
 
 def _classes(tables: list[Table], label: str) -> tuple[str, ...]:

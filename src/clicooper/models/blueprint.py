@@ -8,6 +8,7 @@ compiler stack and runs the model under a FLOP counter.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from torch import nn
 from clicooper.config import RunConfig
 from clicooper.errors import ConfigError
 from clicooper.models import zoo
+from clicooper.models.describe import classes_of, is_own_module, own_classes, peer_refusal
 from clicooper.models.partition import Plan, make_plan, split_model
 
 
@@ -89,9 +91,21 @@ def check_batch_norm(config: RunConfig, plan: Plan, model: nn.Sequential) -> Non
                               "LayerNorm in the data owner's layers, or keep BatchNorm at the trainers")
 
 
+def _own_model(config: RunConfig, module: nn.Sequential | None, plan: Plan | None) -> nn.Sequential | None:
+    """A copy of the user's own module for an ``own-module:…`` run; ``None`` for a run built from its
+    config. Without the module, such a run is refused with what to do (a peer can never build it)."""
+    if module is None:
+        if is_own_module(config.model):
+            raise ConfigError(peer_refusal(classes_of(config.model)) + "; in Python, pass the same module: model=…")
+        return None
+    if not is_own_module(config.model):
+        raise ConfigError(f"this run's model is {config.model!r}, built from its config; do not pass model=")
+    return copy.deepcopy(module)  # the run's parameters, apart from the user's object
+
+
 def blueprint_for(
     config: RunConfig, input_shape: Sequence[int], num_classes: int, *, plan: Plan | None = None,
-    initial_state: Mapping[str, torch.Tensor] | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None, module: nn.Sequential | None = None,
 ) -> Blueprint:
     """Build ``config``'s model once; partition it (FLOPs counted once) unless the run's ``plan`` is given.
 
@@ -99,9 +113,12 @@ def blueprint_for(
     same way (same builder or spec, same seed), so its weights are those the plan was made from.
     ``initial_state`` replaces the seeded weights (the Python API's ``train(config, model=…)``; its plan
     says so in ``extra["initial_weights"]``, see :func:`clicooper.core.setup.resolve_run`).
+    ``module``: the user's own ``nn.Sequential`` of an ``own-module:…`` run (a
+    copy is trained; a given plan's architecture hash is checked against it by the caller's stamp).
     """
     outputs = num_outputs_for(config, num_classes)
-    model = build_initial(config, input_shape, outputs)
+    own = _own_model(config, module, plan)
+    model = own if own is not None else build_initial(config, input_shape, outputs)
     if initial_state is not None:
         _load_initial(model, initial_state)
     if plan is None:
@@ -109,6 +126,13 @@ def blueprint_for(
                          capacities=config.capacities, topology=config.topology)
         plan.extra["num_classes"] = num_classes
         plan.extra["num_outputs"] = outputs
+        if own is not None:
+            plan.extra["own_module"] = own_classes(own)
+            got = list(plan.parties[-1].output_shape)
+            if got != [outputs]:
+                raise ConfigError(f"the model= outputs {got} per sample; this run needs [{outputs}] (the classes"
+                                  + (f" × labels.expansion {config.labels.expansion}, as labels are obfuscated"
+                                     if config.obfuscate_labels else "") + "): change its last layer")
     else:
         check_plan(config, plan)
         plan.extra.setdefault("num_classes", num_classes)

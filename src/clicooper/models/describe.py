@@ -1,12 +1,16 @@
-"""Describe a user's ``nn.Sequential`` as a spec, for ``clicooper.train(config, model=…)``.
+"""Describe a user's ``nn.Sequential`` as a spec, for ``clicooper.train(model=…)``.
 
-The run keeps the description (``RunConfig.model_spec``), not the module: ``load_run``, ``evaluate``, the
-attacks and every node rebuild the model from it. So each layer must be exactly an allowlisted type
-(:data:`clicooper.models.layers.LAYERS`, or :class:`~clicooper.models.blocks.Residual`), subclasses
-included in the refusal; its constructor arguments are read back from its attributes. ``inplace=True`` of
-activations and dropout is dropped: the rebuilt layer computes the same values out of place. A layer that
-cannot be described is refused with a message that points to model files, rather than training something
-that ``load_run`` could not rebuild.
+When every layer is exactly an allowlisted type (:data:`clicooper.models.layers.LAYERS`, or
+:class:`~clicooper.models.blocks.Residual`; subclasses count as the user's own), the run keeps the
+description (``RunConfig.model_spec``): ``load_run``, ``evaluate``, the attacks and every node rebuild the
+model from it. Constructor arguments are read back from the layers' attributes; ``inplace=True`` of
+activations and dropout is dropped (the rebuilt layer computes the same values out of place).
+
+A ``Sequential`` holding the user's own module classes (:func:`own_classes`: their ``BasicBlock``, their
+ResNet) trains in-process as it is: the run's ``model`` is ``own-module:CLASS,…`` (:func:`own_module_name`), keeps its state dicts and the
+architecture hash, and the user hands the same module back to reopen it (``load_run(RUN, model=…)``). A
+path where a peer must build the model (nodes, ``launch``) needs the declarative spec and says so
+(:func:`peer_refusal`). No module is ever pickled or rebuilt from code read from disk.
 """
 
 from __future__ import annotations
@@ -23,6 +27,24 @@ from clicooper.models.layers import LAYERS, RESIDUAL, allowed_types
 from clicooper.models.spec import Layer, parse_layer
 
 _BY_CLASS: dict[type[nn.Module], str] = {lt.cls: name for name, lt in LAYERS.items()}
+#: ``RunConfig.model`` of a run that trains the user's own module classes is ``own-module:CLASS,…`` (no spec;
+#: see the module docstring), so every path that reads the config alone can name the classes
+OWN_MODULE = "own-module"
+
+
+def own_module_name(classes: Sequence[str]) -> str:
+    """``RunConfig.model`` of a run of the user's own module ``classes``."""
+    return f"{OWN_MODULE}:{','.join(classes)}"
+
+
+def is_own_module(model: str) -> bool:
+    """Whether ``RunConfig.model`` names a run of the user's own module classes."""
+    return model == OWN_MODULE or model.startswith(f"{OWN_MODULE}:")
+
+
+def classes_of(model: str) -> list[str]:
+    """The user's own class names an ``own-module:…`` model name records."""
+    return [c for c in model.partition(":")[2].split(",") if c]
 _INPLACE = re.compile(r",?\s*inplace=True")
 
 
@@ -34,6 +56,36 @@ def as_sequential(model: nn.Module | Sequence[nn.Module]) -> nn.Sequential:
         return nn.Sequential(*model)
     raise ConfigError("model= takes an nn.Sequential or a non-empty list of nn.Module layers; for anything "
                       "else, write a model file (--model-file, README 'Your own model')")
+
+
+def own_classes(model: nn.Module | Sequence[nn.Module]) -> list[str]:
+    """Names of the user's own module classes in ``model`` (layers, and layers of residual bodies and
+    shortcuts, that are not exactly an allowlisted type), in order of first use; ``[]`` if describable."""
+    found: list[str] = []
+
+    def visit(m: nn.Module) -> None:
+        if type(m) is Residual:
+            for part in (m.body, m.shortcut):
+                if type(part) is nn.Sequential:
+                    for x in part:
+                        visit(x)
+                elif part is not None:
+                    visit(part)
+            return
+        if type(m) not in _BY_CLASS and type(m).__qualname__ not in found:
+            found.append(type(m).__qualname__)
+
+    for m in as_sequential(model):
+        visit(m)
+    return found
+
+
+def peer_refusal(classes: Sequence[str]) -> str:
+    """Why a peer cannot build an :data:`OWN_MODULE` run's model, and what to do."""
+    names = ", ".join(classes) if classes else "your own module classes"
+    return (f"this run's model holds {names}, which trains in-process only: a peer (a node, launch) builds the "
+            "model from a declarative spec and never from code; write it with allowlisted layers and residual "
+            "blocks as a model file (--model-file, README 'Your own model')")
 
 
 def describe(model: nn.Module | Sequence[nn.Module]) -> list[Layer]:

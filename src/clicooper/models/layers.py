@@ -18,11 +18,14 @@ from torch import nn
 OUTPUTS = "outputs"
 
 _I1 = Annotated[int, Field(ge=1)]
-_I0 = Annotated[int, Field(ge=0)]
 _Free = Annotated[int, Field(ge=1, le=1 << 16)]  # a width a file chooses (not one checked against the input)
 _K = Annotated[int, Field(ge=1, le=1 << 12)]
 _Size = _K | list[_K]
-_Pad = _I0 | list[_I0] | Literal["same", "valid"]
+#: the most zero padding a layer may add on a side: more only adds border that is all zeros (or copies), and
+#: padding is what lets a one-tap convolution ask for an output of any size
+MAX_PADDING = 1 << 10
+_P = Annotated[int, Field(ge=0, le=MAX_PADDING)]
+_Pad = _P | list[_P] | Literal["same", "valid"]
 _Eps = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 _Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 _Float = Annotated[float, Field(allow_inf_nan=False)]
@@ -32,8 +35,8 @@ _CONV = {"in_channels": _I1, "out_channels": _Width, "kernel_size": _Size, "stri
          "dilation": _Size, "groups": _I1, "bias": bool,
          "padding_mode": Literal["zeros", "reflect", "replicate", "circular"]}
 _BN = {"num_features": _I1, "eps": _Eps, "momentum": _Unit | None, "affine": bool, "track_running_stats": bool}
-_MAXPOOL = {"kernel_size": _Size, "stride": _Size, "padding": _Size | _I0, "dilation": _Size, "ceil_mode": bool}
-_AVGPOOL = {"kernel_size": _Size, "stride": _Size, "padding": _Size | _I0, "ceil_mode": bool,
+_MAXPOOL = {"kernel_size": _Size, "stride": _Size, "padding": _P | list[_P], "dilation": _Size, "ceil_mode": bool}
+_AVGPOOL = {"kernel_size": _Size, "stride": _Size, "padding": _P | list[_P], "ceil_mode": bool,
             "count_include_pad": bool}
 
 

@@ -126,13 +126,14 @@ def units_of(model: nn.Sequential) -> list[list[int]]:
 
 def layer_costs(model: nn.Sequential, input_shape: tuple[int, ...]) -> tuple[list[int], list[list[int]]]:
     """Counted forward+backward FLOPs per layer for one sample, and each layer's output shape."""
-    x = torch.zeros((1, *input_shape))
+    x = torch.zeros((1, *input_shape), device="meta")
     flops: list[int] = []
     shapes: list[list[int]] = []
     first = True
     # a copy: counting runs backward, which must not touch .grad; eval mode: BatchNorm takes a batch of one
-    # and keeps its running statistics, Dropout draws no random numbers (neither changes the counted FLOPs)
-    for layer in copy.deepcopy(model).eval():
+    # and keeps its running statistics, Dropout draws no random numbers (neither changes the counted FLOPs);
+    # on the meta device: the counts follow from shapes alone, so nothing is computed or allocated per layer
+    for layer in copy.deepcopy(model).to("meta").eval():
         x = x.detach().requires_grad_(not first)
         counter = FlopCounterMode(display=False)
         with counter:

@@ -18,10 +18,12 @@ from typing import Any
 
 from torch import nn
 
+from clicooper import jsonbound
 from clicooper.attacks.active.registry import ADVERSARIES
 from clicooper.config import RunConfig, load_config_file, make_config
 from clicooper.core.builder import build_party, party_names
 from clicooper.data import Dataset, load_dataset
+from clicooper.data.given import is_owner_code
 from clicooper.errors import ConfigError
 from clicooper.models.blueprint import Blueprint
 from clicooper.models.partition import Plan
@@ -109,7 +111,7 @@ def node_party(config: RunConfig, name: str, blueprint: Blueprint, *, dataset: D
 def read_plan(plan_file: Path) -> tuple[Plan, Any]:
     """``plan.json`` → (Plan, object with ``input_shape``/``num_classes``)."""
     try:
-        d = json.loads(Path(plan_file).read_text("utf-8"))
+        d = jsonbound.load_file(Path(plan_file))
         plan = Plan.from_dict(d)
         meta = SimpleNamespace(input_shape=tuple(d["input_shape"]), num_classes=int(d["extra"]["num_classes"]))
     except (OSError, KeyError, TypeError, ValueError) as e:
@@ -119,6 +121,9 @@ def read_plan(plan_file: Path) -> tuple[Plan, Any]:
 
 def dataset_meta(config: RunConfig) -> Any:
     """The dataset's ``input_shape``/``num_classes`` (a trainer without the run's plan file loads it)."""
+    if is_owner_code(config.dataset):
+        raise ConfigError(f"the dataset {config.dataset!r} is the data owner's own Python data, which a trainer "
+                          "never loads; give this node the run's plan.json (--plan)")
     return load_dataset(config.dataset, options=config.data)
 
 

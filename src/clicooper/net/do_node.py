@@ -23,7 +23,8 @@ from clicooper.core.rounds import round_metrics, run_round
 from clicooper.core.run_loop import Progress, RunLoop, dismiss, read_metrics
 from clicooper.core.security import Validator, build_guard
 from clicooper.core.setup import resolve_run
-from clicooper.data import load_dataset, steps_in
+from clicooper.data import steps_in
+from clicooper.data.given import open_dataset
 from clicooper.errors import LedgerError, WireError
 from clicooper.net.builder import node_party
 from clicooper.net.delivery import SEGMENT, SEGMENT_END, ExpectedSegment, SegmentInbox, chunk_bytes
@@ -120,9 +121,11 @@ class DataOwnerNode(Node):
     def __init__(self, opts: NodeOptions) -> None:
         super().__init__(opts)
         plan, _ = self.plan_and_meta()
-        ds = load_dataset(self.given.dataset, options=self.given.data)
-        if hasattr(ds.x_train, "workers"):  # a streamed split: read inline in a node. Forking DataLoader
-            ds.x_train.workers = 0  # workers once gRPC's threads run crashed them (same batches, same values)
+        # the DO's own python: data only when it names it itself (--dataset), never from the shared config alone
+        ds = open_dataset(self.given.dataset, self.given.data, opts.dataset,
+                          fingerprint_of_run=plan.extra.get("data_fingerprint") if plan is not None else None)
+        if ds.streamed is not None:  # read inline in a node (StreamedImages.read_inline says why)
+            ds.streamed.read_inline()
         self.train_ids = ds.train_ids(self.given.train_range)
         config, bp = resolve_run(self.given, num_train=len(self.train_ids), input_shape=ds.input_shape,
                                  num_classes=ds.num_classes, plan=plan, check_devices=False)

@@ -9,7 +9,10 @@ so the run finishes with the same weights as an uninterrupted one. At the end th
 segments to the DO over their links (:mod:`clicooper.net.delivery`), and the launcher takes the model files
 from the DO's run directory — what the DO received and checked, never the trainers' own copies — into
 ``RUN/model/`` (the layout of an in-process run: ``clicooper evaluate RUN`` works).
-With provenance on, each party gets its own ledger key in ``RUN/nodes/<party>/keys/``; at the end the
+Keys are made as separate organisations make them: each party's TLS key and ledger key in its own
+``RUN/nodes/<party>/own/`` (``clicooper certs --party``), and ``RUN/certs`` holds only the public set
+assembled from their cards (``clicooper certs assemble``); with plaintext loopback, each party gets its
+own ledger key in ``RUN/nodes/<party>/keys/``. At the end the
 byte-identical ledger copies become ``RUN/ledger.jsonl`` (``clicooper verify RUN``).
 """
 
@@ -42,7 +45,7 @@ from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, RunDirError, WireError
 from clicooper.models.partition import Plan
 from clicooper.net.builder import check_node_config, load_run_config
-from clicooper.net.certs import write_cert_set
+from clicooper.net.certs import CARD_SUFFIX, assemble_set, read_ledger_keys, write_own_party
 from clicooper.provenance.identity import Identity, load_identity
 from clicooper.provenance.setup import key_path
 from clicooper.provenance.stages import positions_of
@@ -107,14 +110,22 @@ def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunCon
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / rundir.CONFIG, config.model_dump(mode="json"))
     rundir.write_json(out / rundir.PLAN, plan.to_dict())
-    if not insecure:
-        write_cert_set(party_names(config), out / "certs")
     for p in party_names(config):
         (out / "nodes" / p).mkdir(parents=True, exist_ok=True)
-        if config.provenance:  # each party's own ledger key, in its own run directory only
+        if not insecure:  # as across organisations: each party's keys in its own directory, only cards shared
+            write_own_party(p, own_dir(out, p))
+        elif config.provenance:  # each party's own ledger key, in its own run directory only
             key_path(out / "nodes" / p, p).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             Identity.generate().save(key_path(out / "nodes" / p, p))
+    if not insecure:
+        assemble_set([own_dir(out, p) / f"{p}{CARD_SUFFIX}" for p in party_names(config)], out / "certs",
+                     names=party_names(config))
     return config, notices
+
+
+def own_dir(out: Path, party: str) -> Path:
+    """``RUN/nodes/<party>/own``: what ``clicooper certs --party`` made for this party (its private keys)."""
+    return out / "nodes" / party / "own"
 
 
 class _Proc:
@@ -191,7 +202,9 @@ def _start_nodes(out: Path, config: RunConfig, setup: NodeSetup, events: queue.Q
         cmd = [sys.executable, "-m", "clicooper.net.node", "--config", str(out / rundir.CONFIG), "--party", p,
                "--run-dir", str(out / "nodes" / p), "--listen", listen, "--peers", peers,
                "--connect-timeout", str(setup.connect_timeout_s), "--idle-timeout", str(setup.idle_timeout_s)]
-        cmd += ["--insecure-loopback"] if setup.insecure else ["--certs", str(out / "certs")]
+        own = own_dir(out, p)
+        cmd += ["--insecure-loopback"] if setup.insecure else [
+            "--certs", str(out / "certs"), "--key", str(own / f"{p}.key"), "--identity", str(own / f"{p}.ledger.key")]
         if p == "DO" and setup.max_epsilon is not None:
             cmd += ["--max-epsilon", repr(setup.max_epsilon)]
         if p == "DO" and setup.dismiss_detection:
@@ -296,8 +309,9 @@ def collect_ledger(out: Path, config: RunConfig) -> None:
                         f"agreed; compare {out}/nodes/*/{rundir.LEDGER}")
     (out / rundir.LEDGER).write_bytes(data["DO"])
     (out / rundir.KEYS).mkdir(exist_ok=True)
+    pinned = read_ledger_keys(out / "certs") if (out / "certs").is_dir() else None  # the public set, if any
     for p in party_names(config):
-        pub = load_identity(key_path(out / "nodes" / p, p)).public_key
+        pub = pinned[p] if pinned and p in pinned else load_identity(key_path(out / "nodes" / p, p)).public_key
         (out / rundir.KEYS / f"{p}.pub").write_text(pub.hex() + "\n", "ascii")
 
 

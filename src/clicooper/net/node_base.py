@@ -47,7 +47,7 @@ import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from clicooper import rundir
+from clicooper import jsonbound, rundir
 from clicooper.config import RunConfig
 from clicooper.core.builder import neighbours, party_names
 from clicooper.core.checkpoint import (
@@ -68,7 +68,7 @@ from clicooper.net.builder import (
     run_id_for,
     shape_table,
 )
-from clicooper.net.certs import PartyCert
+from clicooper.net.certs import PartyCert, read_ledger_keys
 from clicooper.net.grpc_transport import GrpcTransport
 from clicooper.net.node_ledger import NodeLedger
 from clicooper.net.node_records import NodeRecord
@@ -98,6 +98,7 @@ class NodeOptions:
     idle_timeout_s: float = 300.0
     threads: int | None = 1
     device: str | None = None  # this node's device (auto, cpu, cuda); default: the config's for this party
+    dataset: str | None = None  # the DO's own data, named on its own command line (python:pkg.module:fn)
     max_epsilon: float | None = None  # DO: stop cleanly before a round that would exceed this ε (core/budget.py)
     dismiss_detection: bool = False  # DO: live detection off for this invocation (after reviewing an accusation)
     events: TextIO | None = field(default=None, repr=False)
@@ -123,11 +124,17 @@ def load_tls(certs: Path, party: str, key: Path | None, peers: list[str]) -> tup
     """
     fp_file = Path(certs) / FINGERPRINTS
     if not fp_file.is_file():
-        raise ConfigError(f"{fp_file} is missing: create the run's certificates with `clicooper certs RUN_CONFIG --out {certs}`")
-    pinned = json.loads(fp_file.read_text("utf-8"))
+        raise ConfigError(f"{fp_file} is missing: assemble the run's certificates (`clicooper certs assemble --out "
+                          f"{certs} CARD…`, or on one machine `clicooper certs RUN_CONFIG --local --out {certs}`)")
+    try:
+        pinned = jsonbound.load_file(fp_file, max_bytes=1 << 20)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {fp_file}: {e}; make the set again (`clicooper certs assemble`)") from None
+    if not isinstance(pinned, dict) or not all(isinstance(v, str) for v in pinned.values()):
+        raise ConfigError(f"{fp_file} must map party names to certificate fingerprints")
     missing = [n for n in [party, *peers] if n not in pinned]
     if missing:
-        raise ConfigError(f"{fp_file} pins no certificate for {', '.join(missing)}: regenerate with `clicooper certs`")
+        raise ConfigError(f"{fp_file} pins no certificate for {', '.join(missing)}: assemble the set again (`clicooper certs assemble`)")
     key_path = Path(key) if key is not None else Path(certs) / f"{party}.key"
     try:
         cert_pem = (Path(certs) / f"{party}.crt").read_bytes()
@@ -182,7 +189,7 @@ def check_run_open(run_dir: Path, party: str, *, provenance: bool) -> None:
         what = f"its ledger {run_dir / rundir.LEDGER} holds the closing entry ({led.rounds_completed} rounds)"
     raise RunDirError(f"{party}: the run in {run_dir} is closed — {what} and the trainers' segments were "
                       "delivered — so there is nothing to resume; start a new run with a fresh --run-dir for "
-                      "every node (and new certificates: `clicooper certs RUN_CONFIG`)")
+                      "every node (and new certificates: `clicooper certs --party NAME` per party)")
 
 
 # ---------------------------------------------------------------------------------------------- the node
@@ -202,6 +209,9 @@ class Node(ABC):
         if opts.party not in names:
             raise ConfigError(f"--party {opts.party} is not a party of this run; choose one of {', '.join(names)}")
         self.name = opts.party
+        if opts.dataset is not None and opts.party != "DO":
+            raise ConfigError(f"--dataset names the data owner's own data; {opts.party} is a trainer and never "
+                              "loads data: drop --dataset")
         if opts.device not in (None, "auto", "cpu", "cuda"):
             raise ConfigError(f"--device {opts.device} is not a device; use auto, cpu or cuda")
         self.peers = neighbours(given, self.name)
@@ -221,6 +231,9 @@ class Node(ABC):
                 raise ConfigError("--certs DIR is required (made by `clicooper certs`), or --insecure-loopback for a "
                                   "plaintext run on 127.0.0.1 only")
             self.tls, self.pins = load_tls(opts.certs, self.name, opts.key, self.peers)
+        # an assembled set (`clicooper certs assemble`) pins every party's ledger key as well
+        self.ledger_keys = read_ledger_keys(opts.certs) if opts.certs is not None and not opts.insecure_loopback \
+            else None
         self.given = given
         self.run_dir = Path(opts.run_dir)
         plan_file = opts.plan or (Path(opts.config).parent / rundir.PLAN)
@@ -251,7 +264,7 @@ class Node(ABC):
         self.prov: NodeLedger | None = None
         if self.given.provenance:
             self.prov = NodeLedger(self.name, config, node.plan, node.modules, node.party, self.run_dir,
-                                   self.opts.identity)
+                                   self.opts.identity, pinned_keys=self.ledger_keys)
 
     # -- events and messaging -------------------------------------------------------------------------
     def emit(self, event: str, **fields: Any) -> None:

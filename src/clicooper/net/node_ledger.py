@@ -26,13 +26,12 @@ Because every copy appends exactly the same checked entries, the copies are byte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from clicooper import rundir
+from clicooper import jsonbound, rundir
 from clicooper.config import RunConfig
 from clicooper.core.audit_log import AuditLog
 from clicooper.errors import LedgerError
@@ -48,7 +47,7 @@ from clicooper.provenance.entries import (
     entry_from_json,
     sign_multi,
 )
-from clicooper.provenance.ledger import Ledger, parse_line
+from clicooper.provenance.ledger import MAX_LINE_BYTES, Ledger, parse_line
 from clicooper.provenance.setup import genesis_body, key_path, load_or_create_identity
 from clicooper.provenance.stages import Position, StageEngine, positions_of
 
@@ -66,14 +65,20 @@ class NodeLedger:
     """The ledger side of one node: its identity, its ledger copy, its positions' watermarks."""
 
     def __init__(self, name: str, config: RunConfig, plan: Plan, modules: dict[str, nn.Module], party: Any,
-                 run_dir: Path, identity_path: Path | None = None) -> None:
+                 run_dir: Path, identity_path: Path | None = None, *,
+                 pinned_keys: dict[str, bytes] | None = None) -> None:
         self.name, self.config, self.plan, self.party = name, config, plan, party
+        self.pinned_keys = dict(pinned_keys or {})  # party → ledger public key, from the assembled set
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / rundir.LEDGER
         self.positions: list[Position] = positions_of(config, plan, modules, holder=name)
         self.ledger: Ledger | None = Ledger.open(self.path) if self.path.exists() else None
         self.identity = load_or_create_identity(Path(identity_path or key_path(self.run_dir, name)),
                                                 create=self.ledger is None)
+        mine = self.pinned_keys.get(name)
+        if mine is not None and mine != self.identity.public_key:
+            raise LedgerError(f"{self.name}'s ledger key is not the one its card pinned in the certificate set: "
+                              f"pass --identity with the NAME.ledger.key that `clicooper certs --party {name}` made")
         if self.ledger is not None:
             self._check_own_key(self.ledger.genesis)
         self._engine: StageEngine | None = None
@@ -105,21 +110,32 @@ class NodeLedger:
         if tuple(mine[0].positions) != want:
             raise LedgerError(f"the genesis gives {self.name} positions {mine[0].positions}, the plan {want}")
 
+    def _check_pinned(self, keys: dict[str, bytes], where: str) -> None:
+        """Every party's ledger key must be the one its card pinned (when the set pins keys)."""
+        for name, pk in sorted(keys.items()):
+            want = self.pinned_keys.get(name)
+            if self.pinned_keys and want is None:
+                raise LedgerError(f"{where}: {name} has no ledger key in the certificate set's ledger-keys.json")
+            if want is not None and pk != want:
+                raise LedgerError(f"{where}: the ledger key of {name} is not the one its card pinned "
+                                  "(ledger-keys.json): refusing a party that is not who it claims")
+
     # -- genesis ----------------------------------------------------------------------------------------
     def propose_genesis(self, public_keys: dict[str, bytes], dataset: Any, train_ids: Any, model: nn.Module,
                         fingerprints: dict[str, str] | None = None) -> Genesis:
         """DO: the unsigned genesis body (parties in name order DO, T1, …)."""
+        self._check_pinned(dict(public_keys), "the trainers' node-hello")
         return genesis_body(self.config, self.run_dir, dataset=dataset, train_ids=train_ids, model=model,
                             positions=self.positions, public_keys=dict(public_keys) | {"DO": self.identity.public_key},
                             fingerprints=fingerprints)
 
     def sign_genesis(self, text: str) -> str:
         """Trainer: check a proposed body (own key and positions, rounds, topology, parties) and sign it."""
-        obj = json.loads(text)
-        g = Genesis.from_json(obj)
+        g = genesis_from_wire(text)
         if g.signatures:
             raise LedgerError("a proposed genesis must come unsigned")
         self._check_own_key(g)
+        self._check_pinned({p.name: p.public_key for p in g.parties}, "the proposed genesis")
         if g.planned_rounds != self.config.epochs or g.topology != self.config.topology:
             raise LedgerError(f"proposed genesis plans {g.planned_rounds} rounds ({g.topology}); this node's config "
                               f"says {self.config.epochs} ({self.config.topology})")
@@ -212,7 +228,11 @@ class NodeLedger:
 
 def genesis_from_wire(text: str) -> Genesis:
     """A genesis (signed or proposed) from its JSON text."""
-    g = entry_from_json(json.loads(text))
+    try:
+        obj = jsonbound.loads(text, max_bytes=MAX_LINE_BYTES, what="the genesis")
+    except ValueError as e:  # bad JSON, too large or too deep: never a RecursionError
+        raise LedgerError(f"a genesis that cannot be read: {e}") from None
+    g = entry_from_json(obj)
     if not isinstance(g, Genesis):
         raise LedgerError("expected a genesis entry")
     return g

@@ -109,6 +109,8 @@ def message_to_proto(msg: Message, *, limits: WireLimits | None = None) -> pb.En
     """Encode a record as an ``Envelope`` (``run_id``/``seq`` taken from its header as stamped)."""
     if not isinstance(msg, Control):  # a tensor record: the send path's fields and checks, bytes inside
         out = message_to_outgoing(msg, limits=limits)
+        assert out.tensor is not None
+        out.head.tensor.CopyFrom(out.tensor)
         if out.data is not None:
             out.head.tensor.data = bytes(out.data)
         return out.head
@@ -149,6 +151,7 @@ def control_to_proto(msg: Control, *, limits: WireLimits | None = None) -> pb.En
 
 # Field numbers and tags of clicooper.proto that the streaming path below writes and reads by hand.
 _ENV_TENSOR = 10  # Envelope.tensor (length-delimited TensorPayload)
+_ENV_CONTROL = 11  # Envelope.control (length-delimited ControlPayload)
 _PAYLOAD_DATA = 3  # TensorPayload.data (bytes)
 _LEN = 2  # protobuf wire type "length-delimited"
 
@@ -174,31 +177,41 @@ def _tensor_view(t: torch.Tensor) -> memoryview:
 @dataclass
 class Outgoing:
     """A message ready for the wire without the protobuf copies of its tensor bytes (the transport's
-    send path): ``head`` is the ``Envelope`` with everything but ``tensor.data``, ``data`` a view of
-    the tensor's bytes. :meth:`to_bytes` is a valid serialized ``Envelope`` that parses exactly as
-    ``message_to_proto(msg).SerializeToString()`` does: protobuf merges the second ``tensor`` fragment,
-    which holds only ``data``, into the first (tested against the canonical encoding)."""
+    send path): ``head`` is the ``Envelope`` without its body, ``tensor`` the ``TensorPayload`` without its
+    ``data`` (``None``: a control record, whose body is in ``head``), ``data`` a view of the tensor's bytes.
+    :meth:`to_bytes` writes one ``tensor`` field holding the payload's fields and then ``data``: a layout the
+    receiver accepts (each field once, :func:`check_layout`) that parses exactly as
+    ``message_to_proto(msg).SerializeToString()`` does (tested against the canonical encoding)."""
 
     head: pb.Envelope
     data: memoryview | None
+    tensor: pb.TensorPayload | None = None
+
+    def _body(self) -> tuple[bytes, bytes]:
+        """(the tensor field's tag, length and payload fields; the ``data`` field's tag and length)."""
+        assert self.tensor is not None
+        fields = self.tensor.SerializeToString()
+        n = 0 if self.data is None else len(self.data)
+        data_prefix = bytes([_PAYLOAD_DATA << 3 | _LEN]) + _varint(n) if n else b""
+        length = len(fields) + len(data_prefix) + n
+        return bytes([_ENV_TENSOR << 3 | _LEN]) + _varint(length) + fields, data_prefix
 
     @property
     def size(self) -> int:
         """Serialized length in bytes."""
-        return self.head.ByteSize() + (len(self._fragment_prefix()) + len(self.data) if self.data is not None else 0)
-
-    def _fragment_prefix(self) -> bytes:
-        assert self.data is not None
-        inner = bytes([_PAYLOAD_DATA << 3 | _LEN]) + _varint(len(self.data))
-        return bytes([_ENV_TENSOR << 3 | _LEN]) + _varint(len(inner) + len(self.data)) + inner
+        if self.tensor is None:
+            return self.head.ByteSize()
+        body, data_prefix = self._body()
+        return self.head.ByteSize() + len(body) + len(data_prefix) + (0 if self.data is None else len(self.data))
 
     def to_bytes(self, head: bytes | None = None) -> bytes:
         """The serialized ``Envelope`` (one copy of the tensor bytes); ``head``: ``self.head`` serialized
         already (the transport does that under its lock, the copy outside it)."""
         head = self.head.SerializeToString() if head is None else head
-        if self.data is None:
+        if self.tensor is None:
             return head
-        return b"".join((head, self._fragment_prefix(), self.data))
+        body, data_prefix = self._body()
+        return b"".join((head, body, data_prefix, self.data if self.data is not None else b""))
 
 
 def message_to_outgoing(msg: Message, *, limits: WireLimits | None = None) -> Outgoing:
@@ -217,14 +230,13 @@ def message_to_outgoing(msg: Message, *, limits: WireLimits | None = None) -> Ou
             f"{message_kind(msg)} tensor {tuple(t.shape)} to {h.receiver} is {len(data)} bytes, above "
             f"max_tensor_bytes={limits.max_tensor_bytes}; derive WireLimits from the plan's largest tensor"
         )
-    env.tensor.dtype = dtype_name(t.dtype)
-    env.tensor.shape.extend(int(s) for s in t.shape)
+    payload = pb.TensorPayload(dtype=dtype_name(t.dtype), shape=[int(s) for s in t.shape])
     if isinstance(msg, Activations):
-        env.tensor.mode = msg.mode
+        payload.mode = msg.mode
     scale = getattr(msg, "scale", None)
     if scale is not None:
-        env.tensor.row_scale = tensor_bytes(scale.to(torch.float32))
-    return Outgoing(env, data if len(data) else None)
+        payload.row_scale = tensor_bytes(scale.to(torch.float32))
+    return Outgoing(env, data if len(data) else None, payload)
 
 
 def message_to_bytes(msg: Message, *, limits: WireLimits | None = None) -> bytes:
@@ -236,9 +248,11 @@ def message_to_bytes(msg: Message, *, limits: WireLimits | None = None) -> bytes
 
 
 def envelope_from_bytes(data: bytes, *, limits: WireLimits) -> pb.Envelope:
-    """Parse raw bytes into an ``Envelope``; size and protobuf errors become :class:`WireError`."""
+    """Parse raw bytes into an ``Envelope``; size, layout (:func:`check_layout`) and protobuf errors become
+    :class:`WireError`."""
     if len(data) > limits.max_message_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds max_message_bytes={limits.max_message_bytes}")
+    check_layout(data)
     try:
         return pb.Envelope.FromString(data)
     except (DecodeError, ValueError, RuntimeError) as e:
@@ -283,6 +297,55 @@ def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, 
     return out
 
 
+# Every field of clicooper.proto by number: (name, wire types allowed, may repeat). Protobuf itself lets a
+# singular field appear several times (the last wins; sub-messages merge) and a oneof switch back and forth,
+# which is where the fast receive path (:func:`split_tensor_data`) and the full parse could read one byte string
+# as two different records. An honest sender never writes such a layout, so both paths refuse it.
+_VARINT = 0  # protobuf wire type "varint"
+_ENVELOPE_FIELDS = {1: ("run_id", {_LEN}, False), 2: ("sender", {_LEN}, False), 3: ("receiver", {_LEN}, False),
+                    4: ("seq", {_VARINT}, False), 5: ("epoch", {_VARINT}, False), 6: ("step", {_VARINT}, False),
+                    7: ("micro", {_VARINT}, False), 8: ("n_micro", {_VARINT}, False), 9: ("kind", {_LEN}, False),
+                    10: ("tensor", {_LEN}, False), 11: ("control", {_LEN}, False)}
+_TENSOR_FIELDS = {1: ("dtype", {_LEN}, False), 2: ("shape", {_LEN, _VARINT}, True), 3: ("data", {_LEN}, False),
+                  4: ("mode", {_LEN}, False), 5: ("row_scale", {_LEN}, False)}
+_CONTROL_FIELDS = {1: ("kind", {_LEN}, False), 2: ("payload", {_LEN}, True)}
+
+
+def _check_fields(buf: memoryview, start: int, end: int, spec: dict[int, tuple[str, set[int], bool]],
+                  what: str) -> list[tuple[int, int, int, int, int]]:
+    try:
+        fields = _fields(buf, start, end)
+    except ValueError as e:
+        raise WireError(f"not a valid Envelope ({what}: {e})") from e
+    seen: dict[int, int] = {}
+    for num, wt, _s, _v, _e in fields:
+        if num not in spec:
+            raise WireError(f"unknown {what} field {num}: not a message of this protocol version")
+        name, types, repeated = spec[num]
+        if wt not in types:
+            raise WireError(f"{what}.{name} has wire type {wt}: not a valid Envelope")
+        seen[num] = seen.get(num, 0) + 1
+        if seen[num] > 1 and not repeated:
+            raise WireError(f"{what}.{name} appears {seen[num]} times; an envelope carries each field once")
+    return fields
+
+
+def check_layout(raw: bytes | memoryview) -> None:
+    """Refuse an envelope whose layout an honest sender never writes: a field of another protocol version, a
+    field with the wrong wire type, a singular field twice (also inside the tensor or control body), or both
+    a tensor and a control body. Only field headers are read (no copy of the tensor bytes)."""
+    buf = memoryview(raw)
+    top = _check_fields(buf, 0, len(buf), _ENVELOPE_FIELDS, "Envelope")
+    bodies = [f for f in top if f[0] in (_ENV_TENSOR, _ENV_CONTROL)]
+    if len(bodies) > 1:
+        raise WireError("the envelope has both a tensor and a control body; it carries exactly one")
+    for num, _wt, _s, v, e in bodies:
+        if num == _ENV_TENSOR:
+            _check_fields(buf, v, e, _TENSOR_FIELDS, "TensorPayload")
+        else:
+            _check_fields(buf, v, e, _CONTROL_FIELDS, "ControlPayload")
+
+
 def split_tensor_data(raw: bytes) -> tuple[bytes, memoryview | None]:
     """``raw`` (a serialized ``Envelope``) without its one ``tensor.data`` field, and a view of that field's
     bytes; ``(raw, None)`` whenever the layout is anything else (no tensor, several ``data`` fields,
@@ -313,11 +376,9 @@ def parse_envelope(raw: bytes, *, limits: WireLimits) -> tuple[pb.Envelope, memo
     view of them (``None``: they stayed in the envelope), for :func:`message_from_proto`'s ``data``."""
     if len(raw) > limits.max_message_bytes:
         raise WireError(f"message of {len(raw)} bytes exceeds max_message_bytes={limits.max_message_bytes}")
+    check_layout(raw)  # the full parse checks the same: one tensor body, ``data`` at most once in it
     rest, data = split_tensor_data(raw)
-    env = envelope_from_bytes(rest, limits=limits)
-    if data is not None and env.WhichOneof("body") != "tensor":  # a later ``control`` replaced the tensor
-        return envelope_from_bytes(raw, limits=limits), None
-    return env, data
+    return envelope_from_bytes(rest, limits=limits), data
 
 
 def message_from_bytes(
@@ -373,6 +434,8 @@ def tensor_from_proto(
         raise WireError(f"{what}: {len(shape)} dims, above max_ndim={limits.max_ndim}")
     if any(d < 0 for d in shape):
         raise WireError(f"{what}: negative dim in shape {shape}")
+    if any(d > limits.max_tensor_bytes for d in shape):  # only possible beside a 0 dim: no bytes, absurd shape
+        raise WireError(f"{what}: a dim of shape {shape} is above max_tensor_bytes={limits.max_tensor_bytes}")
     if len(data) > limits.max_tensor_bytes:
         raise WireError(f"{what}: {len(data)} bytes, above max_tensor_bytes={limits.max_tensor_bytes}")
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -434,8 +497,22 @@ def message_from_proto(
     """Validated record of an ``Envelope``; raises :class:`WireError` naming the first problem found.
 
     ``expected_shape`` (a pattern, ``None`` = any size) is checked for tensor messages. Routing checks
-    that need the receiver's state (run id, sender identity, seq) belong to the transport.
+    that need the receiver's state (run id, sender identity, seq) belong to the transport. Any other error
+    while decoding (NumPy or torch refusing a value the checks let through) is a :class:`WireError` too, so
+    the transport counts it as a rejection instead of losing the stream.
     """
+    try:
+        return _message_from_proto(env, limits=limits, expected_shape=expected_shape, data=data)
+    except WireError:
+        raise
+    except (ValueError, TypeError, OverflowError, RuntimeError, MemoryError) as e:
+        raise WireError(f"{env.kind[:40]} from {env.sender[:40]}: cannot be decoded "
+                        f"({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _message_from_proto(
+    env: pb.Envelope, *, limits: WireLimits, expected_shape: ShapePattern | None, data: memoryview | None,
+) -> Message:
     header = header_from_proto(env, limits=limits)
     kind = env.kind
     if kind not in _KINDS:

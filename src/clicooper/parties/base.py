@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from clicooper.errors import WireError
 from clicooper.protocol.messages import Control, Message, update_hash
-from clicooper.protocol.wire_codec import codec_of, decode_message, encode_message
+from clicooper.protocol.wire_codec import check_decoded, check_received, decode_message, encode_message
 from clicooper.provenance.transcript import new_transcript_hash
 
 #: A regularizer hook: given the party's module, return an extra loss term (or None) added before a step.
@@ -101,16 +100,27 @@ class PartyBase(abc.ABC):
     def handle(self, msg: Message) -> list[Message]:
         """Process one message (see :class:`clicooper.protocol.transport.Party`).
 
-        The message is hashed as received (encoded, as it travelled), then decoded to float32 for the
-        party's own code; what the party sends is encoded in the run's ``wire_dtype`` and hashed as sent.
+        The message must travel in the dtype of the run's ``wire_dtype`` (and of its kind); it is decoded (float32, or
+        as it came for ``fp32``), its values are checked as this party will compute with them, and it is hashed as
+        received (encoded, as it travelled). What the party sends is encoded in the run's ``wire_dtype`` and
+        hashed as sent.
         """
-        codec = codec_of(msg)
-        if codec != "fp32" and codec != self.wire_dtype:
-            raise WireError(f"{self.name}: {msg.header.sender} sends {codec} tensors but this run's wire_dtype is "
-                            f"{self.wire_dtype}: start every party from the same config")
+        check_received(msg, wire=self.wire_dtype, full=self.full_dtype, receiver=self.name)
+        decoded = decode_message(msg)
+        check_decoded(decoded, compute=self.compute_dtype, receiver=self.name)
         self._update_transcript(msg.header.sender, "recv", msg)
         self.epoch = msg.header.epoch
-        return self._outgoing(self._handle(decode_message(msg)))
+        return self._outgoing(self._handle(decoded))
+
+    @property
+    def full_dtype(self) -> torch.dtype:
+        """The precision of this party's weights (float32; float64 in a float64 run): what ``fp32`` carries."""
+        return next((p.dtype for p in self.module.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype this party computes with what it receives (a bf16 trainer overrides it)."""
+        return self.full_dtype
 
     def _outgoing(self, out: list[Message]) -> list[Message]:
         """``out`` encoded in the run's ``wire_dtype`` (after every privacy mechanism) and hashed as sent."""

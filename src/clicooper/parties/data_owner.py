@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
+from clicooper.parties.inbound import LossReports, check_query_answer
 from clicooper.privacy.adversarial import InversionAdversary
 from clicooper.privacy.decorrelation import distance_correlation
 from clicooper.protocol.messages import (
@@ -154,6 +155,9 @@ class DataOwner(PartyBase):
         self._head_weights: dict[int, dict[str, torch.Tensor]] = {}
         self.stats = EpochStats()
         self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
+        self._queries: dict[tuple[int, int], int] = {}  # (step, micro) of an open query → its rows
+        # open tail: one loss report per micro-batch from the tail holder, checked (parties/inbound.py)
+        self.loss_reports = LossReports(self.last if tail is None else None)
 
     # ------------------------------------------------------------------------------------------------
     def _targets(self, y: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -195,6 +199,7 @@ class DataOwner(PartyBase):
         self.samples_processed += len(ids)
         # these leave the DO outside ``handle``: encoded (after the privacy mechanisms below) and hashed here
         if self.tail is None:  # open tail: announce the batch size (public) before the labels
+            self.loss_reports.expect(epoch, step, [len(c) for c in chunks])
             yield from self._outgoing([Control(Header("DO", self.last, epoch, step, 0, m), "batch",
                                                {"size": str(len(ids))})])
         for j, cid in enumerate(chunks):
@@ -267,15 +272,16 @@ class DataOwner(PartyBase):
         h = msg.header
         st = self._inflight.get((h.epoch, h.step))
         if isinstance(msg, Activations) and msg.mode == "infer":
+            check_query_answer(msg, sender=self.last, rows=self._queries.get((h.step, h.micro)),
+                               per_sample=self.expected_return_shape if self.tail is not None else None)
+            del self._queries[(h.step, h.micro)]
             self.infer_results[(h.step, h.micro)] = msg.tensor
             return []
         if isinstance(msg, Control) and msg.kind == "loss":
-            try:
-                self.stats.loss_sum += float(msg.payload["loss_sum"])
-                self.stats.correct += int(msg.payload["correct"])
-                self.stats.count += int(msg.payload["count"])
-            except (KeyError, ValueError) as e:
-                raise WireError(f"DO: malformed loss report {msg.payload}") from e
+            loss_sum, correct, count = self.loss_reports.accept(msg)
+            self.stats.loss_sum += loss_sum
+            self.stats.correct += correct
+            self.stats.count += count
             return []
         if st is None or not (0 <= h.micro < len(st.ids)):
             raise WireError(f"DO: {type(msg).__name__} for step {(h.epoch, h.step, h.micro)} not in flight")
@@ -361,8 +367,8 @@ class DataOwner(PartyBase):
         if self.protector is not None:
             a0 = self.protector.protect(a0, sample_ids=query_ids, round=epoch, stream="query")
         msg = Activations(Header("DO", self.first, epoch, step, 0, 1), a0.detach(), mode="infer")
-        self._update_transcript(self.first, "sent", msg)
-        return [msg]
+        self._queries[(step, 0)] = len(a0)
+        return self._outgoing([msg])  # encoded in the run's wire_dtype like every release, and hashed
 
     @torch.no_grad()
     def answer_probs(self, answer: torch.Tensor) -> torch.Tensor:

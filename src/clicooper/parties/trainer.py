@@ -10,6 +10,7 @@ from torch import nn
 
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
+from clicooper.parties.inbound import batch_announcement, check_label_range, received_labels
 from clicooper.protocol.messages import (
     Activations,
     Control,
@@ -48,11 +49,13 @@ class Trainer(PartyBase):
         self.bf16 = bf16  # forward under bf16 autocast; what is sent stays float32 (and on the CPU)
         self.left, self.right, self.holds_tail = left, right, holds_tail
         self.input_shape = input_shape  # per-sample shape expected from ``left`` (None: not checked)
+        self.max_batch: int | None = None  # the run's batch size: the largest the DO may announce (None: any)
         self._saved: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}
         self._labels: dict[_Key, torch.Tensor] = {}
         self._pending_act: dict[_Key, Activations] = {}
         self._done_micro: dict[tuple[int, int], int] = {}
         self._step_batch: dict[tuple[int, int], int] = {}
+        self._step_micro: dict[tuple[int, int], int] = {}  # n_micro of each open step, fixed by its first message
         self.device = next(module.parameters()).device
         # RunConfig.overlap_steps: the DO may send step s + 1 before step s is done; its activations wait here
         # until this trainer has stepped on s (so it trains exactly as without the overlap). Bounded: the DO
@@ -64,6 +67,26 @@ class Trainer(PartyBase):
         """Whether a step before ``h``'s has micro-batches forwarded but not yet all stepped on."""
         k = (h.epoch, h.step)
         return any(key[:2] < k for key in self._saved) or any(key < k for key in self._done_micro)
+
+    def _bind_micro(self, h: Header, *, first: bool = True) -> None:
+        """Fix a step's number of micro-batches by its first message; refuse a later one that disagrees (it would
+        step the optimizer before the step's other micro-batches are back, under their saved graphs).
+        ``first=False``: a message that cannot open a step (a gradient) only checks."""
+        k = (h.epoch, h.step)
+        n = self._step_micro.setdefault(k, h.n_micro) if first else self._step_micro.get(k, h.n_micro)
+        if n != h.n_micro:
+            raise WireError(f"{self.name}: {h.sender} says step {(h.epoch, h.step)} has {h.n_micro} micro-batches; "
+                            f"it has {n}")
+
+    def _check_step_order(self, h: Header) -> None:
+        """A middle trainer forwards a step only once every older one is stepped on (``defer_ahead``: the next one
+        waits in :attr:`_deferred`): a step's saved graph must not outlive an optimizer step of another."""
+        k = (h.epoch, h.step)
+        open_steps = {key[:2] for key in self._saved} | set(self._done_micro)
+        newer = [o for o in open_steps if o > k]
+        if newer or (not self.defer_ahead and any(o < k for o in open_steps)):
+            raise WireError(f"{self.name}: activations of step {k} while step {min(open_steps - {k})} is open; "
+                            "the DO starts a step once the previous one is done")
 
     def _release_deferred(self) -> list[Message]:
         """Forward the waiting activations whose previous step is now done, in arrival order."""
@@ -97,6 +120,9 @@ class Trainer(PartyBase):
             self._check_input(msg.tensor, "activations")
             if msg.mode == "infer":
                 return self._infer(msg)
+            if not self.holds_tail:
+                self._check_step_order(h)
+            self._bind_micro(h)
             if self.holds_tail:
                 key = (h.epoch, h.step, h.micro)
                 if key not in self._labels:
@@ -113,26 +139,30 @@ class Trainer(PartyBase):
         if isinstance(msg, Labels):
             if not self.holds_tail:
                 raise WireError(f"{self.name} does not hold the tail and must not receive labels")
+            labels = received_labels(msg, receiver=self.name, batch=self._step_batch.get((h.epoch, h.step)))
+            self._bind_micro(h)
             key = (h.epoch, h.step, h.micro)
             if key in self._pending_act:
-                return self._tail_step(self._pending_act.pop(key), msg.tensor)
-            self._labels[key] = msg.tensor
+                return self._tail_step(self._pending_act.pop(key), labels)
+            self._labels[key] = labels
             return []
         if isinstance(msg, Gradients):
             if h.sender != self.right or self.holds_tail:
                 raise WireError(f"{self.name}: unexpected gradients from {h.sender}")
+            self._bind_micro(h, first=False)
             return self._backward(msg)
         if isinstance(msg, Control):
-            if msg.kind == "batch" and self.holds_tail:
-                try:
-                    size = int(msg.payload["size"])
-                except (KeyError, ValueError) as e:
-                    raise WireError(f"{self.name}: malformed batch announcement {msg.payload}") from e
-                if size < 1:
-                    raise WireError(f"{self.name}: batch size {size} < 1")
+            if msg.kind == "batch":
+                size = batch_announcement(msg, receiver=self.name, holds_tail=self.holds_tail, max_batch=self.max_batch)
+                self._bind_micro(h)
                 self._step_batch[(h.epoch, h.step)] = size
             return []
         raise WireError(f"{self.name}: unknown message type {type(msg).__name__}")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """bfloat16 under bf16 autocast (what the segment casts its input and its output's gradient to)."""
+        return torch.bfloat16 if self.bf16 else self.full_dtype
 
     def _forward(self, msg: Activations) -> list[Message]:
         h = msg.header
@@ -159,10 +189,11 @@ class Trainer(PartyBase):
     def _tail_step(self, act: Activations, labels: torch.Tensor) -> list[Message]:
         h = act.header
         x = act.tensor.to(self.device).detach().requires_grad_(True)
-        logits = self._run(x).float()  # (B, C·m) in the (possibly obfuscated) label space
-        labels = labels.to(self.device)
         if labels.shape != (x.shape[0],):
             raise WireError(f"{self.name}: {labels.shape[0]} labels for {x.shape[0]} activations")
+        logits = self._run(x).float()  # (B, C·m) in the (possibly obfuscated) label space
+        check_label_range(labels, logits.shape[1], receiver=self.name)
+        labels = labels.to(self.device)
         loss_sum = F.cross_entropy(logits, labels, reduction="sum")
         correct = int((logits.argmax(1) == labels).sum())
         self.samples_processed += x.shape[0]
@@ -186,6 +217,7 @@ class Trainer(PartyBase):
         if n >= h.n_micro:
             self._done_micro.pop(k, None)
             self._step_batch.pop(k, None)
+            self._step_micro.pop(k, None)
             self._step()
         else:
             self._done_micro[k] = n

@@ -149,7 +149,7 @@ def _tensor_parts(parts: list[bytes | memoryview], t: torch.Tensor) -> None:
     c = t.detach().to("cpu").contiguous()
     if c.dtype == torch.bfloat16:
         c = c.view(torch.int16)
-    data = memoryview(c.numpy()).cast("B")
+    data = memoryview(c.numpy()).cast("B") if c.numel() else memoryview(b"")  # cast refuses a 0 in the shape
     parts.append(data.nbytes.to_bytes(8, "big"))
     parts.append(data)
 
@@ -175,12 +175,23 @@ def with_stamp(msg: Message, *, run_id: str, seq: int) -> Message:
 
 
 def validate_tensor(
-    t: torch.Tensor, *, expected_shape: tuple[int, ...] | None = None, what: str = "tensor"
+    t: torch.Tensor, *, expected_shape: tuple[int, ...] | None = None, what: str = "tensor",
+    as_dtype: torch.dtype | None = None,
 ) -> None:
-    """Reject NaN/Inf and (optionally) an unexpected shape, with a :class:`WireError` that says which."""
+    """Reject NaN/Inf and (optionally) an unexpected shape, with a :class:`WireError` that says which.
+
+    ``as_dtype``: the floating dtype ``t`` will be cast to before use; a value beyond its range (finite here,
+    Inf there: 1e300 as float32, 3.4e38 as bfloat16) is refused too."""
     if expected_shape is not None and tuple(t.shape) != tuple(expected_shape):
         raise WireError(f"{what}: shape {tuple(t.shape)} but expected {tuple(expected_shape)}")
+    if not t.is_floating_point():
+        return
     # Fast path: a finite sum proves every element finite (NaN/Inf propagate); only a non-finite sum
     # (NaN/Inf present, or a rare overflow) pays for the exact element-wise check.
-    if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise WireError(f"{what}: contains NaN or Inf values; the sender is faulty or malicious")
+    if as_dtype is not None and as_dtype.is_floating_point and t.numel():
+        top = torch.finfo(as_dtype).max
+        if top < torch.finfo(t.dtype).max and float(t.abs().amax()) > top:
+            raise WireError(f"{what}: a value of {float(t.abs().amax()):.3g} overflows "
+                            f"{str(as_dtype).removeprefix('torch.')} (max {top:.3g}); the sender is faulty or malicious")

@@ -18,6 +18,11 @@ same way, so an in-process run with ``wire_dtype="int8"`` measures the same quan
   ``q = round(x / scale)`` in [-127, 127]; decoded as ``q · scale``. A row of zeros has scale 0.
 
 Labels and control records are never touched.
+
+A receiver takes activations and gradients only in the dtype its run's codec produces (:func:`check_received`:
+``fp32`` carries the parties' own full precision, so a float64 value that is finite but overflows float32 cannot
+slip in), and checks their values *after* decoding and casting to the dtype it computes in
+(:func:`check_decoded`): an int8 row scale of 3e38 decodes to Inf, a finite float32 may be Inf in bfloat16.
 """
 
 from __future__ import annotations
@@ -28,7 +33,15 @@ from typing import Literal, get_args
 import torch
 
 from clicooper.errors import WireError
-from clicooper.protocol.messages import Activations, Gradients, Message
+from clicooper.protocol.messages import (
+    Activations,
+    Gradients,
+    Labels,
+    Message,
+    dtype_name,
+    message_kind,
+    validate_tensor,
+)
 
 WireDtype = Literal["fp32", "bf16", "fp16", "int8"]
 WIRE_CODECS: tuple[str, ...] = get_args(WireDtype)
@@ -108,3 +121,32 @@ def codec_of(msg: Message) -> str:
     if isinstance(msg, Activations | Gradients):
         return _ENCODED.get(msg.tensor.dtype, "fp32")
     return "fp32"
+
+
+def wire_tensor_dtype(wire: str, full: torch.dtype) -> torch.dtype:
+    """The dtype activations and gradients travel in with codec ``wire``; ``full``: the parties' own precision
+    (float32; float64 in a float64 run), which ``fp32`` carries unchanged."""
+    return {"fp32": full, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[_check(wire)]
+
+
+def check_received(msg: Message, *, wire: str, full: torch.dtype, receiver: str) -> None:
+    """Refuse a message whose tensor's dtype does not fit its kind and the run's codec ``wire`` (before it is
+    decoded or hashed): activations and gradients in :func:`wire_tensor_dtype`, labels 1-D int64."""
+    if isinstance(msg, Activations | Gradients):
+        want = wire_tensor_dtype(wire, full)
+        got = msg.tensor.dtype
+        if got != want:
+            name = str(got).removeprefix("torch.")
+            raise WireError(f"{receiver}: {message_kind(msg)} from {msg.header.sender} are {name}, but wire_dtype "
+                            f"{wire} carries {dtype_name(want)}: start every party from the same config")
+    elif isinstance(msg, Labels) and (msg.tensor.dtype != torch.int64 or msg.tensor.dim() != 1):
+        raise WireError(f"{receiver}: labels from {msg.header.sender} must be a 1-D int64 tensor, got "
+                        f"{msg.tensor.dtype} {tuple(msg.tensor.shape)}")
+
+
+def check_decoded(msg: Message, *, compute: torch.dtype, receiver: str) -> None:
+    """Refuse a decoded activation or gradient with a NaN or Inf, or with a value that overflows ``compute``,
+    the dtype the receiver computes in (bfloat16 under autocast)."""
+    if isinstance(msg, Activations | Gradients):
+        validate_tensor(msg.tensor, what=f"{receiver}: {message_kind(msg)} from {msg.header.sender} (decoded)",
+                        as_dtype=compute)

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from clicooper import rundir
+from clicooper import jsonbound, rundir
 from clicooper.config import make_config
 from clicooper.errors import CliCooperError
 from clicooper.models.blueprint import blueprint_for
@@ -31,7 +30,7 @@ CONFIG_SOURCE = f"RUN/{rundir.CONFIG}"
 def _read_json(path: Path) -> tuple[Any, str | None]:
     """(value, None), or (None, why it cannot be read as JSON)."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8")), None
+        return jsonbound.load_file(path), None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return None, f"cannot be read as UTF-8 JSON ({e})"
 

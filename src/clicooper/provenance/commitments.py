@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import save as _st_save
 from torch import nn
 
+from clicooper.data.dataset import TrainInputs
+from clicooper.data.stream import StreamedImages
 from clicooper.errors import ConfigError, DataError, LedgerError
 from clicooper.provenance.canonical import canonical_json, lp, sha256_hex
 
@@ -59,7 +61,7 @@ def _tensor_parts(t: torch.Tensor) -> list[bytes]:
     return [lp(str(t.dtype)), lp(",".join(str(int(s)) for s in t.shape)), lp(raw)]
 
 
-def _streamed_parts(t: Any) -> Iterator[bytes]:
+def _streamed_parts(t: StreamedImages) -> Iterator[bytes]:
     """:func:`_tensor_parts` of a streamed split (clicooper.data.stream), its raw bytes read chunk by chunk:
     the same bytes as for the tensor it stands for."""
     yield lp(str(t.dtype))
@@ -70,7 +72,7 @@ def _streamed_parts(t: Any) -> Iterator[bytes]:
 
 
 def dataset_commitment(
-    secret: bytes, tensors: Mapping[str, torch.Tensor], ids: torch.Tensor | None = None
+    secret: bytes, tensors: Mapping[str, TrainInputs], ids: torch.Tensor | None = None
 ) -> str:
     """HMAC-SHA256 (keyed by the DO's ``secret``) over the dataset's canonical bytes, hex.
 
@@ -86,8 +88,8 @@ def dataset_commitment(
     mac = hmac.new(secret, lp("clicooper/dataset"), hashlib.sha256)
     for name in sorted(tensors):
         mac.update(lp(name))
-        for part in _streamed_parts(tensors[name]) if hasattr(tensors[name], "chunks") else \
-                _tensor_parts(tensors[name]):
+        t = tensors[name]
+        for part in _streamed_parts(t) if isinstance(t, StreamedImages) else _tensor_parts(t):
             mac.update(part)
     if ids is None:
         ids = torch.arange(len(tensors[sorted(tensors)[0]]), dtype=torch.int64)

@@ -8,7 +8,6 @@ here imports the CLI.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 import torch
 
-from clicooper import rundir
-from clicooper.errors import KeyFileError, LedgerError, RunDirError
+from clicooper import jsonbound, rundir
+from clicooper.errors import ConfigError, KeyFileError, LedgerError, RunDirError
 from clicooper.provenance.bindings import run_bindings
 from clicooper.provenance.entries import Entry, StageEntry
 from clicooper.provenance.identity import load_identity
@@ -98,8 +97,8 @@ def trusted_keys(run: Path) -> tuple[dict[str, bytes], list[str]]:
     for f in sorted(d.iterdir()):
         if f.suffix == ".pub":
             try:
-                text = f.read_text("ascii").strip()
-            except (OSError, UnicodeDecodeError):
+                text = jsonbound.read_bytes(f, 4096).decode("ascii").strip()  # a .pub is 65 bytes
+            except (OSError, ValueError):
                 text = ""
             if _PUB_HEX.match(text):
                 keys[f.stem] = bytes.fromhex(text)
@@ -112,6 +111,32 @@ def trusted_keys(run: Path) -> tuple[dict[str, bytes], list[str]]:
             except KeyFileError as e:
                 notes.append(f"{f}: {e}; not used as a trusted key")
     return keys, notes
+
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+#: a trusted-keys file names a few parties: anything larger is not one
+MAX_TRUSTED_KEYS_BYTES = 1 << 20
+
+
+def read_trusted_keys(path: Path) -> dict[str, bytes]:
+    """A trusted-keys file (docs/ledger-format.md §3.3): one JSON object, party name → its raw Ed25519
+    public key as 64 hex digits, e.g. ``{"DO": "3b6a…", "T1": "8f1c…"}``, taken from the parties themselves.
+    :class:`ConfigError` (naming the file and what to fix) for anything else."""
+    try:
+        obj = jsonbound.load_file(path, max_bytes=MAX_TRUSTED_KEYS_BYTES)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--trusted-keys {path}: cannot be read as JSON ({e}); give a JSON object of party "
+                          'name → public key hex, e.g. {"T1": "<64 hex digits>"}') from None
+    if not isinstance(obj, dict) or not obj:
+        raise ConfigError(f"--trusted-keys {path}: must be a non-empty JSON object of party name → public key "
+                          "hex (64 digits, the party's `clicooper certs --party NAME` prints it)")
+    keys: dict[str, bytes] = {}
+    for name, value in obj.items():
+        if not _NAME.match(name) or not isinstance(value, str) or not _PUB_HEX.match(value.strip()):
+            raise ConfigError(f"--trusted-keys {path}: entry {name!r} must map a party name (letters, digits, "
+                              "'_', '.', '-') to its public key as 64 hex digits")
+        keys[name] = bytes.fromhex(value.strip())
+    return keys
 
 
 def party_record(entries: Sequence[Entry], party: str) -> Any:
@@ -137,7 +162,7 @@ def final_retained_stages(ledger: Path, party: str) -> list[tuple[int, int]]:
 def read_reveal_file(f: Path) -> Any:
     """The JSON object of a reveal file; :class:`LedgerError` when it cannot be read or parsed."""
     try:
-        return json.loads(Path(f).read_text("utf-8"))
+        return jsonbound.load_file(Path(f))
     except (OSError, ValueError) as e:
         raise LedgerError(f"cannot read reveal file {f}: {e}") from e
 
@@ -167,14 +192,20 @@ def check_reveal_files(report: VerifyReport, files: Sequence[Path], ledger: Path
 
 
 def verify_delivered(run: Path, model_dir: Path | None = None, reveal_files: Sequence[Path] = (),
-                     ) -> tuple[VerifyReport, list[dict[str, Any]]]:
+                     trusted_keys_file: Path | None = None) -> tuple[VerifyReport, list[dict[str, Any]]]:
     """What ``clicooper verify RUN [--model DIR] [--reveal FILE…]`` checks (docs/ledger-format.md §11): the
     ledger, pinned to the keys of ``RUN/keys``, with the files the genesis binds (config.json, the model it
-    describes); every position's presented segment; each reveal file. Returns the report (notes included)
-    and the reveal rows; never writes. Raises (:class:`RunDirError`, :class:`LedgerError`) only when there
-    is no ledger to verify."""
+    describes); every position's presented segment; each reveal file. With ``trusted_keys_file`` (see
+    :func:`read_trusted_keys`) the genesis is pinned to the keys it names instead of ``RUN/keys``, which
+    are only as trustworthy as whoever handed the directory over. Returns the report (notes included) and
+    the reveal rows; never writes. Raises (:class:`RunDirError`, :class:`LedgerError`,
+    :class:`ConfigError` for a bad trusted-keys file) only when there is nothing to verify against."""
     ledger = ledger_path(run)
-    keys, notes = trusted_keys(run)
+    if trusted_keys_file is not None:
+        keys = read_trusted_keys(trusted_keys_file)
+        notes = [f"genesis keys pinned to {trusted_keys_file} ({', '.join(sorted(keys))}); RUN/keys not used"]
+    else:
+        keys, notes = trusted_keys(run)
     bindings = run_bindings(run, notes)
     plan_issue = None
     segments: dict[int, dict[str, torch.Tensor]] = {}
@@ -188,6 +219,10 @@ def verify_delivered(run: Path, model_dir: Path | None = None, reveal_files: Seq
     if plan_issue is not None:
         report.failures.append(plan_issue)
     report.notes += notes
+    if keys:
+        unpinned = sorted(c.name for c in report.credit.values() if c.name not in keys)
+        if unpinned:
+            report.notes.append(f"no trusted key for {', '.join(unpinned)}: their genesis keys are not pinned")
     reveals = check_reveal_files(report, reveal_files, ledger, segments)
     return report, reveals
 
@@ -206,5 +241,5 @@ def verify_exit_code(report: VerifyReport) -> int:
 
 
 __all__ = ["check_reveal_files", "final_retained_stages", "ledger_path", "load_segments", "party_record",
-           "error_verdict", "plan_files", "present_segments", "read_reveal_file", "trusted_keys", "verify_delivered",
+           "error_verdict", "plan_files", "present_segments", "read_reveal_file", "read_trusted_keys", "trusted_keys", "verify_delivered",
            "verify_exit_code"]

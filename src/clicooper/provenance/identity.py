@@ -124,6 +124,10 @@ class Identity:
         return f"Identity(party_id={self.party_id!r})"
 
 
+#: a PEM Ed25519 key (encrypted or not) is a few hundred bytes
+MAX_KEY_FILE_BYTES = 64 << 10
+
+
 def load_identity(path: str | os.PathLike[str], passphrase: bytes | str | None = None) -> Identity:
     """Load a key file written by :meth:`Identity.save`.
 
@@ -133,6 +137,8 @@ def load_identity(path: str | os.PathLike[str], passphrase: bytes | str | None =
     """
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"key file {p} is larger than {MAX_KEY_FILE_BYTES} bytes: it is no key file")
         data = p.read_bytes()
     except FileNotFoundError as e:
         raise KeyFileError(f"key file {p} not found; create one with `clicooper keygen`") from e

@@ -19,13 +19,13 @@ segments) and the credit table.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clicooper import jsonbound
 from clicooper.errors import LedgerError
 from clicooper.provenance.accusation import Accusation
 from clicooper.provenance.chain import ChainState, Issue, multi_signature_issues
@@ -43,6 +43,15 @@ from clicooper.provenance.schema import FormatVersionError, check_entry
 
 __all__ = ["ChainState", "Issue", "Ledger", "LedgerContents", "ledger_anchor", "multi_signature_issues",
            "parse_line", "read_ledger", "read_ledger_lines"]
+
+#: the longest line an entry may take (a genesis of many parties is a few KiB): a longer one is refused
+#: unparsed, as is one nested deeper than :data:`clicooper.jsonbound.MAX_DEPTH`
+MAX_LINE_BYTES = 1 << 20
+
+
+def _json(line: bytes) -> Any:
+    """One line's JSON value, size and depth bounded (``ValueError`` otherwise, never ``RecursionError``)."""
+    return jsonbound.loads(line, max_bytes=MAX_LINE_BYTES, what="the line")
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -80,7 +89,7 @@ def _parses(line: bytes) -> bool:
     """Whether ``line`` reads as an entry (UTF-8, JSON, its type's schema and field checks; a genesis of an
     unknown version counts: docs/ledger-format.md §4.2): a last line that does not is a torn tail."""
     try:
-        obj = json.loads(line.decode("utf-8"))
+        obj = _json(line)
         check_entry(obj)
         entry_from_json(obj)
     except FormatVersionError:
@@ -94,11 +103,11 @@ def parse_line(line: bytes, index: int) -> Entry:
     """Parse committed line ``index`` (0-based); :class:`LedgerError` names the line on any defect."""
     where = f"ledger line {index + 1}"
     try:
-        text = line.decode("utf-8")
+        line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise LedgerError(f"{where} is not valid UTF-8 (byte {e.start}): the ledger is corrupt") from e
     try:
-        obj = json.loads(text)
+        obj = _json(line)
     except ValueError as e:
         raise LedgerError(f"{where} is not valid JSON ({e}): the ledger is corrupt") from e
     try:

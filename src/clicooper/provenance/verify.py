@@ -264,7 +264,9 @@ def _trusted_key_issues(g: Genesis, trusted: Mapping[str, bytes], index: int) ->
 def _segment_issues(state: ChainState, segments: Mapping[int, Mapping[str, torch.Tensor]],
                     trace: Trace, missing: Mapping[int, str] | None) -> list[Issue]:
     out = []
-    absent = {} if missing is None else {p: "no file presents it" for p in state.last_end} | dict(missing)
+    # only a position with a stage entry must be presented (§10.3): a plan position never committed (a
+    # closing after 0 rounds, an unused extra position) has nothing to present
+    absent = {} if missing is None else {p: missing.get(p, "no file presents it") for p in state.last_end}
     for pos in sorted(set(segments) | set(absent)):
         if pos not in segments:
             out.append(Issue(None, "segment-missing", f"no segment for position {pos}: {absent[pos]}"))

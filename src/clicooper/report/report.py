@@ -22,10 +22,12 @@ from safetensors.torch import load_file
 
 from clicooper import rundir
 from clicooper.attacks.budgets import BASELINE_SCALE, DESCRIPTIONS, parse_attacks
+from clicooper.attacks.runner import OwnObjects
 from clicooper.config import make_config
-from clicooper.data import load_dataset
 from clicooper.data.augment import augmenter_for
-from clicooper.errors import AttackError, ConfigError, RunDirError
+from clicooper.data.given import is_owner_code, open_dataset
+from clicooper.errors import AttackError, ConfigError, DataError, RunDirError
+from clicooper.models.describe import is_own_module
 from clicooper.report import plots
 from clicooper.report.markdown import render_markdown
 from clicooper.report.rows import (
@@ -46,10 +48,11 @@ __all__ = ["MUST_MATCH", "SETTINGS_COMPARED", "SHOULD_MATCH", "Progress", "do_al
 _level_rows = level_rows  # the name tests and older callers import from here
 
 
-def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *, model: str | None = None) -> Path:
+def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *, model: str | None = None,
+                   own: OwnObjects | None = None) -> Path:
     """Train the undefended counterpart of ``run_dir`` (same config, ``defense="none"``, observations
     recorded; ``model`` replaces the run's model when given) into ``out``; reuse ``out`` if it already
-    holds that finished run."""
+    holds that finished run. ``own``: the user's own module and data of a run that cannot rebuild them."""
     cfg = read_json(Path(run_dir) / "config.json")
     want = {**cfg, "defense": "none", "record_observations": True, "model": model or cfg.get("model")}
     if model is not None:
@@ -69,11 +72,16 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
         out.rmdir()
     if progress:
         progress(f"training the undefended baseline (defense none, same config) into {out} …")
-    train(want, out=out)
+    own = own or OwnObjects()
+    if is_owner_code(str(want.get("dataset"))) and own.data is None:  # never run from the run's config.json
+        raise DataError(f"{run_dir} trained on the data owner's own Python data ({want['dataset']}); pass it again "
+                        "to the report: make_report(…, own=OwnObjects(data=…))")
+    mine = own.model if model is None and is_own_module(str(cfg.get("model"))) else None
+    train(want, out=out, model=mine, data=own.data, test_data=own.test_data)
     return out
 
 
-def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObjects | None = None) -> dict[str, Any]:
     """DO-alone accuracy for a run's configuration (:mod:`clicooper.training.do_alone`: its head + a linear
     tail, same rows, epochs, seed, batch size and learning rate, no trainers), cached in
     ``RUN/do_alone.json`` together with the settings it was computed for."""
@@ -104,8 +112,11 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
     if progress:
         progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
-    dataset = load_dataset(key["dataset"], options=cfg.get("data"))
-    acc = do_alone_accuracy(key["model"], dataset, train_range=tuple(rng) if rng else None,
+    own = own or OwnObjects()
+    plan = read_json(Path(run_dir) / "plan.json") if (Path(run_dir) / "plan.json").is_file() else {}
+    dataset = open_dataset(key["dataset"], cfg.get("data"), own.data, own.test_data,
+                           fingerprint_of_run=plan.get("extra", {}).get("data_fingerprint"))
+    acc = do_alone_accuracy(key["model"], dataset, module=own.model if is_own_module(key["model"]) else None, train_range=tuple(rng) if rng else None,
                             epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
                             batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
                             lr_at=run_cfg.lr_at,
@@ -118,10 +129,10 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None) -> dict[str, A
 
 
 def _baseline_dir(run_dir: Path, out_dir: Path, baseline: str | Path | None, baseline_model: str | None,
-                  progress: Progress | None) -> tuple[Path, bool]:
+                  progress: Progress | None, own: OwnObjects | None = None) -> tuple[Path, bool]:
     """The baseline run directory, and whether this report trained it."""
     if baseline is None:
-        return train_baseline(run_dir, out_dir / "baseline", progress, model=baseline_model), True
+        return train_baseline(run_dir, out_dir / "baseline", progress, model=baseline_model, own=own), True
     base_dir = Path(baseline)
     if base_dir.resolve() == run_dir.resolve():
         raise ConfigError("--baseline is the run itself; give the undefended run trained with the same "
@@ -131,22 +142,23 @@ def _baseline_dir(run_dir: Path, out_dir: Path, baseline: str | Path | None, bas
 
 def _attack_both(names: list[str], run_dir: Path, base_dir: Path, budget: str, rerun: bool,
                  progress: Progress | None, warnings: list[str],
-                 baseline_scale: float = BASELINE_SCALE) -> tuple[dict[str, Any], dict[str, Any]]:
+                 baseline_scale: float = BASELINE_SCALE, own: OwnObjects | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each attack's result on the run and on the baseline (with the run's budget, at ``baseline_scale`` of
     its steps; again at the whole budget when a figure there is below its floor before converging); settings
     that differ are added to ``warnings``."""
     results: dict[str, dict[str, Any]] = {}
     base_results: dict[str, dict[str, Any]] = {}
     for name in names:
-        results[name] = load_or_run(run_dir, name, budget, rerun, progress)
+        results[name] = load_or_run(run_dir, name, budget, rerun, progress, own=own)
         b_budget = results[name].get("settings", {}).get("budget", budget)
         base_results[name] = load_or_run(base_dir, name, b_budget, rerun, progress, scale=baseline_scale,
-                                         accept=(1.0,))
+                                         accept=(1.0,), own=own)
         if needs_whole_budget(base_results[name]):
             if progress:
                 progress(f"{name}: a baseline figure is below its floor and not converged at × {baseline_scale:g} "
                          "of the steps; running it again at the whole budget")
-            base_results[name] = load_or_run(base_dir, name, b_budget, True, progress)
+            base_results[name] = load_or_run(base_dir, name, b_budget, True, progress, own=own)
         diff = settings_diff(results[name], base_results[name])
         if diff:
             warnings.append(f"{name}: run and baseline attacked with different settings ({', '.join(diff)})")
@@ -182,8 +194,13 @@ def _figures(dirs: tuple[Path, Path, Path], names: list[str], results: dict[str,
 def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Path | None = None,
                 budget: str = "demo", attacks: str | list[str] = "all", rerun: bool = False,
                 progress: Progress | None = None, baseline_model: str | None = None,
-                do_alone: bool = True, baseline_scale: float = BASELINE_SCALE) -> dict[str, Any]:
+                do_alone: bool = True, baseline_scale: float = BASELINE_SCALE,
+                own: OwnObjects | None = None) -> dict[str, Any]:
     """Attack ``run_dir`` and its undefended baseline (trained if not given) and write the report.
+
+    ``own``: what a run of the user's own objects takes back (:class:`~clicooper.attacks.runner.OwnObjects`:
+    the module of a run of their own module classes, the data given in Python); the baseline is trained
+    with them, and the attacks rebuild the architecture from them.
 
     ``do_alone``: also train each one's DO alone (head + linear tail, no trainers; cached in
     ``RUN/do_alone.json``) and report the trainers' gain beside accuracy and the DO's FLOP share.
@@ -211,16 +228,16 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         raise AttackError(f"{run_dir} has no observations: the run was trained without recording them; "
                           "retrain with --record-observations")
     out_dir.mkdir(parents=True, exist_ok=True)
-    base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress)
+    base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress, own)
     base = run_summary(base_dir)
     warnings = check_comparable(run, base, baseline_model)
     if do_alone:
         for summary, d in ((run, run_dir), (base, base_dir)):
-            summary["do_alone_acc"] = do_alone_for(d, progress)["do_alone_acc"]
+            summary["do_alone_acc"] = do_alone_for(d, progress, own)["do_alone_acc"]
             summary["trainer_gain"] = (summary["test_acc"] - summary["do_alone_acc"]
                                        if summary["test_acc"] is not None else None)
     results, base_results = _attack_both(names, run_dir, base_dir, budget, rerun, progress, warnings,
-                                         baseline_scale)
+                                         baseline_scale, own)
     rows: list[dict[str, Any]] = []
     for name in names:
         rows += level_rows(name, results[name], base_results[name])

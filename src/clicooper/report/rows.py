@@ -20,10 +20,11 @@ SETTINGS_COMPARED = ("knowledge", "parties", "epochs", "victims", "known_k", "au
 
 
 def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Progress | None, *,
-                scale: float = 1.0, accept: tuple[float, ...] = ()) -> dict[str, Any]:
+                scale: float = 1.0, accept: tuple[float, ...] = (), own: Any = None) -> dict[str, Any]:
     """Attack ``name``'s result on ``run_dir``: the stored one if it used ``budget`` with that budget's current
     settings at ``scale`` of its steps, or at one of the ``accept`` scales (and not ``rerun``); a result made
-    under an older version of the budget is run again, at ``scale``."""
+    under an older version of the budget is run again, at ``scale``. ``own``: the user's own module and data
+    (:class:`clicooper.attacks.runner.OwnObjects`) for a run that cannot rebuild them."""
     path = run_dir / "attacks" / f"{name}.json"
     if path.is_file() and not rerun:
         res = read_json(path)
@@ -36,7 +37,8 @@ def load_or_run(run_dir: Path, name: str, budget: str, rerun: bool, progress: Pr
             return res
     if progress:
         progress(f"{run_dir}:")
-    return run_suite(run_dir, [name], budget=budget, progress=progress, scale=scale)["attacks"][name]
+    return run_suite(run_dir, [name], budget=budget, progress=progress, scale=scale,
+                     overrides={"own": own})["attacks"][name]
 
 
 def _current(settings: dict[str, Any], budget: str, name: str, scale: float = 1.0) -> bool:

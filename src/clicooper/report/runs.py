@@ -4,11 +4,11 @@ whether the baseline is a fair undefended counterpart of the run (DESIGN §7: sa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clicooper import jsonbound
 from clicooper.errors import ConfigError, RunDirError
 
 #: Config fields that must match between a run and its baseline (DESIGN §7: same data and seed). The model
@@ -25,10 +25,10 @@ Progress = Callable[[str], None]
 def read_json(path: Path) -> Any:
     """Parsed JSON of a run-directory file; :class:`RunDirError` when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        return jsonbound.load_file(path)
     except FileNotFoundError:
         raise RunDirError(f"{path} not found; is {path.parent} a complete run directory?") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise RunDirError(f"{path} is unreadable ({e}); the run directory is corrupt") from e
 
 

@@ -9,8 +9,9 @@ same head architecture and init seed as the split run, the same training rows, e
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from clicooper.data import epoch_order
 from clicooper.models import zoo
+from clicooper.models.describe import as_sequential
 from clicooper.models.partition import make_plan, split_model
 from clicooper.parties.optim import make_optimizer
 
@@ -28,15 +30,18 @@ def do_alone_accuracy(model_name: str, dataset: Any, *, train_range: tuple[int, 
                       model_spec: list[dict[str, Any]] | None = None,
                       lr_at: Callable[[int], float] | None = None,
                       augment: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
-                      weight_decay: float = 0.0, optimizer: str = "adam", momentum: float = 0.9) -> float:
+                      weight_decay: float = 0.0, optimizer: str = "adam", momentum: float = 0.9,
+                      module: nn.Module | Sequence[nn.Module] | None = None) -> float:
     """Test accuracy of ``head + Linear`` trained by the DO alone (see the module docstring); the model is
     the built-in ``model_name``, or ``model_spec`` (a model file's layers) when given. Evaluated in eval
     mode (BatchNorm's running statistics). ``lr_at``: the split run's learning rate per epoch
     (``RunConfig.lr_at``), when it has a schedule; ``augment``: its training augmentation
     (:func:`clicooper.data.augment.augmenter_for`, the same public draws per epoch and sample id);
-    ``optimizer``, ``weight_decay``, ``momentum``: its optimizer (:func:`clicooper.parties.optim.make_optimizer`)."""
+    ``optimizer``, ``weight_decay``, ``momentum``: its optimizer (:func:`clicooper.parties.optim.make_optimizer`).
+    ``module``: the user's own module of a run of their own module classes (a copy is trained)."""
     torch.manual_seed(seed)
-    model = zoo.build_model(model_name, model_spec, dataset.input_shape, dataset.num_classes, seed=seed)
+    model = (copy.deepcopy(as_sequential(module)) if module is not None else
+             zoo.build_model(model_name, model_spec, dataset.input_shape, dataset.num_classes, seed=seed))
     plan = make_plan(model, model_name=model_name, input_shape=dataset.input_shape, trainers=trainers)
     head = split_model(model, plan)["DO:head"]
     feat = int(math.prod(plan.head.output_shape))

@@ -1,8 +1,12 @@
-"""``clicooper.train(config, model=…)``: train the user's own ``nn.Sequential``, starting from its weights.
+"""``clicooper.train(model=…)``: train the user's own ``nn.Sequential`` (or a model file), from its weights.
 
-The module is described as a spec (:func:`clicooper.models.describe.describe`) that becomes the run's
-``model_spec``, so ``config.json`` alone rebuilds the architecture (``load_run``, ``evaluate``, attacks);
-the rebuilt model must print like the given one. Its weights are the run's initial weights: they are saved
+A module of allowlisted layers is described as a spec (:func:`clicooper.models.describe.describe`) that
+becomes the run's ``model_spec``, so ``config.json`` alone rebuilds the architecture (``load_run``,
+``evaluate``, attacks, nodes); the rebuilt model must print like the given one. A module holding the
+user's own classes (their ``BasicBlock``) trains in-process as it is (``model`` = ``own-module:BasicBlock``, see
+:mod:`clicooper.models.describe`): reopening the run takes the same module again (``model=``), checked
+against the architecture hash in ``plan.json``. A ``str`` / :class:`~pathlib.Path` ending in ``.toml`` or
+``.json`` is a model file (``--model-file``); another string names a built-in model. Its weights are the run's initial weights: they are saved
 as ``RUN/initial_model.safetensors`` (keys of the full ``nn.Sequential``), their hash is recorded in
 ``plan.json`` (``extra.initial_weights``), and ``train(resume=RUN)`` starts from them again. The round-0
 model files (``model/*.safetensors`` at epoch 0) hold them too. ``export`` gives a state dict that loads
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,29 +26,61 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.errors import ConfigError, RunDirError
 from clicooper.models import zoo
-from clicooper.models.describe import as_sequential, check_rebuilt, describe
+from clicooper.models.describe import (
+    as_sequential,
+    check_rebuilt,
+    describe,
+    is_own_module,
+    own_classes,
+    own_module_name,
+)
 from clicooper.models.partition import Plan
-from clicooper.provenance.commitments import segment_commitment
+from clicooper.models.spec import load_model_file
+from clicooper.provenance.commitments import architecture_hash, segment_commitment
 
 Model = nn.Module | Sequence[nn.Module]
+#: what ``train(model=…)`` takes: a module (or a list of layers), a model file, or a built-in model's name
+ModelArg = Model | str | Path
 CUSTOM = "custom"
 
 
-def adopt(config: RunConfig, model: Model) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    """``config`` with ``model_spec`` describing ``model`` (and ``model`` naming it: the config's own
-    name unless that is a built-in's, else ``custom``), and ``model``'s initial weights."""
+def model_fields(model: str | Path) -> dict[str, Any]:
+    """The config fields ``model=`` names: a model file's (``model``, ``model_spec``), or a built-in name."""
+    if isinstance(model, Path) or str(model).endswith((".toml", ".json")):
+        mf = load_model_file(Path(model))
+        return {"model": mf.name, "model_spec": mf.layers}
+    return {"model": str(model), "model_spec": None}
+
+
+def adopt(config: RunConfig, model: Model) -> tuple[RunConfig, dict[str, torch.Tensor], nn.Sequential | None]:
+    """(``config`` naming ``model``, ``model``'s initial weights, the module when it is the user's own
+    classes). A describable module gets ``model_spec`` (and ``model`` naming it: the config's own name unless
+    that is a built-in's, else ``custom``); one with the user's own classes gets ``model`` ``own-module:CLASS,…``."""
     if config.model_spec is not None:
         raise ConfigError("give model= or the config's model_spec, not both")
     seq = as_sequential(model)
-    spec = describe(seq)
-    name = CUSTOM if config.model in zoo.names() else config.model
     state = {k: v.detach().to("cpu").clone() for k, v in seq.state_dict().items()}
-    return make_config(**(config.model_dump() | {"model": name, "model_spec": spec})), state
+    own = own_classes(seq)
+    if own:
+        return make_config(**(config.model_dump() | {"model": own_module_name(own), "model_spec": None})), state, seq
+    spec = describe(seq)
+    name = CUSTOM if config.model in zoo.names() or is_own_module(config.model) else config.model
+    return make_config(**(config.model_dump() | {"model": name, "model_spec": spec})), state, None
 
 
 def check_adopted(model: Model, built: nn.Module) -> None:
     """The run's model (built from the description) must be the given one, layer for layer."""
     check_rebuilt(model, built)
+
+
+def check_own_architecture(run_dir: Path, module: nn.Sequential) -> None:
+    """The module given to reopen an ``own-module:…`` run must have the architecture ``plan.json`` records."""
+    plan = rundir.read_json(Path(run_dir) / rundir.PLAN)
+    want = plan.get("extra", {}).get("architecture_hash")
+    if want is not None and architecture_hash(module) != want:
+        raise ConfigError(f"the model= given differs from the architecture {run_dir}/plan.json records "
+                          f"({', '.join(plan.get('extra', {}).get('own_module', [])) or 'its layers'}); give "
+                          "the same module the run was trained with")
 
 
 def save_initial(run_dir: Path, plan: Plan, state: dict[str, torch.Tensor]) -> None:

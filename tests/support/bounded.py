@@ -1,0 +1,61 @@
+"""Run a function in a child process under a memory limit (``RLIMIT_AS``) and a wall-clock limit.
+
+A hostile input that makes the code under test allocate or compute without bound must not take the test
+run with it: the child dies (or raises ``MemoryError``) and the parent reports what happened.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: enough for Python + torch + the framework (about 0.7 GiB mapped), far less than an unbounded spec wants
+DEFAULT_AS = 3 << 29  # 1.5 GiB
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the child did: its return value, or the error it raised (type name, message), peak RSS, time."""
+
+    value: Any
+    error: str | None
+    message: str
+    peak_rss_mib: float
+    seconds: float
+
+
+def _child(conn: Any, limit_as: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    t0 = time.perf_counter()
+    try:
+        value, err, msg = fn(*args), None, ""
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        value, err, msg = None, type(e).__name__, str(e) or traceback.format_exc(limit=2)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send(Outcome(value, err, msg, peak, time.perf_counter() - t0))
+    conn.close()
+
+
+def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float = 30.0, limit_as: int = DEFAULT_AS) -> Outcome:
+    """``fn(*args)`` in a forked child under ``limit_as`` bytes of address space; ``TimeoutError`` past
+    ``timeout`` seconds (the child is killed), ``RuntimeError`` if it died without answering."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, limit_as, fn, args))
+    p.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f"{getattr(fn, '__name__', fn)} ran past {timeout} s")
+        return parent.recv()
+    except EOFError:
+        raise RuntimeError(f"the child died without answering (exit code {p.exitcode})") from None
+    finally:
+        if p.is_alive():
+            p.kill()
+        p.join()
