@@ -1,7 +1,7 @@
 """Named attack budgets: the settings ``clicooper attack --budget`` and ``clicooper report`` use.
 
 ``demo`` is the budget at which every trained attack converged on ``make demo``'s defended run (its figure
-moved by < 0.01 over the last doubling of its steps; docs/attack-budgets.md has the measurements), with
+moved by < 0.01 over the last doubling of its steps; docs/research/attack-budgets.md has the measurements), with
 fewer victims and levels than ``full`` and smaller decoders (width 16) at a higher learning rate where that
 was as strong. ``full`` has every level and 500 victims at one doubling beyond the demo's steps. ``sweep`` is
 the frontier sweeps' short budget (the demo budget until session 9). Each result file records the budget and
@@ -36,7 +36,7 @@ _SWEEP: dict[str, dict[str, Any]] = {
     "sdar": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
 }
 #: The demo's config changes over the sweep's: the steps at which each attack converged on ``make demo``'s
-#: defended run (docs/attack-budgets.md), with the smaller, faster inversion decoder.
+#: defended run (docs/research/attack-budgets.md), with the smaller, faster inversion decoder.
 _DEMO_CHANGES: dict[str, dict[str, Any]] = {
     "inversion": {"steps": 3200, "width": 16, "lr": 3e-3, "refine_steps": 120, "unsplit_rounds": 80},
     "extraction": {"steps": 1600, "holdout": 0.1}, "paper-metrics": {"steps": 2400}, "fora": {"steps": 2400}, "sdar": {"steps": 2400},
@@ -86,7 +86,7 @@ DESCRIPTIONS = {
             "minibatches, width 16 at lr 3·10⁻³, + 120 rMLE steps; known-plaintext 1,000 pairs; UnSplit 80×5 "
             "rounds; no shadow head), FORA and SDAR of 2,400 steps, extraction k ∈ {0, 10} (1,600 steps) and "
             "query with 2,000 queries, the paper's surrogate of 2,400 steps, completion of 300 steps: the "
-            "budgets at which each attack converged on the demo's defended run (docs/attack-budgets.md)",
+            "budgets at which each attack converged on the demo's defended run (docs/research/attack-budgets.md)",
     "sweep": "sweep budget (the frontier sweeps, and the demo budget until session 9): the recorded subset; "
              "inversion on 200 victims (white-box decoder of 200 minibatches + 60 rMLE steps, known-plaintext "
              "1,000 pairs, UnSplit 10×5 rounds), FORA and SDAR of 1,200 steps, extraction and completion of "
@@ -102,7 +102,7 @@ DESCRIPTIONS = {
 #: Config keys that count an attack's trained steps or rounds; :func:`scaled` scales them together.
 STEP_KEYS: tuple[str, ...] = ("steps", "known_steps", "refine_steps", "unsplit_rounds")
 #: The share of the run's steps ``clicooper report`` gives the attacks on the undefended baseline by default.
-#: The baseline only has to show that each attack beats its floor there (DESIGN §7); the defence is judged
+#: The baseline only has to show that each attack beats its floor there (docs/design/metrics.md#informative-figures); the defence is judged
 #: on the run's figures at the whole budget. A baseline figure that has not converged is a lower bound, and
 #: one that is below its floor before converging is run again at the whole budget (``report.rows``).
 BASELINE_SCALE = 0.25

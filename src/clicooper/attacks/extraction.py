@@ -1,4 +1,4 @@
-"""Model extraction (DESIGN §7).
+"""Model extraction (docs/design/metrics.md).
 
 * **Pooled trainers** — the trainers keep copies of their segments (§2 "deliver") and collude: they
   rebuild a surrogate by training a new head and tail around the frozen pooled segments. With k labelled
@@ -255,7 +255,7 @@ class ExtractionAttack:
                    y_test: np.ndarray, chance: float) -> LevelResult:
         """k > 0: head and tail fitted on the known samples, against the same architecture from scratch. Both keep
         ``holdout`` of the known samples out of training and stop early on them (at k = 10 the fit on 100 samples
-        otherwise swings by up to 0.07 between readings; docs/attack-budgets.md)."""
+        otherwise swings by up to 0.07 between readings; docs/research/attack-budgets.md)."""
         cfg, arch, c = self.config, views.zero.public.architecture, views.zero.public.num_classes
         head, tail = model[0], model[2]
         a0 = views.pooled[0].received.activations  # what T1 received, every row

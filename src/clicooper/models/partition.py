@@ -1,4 +1,4 @@
-"""Cut an ordered list of layers into ``head | seg_1 | … | seg_K | tail`` (DESIGN §2).
+"""Cut an ordered list of layers into ``head | seg_1 | … | seg_K | tail`` (docs/design/protocol.md#partition).
 
 Layers are grouped into *units*: a unit starts at a layer with parameters and takes the parameter-free
 layers after it (activations, pooling). Reshape-only layers (``Flatten``) just before a parametrised layer

@@ -1,10 +1,10 @@
-"""Privacy-oriented architectures for the data owner (issue 5, docs/privacy-frontier.md).
+"""Privacy-oriented architectures for the data owner (issue 5, docs/research/privacy-frontier.md).
 
 Idea: the DO's head is a *cheap* strided conv into a *low-dimensional*, L2-normalised cut, so
 
 * the cut can carry little more than the class (an information bottleneck: with noise of norm ρ a release
   carries at most (d/2)·log2(1 + 1/ρ²) bits),
-* the DP clip of DESIGN §3 is exact: every cut vector has norm ``scale`` (use ``dp.clip_norm = scale`` =
+* the DP clip of docs/design/mechanisms.md#activation-protection is exact: every cut vector has norm ``scale`` (use ``dp.clip_norm = scale`` =
   1.0), so the clip never distorts the signal and σ is the noise-to-signal ratio per unit norm
   (noise norm ≈ σ·√d),
 * the trainers still hold most of the FLOPs: wide segments after the cut.
@@ -18,7 +18,7 @@ Names (listed in :data:`MODELS`; :mod:`clicooper.models.zoo` builds them):
 * ``fmnist-private-d16`` / ``fmnist-private-d64`` — dense cut of d = 16 / 64 values; trainers: a wide MLP.
 * ``fmnist-private-s4`` — spatial cut 4×7×7 (196 values, L2-normalised as a whole); trainers: convs.
 
-``fmnist-cnn`` (the reference, DESIGN §2) is untouched.
+``fmnist-cnn`` (the reference, docs/design/protocol.md#reference-model) is untouched.
 """
 
 from __future__ import annotations
@@ -155,9 +155,18 @@ class ScaledInputLinear(nn.Linear):
         return super().extra_repr() + f", in_scale={self.in_scale:g}"
 
 
+def image_model_problem(name: str, input_shape: tuple[int, ...], wants: str = "(C, H, W)") -> str:
+    """Why image model ``name`` cannot take inputs of ``input_shape``, and which model to use instead."""
+    shape = "(" + ", ".join(str(s) for s in input_shape) + ("," if len(input_shape) == 1 else "") + ")"
+    if len(input_shape) == 1:  # one feature vector per sample: a csv: table or a flat npz
+        return (f"{name} expects {wants} image inputs, but this data has {input_shape[0]} features per sample, "
+                f"shape {shape}; use --model tabular-mlp (or your own --model-file)")
+    return f"{name} expects {wants} image inputs, got shape {shape}; use another --model"
+
+
 def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise ConfigError(f"{name} expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
+        raise ConfigError(image_model_problem(name, input_shape))
     c, h, w = input_shape
     return c, h, w
 

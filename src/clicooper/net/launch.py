@@ -96,7 +96,7 @@ def _config_of(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
 def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunConfig, list[str]]:
     """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
     notices: list[str] = []
-    rundir.check_new_run_dir(out)
+    rundir.check_new_run_dir(out, resumable=False)  # a launched run resumes with resume_local, never train()
     check_node_config(config)
     ds = load_dataset(config.dataset, options=config.data)
     config, bp = resolve_run(config, num_train=len(ds.train_ids(config.train_range)), input_shape=ds.input_shape,

@@ -67,7 +67,7 @@ def _budget_and_warnings(rep: dict[str, Any]) -> list[str]:
     """The attack budget, what *not informative* means, and the warnings."""
     budgets = rep["budget"] if isinstance(rep["budget"], list) else [rep["budget"]]
     L = [f"**Attack budget:** {', '.join(budgets)} — " + "; ".join(rep["budget_description"]) + "\n",
-         "Every figure is shown beside the same attack on the undefended baseline (DESIGN §7). A figure "
+         "Every figure is shown beside the same attack on the undefended baseline (docs/design/metrics.md#informative-figures). A figure "
          "is **not informative** when the attack does not beat its floor on the undefended baseline: "
          "then the defended figure says nothing about protection (the attack is too weak or mis-aligned).\n"]
     scales = {n: a.get("baseline_scale", 1.0) for n, a in rep.get("attacks", {}).items()}

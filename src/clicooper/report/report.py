@@ -1,5 +1,5 @@
 """``clicooper report``: every attack figure of a run beside the same attack on the undefended baseline
-(DESIGN §7), in ``report.md`` + ``report.json`` + PNG plots.
+(docs/design/metrics.md#informative-figures), in ``report.md`` + ``report.json`` + PNG plots.
 
 A figure counts only if the same attack beats its floor on the undefended baseline
 (:func:`clicooper.attacks.informative`); otherwise it is flagged *not informative*. When no baseline is
