@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from clicooper.config import RunConfig
-from clicooper.core.security import AdversaryContext, trainer_factory
+from clicooper.core.security import trainer_factory
 from clicooper.core.setup import resolve_device
 from clicooper.data.augment import augmenter_for
 from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
+from clicooper.parties.adversary import Adversaries, AdversaryContext
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
@@ -85,14 +86,16 @@ def build_data_owner(
 
 
 def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
-                  device: str | None = None, context: AdversaryContext | None = None) -> Trainer:
+                  device: str | None = None, context: AdversaryContext | None = None,
+                  adversaries: Adversaries | None = None) -> Trainer:
     """Trainer ``name`` (``T<i>``): its segment on its device, its optimizer, its chain neighbours and input shape
-    (the malicious trainer of ``config.adversary`` where it names ``name``: core/security.py)."""
+    (the malicious trainer of ``config.adversary`` where it names ``name``, from the caller's registry
+    ``adversaries``: core/security.py)."""
     tnames = party_names(config)[1:]
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
     mod = modules[name].to(resolve_device(device or config.device_of(name), name))
-    trainer = trainer_factory(config, name, context)(
+    trainer = trainer_factory(config, name, context, adversaries)(
         name, mod, _optimizer(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
@@ -108,15 +111,17 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
 
 def build_party(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *, dataset: Any = None,
-    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None, context: AdversaryContext | None = None,
+    adversaries: Adversaries | None = None,
 ) -> DataOwner | Trainer:
     """Party ``name`` of the run (``DO`` needs its ``dataset``), its modules on ``device`` (a node's
-    ``--device``), else ``config.device_of(name)``."""
+    ``--device``), else ``config.device_of(name)``; a trainer may be ``config.adversary``'s (``context``,
+    ``adversaries``: :func:`build_trainer`)."""
     names = party_names(config)
     if name not in names:
         raise ConfigError(f"--party {name} is not a party of this run; choose one of {', '.join(names)}")
     if name != "DO":
-        return build_trainer(config, plan, modules, name, device=device)
+        return build_trainer(config, plan, modules, name, device=device, context=context, adversaries=adversaries)
     if dataset is None:
         raise ConfigError("the data owner needs its dataset")
     return build_data_owner(config, plan, modules, dataset, privacy=privacy, device=device)
