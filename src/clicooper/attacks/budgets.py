@@ -65,7 +65,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
                           "config": {"n_init": 1, "known_ks": (1,), "max_rows": SMOKE_ROWS}},
         "clustering": {"epochs": "all", "known_k": 1, "test_rows": SMOKE_ROWS,
                        "config": {"n_init": 1, "max_rows": SMOKE_ROWS, "clusterers": ("kmeans",), "known_ks": (1,),
-                                  "pca_dims": 16}},
+                                  "pca_dims": 16, "euclid_dims": 16, "exact_svd_max": 0}},
         "inversion": {"victims": 16, "known_k": 2, "test_rows": SMOKE_ROWS,
                       "config": {"victims": 16, "steps": 20, "width": 8, "refine_steps": 3, "unsplit_rounds": 2,
                                  "unsplit_inner": 2, "known_counts": (20,)}},

@@ -33,13 +33,19 @@ class ClusteringConfig:
     """Settings of :class:`ClusteringAttack`.
 
     ``pca_dims``: features wider than this are PCA-projected first (k-means distances are nearly
-    preserved; it keeps 6,272-wide conv activations tractable). ``max_rows`` caps the rows clustered.
+    preserved; it keeps 6,272-wide conv activations tractable). ``euclid_dims``: the width of k-means'
+    euclidean space (at least ``pca_dims``). ``exact_svd_max``: the projection is an exact SVD when the
+    feature matrix's smaller side is at most this, a seeded randomized one above (0: always randomized, the
+    smoke budget's choice: an exact SVD of 300 × 6,272 activations took seconds). ``max_rows`` caps the rows
+    clustered.
     """
 
     sources: tuple[str, ...] = ("activations", "gradients", "output", "labels")
     clusterers: tuple[str, ...] = CLUSTERERS
     known_ks: tuple[int, ...] = (1, 10)
     pca_dims: int = 64
+    euclid_dims: int = 128
+    exact_svd_max: int = 512
     max_rows: int = 5000
     n_init: int = 10
     seed: int = 0
@@ -52,6 +58,8 @@ class ClusteringConfig:
         require(len(self.clusterers) > 0 and len(self.sources) > 0, "give at least one source and one clusterer")
         require(all(k >= 1 for k in self.known_ks), "known_ks must be ≥ 1 (k = 0 is the zero-knowledge level)")
         require(self.pca_dims >= 2, "pca_dims must be ≥ 2")
+        require(self.euclid_dims >= 2, "euclid_dims must be ≥ 2")
+        require(self.exact_svd_max >= 0, "exact_svd_max must be ≥ 0")
         require(self.max_rows >= 10, "max_rows must be ≥ 10")
         require(self.n_init >= 1, "n_init must be ≥ 1")
 
@@ -78,11 +86,13 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def pca_project(z: np.ndarray, d: int, *, whiten: bool = False, seed: int = 0) -> np.ndarray:
-    """Project rows onto the top ``d`` principal components (torch SVD; randomized when wide)."""
+def pca_project(z: np.ndarray, d: int, *, whiten: bool = False, seed: int = 0,
+                exact_max: int = 512) -> np.ndarray:
+    """Project rows onto the top ``d`` principal components (torch SVD: exact when the matrix's smaller side
+    is at most ``exact_max``, randomized above)."""
     t = torch.as_tensor(z, dtype=torch.float32)
     t = t - t.mean(0, keepdim=True)
-    if min(t.shape) <= 512:
+    if min(t.shape) <= exact_max:
         _, s, v = torch.linalg.svd(t, full_matrices=False)
         s, v = s[:d], v[:d].T
     else:  # randomized (Halko et al. 2011) with oversampling: exact enough for clustering, far faster
@@ -95,19 +105,26 @@ def pca_project(z: np.ndarray, d: int, *, whiten: bool = False, seed: int = 0) -
     return out.double().numpy()
 
 
-def embed(x: np.ndarray, space: str, dims: int, seed: int) -> np.ndarray:
-    """Feature space of a clusterer: ``euclid`` (PCA if wide), ``cosine`` (L2 → PCA → L2, the direction
-    of the vector, as Liu et al. normalise gradients), ``white`` (standardise → whitened PCA)."""
+def embed(x: np.ndarray, space: str, dims: int, seed: int, *, euclid_dims: int = 128,
+          exact_max: int = 512) -> np.ndarray:
+    """Feature space of a clusterer: ``euclid`` (PCA to ``max(dims, euclid_dims)`` if wider), ``cosine``
+    (L2 → PCA → L2, the direction of the vector, as Liu et al. normalise gradients), ``white`` (standardise
+    → whitened PCA). ``exact_max``: see :func:`pca_project`."""
     def pca(z: np.ndarray, d: int, whiten: bool = False) -> np.ndarray:
         d = min(d, z.shape[0] - 1, z.shape[1])
         if z.shape[1] <= d and not whiten:
             return z
-        return pca_project(z, d, whiten=whiten, seed=seed)
+        return pca_project(z, d, whiten=whiten, seed=seed, exact_max=exact_max)
     if space == "euclid":
-        return pca(x, max(dims, 128))
+        return pca(x, max(dims, euclid_dims))
     if space == "cosine":
         return _l2(pca(_l2(x), dims))
     return pca(StandardScaler().fit_transform(x), min(dims, 32), whiten=True)
+
+
+def _proj(cfg: ClusteringConfig) -> dict[str, int]:
+    """The projection settings of ``cfg`` that :func:`embed` takes."""
+    return {"euclid_dims": cfg.euclid_dims, "exact_max": cfg.exact_svd_max}
 
 
 _SPACE = {"kmeans": "euclid", "cosine-kmeans": "cosine", "gmm": "white"}
@@ -153,7 +170,8 @@ class ClusteringAttack:
         y = views.truth.y[:n].numpy()
         feats = {s: f[:n] for s in cfg.sources if (f := source_features(view, s)) is not None}
         require(bool(feats), "none of the requested sources was received by this party")
-        spaces = {s: {sp: embed(f, sp, cfg.pca_dims, cfg.seed) for sp in {_SPACE[k] for k in cfg.clusterers}}
+        spaces = {s: {sp: embed(f, sp, cfg.pca_dims, cfg.seed, **_proj(cfg))
+                      for sp in {_SPACE[k] for k in cfg.clusterers}}
                   for s, f in feats.items()}
 
         zero: dict[str, Any] = {}
@@ -183,11 +201,11 @@ class ClusteringAttack:
                     for sp in ("euclid", "cosine"):
                         z = spaces[s].get(sp)
                         if z is None:
-                            z = embed(f, sp, cfg.pca_dims, cfg.seed)
+                            z = embed(f, sp, cfg.pca_dims, cfg.seed, **_proj(cfg))
                         r[f"seeded-kmeans-{sp}"] = metrics.accuracy(y[keep], seeded_kmeans(z, rows, ky, c)[keep])
                     zp = spaces[s].get("white")
                     if zp is None:
-                        zp = embed(f, "white", cfg.pca_dims, cfg.seed)
+                        zp = embed(f, "white", cfg.pca_dims, cfg.seed, **_proj(cfg))
                     r["probe"] = metrics.accuracy(y[keep], probe(zp, rows, ky, cfg.seed)[keep])
                     r["best"] = max(r.values())
                     res[s] = r

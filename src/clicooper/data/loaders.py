@@ -9,6 +9,7 @@ Names: ``fashion-mnist`` and ``digits`` (here), ``npz:PATH`` (here), ``cifar10:D
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -37,7 +38,22 @@ FMNIST_CLASSES = (
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) as described at yann.lecun.com/exdb/mnist."""
+    """Read an IDX file (optionally gzipped) as described at yann.lecun.com/exdb/mnist.
+
+    The parsed array is cached per (file, modification time, size) for the process: one report loads the
+    dataset once per attack, and unzipping Fashion-MNIST took about 2 s each time. The array is read-only
+    (it wraps the file's bytes); callers convert it into fresh tensors, so no two loads share memory."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}; reinstall with apt-get install dataset-fashion-mnist") from e
+    return _read_idx_at(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_at(path_s: str, mtime_ns: int, size: int) -> np.ndarray:
+    """:func:`_read_idx` of the file at ``path_s`` (``mtime_ns`` and ``size`` only key the cache)."""
+    path = Path(path_s)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
