@@ -35,9 +35,10 @@ MAX_EPSILON = 50.0
 
 
 # ---------------------------------------------------------------------------------------- the key scan
-def secret_forms(own_dir: Path, party: str) -> dict[str, bytes]:
+def secret_forms(own_dir: Path, party: str, run_secrets: Path | None = None) -> dict[str, bytes]:
     """Every form in which ``party``'s private keys could be copied: each key file's bytes, the TLS key's
-    DER (PKCS#8), the Ed25519 seed raw and in hex (lower and upper case)."""
+    DER (PKCS#8), the Ed25519 seed raw and in hex (lower and upper case); and each file of its run's
+    ``secrets/`` (the DO's label, noise and guard keys), raw and in hex."""
     tls_pem = (own_dir / f"{party}.key").read_bytes()
     led_pem = (own_dir / f"{party}.ledger.key").read_bytes()
     tls = serialization.load_pem_private_key(tls_pem, password=None)
@@ -46,7 +47,19 @@ def secret_forms(own_dir: Path, party: str) -> dict[str, bytes]:
     seed = load_identity(own_dir / f"{party}.ledger.key").private_bytes()
     return {f"{party}.key": tls_pem, f"{party}.key (DER)": der, f"{party}.ledger.key": led_pem,
             f"{party}'s ledger seed": seed, f"{party}'s ledger seed (hex)": seed.hex().encode(),
-            f"{party}'s ledger seed (HEX)": seed.hex().upper().encode()}
+            f"{party}'s ledger seed (HEX)": seed.hex().upper().encode()} | _run_secrets(run_secrets, party)
+
+
+def _run_secrets(d: Path | None, party: str) -> dict[str, bytes]:
+    if d is None or not d.is_dir():
+        return {}
+    out = {}
+    for f in sorted(x for x in d.rglob("*") if x.is_file()):
+        data = f.read_bytes()
+        if len(data) >= 16:  # shorter files are no key (a match would be chance)
+            out[f"{party}'s secret {f.name}"] = data
+            out[f"{party}'s secret {f.name} (hex)"] = data.hex().encode()
+    return out
 
 
 def foreign_keys(workdirs: dict[str, Path], secrets: dict[str, dict[str, bytes]]) -> list[str]:
@@ -91,12 +104,27 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "clicooper.cli", *args]
 
 
-def _run(bed: WanBed, party: str, cwd: Path, *args: str, timeout: float = 120) -> str:
-    """One command of ``party``, in its namespace and its own directory; its stdout (fails with stderr)."""
-    r = subprocess.run(bed.wrap(party, _cli(*args)), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200"))
-    assert r.returncode == 0, f"{party} `clicooper {' '.join(args)}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
-    return r.stdout
+def _start(bed: WanBed, party: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``clicooper ARGS`` of ``party``, in its namespace and its own working directory."""
+    return subprocess.Popen(bed.wrap(party, _cli(*args)), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200"))
+
+
+def _finish(proc: subprocess.Popen[str], party: str, timeout: float = 180) -> str:
+    """Its stdout once it exited 0 (the test fails with its output otherwise)."""
+    try:
+        out, errs = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, f"{party} `{' '.join(proc.args[-12:])}` exited {proc.returncode}:\n{out}\n{errs}"
+    return out
+
+
+def _run(bed: WanBed, party: str, cwd: Path, *args: str) -> str:
+    """One command of ``party`` in its namespace and directory; its stdout."""
+    return _finish(_start(bed, party, cwd, *args), party)
 
 
 def _last_json(text: str) -> Any:
@@ -111,36 +139,55 @@ def _copy_public(src: Path, dst: Path) -> None:
 
 
 def drill_config() -> dict[str, Any]:
-    """The drill's run: tiny digits, two trainers, the clicooper defense, provenance; with node-side run
-    loops also live detection, trainers' audit logs and observations (for `report`)."""
+    """The drill's run: tiny digits, two trainers, the clicooper defense (σ for ε = 8 after its one epoch),
+    provenance; with node-side run loops also live detection, the trainers' audit logs and observations."""
     cfg: dict[str, Any] = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 1,
-                           "train_range": [0, 160], "defense": "clicooper", "provenance": True}
+                           "train_range": [0, 160], "defense": "clicooper", "dp": {"target_epsilon": 8.0},
+                           "provenance": True}
     if NODE_RUN_LOOP:
-        cfg |= {"detection": {"enabled": True, "splitguard": {"warmup_steps": 2}, "validation": {"enabled": False}},
+        # ten steps: fake batches and gradient tests run live, but too few for a decision (min_fakes, window),
+        # so an honest run is never stopped by chance; tests/test_node_runloop.py checks a decisive stop
+        cfg |= {"detection": {"enabled": True, "splitguard": {"warmup_steps": 2, "p_fake": 0.4, "min_fakes": 10},
+                              "scrutinizer": {"every": 2, "warmup_steps": 2, "rows": 16},
+                              "validation": {"enabled": False}},
                 "audit": {"enabled": True, "interval": 2}, "record_observations": True}
     return cfg
 
 
+def _copy_tree_public(src: Path, dst: Path) -> None:
+    """A trainer's records for the DO (its observations, its audit log), file by file, keys refused."""
+    for f in sorted(x for x in src.rglob("*") if x.is_file()):
+        _copy_public(f, dst / f.relative_to(src))
+
+
+def _node_args(bed: WanBed, p: str) -> list[str]:
+    peers = ",".join(f"{q}={bed.peer_address(p, q)}" for q in bed.peers(p))
+    args = ["node", "--config", "run.json", "--party", p, "--run-dir", "run", "--certs", "set", "--key",
+            f"own/{p}.key", "--identity", f"own/{p}.ledger.key", "--listen", bed.listen(p), "--peers", peers,
+            "--connect-timeout", "60", "--idle-timeout", "120"]
+    return args + (["--max-epsilon", str(MAX_EPSILON)] if p == "DO" and NODE_RUN_LOOP else [])
+
+
 @pytest.fixture(scope="module")
 def drill(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run the whole drill once; what the tests below check."""
+    """Run the whole drill once (docs/deployment-drill.md, step by step); what the tests below check."""
     if REASON is not None:
         pytest.skip(f"the drill needs network namespaces: {REASON}")
+    from clicooper.config import make_config
+
     base = tmp_path_factory.mktemp("drill")
     work = {p: base / p.lower() for p in PARTIES}
     for d in work.values():
         d.mkdir(mode=0o700)
     cfg = drill_config()
     times: dict[str, float] = {}
+    res: dict[str, Any] = {"work": work, "times": times}
     t0 = time.monotonic()
-    # the config only decides which links the bed draws; every node reads its own copy of run.json
-    from clicooper.config import make_config
-
     with WanBed.for_config(make_config(**cfg), PROFILES["lan"], workdir=base / "bed") as bed:
-        # 1. each party, in its own namespace and directory: its own keys; it tells the DO its fingerprint and
-        #    ledger public key over another channel (here: the JSON the command printed)
-        told = {p: _last_json(_run(bed, p, work[p], "certs", "--party", p, "--out", "own", "--json"))
-                for p in PARTIES}
+        # 1. each party, in its own namespace and directory, at the same time: its own keys; it tells the DO
+        #    its fingerprint and ledger public key over another channel (here: the JSON the command printed)
+        gen = {p: _start(bed, p, work[p], "certs", "--party", p, "--out", "own", "--json") for p in PARTIES}
+        told = res["told"] = {p: _last_json(_finish(gen[p], p)) for p in PARTIES}
         times["keys"] = time.monotonic() - t0
         # 2. out of band: each trainer's card to the DO
         for p in ("T1", "T2"):
@@ -150,48 +197,45 @@ def drill(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
              "inbox/T1.party.json", "inbox/T2.party.json",
              *[a for p in ("T1", "T2") for a in ("--fingerprint", f"{p}={told[p]['fingerprint']}")], "--json")
         (work["DO"] / "run.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        # 4. out of band: the set and the run config to every trainer
+        # 4. out of band: the public set and the run config to every trainer
         for p in ("T1", "T2"):
             for f in sorted((work["DO"] / "set").iterdir()):
                 _copy_public(f, work[p] / "set" / f.name)
             _copy_public(work["DO"] / "run.json", work[p] / "run.json")
-        t_nodes = time.monotonic()
-        # 5. every node from its own directory, on its own keys, listening in its namespace
-        procs = {}
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        for p in PARTIES:
-            peers = ",".join(f"{q}={bed.peer_address(p, q)}" for q in bed.peers(p))
-            args = ["node", "--config", "run.json", "--party", p, "--run-dir", "run", "--certs", "set",
-                    "--key", f"own/{p}.key", "--identity", f"own/{p}.ledger.key", "--listen", bed.listen(p),
-                    "--peers", peers, "--connect-timeout", "60", "--idle-timeout", "120"]
-            if p == "DO" and NODE_RUN_LOOP:
-                args += ["--max-epsilon", str(MAX_EPSILON)]
-            log = open(work[p] / "node.log", "w", encoding="utf-8")  # noqa: SIM115 - the child owns it
-            procs[p] = subprocess.Popen(bed.wrap(p, _cli(*args)), cwd=work[p], stdout=log, stderr=subprocess.STDOUT,
-                                        env=env)
-            log.close()
-        try:
-            codes = {p: pr.wait(timeout=240) for p, pr in procs.items()}
-        finally:
-            for pr in procs.values():
-                if pr.poll() is None:
-                    pr.kill()
-                    pr.wait(5)
-        times["nodes"] = time.monotonic() - t_nodes
-        logs = {p: (work[p] / "node.log").read_text("utf-8", errors="replace") for p in PARTIES}
-        assert all(c == 0 for c in codes.values()), f"node exit codes {codes}:\n" + "\n".join(
-            f"--- {p}\n{logs[p][-3000:]}" for p in PARTIES)
+        # 5. every node from its own directory, on its own keys, in its own namespace
+        t = time.monotonic()
+        nodes = {p: _start(bed, p, work[p], *_node_args(bed, p)) for p in PARTIES}
+        res["events"] = {p: [json.loads(x) for x in _finish(nodes[p], p, timeout=300).splitlines()
+                             if x.startswith("{")] for p in PARTIES}
+        times["nodes"] = time.monotonic() - t
         # 6. out of band: the ledger public keys each party told, gathered by the verifier (here the DO)
         (work["DO"] / "trusted-keys.json").write_text(
             json.dumps({p: told[p]["ledger_public_key"] for p in PARTIES}, indent=2) + "\n")
-        t_v = time.monotonic()
-        verdict = _last_json(_run(bed, "DO", work["DO"], "verify", "run", "--trusted-keys", "trusted-keys.json",
-                                  "--json"))
-        times["verify"] = time.monotonic() - t_v
+        t = time.monotonic()
+        res["verdict"] = _last_json(_run(bed, "DO", work["DO"], "verify", "run", "--trusted-keys",
+                                         "trusted-keys.json", "--json"))
+        times["verify"] = time.monotonic() - t
+        if NODE_RUN_LOOP:
+            # 7. T1 reveals its watermark signatures with its own key, on its side; each trainer sends its
+            #    observations and its audit log (records, no keys); the DO imports, reports and audits T1
+            t = time.monotonic()
+            _run(bed, "T1", work["T1"], "reveal", "run", "--party", "T1", "--key", "own/T1.ledger.key",
+                 "--out", "T1.reveal.json")
+            _copy_public(work["T1"] / "T1.reveal.json", work["DO"] / "inbox" / "T1.reveal.json")
+            for p in ("T1", "T2"):
+                _copy_tree_public(work[p] / "run" / "observations" / p, work["DO"] / "inbox" / "observations" / p)
+                _copy_tree_public(work[p] / "run" / "audit" / p, work["DO"] / "run" / "audit" / p)
+            _run(bed, "DO", work["DO"], "observations", "import", "run", "--from", "inbox")
+            audit = _start(bed, "DO", work["DO"], "audit", "run", "--party", "T1", "--reveal",
+                           "inbox/T1.reveal.json", "--json")
+            res["report"] = _last_json(_run(bed, "DO", work["DO"], "report", "run", "--out", "report", "--budget",
+                                            "smoke", "--no-do-alone", "--attack", "gradient-leak", "--json"))
+            res["audit"] = _last_json(_finish(audit, "DO"))
+            times["reveal+import+report+audit"] = time.monotonic() - t
         times["total"] = time.monotonic() - t0
-    secrets = {p: secret_forms(work[p] / "own", p) for p in PARTIES}
-    return {"work": work, "told": told, "verdict": verdict, "logs": logs, "secrets": secrets, "times": times,
-            "bed": bed}
+    res["secrets"] = {p: secret_forms(work[p] / "own", p, work[p] / "run" / "secrets") for p in PARTIES}
+    print(json.dumps({"drill_times_s": {k: round(v, 1) for k, v in times.items()}}))
+    return res
 
 
 @needs_netns
@@ -217,4 +261,29 @@ def test_drill_nodes_ran_on_their_own_keys_and_verify_pins_the_keys_told(drill: 
         assert (work[p] / "run" / "ledger.jsonl").is_file(), p
     copies = {(work[p] / "run" / "ledger.jsonl").read_bytes() for p in PARTIES}
     assert len(copies) == 1  # byte-identical ledger copies
-    print(json.dumps({"times_s": {k: round(v, 1) for k, v in drill["times"].items()}}))
+    assert (work["DO"] / "run" / "model").is_dir() and not (work["DO"] / "run" / "keys").exists()
+
+
+needs_run_loop = pytest.mark.skipif(not NODE_RUN_LOOP, reason=NO_RUN_LOOP)
+
+
+@needs_netns
+@needs_run_loop
+@pytest.mark.slow
+def test_drill_the_do_node_kept_the_epsilon_budget_and_ran_live_detection(drill: dict[str, Any]) -> None:
+    run = drill["work"]["DO"] / "run"
+    privacy = json.loads((run / "privacy.json").read_text())
+    eps = [r["epsilon"] for r in privacy["reports"]]
+    assert eps and max(eps) <= MAX_EPSILON and privacy["epochs_accounted"] == 1, privacy["reports"]
+    assert "stopped" not in json.loads((run / "metrics.json").read_text())
+    det = json.loads((run / "attacks" / "active.json").read_text())["detection"]
+    assert det["alarm"] is None and det["scrutinizer"]["tests"] > 0, det  # honest: checked live, no alarm
+
+
+@needs_netns
+@needs_run_loop
+@pytest.mark.slow
+def test_drill_report_and_the_audit_of_t1_by_its_own_reveal(drill: dict[str, Any]) -> None:
+    audit, report = drill["audit"], drill["report"]
+    assert audit["ok"] is True and audit["stages"] and all(s["ok"] for s in audit["stages"]), audit
+    assert report["budget"] == "smoke" and (drill["work"]["DO"] / report["report"]).is_file(), report
