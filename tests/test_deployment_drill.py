@@ -31,7 +31,7 @@ needs_netns = pytest.mark.skipif(REASON is not None, reason=f"the drill needs ne
 NODE_RUN_LOOP = "max_epsilon" in NodeOptions.__dataclass_fields__
 NO_RUN_LOOP = "nodes do not drive the core run loop yet (no --max-epsilon, live detection, audit logs or " \
               "observations on a node)"
-MAX_EPSILON = 50.0
+MAX_EPSILON = 10.0
 
 
 # ---------------------------------------------------------------------------------------- the key scan
