@@ -38,10 +38,10 @@ def test_local_path_clips_at_the_cut_as_training_did(tmp_path: Path) -> None:
     # the session's per-epoch test accuracy is the reloaded run's: the same local path
     final = rundir.read_json(tmp_path / "r" / "metrics.json")["final_test_acc"]
     assert run.accuracy(ds.x_test, ds.y_test) == final
-    assert export_run(tmp_path / "r", tmp_path / "m.safetensors").endswith("to norm 0.5 "
-                                                                            "(clicooper.privacy.activation.clip_per_sample), as in training")
+    cut = run.plan.head.layers[-1]
+    assert f"{cut + 1}: ClipPerSample(norm=0.5)" in export_run(tmp_path / "r", tmp_path / "m.safetensors")
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["cut_clip"]) == {"after_layer": run.plan.head.layers[-1], "norm": 0.5}
+        assert json.loads(f.metadata()["cut_clip"]) == {"after_layer": cut, "norm": 0.5, "module_index": cut + 1}
 
 
 def test_undefended_run_has_no_clip(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ LEDGER = "ledger.jsonl"
 ATTACKS = "attacks"
 PRIVACY = "privacy.json"
 STATE = "state.json"
+PREPROCESSING = "preprocessing.json"  # csv: runs: how raw rows become features (predict)
 INITIAL_MODEL = "initial_model.safetensors"  # the Python API's own initial weights (train(config, model=…))
 
 
@@ -158,11 +159,10 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def check_new_run_dir(path: Path) -> None:
-    """Refuse to overwrite an existing, non-empty run directory."""
+def check_new_run_dir(path: Path, *, resumable: bool = True) -> None:
+    """Refuse to overwrite an existing, non-empty run directory (``resumable``: the message may point to
+    ``clicooper train --resume``, which only an in-process run has)."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirError(
-            f"{path} already exists and is not empty; choose another --out, delete it, "
-            "or continue it with --resume"
-        )
+        hint = f", or continue it with `clicooper train --resume {path}`" if resumable else ""
+        raise RunDirError(f"{path} already exists and is not empty; choose another --out or delete it{hint}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +22,9 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.data import Dataset
 from clicooper.data.given import GivenData, open_dataset
-from clicooper.errors import DataError, RunDirError
+from clicooper.data.raw import as_inputs, read_inputs
+from clicooper.data.tabular import csv_encoding
+from clicooper.errors import RunDirError
 from clicooper.models.blocks import evaluating
 from clicooper.models.blueprint import blueprint_for
 from clicooper.models.describe import as_sequential
@@ -129,16 +132,33 @@ class RunHandle:
             h = seg(h)
         return self.tail(h) if self.tail is not None else h
 
+    def csv_encoding(self) -> dict[str, Any] | None:
+        """How raw CSV rows become this run's features (``RUN/preprocessing.json``; a ``csv:`` run from before
+        that file existed refits it from its data file), or ``None`` for other data."""
+        if not self.config.dataset.startswith("csv:"):
+            return None
+        f = self.path / rundir.PREPROCESSING
+        if f.is_file():
+            return rundir.read_json(f)
+        return csv_encoding(self.config.dataset.removeprefix("csv:"), self.config.data)
+
+    def read_inputs(self, path: str | Path, *, key: str | None = None) -> tuple[torch.Tensor, list[str]]:
+        """Inputs from a file or folder as this run's data is preprocessed (:func:`clicooper.data.raw.read_inputs`:
+        ``.npy``, ``.npz`` (``key``: which array), raw ``.csv`` rows, a folder of images), and a name per row."""
+        return read_inputs(path, dataset=self.config.dataset, options=self.config.data,
+                           input_shape=tuple(self.plan.input_shape), encoding=self.csv_encoding(), key=key)
+
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-        """Probabilities over the true classes for inputs ``x`` (N, *input_shape); local path, no noise; in
-        eval mode (BatchNorm's running statistics, no dropout), the model's mode restored afterwards."""
-        exp = tuple(self.plan.input_shape)
-        if tuple(x.shape[1:]) != exp:
-            raise DataError(f"inputs have per-sample shape {tuple(x.shape[1:])}; this model expects {exp}")
-        x = x.to(torch.float32)
-        if not bool(torch.isfinite(x).all()):
-            raise DataError("inputs contain NaN or Inf; clean them first")
+    def predict(self, x: torch.Tensor | np.ndarray | str | Path, *, batch_size: int = 1024,
+                key: str | None = None) -> torch.Tensor:
+        """Probabilities over the true classes; local path, no noise; in eval mode (BatchNorm's running
+        statistics, no dropout), the model's mode restored afterwards. ``x``: preprocessed inputs (a tensor or
+        numpy array, ``(N, *input_shape)`` or one sample), or a path :meth:`read_inputs` reads (raw CSV
+        rows, a folder of images, ``.npy`` / ``.npz``)."""
+        if isinstance(x, str | Path):
+            x, _ = self.read_inputs(x, key=key)
+        else:
+            x = as_inputs(x, tuple(self.plan.input_shape))
         dec = self._label_decoder()
         outs = []
         with evaluating(self.model):

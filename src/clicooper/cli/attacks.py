@@ -70,9 +70,11 @@ def _print_headlines(summary: dict[str, Any], budget_description: str) -> None:
     for name, a in summary["attacks"].items():
         for p, levels in a["headline"].items():
             for lv, r in levels.items():
-                flag = "beats floor" if r["beats_floor"] else "does NOT beat floor"
-                err.print(f"{name} {p} {lv}: {r['primary']} {r['score']:.4f} (floor {r['floor']:.4f}, "
-                          f"{flag})", highlight=False)
+                word, flag = "floor", "beats floor" if r["beats_floor"] else "does NOT beat floor"
+                if name in ("removal", "forgery"):  # the defender's figures: the floor is the target
+                    word, flag = "target", "met" if r["score"] == r["floor"] else "NOT met"
+                score, floor = (f"{v:.4f}" if isinstance(v, int | float) else "n/a" for v in (r["score"], r["floor"]))
+                err.print(f"{name} {p} {lv}: {r['primary']} {score} ({word} {floor}, {flag})", highlight=False)
     err.print(f"settings: {budget_description}", highlight=False)
 
 
@@ -81,7 +83,8 @@ def attack(
     run_dir: Path = typer.Argument(..., help="run directory trained with --record-observations"),
     attack_name: str = typer.Option("all", "--attack",
                                     help="clustering | gradient-leak | paper-metrics | completion | extraction | "
-                                         "fora | sdar | inversion | all (or a comma-separated list)"),
+                                         "fora | sdar | inversion | all (or a comma-separated list); removal | "
+                                         "forgery (the watermark and ledger of a provenance run; not in all)"),
     knowledge: str = typer.Option(None, help="comma-separated levels: zero,known,aux,white-box,query "
                                              "(default: every level the attack uses)"),
     party: str = typer.Option(None, help="T1…TK, each, last or pool (default: the attack's natural attacker)"),
@@ -97,7 +100,8 @@ def attack(
     as_json: bool = typer.Option(False, "--json", help="only the JSON object on stdout (no summary)"),
 ) -> None:
     """Run attacks on a run directory; writes RUN/attacks/<attack>.json and prints a JSON summary."""
-    from clicooper.attacks.budgets import run_suite  # lazy: torch
+    from clicooper.attacks.budgets import ALL_ATTACKS, DESCRIPTIONS, run_suite  # lazy: torch
+    from clicooper.attacks.provenance_suite import PROVENANCE_ATTACKS, run_provenance_attacks
 
     if victims is not None and victims < 1:
         raise AttackError(f"--victims must be ≥ 1, got {victims}")
@@ -111,8 +115,23 @@ def attack(
         "party": party, "aux_range": parse_aux_range(aux_range), "aux_source": aux_source,
         "victims": victims, "epochs": parse_epochs(epochs), "known_k": known_k, "seed": seed,
     }
-    suite = run_suite(run_dir, attack_name, budget=budget, overrides=overrides,
-                      progress=lambda m: err.print(m, highlight=False))
+    names = [s.strip() for s in attack_name.split(",") if s.strip()]
+    bad = [n for n in names if n not in (*ALL_ATTACKS, "all", *PROVENANCE_ATTACKS)]
+    if bad or not names:
+        raise AttackError(f"unknown attack {bad[0] if bad else attack_name!r}; choose one of {', '.join(ALL_ATTACKS)} "
+                          f"or all (a comma-separated list), or on a run with provenance {' or '.join(PROVENANCE_ATTACKS)}")
+    prov = [n for n in names if n in PROVENANCE_ATTACKS]
+    if prov:  # they read the delivered model and the ledger, not a trainer's views
+        view_opts = [k for k, v in overrides.items() if v is not None and k != "seed"]
+        if view_opts:
+            raise AttackError(f"--{view_opts[0].replace('_', '-')} does not apply to {', '.join(prov)} (they attack "
+                              "the delivered model and the ledger); drop it or run those attacks apart")
+    rest = [n for n in names if n not in PROVENANCE_ATTACKS]
+    suite = (run_suite(run_dir, rest or attack_name, budget=budget, overrides=overrides,
+                       progress=lambda m: err.print(m, highlight=False)) if rest or not prov else
+             {"budget": budget, "budget_description": DESCRIPTIONS.get(budget, budget), "attacks": {}})
+    suite["attacks"].update(run_provenance_attacks(run_dir, prov, budget=budget, seed=seed,
+                                                   progress=lambda m: err.print(m, highlight=False)))
     summary = {"run": str(run_dir), **summarize(suite),
                "overrides": {k: v for k, v in overrides.items() if v is not None}}
     if not as_json:

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from clicooper.cli.common import SET_HELP, config_from_options, emit_json, err, guarded, out
 from clicooper.config.presets import PRESETS
-from clicooper.errors import DataError
 
 
 def plan_table(plan: Any) -> Table:
@@ -98,6 +97,11 @@ def train(
     nopeek: float = typer.Option(None, "--nopeek", help="NoPeek weight α ≥ 0: the DO's head also minimises the "
                                  "distance correlation between its inputs and its outputs (0: off)"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
+    provenance: bool = typer.Option(
+        None, "--provenance/--no-provenance", help="keep the signed ledger and watermark (default on). Its "
+        "watermark keys are fresh secrets, so two runs differ; with --no-provenance and --defense none the same "
+        "--seed gives the same weights (README 'Which runs are reproducible')",
+    ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
     observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
@@ -165,7 +169,7 @@ def train(
             lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek, head_mode=head_mode,
             adversarial_decoder=adversarial_decoder,
-            seed=seed, train_range=train_range, record_observations=record_observations, observe=observe,
+            seed=seed, provenance=provenance, train_range=train_range, record_observations=record_observations, observe=observe,
             device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
@@ -296,41 +300,33 @@ def evaluate(
 @guarded
 def predict(
     run_dir: Path = typer.Argument(...),
-    input_file: Path = typer.Option(..., "--input", help=".npy array (N, *input_shape) or one sample"),
+    input_file: Path = typer.Option(..., "--input", help="what to predict: a .npy / .npz array (N, *input_shape) "
+                                    "or one sample; raw rows of a .csv (csv: runs: encoded as in training); a "
+                                    "folder of image files (imagefolder: runs: decoded as in training)"),
+    key: str = typer.Option(None, "--key", help="the array of a .npz that holds several"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Predict classes for inputs in a .npy file (local path; labels decoded automatically)."""
-    import numpy as np  # lazy: numpy and torch, with clicooper.runs below
-    import torch
+    """Predict classes through the run's own preprocessing (local path; labels decoded automatically)."""
+    from clicooper.runs import load_run  # lazy: torch
 
-    from clicooper.runs import load_run
-
-    if not input_file.is_file():
-        raise DataError(f"input file {input_file} not found")
-    try:
-        arr = np.load(input_file, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{input_file} is not a valid .npy array ({e}); save it with numpy.save") from e
     run = load_run(run_dir)
-    shape = tuple(run.plan.input_shape)
-    if arr.shape == shape:
-        arr = arr[None]
-    elif arr.ndim >= 1 and arr.shape[1:] != shape and int(np.prod(arr.shape[1:])) == int(np.prod(shape)):
-        arr = arr.reshape((len(arr), *shape))
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{input_file} has dtype {arr.dtype}; expected numbers")
-    probs = run.predict(torch.from_numpy(arr.astype(np.float32)))
+    x, names = run.read_inputs(input_file, key=key)
+    probs = run.predict(x)
     pred = probs.argmax(1).tolist()
     named = run.config.dataset != "digits" and run.config.dataset.partition(":")[0] not in ("python", "given")
-    names = run.dataset().class_names if named else None  # the DO's own data is not reopened for its names
-    res = {"predictions": pred, "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
-    if names:
-        res["class_names"] = [names[i] for i in pred]
+    classes = run.dataset().class_names if named else None  # the DO's own data is not reopened for its names
+    res: dict[str, Any] = {"predictions": pred,
+                           "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
+    if input_file.is_dir():
+        res["files"] = names
+    if classes:
+        res["class_names"] = [classes[i] for i in pred]
     if as_json:
         emit_json(res)
     else:
         for i, p in enumerate(pred):
-            out.print(f"{i}: class {p}" + (f" ({names[p]})" if names else "") + f"  p={float(probs[i, p]):.3f}")
+            out.print(f"{names[i]}: class {p}" + (f" ({classes[p]})" if classes else "") + f"  p={float(probs[i, p]):.3f}",
+                      highlight=False)
 
 
 @guarded

@@ -7,6 +7,7 @@ message that names the field and says what to do.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -283,8 +284,10 @@ class RunConfig(_Strict):
     @field_validator("capacities")
     @classmethod
     def _caps(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(not (c > 0) for c in v):
-            raise ValueError("every trainer capacity must be > 0 (e.g. --capacities 1,2,1)")
+        if v is not None and any(not (math.isfinite(c) and c > 0) for c in v):
+            bad = next(c for c in v if not (math.isfinite(c) and c > 0))
+            raise ValueError(f"every trainer capacity must be a finite number > 0, got {bad:g} "
+                             "(e.g. --capacities 1,2,1)")
         return v
 
     @field_validator("train_range")
@@ -383,11 +386,27 @@ class RunConfig(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) model that ``loc``'s last element belongs to."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field is not None else None
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)),
+                   None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
 def _format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "config"  # noqa: F841
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and err["loc"]:  # a misspelt field: name the nearest real one
+            near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(RunConfig, err["loc"]), n=1)
+            msg = f"unknown field; did you mean `{near[0]}`?" if near else "unknown field; check its spelling"
         parts.append(msg if loc == "config" else f"{loc}: {msg}")
     return "invalid configuration: " + "; ".join(parts)
 
@@ -436,6 +455,9 @@ def parse_capacities(text: str | None) -> list[float] | None:
     if text is None or text == "":
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        caps = [float(x) for x in text.split(",")]
     except ValueError as e:
         raise ConfigError(f"--capacities {text!r} must be comma-separated numbers, e.g. 1,2,1") from e
+    if not all(math.isfinite(c) and c > 0 for c in caps):
+        raise ConfigError(f"--capacities {text!r}: every capacity must be a finite number > 0, e.g. 1,2,1")
+    return caps

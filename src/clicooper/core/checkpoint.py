@@ -69,6 +69,29 @@ def completed_rounds(run_dir: Path) -> int:
     return int(rundir.read_json(f)["completed_rounds"]) if f.is_file() else 0
 
 
+def resumable_rounds(run_dir: Path) -> int:
+    """The completed rounds an in-process ``--resume`` continues after, refusing what it cannot continue
+    exactly: a run made by ``clicooper launch`` (its checkpoints live in its nodes), and a missing
+    ``state.json`` beside round checkpoints (the count is lost; starting over would silently redo them)."""
+    run_dir = Path(run_dir)
+    state = run_dir / rundir.STATE
+    if (run_dir / "nodes").is_dir():
+        if run_finished(run_dir / "nodes" / "DO") or (state.is_file() and (run_dir / rundir.MODEL_DIR).is_dir()):
+            raise RunDirError(f"{run_dir} is a finished `clicooper launch` run: nothing to resume; use it with "
+                              f"`clicooper evaluate {run_dir}` (or train longer in a new run)")
+        raise RunDirError(f"{run_dir} was started by `clicooper launch`, whose checkpoints are its nodes' own; "
+                          "`clicooper train --resume` cannot continue it: run the launch again with a new --out")
+    rounds = sorted(int(d.name.removeprefix("round_")) for d in (run_dir / rundir.CHECKPOINTS).glob("round_*")
+                    if d.name.removeprefix("round_").isdigit())
+    if not state.is_file() and rounds:
+        raise RunDirError(
+            f"{state} is missing, so the completed rounds are unknown, but {run_dir / rundir.CHECKPOINTS} holds "
+            f"round(s) up to {rounds[-1]}; restore state.json from a backup, or write "
+            f'{{"completed_rounds": {rounds[-1] + 1}}} into it if that round\'s checkpoint is complete '
+            "(resume then continues after it)")
+    return completed_rounds(run_dir)
+
+
 def write_state(run_dir: Path, completed: int, *, finished: bool = False) -> None:
     """``state.json``: ``{"completed_rounds": n}`` (+ ``"finished": true`` once a node's run is over)."""
     rundir.write_json(Path(run_dir) / rundir.STATE,

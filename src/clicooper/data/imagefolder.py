@@ -65,6 +65,12 @@ def _decode(path: Path, mode: str, size: int | None) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
+def decode_image(path: Path, options: DataOptions) -> np.ndarray:
+    """One image file as the run's ``imagefolder:`` data reads it: ``data.image_mode``, resized to
+    ``data.image_size``, float32 (C, H, W) in [0, 1]."""
+    return _decode(Path(path), options.image_mode or "RGB", options.image_size).astype(np.float32) / 255.0
+
+
 def _read(items: Pairs, mode: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x float32 (N, C, H, W) in [0, 1], y int64 (N,)) of ``(file, label)`` pairs."""
     arrays = []

@@ -163,6 +163,15 @@ def _check_xy(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.
     return x, y
 
 
+def npz_problem(e: BaseException) -> str:
+    """Why ``numpy.load`` (``allow_pickle=False``) refused a file, in words that never advise unpickling:
+    NumPy reads a file that is neither a zip archive nor ``.npy`` as a pickle, and refuses that."""
+    text = str(e)
+    if "pickle" in text:
+        return "neither a NumPy .npz zip archive nor a .npy array"
+    return f"{type(e).__name__}: {text}"
+
+
 def load_npz(path: str | Path) -> Dataset:
     """A user's ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``).
 
@@ -178,7 +187,7 @@ def load_npz(path: str | Path) -> Dataset:
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError, NotImplementedError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{p} is not a valid .npz file ({type(e).__name__}: {e}); save it with numpy.savez(path, "
+        raise DataError(f"{p} is not a valid .npz file ({npz_problem(e)}); save it with numpy.savez(path, "
                         "x=…, y=…)") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{p} must contain arrays 'x' and 'y' (found {sorted(arrays)})")

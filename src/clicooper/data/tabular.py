@@ -34,6 +34,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,3 +247,35 @@ def load_csv(arg: str, options: DataOptions) -> Dataset:
         f"csv:{arg}", torch.from_numpy(_encode(train, cols)), labels(train),
         torch.from_numpy(_encode(test, cols)), labels(test), len(classes), classes,
     )
+
+
+def csv_encoding(arg: str, options: DataOptions) -> dict[str, Any]:
+    """The fitted encoding of ``csv:ARG`` (training split only) as JSON data: what
+    :func:`encode_csv_rows` needs to turn raw rows into the run's features (``RUN/preprocessing.json``)."""
+    label = options.label_column
+    if label is None:
+        raise DataError(f"csv:{arg} needs the label column: pass --label-column NAME (data.label_column)")
+    train, _ = _split_tables(arg, options)
+    if label not in train.header:
+        raise DataError(f"csv: label column {label!r} not in {train.path}; its columns are: {', '.join(train.header)}")
+    cols = _fit(train, label)
+    return {"kind": "csv", "label_column": label,
+            "columns": [{"name": c.name, "numeric": c.numeric, "mean": c.mean, "std": c.std,
+                         "categories": list(c.categories), "numbers": c.numbers} for c in cols]}
+
+
+def encode_csv_rows(path: Path, encoding: dict[str, Any]) -> np.ndarray:
+    """Raw rows of the CSV file ``path`` (a header naming at least the run's feature columns; the label
+    column and any other column are ignored) → float32 ``(N, F)`` features, encoded as the run's training
+    split was (standardised numbers, one-hot categories; an unseen category is all zeros)."""
+    table = read_table(Path(path))
+    try:
+        cols = [Column(c["name"], bool(c["numeric"]), float(c["mean"]), float(c["std"]), tuple(c["categories"]),
+                       int(c.get("numbers", 0))) for c in encoding["columns"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"the run's csv encoding is malformed ({e}); retrain the run") from e
+    missing = [c.name for c in cols if c.name not in table.header]
+    if missing:
+        raise DataError(f"csv: {path} lacks the column(s) {', '.join(missing)} the model was trained on; its "
+                        f"columns are: {', '.join(table.header)}")
+    return _encode(table, cols)

@@ -155,9 +155,18 @@ class ScaledInputLinear(nn.Linear):
         return super().extra_repr() + f", in_scale={self.in_scale:g}"
 
 
+def image_model_problem(name: str, input_shape: tuple[int, ...], wants: str = "(C, H, W)") -> str:
+    """Why image model ``name`` cannot take inputs of ``input_shape``, and which model to use instead."""
+    shape = "(" + ", ".join(str(s) for s in input_shape) + ("," if len(input_shape) == 1 else "") + ")"
+    if len(input_shape) == 1:  # one feature vector per sample: a csv: table or a flat npz
+        return (f"{name} expects {wants} image inputs, but this data has {input_shape[0]} features per sample, "
+                f"shape {shape}; use --model tabular-mlp (or your own --model-file)")
+    return f"{name} expects {wants} image inputs, got shape {shape}; use another --model"
+
+
 def _hw(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise ConfigError(f"{name} expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
+        raise ConfigError(image_model_problem(name, input_shape))
     c, h, w = input_shape
     return c, h, w
 

@@ -237,9 +237,9 @@ def check_model(layers: Any, input_shape: Shape, num_outputs: int, *,
     _, out = _build_seq(spec, shape, num_outputs, "", p)
     if out != (num_outputs,):
         raise ConfigError(
-            f"the model's output has shape {out} per sample, but this run needs ({num_outputs},): end with a "
-            f'Linear whose out_features is "{OUTPUTS}" (the number of classes, × labels.expansion under label '
-            "obfuscation)")
+            f"the model's output has shape {out} per sample, but this run needs ({num_outputs},), the number of "
+            f"classes (× labels.expansion under label obfuscation): end with nn.Linear(…, {num_outputs}) (in a "
+            f'model file: out_features = "{OUTPUTS}")')
     return p.budget
 
 

@@ -36,6 +36,8 @@ def register_spec(name: str, doc: str, layers: list[dict[str, Any]], *, hw: tupl
     """Register a built-in written as a spec (``hw``: the only input height×width it accepts, if any)."""
 
     def builder(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+        if hw is not None and len(input_shape) != 3:
+            raise ConfigError(private.image_model_problem(name, input_shape, f"(C, {hw[0]}, {hw[1]})"))
         if hw is not None and tuple(input_shape[1:]) != hw:
             raise ConfigError(f"{name} expects {hw[0]}×{hw[1]} inputs, got "
                               f"{'×'.join(str(s) for s in input_shape[1:])}; use another --model")
@@ -214,7 +216,7 @@ def _private_resnet(k: int, *, width: int = 48, channels: int = 32) -> Builder:
 
     def build(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
         if len(input_shape) != 3:
-            raise ConfigError(f"this model expects (C, H, W) image inputs, got shape {input_shape}; use another --model")
+            raise ConfigError(private.image_model_problem("this model", input_shape))
         c, h, w = input_shape
         head = private.SpatialBottleneckHead(c, (h, w), k, channels=channels)
         rest = spec.build_model(_resnet_trainers(width), (k, h // 4, w // 4), num_outputs)

@@ -93,7 +93,7 @@ def _config_of(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
 def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunConfig, list[str]]:
     """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
     notices: list[str] = []
-    rundir.check_new_run_dir(out)
+    rundir.check_new_run_dir(out, resumable=False)  # launch restarts its nodes itself; it has no --resume
     ds = load_dataset(config.dataset, options=config.data)
     config, bp = resolve_run(config, num_train=len(ds.train_ids(config.train_range)), input_shape=ds.input_shape,
                              num_classes=ds.num_classes)

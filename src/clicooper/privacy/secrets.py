@@ -119,7 +119,7 @@ def load_secret(run_dir: str | os.PathLike[str], name: str) -> bytes:
     except FileNotFoundError as e:
         raise PrivacyError(
             f"secret {path} is missing; restore it from your backup (it cannot be re-derived), or "
-            "create_secrets() for a new run"
+            "train a new run (`clicooper train --out NEW_RUN`), which draws new secrets"
         ) from e
     except OSError as e:
         raise PrivacyError(f"cannot read secret {path}: {e}; check its permissions (0600, owner DO)") from e

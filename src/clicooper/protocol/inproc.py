@@ -1,11 +1,15 @@
 """In-process transport: every party in one process, messages delivered FIFO in one thread.
 
 It carries the same records as the gRPC transport and stamps the same per-link sequence numbers, so one
-contract test covers both. Deterministic: the same inputs give the same delivery order.
+contract test covers both. Deterministic: the same inputs give the same delivery order. A tensor is
+delivered in the layout the wire gives it (row-major contiguous): a convolution's output is channels-last on
+the CPU, and a convolution on a channels-last input takes another kernel, whose float rounding differs, so
+passing it through unchanged made in-process and networked runs of a conv model differ in the 7th digit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -39,6 +43,9 @@ class InProcessNetwork:
         if not isinstance(msg, Control):
             key = f"{h.sender}->{h.receiver}"
             t = msg.tensor
+            if not t.is_contiguous():  # as the wire delivers it (row-major bytes), so both paths compute alike
+                t = t.contiguous()
+                msg = dataclasses.replace(msg, tensor=t)
             n = t.numel() * t.element_size()
             scale = getattr(msg, "scale", None)  # int8 on the wire: its per-row scales travel too
             n += 0 if scale is None else scale.numel() * scale.element_size()

@@ -15,6 +15,7 @@ into the same ``nn.Sequential``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,30 @@ def adopt(config: RunConfig, model: Model) -> tuple[RunConfig, dict[str, torch.T
     spec = describe(seq)
     name = CUSTOM if config.model in zoo.names() or is_own_module(config.model) else config.model
     return make_config(**(config.model_dump() | {"model": name, "model_spec": spec})), state, None
+
+
+def fit_outputs(model: Model, config: RunConfig, num_classes: int) -> nn.Sequential:
+    """``model`` with an output layer of the width the run needs.
+
+    Under label obfuscation (defense ``labels`` / ``clicooper``) the trainers learn ``C·m`` secret
+    sub-classes, which the DO sums back into the ``C`` classes, so a model that ends with
+    ``nn.Linear(d, C)`` gets ``nn.Linear(d, C·m)`` in its place, freshly initialised from the public seed
+    (which sub-class belongs to which class is secret: the user's ``C`` rows cannot be placed without it).
+    A note on stderr says so. Every other layer, and every other model, is kept as given."""
+    seq = as_sequential(model)
+    want = num_classes * config.labels.expansion if config.obfuscate_labels else num_classes
+    last = seq[-1] if len(seq) else None
+    if type(last) is not nn.Linear or last.out_features == want or last.out_features != num_classes:
+        return seq
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+        torch.manual_seed(config.seed)
+        wide = nn.Linear(last.in_features, want, bias=last.bias is not None,
+                         device=last.weight.device, dtype=last.weight.dtype)
+    print(f"note: label obfuscation trains {num_classes} classes × labels.expansion {config.labels.expansion} = "
+          f"{want} secret sub-classes, so the model's last layer Linear({last.in_features}, {num_classes}) is "
+          f"trained as Linear({last.in_features}, {want}) (fresh weights from the seed); predict and export "
+          f"decode its outputs back to the {num_classes} classes", file=sys.stderr)
+    return nn.Sequential(*list(seq)[:-1], wide)
 
 
 def check_adopted(model: Model, built: nn.Module) -> None:

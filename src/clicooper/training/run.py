@@ -19,12 +19,13 @@ from torch import nn
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.core.budget import budget_stop, check_max_epsilon
-from clicooper.core.checkpoint import completed_rounds, write_state
+from clicooper.core.checkpoint import completed_rounds, resumable_rounds, write_state
 from clicooper.core.privacy import build_privacy
 from clicooper.core.security import DetectionStop
 from clicooper.core.setup import resolve_run
 from clicooper.data import Dataset, load_dataset
 from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_code, open_dataset
+from clicooper.data.tabular import csv_encoding
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.models.describe import as_sequential, classes_of, is_own_module, peer_refusal
 from clicooper.privacy.runtime import PrivacyMechanisms
@@ -84,7 +85,7 @@ def _open_run(config: RunConfig | Mapping[str, Any] | None, out: str | Path | No
         if not (run_dir / rundir.CONFIG).is_file():
             raise RunDirError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
         config = make_config(**rundir.read_json(run_dir / rundir.CONFIG))
-        done = completed_rounds(run_dir)
+        done = resumable_rounds(run_dir)
         metrics = rundir.read_json(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).is_file() else {"epochs": []}
         metrics["epochs"] = [m for m in metrics["epochs"] if m["epoch"] <= done]
         return run_dir, config, done, metrics
@@ -219,7 +220,11 @@ def _start_files(session: Session, run_dir: Path, initial: Any, *, new_run: bool
             own_model.save_initial(run_dir, session.plan, initial)
         rundir.write_json(run_dir / rundir.CONFIG, session.config.model_dump(mode="json"))
         rundir.write_json(run_dir / rundir.PLAN, session.plan.to_dict())
+        if session.config.dataset.startswith("csv:"):  # so predict encodes raw rows as training did
+            rundir.write_json(run_dir / rundir.PREPROCESSING,
+                              csv_encoding(session.config.dataset.removeprefix("csv:"), session.config.data))
         session.save_model_files(0)
+        write_state(run_dir, 0)  # from now on a missing state.json is a lost file, not a fresh run
     elif done > 0:
         session.load_checkpoint(done - 1)
 
@@ -288,8 +293,10 @@ def train(
         fields |= _defense_fields(defenses)
     resumed = resume is not None
     run_dir, config, done, metrics = _open_run(config, out, resume, fields)
-    config, initial, module = _initial_weights(config, model, run_dir, resumed=resumed)
     config, ds = _dataset(config, run_dir, data, test_data, resumed=resumed, named=named)
+    if model is not None:  # label obfuscation: an output layer of C classes gets C·m outputs
+        model = own_model.fit_outputs(model, config, ds.num_classes)
+    config, initial, module = _initial_weights(config, model, run_dir, resumed=resumed)
     config, blueprint = resolve_run(config, num_train=len(ds.train_ids(config.train_range)),  # checks the range
                                     input_shape=ds.input_shape, num_classes=ds.num_classes,
                                     initial_state=initial, module=module)
@@ -298,7 +305,47 @@ def train(
     if model is not None and module is None and not resumed:
         own_model.check_adopted(model, blueprint.model)
     check_max_epsilon(max_epsilon, config)
+    made_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _invocation(config, run_dir, ds, blueprint, initial, resumed=resumed, done=done, metrics=metrics,
+                           progress=progress, on_epoch=on_epoch, hooks=hooks, max_epsilon=max_epsilon,
+                           dismiss_detection=dismiss_detection)
+    except InterruptedRun:
+        raise  # Ctrl-C: saved as far as it got, and the message says how to resume
+    except Exception:
+        if not resumed:
+            _discard_unfinished_new_run(run_dir, made_dir)
+        raise
+
+
+def _discard_unfinished_new_run(run_dir: Path, made_dir: bool) -> None:
+    """A new run that failed before completing a round (e.g. an undecodable image read by ``--stream``)
+    leaves nothing behind, so the same ``--out`` works again. Only what this invocation made goes: the
+    directory was new or empty (:func:`rundir.check_new_run_dir`); a run with a completed round stays,
+    resumable."""
+    import shutil
+
+    try:
+        if completed_rounds(run_dir) > 0:
+            return
+    except RunDirError:
+        pass  # a half-written state.json of round 0: nothing completed
+    if made_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():  # it was empty before: everything in it is this invocation's
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _invocation(config: RunConfig, run_dir: Path, ds: Dataset, blueprint: Any, initial: Any, *,
+                resumed: bool, done: int, metrics: dict[str, Any], progress: Progress | None,
+                on_epoch: Callable[[dict[str, Any]], None] | None, hooks: RoundHooks | None,
+                max_epsilon: float | None, dismiss_detection: bool) -> RunHandle:
+    """The part of :func:`train` that writes into the run directory: privacy, session, the rounds."""
     privacy = build_privacy(config, run_dir, ds, blueprint, new_run=not resumed)
     try:
         session = Session(config, ds, run_dir, blueprint=blueprint, privacy=privacy)
