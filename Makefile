@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup lock data demo test bench bench-wan reproduce lint clean
+.PHONY: setup lock data demo quick test docs bench bench-wan reproduce lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,9 +41,18 @@ data: $(FMNIST)
 demo: $(STAMP) $(FMNIST)
 	$(BIN)/python -m clicooper.experiments.demo --out $(DEMO_OUT)
 
+# A first result in about a minute: digits (no download), one step-free attack, the report's summary.
+quick: $(STAMP)
+	$(BIN)/python -m clicooper.experiments.demo --quick
+
 test: $(STAMP) $(FMNIST)
 	$(BIN)/lint-imports --no-logo  # the layer contracts of pyproject.toml [tool.importlinter]
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site-check  # a broken link or API reference fails
 	$(BIN)/python -m pytest -q
+
+# The documentation site (mkdocs.yml) into site/; open site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # In-process: centralized vs split (plain, defended, with provenance), interleaved medians: torch on every
 # core, then one compute thread (a core left to the transcript-hash worker and the noise prefetcher).
@@ -68,4 +77,4 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-logo
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

@@ -42,7 +42,7 @@ def test_labels_source_in_open_tail() -> None:
             party="T1", epoch=1, activations=torch.randn(300, 4), gradients=torch.randn(300, 4),
             labels=y * 2 + (torch.arange(300) % 2))})})  # obfuscated: 2 sub-classes per class
     res = ClusteringAttack(sources=("labels",), known_ks=(10,), **FAST).run(views)
-    assert res.levels["known-10"].score == 1.0  # 10 per class name every sub-class (DESIGN §4)
+    assert res.levels["known-10"].score == 1.0  # 10 per class name every sub-class (docs/design/mechanisms.md#label-obfuscation)
 
 
 @pytest.fixture(scope="module")

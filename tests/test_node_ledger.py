@@ -1,4 +1,4 @@
-"""Ledger across nodes (DESIGN §6; docs/network.md "Ledger across nodes").
+"""Ledger across nodes (docs/design/protocol.md#transport; docs/network.md "Ledger across nodes").
 
 Unit level: three :class:`NodeLedger` s (DO, T1, T2), each with its own key and its own ledger file, agree on
 the genesis and exchange stage entries as ``Control`` records; a forged, re-signed or garbled entry on a

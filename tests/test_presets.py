@@ -38,7 +38,7 @@ def _resolved(c: Any) -> Any:
 
 def _cut_shape(c: Any) -> tuple[int, ...]:
     return resolve_run(c, num_train=60_000, input_shape=FMNIST.input_shape, num_classes=FMNIST.num_classes)[1].cut_shape
-DOC = Path(__file__).resolve().parents[1] / "docs" / "privacy-frontier.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "research" / "privacy-frontier.md"
 
 
 # ---------------------------------------------------------------------------------------------- presets

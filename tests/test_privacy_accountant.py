@@ -1,4 +1,4 @@
-"""Accounting (DESIGN §3): reference values, labels, inverse, DP-SGD composition, query budget."""
+"""Accounting (docs/design/mechanisms.md#accounting): reference values, labels, inverse, DP-SGD composition, query budget."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from clicooper.privacy.accountant import (
 
 DELTA = 1e-5
 
-# DESIGN §3, δ = 1e-5, no subsampling; noise multiplier z = σ/2.
+# docs/design/mechanisms.md#accounting, δ = 1e-5, no subsampling; noise multiplier z = σ/2.
 PLD_REFERENCE = [(1, 1, 4.38), (1, 10, 17.9), (5, 1, 0.73), (5, 10, 2.59), (10, 1, 0.34), (10, 10, 1.20)]
 RDP_REFERENCE = [(1, 1, 4.73), (1, 10, 19.05)]
 

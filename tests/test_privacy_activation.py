@@ -1,4 +1,4 @@
-"""Clip + keyed Gaussian noise (DESIGN §3): secrecy, determinism, statistics, clipping, validation."""
+"""Clip + keyed Gaussian noise (docs/design/mechanisms.md#activation-protection): secrecy, determinism, statistics, clipping, validation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DP-SGD on the DO's head (issue 5, DESIGN §3): per-sample gradients, clipping, keyed noise, and the
+"""DP-SGD on the DO's head (issue 5, docs/design/mechanisms.md#accounting): per-sample gradients, clipping, keyed noise, and the
 composed 'DP-SGD head + releases' ε in privacy.json."""
 
 from __future__ import annotations

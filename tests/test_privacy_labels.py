@@ -1,4 +1,4 @@
-"""Secret label obfuscation (DESIGN §4): known answers, properties, and what an attacker without k_L sees."""
+"""Secret label obfuscation (docs/design/mechanisms.md#label-obfuscation): known answers, properties, and what an attacker without k_L sees."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_trains_one_epoch_split_with_noise(tmp_path, name: str) -> None:
 
 
 #: SHA-256 (first 16 hex) of each model's initial state dict at seed 0 (names + float32 bytes): the weights
-#: the measured figures of docs/privacy-frontier.md started from. A change of layer construction order
+#: the measured figures of docs/research/privacy-frontier.md started from. A change of layer construction order
 #: changes them and makes those figures irreproducible; update only together with re-measured figures.
 INIT_DIGESTS = {
     "fmnist-private-d16": "e561c4ab243236d1", "fmnist-private-d64": "ebd6d75b19ce770d",

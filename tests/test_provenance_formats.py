@@ -1,4 +1,4 @@
-"""Known-answer tests pinning every provenance byte format (DESIGN §5 "Formats")."""
+"""Known-answer tests pinning every provenance byte format (docs/design/ledger.md#formats)."""
 
 from __future__ import annotations
 

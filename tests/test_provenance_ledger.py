@@ -1,4 +1,4 @@
-"""The ledger file: atomic append, checks on append, crash recovery, corruption (DESIGN §5 "Ledger")."""
+"""The ledger file: atomic append, checks on append, crash recovery, corruption (docs/design/ledger.md#the-ledger)."""
 
 from __future__ import annotations
 

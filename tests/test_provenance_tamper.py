@@ -1,4 +1,4 @@
-"""Ledger forgery and tampering: each attack of DESIGN §7 is rejected by ``verify_run`` with its reason."""
+"""Ledger forgery and tampering: each attack of docs/design/metrics.md is rejected by ``verify_run`` with its reason."""
 
 from __future__ import annotations
 

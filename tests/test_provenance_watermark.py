@@ -1,4 +1,4 @@
-"""Watermark embedding, capacity, threshold, reveals, alignment and ownership proofs (DESIGN §5)."""
+"""Watermark embedding, capacity, threshold, reveals, alignment and ownership proofs (docs/design/mechanisms.md#watermarks)."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def test_capacity_plan_respects_budget(num_params: int, rounds: int) -> None:
 
 
 def test_capacity_plan_reference_segments() -> None:
-    # fmnist-cnn (DESIGN §2): head 320, T1 18,496, T2 401,536, tail 1,290 weights
+    # fmnist-cnn (docs/design/protocol.md#reference-model): head 320, T1 18,496, T2 401,536, tail 1,290 weights
     head, t1, t2, tail = (plan_capacity(n, planned_rounds=3) for n in (320, 18_496, 401_536, 1_290))
     assert not head.enabled and "no watermark" in head.reason
     assert tail.enabled and tail.n_bits <= 161 and not tail.robust and "no robustness target" in tail.reason

@@ -1,4 +1,4 @@
-"""The research sweeps behind docs/privacy-frontier.md run end to end at a toy budget (figures meaningless)."""
+"""The research sweeps behind docs/research/privacy-frontier.md run end to end at a toy budget (figures meaningless)."""
 
 from __future__ import annotations
 

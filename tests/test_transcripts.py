@@ -1,4 +1,4 @@
-"""Transcript hashes (DESIGN §5) are computed on a background worker: they must equal the plain BLAKE3
+"""Transcript hashes (docs/design/ledger.md#transcripts) are computed on a background worker: they must equal the plain BLAKE3
 (docs/provenance.md: the transcript hash) of the canonical bytes of every tensor message, in order, per link
 and direction."""
 

@@ -1,4 +1,4 @@
-"""The one length-prefixed encoding that every hashed, signed or PRF'd concatenation uses (DESIGN §5).
+"""The one length-prefixed encoding that every hashed, signed or PRF'd concatenation uses (docs/design/ledger.md#formats).
 
 ``lp(a, b) = len(a) ‖ a ‖ len(b) ‖ b`` with 8-byte big-endian lengths, so (1, 12) and (11, 2) never collide.
 ``int`` parts are decimal ASCII (``-3`` → ``b"-3"``), ``str`` is UTF-8, ``bytes`` as is. The ledger

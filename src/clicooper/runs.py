@@ -4,7 +4,7 @@ Everything is rebuilt from the run directory's own files (config, plan, safetens
 unpickled and no code is run from them. What a run cannot rebuild from a description, the user hands back:
 the module of a run of their own module classes (``model=``), the data they gave in Python (``data=``,
 checked against the run's fingerprint). ``predict`` is the *local* inference path: the DO holds every segment after delivery, so no noise
-is needed (DESIGN §3).
+is needed (docs/design/mechanisms.md#activation-protection).
 """
 
 from __future__ import annotations
@@ -172,9 +172,10 @@ class RunHandle:
         return int((self.predict(x).argmax(1) == y).sum()) / max(1, len(y))
 
     def observations(self, party: str, epoch: int) -> dict[str, torch.Tensor]:
-        """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``."""
+        """What trainer ``party`` received in ``epoch`` (1-based), from ``observations/``; activations and
+        gradients as float32 whatever ``observe_dtype`` stored them as."""
         t, _ = rundir.load_tensors(self.path / rundir.OBSERVATIONS / party / f"epoch_{epoch}.safetensors")
-        return t
+        return {k: v.float() if v.is_floating_point() else v for k, v in t.items()}
 
 
 def build_skeleton(config: RunConfig, plan: Plan, num_classes: int, module: nn.Sequential | None = None

@@ -1,4 +1,4 @@
-"""Attacks of DESIGN §7, each on an explicit view of what its attacker may read.
+"""Attacks of docs/design/metrics.md#attacks-and-metrics, each on an explicit view of what its attacker may read.
 
 ``get(name)`` / ``names()`` list the registered attacks; ``run_attack`` runs one on a run directory.
 """

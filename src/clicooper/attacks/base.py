@@ -4,7 +4,7 @@ join with ``@register("name")``.
 An attack is a named object with a validated config and one method, :meth:`Attack.run`, that takes the
 views of what the attacker may read (:mod:`clicooper.attacks.views`) and returns an :class:`AttackResult`:
 plain numbers, grouped by knowledge level, each group carrying the floor (or chance level) its headline
-figure must beat. Whether a figure is *informative* — the undefended run beats its floor, DESIGN §7 —
+figure must beat. Whether a figure is *informative* — the undefended run beats its floor, docs/design/metrics.md#informative-figures —
 is decided by the report with :func:`informative`, because it compares two runs.
 """
 
@@ -115,7 +115,7 @@ def beats_floor(level: LevelResult) -> bool:
 
 
 def informative(undefended: LevelResult | dict[str, Any]) -> bool:
-    """DESIGN §7: a defended figure counts only if the *same* attack beats its floor on the undefended run.
+    """docs/design/metrics.md#informative-figures: a defended figure counts only if the *same* attack beats its floor on the undefended run.
 
     Pass the undefended run's level result (object or its JSON form).
     """

@@ -1,7 +1,7 @@
 """Named attack budgets: the settings ``clicooper attack --budget`` and ``clicooper report`` use.
 
 ``demo`` is the budget at which every trained attack converged on ``make demo``'s defended run (its figure
-moved by < 0.01 over the last doubling of its steps; docs/attack-budgets.md has the measurements), with
+moved by < 0.01 over the last doubling of its steps; docs/research/attack-budgets.md has the measurements), with
 fewer victims and levels than ``full`` and smaller decoders (width 16) at a higher learning rate where that
 was as strong. ``full`` has every level and 500 victims at one doubling beyond the demo's steps. ``sweep`` is
 the frontier sweeps' short budget (the demo budget until session 9). Each result file records the budget and
@@ -19,6 +19,8 @@ from clicooper.errors import AttackError
 #: Attacks run by ``--attack all``, cheapest first.
 ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "paper-metrics", "completion", "extraction", "fora",
                                 "sdar", "inversion")
+#: The smoke budget's bound on every row count: rows clustered or fitted, held-out rows scored.
+SMOKE_ROWS = 300
 #: Attacks whose ``victims`` option is also their config's (the reconstruction attacks).
 _VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 
@@ -36,7 +38,7 @@ _SWEEP: dict[str, dict[str, Any]] = {
     "sdar": {"victims": 200, "config": {"victims": 200, "steps": 1200}},
 }
 #: The demo's config changes over the sweep's: the steps at which each attack converged on ``make demo``'s
-#: defended run (docs/attack-budgets.md), with the smaller, faster inversion decoder.
+#: defended run (docs/research/attack-budgets.md), with the smaller, faster inversion decoder.
 _DEMO_CHANGES: dict[str, dict[str, Any]] = {
     "inversion": {"steps": 3200, "width": 16, "lr": 3e-3, "refine_steps": 120, "unsplit_rounds": 80},
     "extraction": {"steps": 1600, "holdout": 0.1}, "paper-metrics": {"steps": 2400}, "fora": {"steps": 2400}, "sdar": {"steps": 2400},
@@ -54,18 +56,25 @@ def _with_config(base: dict[str, dict[str, Any]], changes: dict[str, dict[str, A
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": _with_config(_SWEEP, _DEMO_CHANGES),
     "sweep": _SWEEP,
+    # Every cost bounded, not only the trained steps: the rows clustered or scored (max_rows), k-means
+    # restarts (n_init), and the held-out rows each surrogate is scored on at every reading (test_rows:
+    # scoring 5,000 Fashion-MNIST rows three times per fit was most of a 346 s smoke report).
     "smoke": {
-        "gradient-leak": {"epochs": "all", "config": {"n_init": 1, "known_ks": (1,)}, "known_k": 1},
-        "clustering": {"epochs": "all", "known_k": 1,
-                       "config": {"n_init": 1, "max_rows": 500, "clusterers": ("kmeans",), "known_ks": (1,)}},
-        "inversion": {"victims": 16, "known_k": 2,
+        "gradient-leak": {"epochs": "all", "known_k": 1, "test_rows": SMOKE_ROWS,
+                          "config": {"n_init": 1, "known_ks": (1,), "max_rows": SMOKE_ROWS}},
+        "clustering": {"epochs": "all", "known_k": 1, "test_rows": SMOKE_ROWS,
+                       "config": {"n_init": 1, "max_rows": SMOKE_ROWS, "clusterers": ("kmeans",), "known_ks": (1,),
+                                  "pca_dims": 16}},
+        "inversion": {"victims": 16, "known_k": 2, "test_rows": SMOKE_ROWS,
                       "config": {"victims": 16, "steps": 20, "width": 8, "refine_steps": 3, "unsplit_rounds": 2,
                                  "unsplit_inner": 2, "known_counts": (20,)}},
-        "extraction": {"known_k": 1, "config": {"ks": (0, 1), "steps": 10, "queries": 100}},
-        "paper-metrics": {"known_k": 1, "config": {"steps": 10, "queries": 100, "named_k": 1}},
-        "completion": {"known_k": 1, "config": {"ks": (1,), "steps": 10}},
-        "fora": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
-        "sdar": {"victims": 16, "config": {"victims": 16, "steps": 8, "width": 8}},
+        "extraction": {"known_k": 1, "test_rows": SMOKE_ROWS,
+                       "config": {"ks": (0, 1), "steps": 10, "queries": 100, "n_init": 1}},
+        "paper-metrics": {"known_k": 1, "test_rows": SMOKE_ROWS,
+                          "config": {"steps": 10, "queries": 100, "named_k": 1, "max_rows": SMOKE_ROWS, "n_init": 1}},
+        "completion": {"known_k": 1, "test_rows": SMOKE_ROWS, "config": {"ks": (1,), "steps": 10, "max_rows": SMOKE_ROWS}},
+        "fora": {"victims": 16, "test_rows": SMOKE_ROWS, "config": {"victims": 16, "steps": 8, "width": 8}},
+        "sdar": {"victims": 16, "test_rows": SMOKE_ROWS, "config": {"victims": 16, "steps": 8, "width": 8}},
     },
     "full": {  # every level and 500 victims, one doubling beyond the demo's steps
         "gradient-leak": {"epochs": "all"},
@@ -86,12 +95,13 @@ DESCRIPTIONS = {
             "minibatches, width 16 at lr 3·10⁻³, + 120 rMLE steps; known-plaintext 1,000 pairs; UnSplit 80×5 "
             "rounds; no shadow head), FORA and SDAR of 2,400 steps, extraction k ∈ {0, 10} (1,600 steps) and "
             "query with 2,000 queries, the paper's surrogate of 2,400 steps, completion of 300 steps: the "
-            "budgets at which each attack converged on the demo's defended run (docs/attack-budgets.md)",
+            "budgets at which each attack converged on the demo's defended run (docs/research/attack-budgets.md)",
     "sweep": "sweep budget (the frontier sweeps, and the demo budget until session 9): the recorded subset; "
              "inversion on 200 victims (white-box decoder of 200 minibatches + 60 rMLE steps, known-plaintext "
              "1,000 pairs, UnSplit 10×5 rounds), FORA and SDAR of 1,200 steps, extraction and completion of "
              "200 / 300 steps; most decoders have not converged at it, and the sweeps mark those figures ≥",
-    "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts; figures are not meaningful)",
+    "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts, at most 300 rows clustered, "
+             "fitted or scored; figures are not converged and not meaningful)",
     "full": "full budget: every level the library has (500 victims, known-plaintext 100 and 1,000 pairs, shadow "
             "heads, extraction k ∈ {0, 1, 10, 100}, 5,000 queries) at one doubling beyond the demo's steps "
             "(decoders of 6,400 minibatches, FORA and SDAR of 4,800); clustering/gradient-leak on every recorded "
@@ -102,7 +112,7 @@ DESCRIPTIONS = {
 #: Config keys that count an attack's trained steps or rounds; :func:`scaled` scales them together.
 STEP_KEYS: tuple[str, ...] = ("steps", "known_steps", "refine_steps", "unsplit_rounds")
 #: The share of the run's steps ``clicooper report`` gives the attacks on the undefended baseline by default.
-#: The baseline only has to show that each attack beats its floor there (DESIGN §7); the defence is judged
+#: The baseline only has to show that each attack beats its floor there (docs/design/metrics.md#informative-figures); the defence is judged
 #: on the run's figures at the whole budget. A baseline figure that has not converged is a lower bound, and
 #: one that is below its floor before converging is run again at the whole budget (``report.rows``).
 BASELINE_SCALE = 0.25

@@ -1,4 +1,4 @@
-"""Model extraction (DESIGN §7).
+"""Model extraction (docs/design/metrics.md).
 
 * **Pooled trainers** — the trainers keep copies of their segments (§2 "deliver") and collude: they
   rebuild a surrogate by training a new head and tail around the frozen pooled segments. With k labelled
@@ -50,9 +50,11 @@ class ExtractionConfig:
     queries: int = 5000
     max_shift: int = 2
     holdout: float = 0.1
+    n_init: int = 10  # k-means restarts of the k = 0 pseudo-labels
     seed: int = 0
 
     def __post_init__(self) -> None:
+        require(self.n_init >= 1, "n_init must be ≥ 1")
         bad = set(self.modes) - set(MODES)
         require(not bad, f"unknown extraction modes {sorted(bad)}; choose from {MODES}")
         require(0 <= self.holdout < 0.5, "holdout (the share of the known samples kept for early stopping) must be "
@@ -214,7 +216,7 @@ class ExtractionAttack:
         cfg, c = self.config, views.zero.public.num_classes
         z = embed(feats.flatten(1).double().numpy(), "cosine", 64, cfg.seed)
         if k == 0:
-            return KMeans(c, n_init=10, random_state=cfg.seed).fit_predict(z)
+            return KMeans(c, n_init=cfg.n_init, random_state=cfg.seed).fit_predict(z)
         kn = views.known.per_class(k)  # type: ignore[union-attr]
         rows, ky = kn.rows.numpy(), kn.y.numpy()
         pseudo = seeded_kmeans(z, rows, ky, c)
@@ -255,7 +257,7 @@ class ExtractionAttack:
                    y_test: np.ndarray, chance: float) -> LevelResult:
         """k > 0: head and tail fitted on the known samples, against the same architecture from scratch. Both keep
         ``holdout`` of the known samples out of training and stop early on them (at k = 10 the fit on 100 samples
-        otherwise swings by up to 0.07 between readings; docs/attack-budgets.md)."""
+        otherwise swings by up to 0.07 between readings; docs/research/attack-budgets.md)."""
         cfg, arch, c = self.config, views.zero.public.architecture, views.zero.public.num_classes
         head, tail = model[0], model[2]
         a0 = views.pooled[0].received.activations  # what T1 received, every row

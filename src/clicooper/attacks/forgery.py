@@ -1,4 +1,4 @@
-"""Ledger forgery and tampering (DESIGN §7, issue 6): tampered copies of an honest run, each checked by
+"""Ledger forgery and tampering (docs/design/metrics.md, issue 6): tampered copies of an honest run, each checked by
 :func:`clicooper.provenance.verify_run` (and, optionally, for the exit status of ``clicooper verify``).
 
 The honest run is **never modified**: every case is built in a fresh temporary copy (``checkpoints/``

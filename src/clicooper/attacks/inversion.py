@@ -17,7 +17,7 @@
   what T1 received, with a TV prior; (iii) a decoder trained on auxiliary data through the UnSplit clone.
 
 Scored on ≥ 500 victims from the DO's training rows, disjoint from every pair the attacker holds: mean
-SSIM (DESIGN §7 settings), PSNR, MSE, and the global / class floors on the same victims.
+SSIM (docs/design/metrics.md#attacks-and-metrics settings), PSNR, MSE, and the global / class floors on the same victims.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Metrics of DESIGN §7: SSIM / PSNR / MSE with the two inversion floors, clustering accuracy (Hungarian
+"""Metrics of docs/design/metrics.md#attacks-and-metrics: SSIM / PSNR / MSE with the two inversion floors, clustering accuracy (Hungarian
 matched) and ARI, one-vs-rest AUC, and confidence intervals for multi-seed figures.
 
 SSIM follows Wang et al. 2004 ("Image quality assessment: from error visibility to structural
-similarity", IEEE TIP) with the settings DESIGN §7 fixes: 11×11 Gaussian window, σ = 1.5, data range 1,
+similarity", IEEE TIP) with the settings docs/design/metrics.md#attacks-and-metrics fixes: 11×11 Gaussian window, σ = 1.5, data range 1,
 K1 = 0.01, K2 = 0.03, population covariance, averaged over the "valid" region (the window inside the
 image) and over channels — identical to ``skimage.metrics.structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=1)``, which crops the filter radius the same way.
@@ -98,7 +98,7 @@ def image_scores(recon: torch.Tensor, victims: torch.Tensor) -> dict[str, float]
 def inversion_floors(
     victims: torch.Tensor, victim_y: torch.Tensor, aux_x: torch.Tensor, aux_y: torch.Tensor
 ) -> dict[str, float]:
-    """DESIGN §7 floors on the same victims: SSIM against the auxiliary mean image (``global_floor``) and
+    """docs/design/metrics.md#floors on the same victims: SSIM against the auxiliary mean image (``global_floor``) and
     against the auxiliary mean image of the victim's own class (``class_floor``: what the label alone
     gives). Classes absent from the auxiliary data fall back to the global mean image.
     """

@@ -1,7 +1,7 @@
 """The CliCooper paper's headline label metrics, computed in the paper's sense (issue 14, item 6), each
 beside the strong attacker's figure on the same data.
 
-The paper (arXiv 2603.08421, abstract; DESIGN §7) reports clustering-attack success 0 % and extraction
+The paper (arXiv 2603.08421, abstract; docs/design/metrics.md#reading-the-papers-numbers) reports clustering-attack success 0 % and extraction
 surrogates at ≈ 1 %. Both read labels **in the obfuscated label space without any labelled sample**:
 
 * ``cluster-naming`` — the last trainer clusters its own output (k-means, k = C) and names each cluster

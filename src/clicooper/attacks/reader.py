@@ -1,6 +1,6 @@
 """The one file reader every attack goes through.
 
-DESIGN §7: attacks get an explicit view of what the attacker may read and *never* open ``RUN/secrets/`` or
+docs/design/metrics.md#views: attacks get an explicit view of what the attacker may read and *never* open ``RUN/secrets/`` or
 ``RUN/keys/``. Rather than trusting each attack to remember that, every byte an attack reads from a run
 directory comes through :class:`RunReader`, which resolves the path (symlinks and ``..`` included) and
 refuses anything under a forbidden directory. ``tests/test_attacks_views.py`` checks that building views
@@ -46,7 +46,7 @@ class RunReader:
             raise AttackError(f"{rel!s} lies outside the run directory; attacks read only inside RUN/") from e
         if parts and parts[0] in FORBIDDEN_DIRS:
             raise AttackError(
-                f"attacks may not read {rel!s}: RUN/{parts[0]}/ holds other parties' secrets or weights (DESIGN §7)"
+                f"attacks may not read {rel!s}: RUN/{parts[0]}/ holds other parties' secrets or weights (docs/design/metrics.md#views)"
             )
         return path
 

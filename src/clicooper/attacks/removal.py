@@ -1,4 +1,4 @@
-"""Watermark removal (DESIGN §7, issue 6): an outsider holding the delivered model and 10 % of the data attacks
+"""Watermark removal (docs/design/metrics.md, issue 6): an outsider holding the delivered model and 10 % of the data attacks
 the dynamic chained marks; the owners then try to prove ownership of what is left.
 
 The **attacker** reads only what an outsider with a leaked model has: ``config.json``, ``plan.json`` and

@@ -1,4 +1,4 @@
-"""``clicooper attack`` and ``clicooper report`` (DESIGN §7).
+"""``clicooper attack`` and ``clicooper report`` (docs/design/metrics.md).
 
 Thin: ``attack`` calls :func:`clicooper.attacks.budgets.run_suite`, ``report`` calls
 :func:`clicooper.report.make_report`. Both print one JSON object as the last stdout line (``--json``
@@ -143,14 +143,15 @@ def attack(
 def report(
     run_dir: Path = typer.Argument(..., help="run directory (trained with --record-observations)"),
     baseline: Path = typer.Option(None, help="undefended run with the same model, data and seed "
-                                             "(default: train one into REPORT_DIR/baseline)"),
+                                             "(default: one is trained into OUT/baseline)"),
     out_dir: Path = typer.Option(..., "--out", help="report directory (report.md, report.json, PNGs)"),
     baseline_model: str = typer.Option(None, "--baseline-model",
                                        help="architecture of the undefended baseline when it is not the run's "
                                             "(e.g. fmnist-cnn, the reference, beside a private model)"),
     budget: str = typer.Option("demo", help="attack budget for attacks not yet run: demo | full | sweep | smoke"),
     attack_name: str = typer.Option("all", "--attack", help="attacks to report (default all)"),
-    rerun: bool = typer.Option(False, "--rerun", help="re-run attacks even if RUN/attacks/<name>.json exists"),
+    rerun: bool = typer.Option(False, "--rerun", help="re-run attacks whose results the run already holds "
+                                                                "(in RUN/attacks/)"),
     do_alone: bool = typer.Option(True, "--do-alone/--no-do-alone",
                                   help="train each one's DO alone (head + linear tail, no trainers) and report "
                                        "the trainers' gain (cached in RUN/do_alone.json)"),
@@ -170,5 +171,6 @@ def report(
     if not as_json:
         err.print(f"wrote {out_dir / 'report.md'}", highlight=False)
     emit_json({"report": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),
-               "baseline": rep["baseline"]["run"], "budget": rep["budget"], "figures": rep["figures"],
+               "baseline": rep["baseline"]["run"], "budget": rep["budget"], "summary": rep.get("summary"),
+               "figures": rep["figures"],
                "informative": {k: v["informative"] for k, v in rep["rows_by_key"].items()}})

@@ -2,7 +2,9 @@
 and turning options into a run config.
 
 Errors a user can cause print one line (``error: …`` saying what to do) and exit non-zero, never a
-traceback. ``--json`` prints one JSON object as the last line of stdout; progress goes to stderr.
+traceback. ``--json`` prints one JSON object as the last line of stdout; progress goes to stderr. Under
+``--json`` an error is that object too: ``{"error": "…", "exit_code": N}`` on stdout, beside the line on
+stderr, with the same non-zero exit.
 """
 
 from __future__ import annotations
@@ -35,18 +37,39 @@ _DATA_KEYS = ("label_column", "test_fraction", "image_size", "image_mode", "stre
               "flip")
 
 
+def _show(e: Exception) -> None:
+    """click's own rendering of a usage error (usage line, then the message) on stderr."""
+    show = getattr(e, "show", None)
+    if callable(show):
+        show()
+    else:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+
+
 def guarded(f: F) -> F:
-    """Turn CliCooper errors and Ctrl-C into one-line messages and exit codes."""
+    """Turn CliCooper errors and Ctrl-C into one-line messages and exit codes; with ``--json``
+    (``as_json=True``) also into one JSON error object on stdout, bad option values included."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return f(*args, **kwargs)
         except CliCooperError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            if as_json:
+                emit_json({"error": str(e), "exit_code": e.exit_code})
+            raise typer.Exit(e.exit_code) from None
+        except typer.TyperException as e:  # typer.BadParameter raised by a command's own checks
+            if not as_json:
+                raise
+            _show(e)
+            emit_json({"error": e.format_message(), "exit_code": e.exit_code})
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
+            if as_json:
+                emit_json({"error": "interrupted", "exit_code": 130})
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Provenance commands: ``clicooper keygen``, ``verify``, ``reveal``, ``prove`` (DESIGN §5).
+"""Provenance commands: ``clicooper keygen``, ``verify``, ``reveal``, ``prove`` (docs/design/ledger.md).
 
 Each is thin over :mod:`clicooper.provenance` (what a run delivers: :mod:`clicooper.provenance.delivered`).
 ``verify`` and ``prove`` need no secret and never modify the run directory; ``reveal`` reads the party's

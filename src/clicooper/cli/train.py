@@ -20,19 +20,29 @@ from clicooper.config.presets import PRESETS
 
 def plan_table(plan: Any) -> Table:
     """A rich table of a partition plan."""
+    from clicooper.models.partition import balance_warning  # lazy: torch (the caller has a plan: loaded)
+
     t = Table(title=f"plan: {plan.model}, {plan.topology}, {plan.trainers} trainer(s)")
-    for c in ("party", "layers", "params", "fwd+bwd FLOPs/sample", "FLOP share"):
-        t.add_column(c)
-    for p in plan.parties:
-        t.add_row(p.party, " ".join(p.layer_names), f"{p.params:,}", f"{p.flops:,}", f"{p.flop_share:.1%}")
+    rows = [(p.party, " ".join(p.layer_names), f"{p.params:,}", f"{p.flops:,}", f"{p.flop_share:.1%}")
+            for p in plan.parties]
+    t.add_column("party", no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    t.add_column("layers", ratio=1)  # the one column that wraps when the terminal is narrow
+    for i, c in enumerate(("params", "fwd+bwd FLOPs/sample", "FLOP share"), start=2):
+        # numbers are never wrapped mid-digit nor cut: the column is as wide as its widest figure
+        t.add_column(c, justify="right", no_wrap=True, min_width=max(len(r[i]) for r in rows))
+    for r in rows:
+        t.add_row(*r)
     t.caption = f"data owner's share of training FLOPs: {plan.do_flop_share:.1%}"
+    if (warning := balance_warning(plan)) is not None:
+        t.caption += "\n" + warning
+        t.caption_style, t.caption_justify = "yellow", "left"
     return t
 
 
 def presets_epilog() -> str:
     """The epilog of ``clicooper train --help``: the privacy presets and the default σ."""
     lines = ["Privacy presets (--preset NAME; all --defense clicooper, clip_norm 1; figures measured in "
-             "docs/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
+             "docs/research/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
     lines += [f"{p.name}: {p.description}" for p in PRESETS.values()]
     lines.append("Without --sigma, --target-epsilon or a preset, --defense dp/clicooper uses "
                  "σ = noise_ratio/√d (d = values per sample at the cut; noise_ratio 1 unless given).")
@@ -56,6 +66,22 @@ _IMAGE_SIZE_HELP = "data.image_size: resize imagefolder: images to N×N (default
 _IMAGE_MODE_HELP = "data.image_mode: RGB (default) | L (greyscale) for imagefolder:"
 
 
+def _default(name: str) -> object:
+    """The run config's default of field ``name``, so that --help cannot drift from it."""
+    from clicooper.config import RunConfig
+
+    return RunConfig.model_fields[name].default
+
+
+_EPOCHS_HELP = f"passes over the training range (default {_default('epochs')})"
+_BATCH_SIZE_HELP = ("samples per optimiser step, split into --micro-batches (default 128, or 16 on datasets under "
+                    "6,400 training samples)")
+_LR_HELP = f"learning rate of every party's optimiser (default {_default('lr'):g})"
+_MICRO_BATCHES_HELP = (f"GPipe micro-batches per step: M pieces of each batch pipelined through the parties "
+                       f"(same gradients; BatchNorm statistics per micro-batch) (default {_default('micro_batches')})")
+_MODEL_HELP = "built-in model name (default fmnist-cnn); `clicooper models` lists them, one line each"
+
+
 # ------------------------------------------------------------------------------------------------------
 @guarded
 def train(
@@ -71,15 +97,15 @@ def train(
     crop_padding: int = typer.Option(None, help="data.crop_padding: augment training images by a random crop "
                                      "after N pixels of zero padding (public draws per epoch and sample id)"),
     flip: bool = typer.Option(None, "--flip", help="data.flip: augment training images by a random horizontal flip"),
-    model: str = typer.Option(None, help="built-in model name (see `clicooper plan --help`)"),
+    model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(None, help="number of trainer clients K"),
     capacities: str = typer.Option(None, help="comma-separated trainer capacities, e.g. 1,2,1"),
     topology: str = typer.Option(None, help="u-shape (labels stay with the DO) | open-tail"),
-    epochs: int = typer.Option(None),
-    batch_size: int = typer.Option(None),
-    micro_batches: int = typer.Option(None, help="GPipe micro-batches per step"),
-    lr: float = typer.Option(None),
+    epochs: int = typer.Option(None, help=_EPOCHS_HELP),
+    batch_size: int = typer.Option(None, help=_BATCH_SIZE_HELP),
+    micro_batches: int = typer.Option(None, help=_MICRO_BATCHES_HELP),
+    lr: float = typer.Option(None, help=_LR_HELP),
     lr_schedule: str = typer.Option(None, "--lr-schedule", help="constant | cosine (per epoch, every party)"),
     optimizer: str = typer.Option(None, "--optimizer", help="adam | sgd (Nesterov momentum 0.9, --momentum)"),
     weight_decay: float = typer.Option(None, "--weight-decay", help="adam: AdamW's decoupled decay (0: Adam); sgd: L2"),
@@ -104,7 +130,9 @@ def train(
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
-    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all"),
+    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all. Size ≈ rows × values per sample at each "
+                                "trainer's input and output × 4 bytes per epoch; config fields observe_count (rows of "
+                                "the subset) and observe_dtype = float16 | bfloat16 (half the bytes) make it smaller"),
     device: str = typer.Option(None, help="auto | cpu | cuda"),
     party_device: str = typer.Option(None, "--party-device", help="per-party device overrides, e.g. "
                                      "DO=cpu,T1=cuda,T2=cuda"),
@@ -336,7 +364,7 @@ def plan(
     test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
     image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
     image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
-    model: str = typer.Option(None, help="built-in model name (default fmnist-cnn)"),
+    model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(2),
     capacities: str = typer.Option(None),

@@ -1,6 +1,6 @@
 """Named privacy presets for ``clicooper train --preset NAME`` (and ``preset = "NAME"`` in a config file).
 
-Each preset is a point of the measured frontier in ``docs/privacy-frontier.md`` ("Recommended ``--defense
+Each preset is a point of the measured frontier in ``docs/research/privacy-frontier.md`` ("Recommended ``--defense
 clicooper`` defaults and presets"): a private model whose cut is L2-normalised, so with ``clip_norm = 1``
 σ is the noise std per unit of signal and ρ = σ·√d is the noise/signal ratio. The figures in each
 description are copied from that table (Fashion-MNIST, rows 0–15,000, 3 epochs, one seed; SSIM of the

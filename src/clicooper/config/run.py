@@ -41,7 +41,7 @@ class HeadDPSGDConfig(_Strict):
 
 
 class DPConfig(_Strict):
-    """Activation protection at the cut (DESIGN §3). ``sigma`` is the noise multiplier of the clip norm.
+    """Activation protection at the cut (docs/design/mechanisms.md#activation-protection). ``sigma`` is the noise multiplier of the clip norm.
 
     σ left unset is chosen when the run starts (:mod:`clicooper.privacy.defaults`): from ``target_epsilon``
     if given, else ``σ = noise_ratio / √d`` for a cut of ``d`` values per sample. ``sigma_source`` records
@@ -110,14 +110,15 @@ class DPConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    """Secret label obfuscation (DESIGN §4) and, in the open tail, label DP (randomized response)."""
+    """Secret label obfuscation (docs/design/mechanisms.md#label-obfuscation) and, in the open tail, label DP
+    (randomized response, docs/design/mechanisms.md#label-dp)."""
 
     expansion: int = Field(2, ge=1, le=64, description="sub-classes per class (m)")
     label_dp_epsilon: float | None = Field(None, gt=0.0, description="RR-with-prior ε for the open tail")
 
 
 class WatermarkConfig(_Strict):
-    """Dynamic chained watermark (DESIGN §5)."""
+    """Dynamic chained watermark (docs/design/mechanisms.md#watermarks)."""
 
     enabled: bool = True
     strength: float = Field(0.1, ge=0.0, description="λ of the watermark regularizer")
@@ -243,6 +244,11 @@ class RunConfig(_Strict):
     record_observations: bool = False
     observe: Literal["subset", "all"] = "subset"
     observe_count: int = Field(5000, ge=1)
+    observe_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="how recorded activations and gradients are stored (observations/): float16 "
+        "halves the files (relative error ≈ 2·10⁻⁴ per row; a tensor with values beyond float16's range stays "
+        "float32), bfloat16 halves them with float32's range (≈ 2·10⁻³); attacks read every one as float32",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     party_devices: dict[str, Literal["auto", "cpu", "cuda"]] = Field(
         default_factory=dict,
@@ -261,7 +267,7 @@ class RunConfig(_Strict):
         None, description="research option: one malicious trainer (config/security.py); never a default")
     detection: DetectionConfig = Field(DetectionConfig(), description="the DO's live detection (off by default)")
     audit: AuditConfig = Field(AuditConfig(), description="trainers keep messages and checkpoints for audits")
-    provenance: bool = Field(True, description="keep a signed ledger (DESIGN §5)")
+    provenance: bool = Field(True, description="keep a signed ledger (docs/design/ledger.md#the-ledger)")
     preset: str | None = Field(
         None,
         description="named privacy preset (clicooper.config.presets); explicit fields override its values",

@@ -1,4 +1,4 @@
-"""One round (= epoch) of steps, driven by the DO over any transport, and its metrics (DESIGN §2).
+"""One round (= epoch) of steps, driven by the DO over any transport, and its metrics (docs/design/protocol.md#one-training-step).
 
 The DO starts each step (``start_step`` → its messages); a :class:`StepDriver` delivers them and pumps the
 transport until the DO's step is done. In one process the driver is the in-process network

@@ -1,4 +1,4 @@
-"""``make reproduce``: the headline attack figures of DESIGN §7 over several seeds, with confidence intervals.
+"""``make reproduce``: the headline attack figures of docs/design/metrics.md over several seeds, with confidence intervals.
 
 For each seed: ``fmnist-cnn``, K = 2, 3 epochs, ``--train-range 0:50000``, observations recorded — once
 undefended (``defense none``) and once with ``--defense clicooper`` (U-shape), plus the same two in the open
@@ -152,7 +152,7 @@ def _summarise_defense(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarise(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per defense, :func:`_summarise_defense`; each level marked informative when the undefended run's
-    mean beats its floor (DESIGN §7)."""
+    mean beats its floor (docs/design/metrics.md#informative-figures)."""
     summary = {d: _summarise_defense(items) for d, items in per_seed.items()}
     if "none" in summary:
         for d in summary:
@@ -205,7 +205,7 @@ def render(rep: dict[str, Any]) -> str:
     """``headline.md``."""
     s, summ = rep["setup"], rep["summary"]
     defs = list(summ)
-    L = ["# Headline attack figures (DESIGN §7)\n",
+    L = ["# Headline attack figures (docs/design/metrics.md)\n",
          f"`{rep['command']}` — fmnist-cnn, K = {s['trainers']}, {s['epochs']} epochs, train range 0:50000, "
          f"{s['observe_count']} recorded rows, seeds {s['seeds']}, budget **{s['budget']}** "
          f"({s['budget_description']}). Intervals: {s['ci']}. Total {rep['seconds']} s.\n",

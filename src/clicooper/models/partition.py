@@ -1,4 +1,4 @@
-"""Cut an ordered list of layers into ``head | seg_1 | … | seg_K | tail`` (DESIGN §2).
+"""Cut an ordered list of layers into ``head | seg_1 | … | seg_K | tail`` (docs/design/protocol.md#partition).
 
 Layers are grouped into *units*: a unit starts at a layer with parameters and takes the parameter-free
 layers after it (activations, pooling). Reshape-only layers (``Flatten``) just before a parametrised layer
@@ -250,6 +250,39 @@ def make_plan(
         model=model_name, topology=topology, trainers=trainers, capacities=caps, parties=parties,
         input_shape=list(input_shape), total_flops=total, do_flop_share=do_share,
     )
+
+
+#: A trainer's share of the trainers' FLOPs below ``BALANCE_LOW`` × or above ``BALANCE_HIGH`` × its share by
+#: capacity makes :func:`balance_warning` speak: the plan cannot spread the work as asked.
+BALANCE_LOW, BALANCE_HIGH = 0.5, 2.0
+
+
+def balance_warning(plan: Plan) -> str | None:
+    """A warning when the trainers' shares of their FLOPs are far from what their capacities ask, else
+    ``None``. Units are never cut (a residual block is one unit), so a model with few or uneven units
+    between the DO's head and tail can leave one trainer almost idle: README's own two-block model with
+    K = 2 gives T1 a BatchNorm + ReLU (0 % of the FLOPs) and T2 the rest."""
+    segs = plan.segments
+    if len(segs) < 2:
+        return None
+    work = sum(p.flops for p in segs)
+    caps = list(plan.capacities) if len(plan.capacities) == len(segs) else [1.0] * len(segs)
+    if work <= 0 or sum(caps) <= 0:
+        return None
+    off = []
+    for p, cap in zip(segs, caps, strict=True):
+        got, want = p.flops / work, cap / sum(caps)
+        if not (BALANCE_LOW * want <= got <= BALANCE_HIGH * want):
+            off.append(f"{p.party} gets {got:.1%} of the trainers' FLOPs ({' '.join(p.layer_names)}) "
+                       f"against {want:.1%} by capacity")
+    if not off:
+        return None
+    even = "an even split" if len(set(caps)) == 1 else "its capacity"
+    return (f"warning: a lopsided plan: {'; '.join(off)}. The {len(segs)} trainers' segments are whole units "
+            f"(a layer with parameters and what follows it; a residual block is one unit), and {plan.model} has "
+            f"too few or too uneven units between the DO's head and tail for {even}. Use fewer trainers "
+            f"(--trainers {len(segs) - 1}), --capacities that match the split, or a model with finer units "
+            "(e.g. more, smaller layers); `clicooper plan` shows the split before training.")
 
 
 def split_model(model: nn.Sequential, plan: Plan) -> dict[str, nn.Sequential]:

@@ -1,10 +1,10 @@
-"""Privacy-oriented architectures for the data owner (issue 5, docs/privacy-frontier.md).
+"""Privacy-oriented architectures for the data owner (issue 5, docs/research/privacy-frontier.md).
 
 Idea: the DO's head is a *cheap* strided conv into a *low-dimensional*, L2-normalised cut, so
 
 * the cut can carry little more than the class (an information bottleneck: with noise of norm ρ a release
   carries at most (d/2)·log2(1 + 1/ρ²) bits),
-* the DP clip of DESIGN §3 is exact: every cut vector has norm ``scale`` (use ``dp.clip_norm = scale`` =
+* the DP clip of docs/design/mechanisms.md#activation-protection is exact: every cut vector has norm ``scale`` (use ``dp.clip_norm = scale`` =
   1.0), so the clip never distorts the signal and σ is the noise-to-signal ratio per unit norm
   (noise norm ≈ σ·√d),
 * the trainers still hold most of the FLOPs: wide segments after the cut.
@@ -18,7 +18,7 @@ Names (listed in :data:`MODELS`; :mod:`clicooper.models.zoo` builds them):
 * ``fmnist-private-d16`` / ``fmnist-private-d64`` — dense cut of d = 16 / 64 values; trainers: a wide MLP.
 * ``fmnist-private-s4`` — spatial cut 4×7×7 (196 values, L2-normalised as a whole); trainers: convs.
 
-``fmnist-cnn`` (the reference, DESIGN §2) is untouched.
+``fmnist-cnn`` (the reference, docs/design/protocol.md#reference-model) is untouched.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Built-in models, each an ordered list of layers (an ``nn.Sequential``).
 
-``fmnist-cnn`` is exactly the reference model of DESIGN §2; the attack figures are anchored on it, so it
+``fmnist-cnn`` is exactly the reference model of docs/design/protocol.md#reference-model; the attack figures are anchored on it, so it
 must not change. Privacy-oriented architectures get their own names. Where it reads well a built-in is
 written as a spec, the form of a model file (:mod:`clicooper.models.spec`), so it doubles as an example:
 ``fmnist-cnn``, ``digits-mlp``, ``digits-cnn``, ``fmnist-resnet`` and ``cifar-resnet``.
@@ -92,7 +92,7 @@ def _seeded(seed: int, make: Callable[[], nn.Sequential]) -> nn.Sequential:
         torch.random.set_rng_state(gen_state)
 
 
-register_spec("fmnist-cnn", "reference CNN (DESIGN §2): conv32-pool | conv64-pool | fc128 | fc10", [
+register_spec("fmnist-cnn", "reference CNN (docs/design/protocol.md#reference-model): conv32-pool | conv64-pool | fc128 | fc10", [
     # head conv(1→32) | T1 conv(32→64) | T2 flatten+fc128 | tail fc(→classes)
     {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "ReLU"},
     {"type": "MaxPool2d", "kernel_size": 2},  # (32, 14, 14)
@@ -211,7 +211,7 @@ def _resnet_trainers(width: int) -> list[dict[str, Any]]:
 
 def _private_resnet(k: int, *, width: int = 48, channels: int = 32) -> Builder:
     """Head = :class:`~clicooper.models.private.SpatialBottleneckHead` (conv ``channels`` 5×5/2 + ReLU + 1×1 to
-    ``k`` channels + 2×2 average pool + L2 norm: a unit-norm k×H/4×W/4 cut, so the clip of DESIGN §3 is exact)
+    ``k`` channels + 2×2 average pool + L2 norm: a unit-norm k×H/4×W/4 cut, so the clip of docs/design/mechanisms.md#activation-protection is exact)
     | the residual trainers of ``fmnist-resnet`` | the DO's Linear tail."""
 
     def build(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""gRPC transport: each party in its own process or machine (DESIGN §6; docs/network.md).
+"""gRPC transport: each party in its own process or machine (docs/design/protocol.md#transport; docs/network.md).
 
 * :mod:`~clicooper.net.serde` — records ⇄ protobuf ``Envelope`` (validating decoder, size limits);
 * :mod:`~clicooper.net.link` — per-link seq / replay / resend rules (no sockets);

@@ -1,4 +1,4 @@
-"""Self-signed TLS identities for the parties and their pinned fingerprints (DESIGN §5 genesis, §6).
+"""Self-signed TLS identities for the parties and their pinned fingerprints (docs/design/ledger.md#the-ledger, docs/design/protocol.md#transport).
 
 Each party gets an ECDSA P-256 key and a self-signed certificate (not a CA: it cannot issue others).
 Its SHA-256 fingerprint (hex of the SHA-256 of the DER certificate) goes into the ledger genesis; peers

@@ -1,4 +1,4 @@
-"""In-band delivery of the trainers' final segments to the data owner (DESIGN §2 "deliver", §6).
+"""In-band delivery of the trainers' final segments to the data owner (docs/design/protocol.md#delivery, docs/design/protocol.md#transport).
 
 At the end of a multi-process run (after the ledger's closing entry, or after the last round when
 provenance is off) the DO asks each trainer for its segment and the trainer sends it over its existing

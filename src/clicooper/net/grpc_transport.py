@@ -1,4 +1,4 @@
-"""gRPC transport for ONE party process (DESIGN §6): a server for inbound links, a stream per outbound link.
+"""gRPC transport for ONE party process (docs/design/protocol.md#transport): a server for inbound links, a stream per outbound link.
 
 Usage (one process per party; see docs/network.md and :func:`clicooper.net.serve.serve_party`)::
 

@@ -1,4 +1,4 @@
-"""One party as its own process: ``clicooper node`` (DESIGN §6; docs/network.md "Nodes").
+"""One party as its own process: ``clicooper node`` (docs/design/protocol.md#transport; docs/network.md "Nodes").
 
 :func:`run_node` builds the party's role — :class:`~clicooper.net.do_node.DataOwnerNode` or
 :class:`~clicooper.net.trainer_node.TrainerNode`, both over :class:`~clicooper.net.node_base.Node` and the

@@ -1,4 +1,4 @@
-"""One party as its own process: ``clicooper node`` (DESIGN §6; docs/network.md "Nodes").
+"""One party as its own process: ``clicooper node`` (docs/design/protocol.md#transport; docs/network.md "Nodes").
 
 The node builds its party with the session core (:mod:`clicooper.core`) exactly as an in-process run
 does, connects to its neighbours with :class:`~clicooper.net.GrpcTransport` and runs the same state

@@ -1,4 +1,4 @@
-"""One node's copy of the provenance ledger (DESIGN §5–6; docs/network.md "Ledger across nodes").
+"""One node's copy of the provenance ledger (docs/design/ledger.md; docs/network.md "Ledger across nodes").
 
 Each node holds only its OWN Ed25519 identity (``RUN/keys/<party>.key`` in its run directory, or
 ``--identity``), keeps its own ``ledger.jsonl`` and signs only its own stage entries. Everything that

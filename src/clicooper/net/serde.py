@@ -3,7 +3,7 @@
 ``x_to_proto`` never fails on a record party code built (except an unsupported dtype or an oversized
 tensor, which is the sender's bug and raised at once). ``x_from_proto`` treats its input as hostile:
 every field is checked and anything off raises :class:`~clicooper.errors.WireError` whose message says
-what was wrong, so the transport can log the reason and drop the message (DESIGN §1: nothing received
+what was wrong, so the transport can log the reason and drop the message (docs/design/parties.md#trust-assumptions: nothing received
 from the network is trusted).
 
 Tensors are raw little-endian C-contiguous bytes + dtype name + shape (never pickle).

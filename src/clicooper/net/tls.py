@@ -1,4 +1,4 @@
-"""Mutual TLS with pinned self-signed certificates (DESIGN §6), as gRPC credentials.
+"""Mutual TLS with pinned self-signed certificates (docs/design/protocol.md#transport), as gRPC credentials.
 
 Pinning, both ways:
 

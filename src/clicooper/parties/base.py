@@ -59,7 +59,7 @@ class PartyBase(abc.ABC):
         self.lr_at: Callable[[int], float] | None = None
         self.epoch = 0  # the epoch of the message (DO: of the step) being handled
 
-    # -- transcripts (DESIGN §5): running BLAKE3 per link and direction over tensor messages -----------
+    # -- transcripts (docs/design/ledger.md#transcripts): running BLAKE3 per link and direction over tensor messages -----------
     # The hashing runs on a background FIFO worker, in submission order. A message is immutable once sent
     # (parties never modify a tensor in place after putting it in a message), so hashing it later gives the
     # same digest. Every read (``transcript_digests``) or reset first waits for the pending jobs.

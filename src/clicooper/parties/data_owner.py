@@ -1,6 +1,6 @@
 """The data owner (DO): holds the data, labels, head (and tail in U-shape) and every privacy secret.
 
-Per step (DESIGN §2): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
+Per step (docs/design/protocol.md#one-training-step): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
 ``encode(y)``, gradient → T_K) … gradient from T1 → backward the head → step. Sample ids stay here.
 Privacy mechanisms are plugged in through three small protocols (see :mod:`clicooper.privacy`).
 """
@@ -40,7 +40,7 @@ Augment = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, sampl
 
 
 class Protector(Protocol):
-    """Clips and noises a tensor the DO releases (DESIGN §3); differentiable in ``a``."""
+    """Clips and noises a tensor the DO releases (docs/design/mechanisms.md#activation-protection); differentiable in ``a``."""
 
     def protect(self, a: torch.Tensor, *, sample_ids: torch.Tensor, round: int, stream: str = "act") -> torch.Tensor:
         """Return the protected release of ``a`` (one row per sample id)."""
@@ -48,7 +48,7 @@ class Protector(Protocol):
 
 
 class LabelEncoder(Protocol):
-    """Maps true labels to the (secret) training label space and model outputs back (DESIGN §4)."""
+    """Maps true labels to the (secret) training label space and model outputs back (docs/design/mechanisms.md#label-obfuscation)."""
 
     num_outputs: int
 
@@ -336,7 +336,7 @@ class DataOwner(PartyBase):
         if len(tgt) != len(a):
             raise WireError(f"DO: {len(a)} activations returned for a micro-batch of {len(tgt)}")
         loss_sum = F.cross_entropy(logits, tgt, reduction="sum")
-        (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (DESIGN §2)
+        (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (docs/design/protocol.md#micro-batch-pipelining)
         with torch.no_grad():
             probs = logits.softmax(1)
             if self.label_encoder is not None:

@@ -1,4 +1,4 @@
-"""Who may send a party which protocol message, and which values it may carry (DESIGN §1: nothing received is
+"""Who may send a party which protocol message, and which values it may carry (docs/design/parties.md#trust-assumptions: nothing received is
 trusted).
 
 The transport authenticates the *link* a message came on; these checks bind the message's *role* to it:

@@ -29,7 +29,7 @@ class Trainer(PartyBase):
 
     In the open tail (``holds_tail``) it also receives labels from the DO, computes the loss, reports it
     (a ``Control(kind="loss")`` to the DO) and starts the backward pass. It steps its own optimizer once
-    all ``n_micro`` micro-batches of a step have come back (GPipe-style accumulation, DESIGN §2).
+    all ``n_micro`` micro-batches of a step have come back (GPipe-style accumulation, docs/design/protocol.md#micro-batch-pipelining).
     """
 
     def __init__(
@@ -201,7 +201,7 @@ class Trainer(PartyBase):
             Header(self.name, "DO", h.epoch, h.step, h.micro, h.n_micro), "loss",
             {"loss_sum": repr(float(loss_sum.detach())), "correct": str(correct), "count": str(x.shape[0])},
         )
-        # The loss is a mean over the whole batch (DESIGN §2: micro-batch losses scaled to sum to it);
+        # The loss is a mean over the whole batch (docs/design/protocol.md#micro-batch-pipelining: micro-batch losses scaled to sum to it);
         # the DO announced the batch size (a public number) in a Control(kind="batch") before the labels.
         batch = self._step_batch.get((h.epoch, h.step))
         if batch is None:

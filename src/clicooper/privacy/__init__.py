@@ -1,18 +1,23 @@
-"""Privacy mechanisms of the data owner (DESIGN §3–4).
+"""Privacy mechanisms of the data owner (docs/design/mechanisms.md).
 
 * :mod:`.secrets` — the DO's secrets in ``RUN/secrets/`` (noise secret, label key).
 * :mod:`.activation` — per-sample clip + keyed Gaussian noise on activations, gradients and queries.
 * :mod:`.accountant` — ε of the releases (PLD / RDP via ``dp-accounting``), DP-SGD composition, query budget.
 * :mod:`.labels` — secret label obfuscation (keyed permutation + rotating sub-classes).
 * :mod:`.label_dp` — label DP by randomized response with a prior, one draw per sample.
-* :mod:`.presets` — named presets (``--preset``); :mod:`.defaults` — how an unset σ is chosen.
+* :mod:`.dpsgd` — DP-SGD on the DO's head (Opacus), composed with the releases' ε.
+* :mod:`.decorrelation`, :mod:`.adversarial`, :mod:`.random_head` — the empirical defences at the cut (NoPeek,
+  an adversarial decoder, a secret random head): no ε.
+* :mod:`.runtime` — all of the above for one run, from its config; :mod:`.record` — ``RUN/privacy.json``.
+* :mod:`.defaults` — how an unset σ is chosen (the named presets of ``--preset`` are
+  :mod:`clicooper.config.presets`).
 * :mod:`.prefetch` — the next batch's noise, drawn on a background thread.
 
 See ``docs/privacy.md`` for what each hides and does not hide, and for the data owner's integration calls.
 """
 
-# The names below load lazily (PEP 562), so that light modules of this package (``presets``, ``defaults``,
-# ``prefetch``) can be imported, e.g. by the CLI and the config validation, without loading
+# The names below load lazily (PEP 562), so that light modules of this package (``defaults``, ``prefetch``)
+# can be imported, e.g. by the CLI and the config validation, without loading
 # ``dp-accounting`` and torch.
 import importlib
 from typing import TYPE_CHECKING, Any

@@ -1,7 +1,7 @@
 """Keyed randomness shared by the privacy mechanisms (bookkeeping-free primitives).
 
 Every random choice the data owner (DO) makes from a secret goes through this module, so there is one
-place that fixes the byte formats (DESIGN §5 "Formats"):
+place that fixes the byte formats (docs/design/ledger.md#formats):
 
 * every concatenation that is hashed is **length-prefixed**: ``lp(a, b) = len(a)‖a‖len(b)‖b`` with each
   length an 8-byte big-endian unsigned integer, and integers encoded as decimal ASCII, so ``(1, 12)`` and

@@ -1,4 +1,4 @@
-"""Privacy accounting for the DO's releases, wrapping Google's ``dp-accounting`` (DESIGN §3).
+"""Privacy accounting for the DO's releases, wrapping Google's ``dp-accounting`` (docs/design/mechanisms.md#accounting).
 
 The math lives in ``dp_accounting`` (PLD: Meiser & Mohammadi 2018, Doroshenko et al. 2022 "Connect the
 dots"; RDP: Mironov 2017, Mironov et al. 2019 for the subsampled Gaussian); this module only builds the
@@ -297,7 +297,7 @@ def epsilon_with_dpsgd_head(
 
 
 class QueryBudget:
-    """Budget for served inference queries: each query is one more Gaussian release (DESIGN §3).
+    """Budget for served inference queries: each query is one more Gaussian release (docs/design/mechanisms.md#accounting).
 
     The DO cannot tell whether two queries carry the same input (a querier averaging the noise away would
     send the same one), so the budget counts **all** queries as releases of one input: after ``n`` queries

@@ -1,4 +1,4 @@
-"""Clip + keyed Gaussian noise on what the data owner releases (DESIGN §3).
+"""Clip + keyed Gaussian noise on what the data owner releases (docs/design/mechanisms.md#activation-protection).
 
 Per sample ``a`` (all non-batch dims flattened): ``a ← a · min(1, S / ‖a‖₂)``, then ``ã = a + N(0, σ²S²I)``
 — the Gaussian mechanism (Dwork & Roth 2014, §3.5.3; Abadi et al. 2016 for the clip-then-noise recipe).
@@ -196,7 +196,7 @@ class ActivationProtector:
 
     @property
     def accounting_noise_multiplier(self) -> float:
-        """``z = sigma / 2``: the noise multiplier to account under ADD_OR_REMOVE_ONE (DESIGN §3)."""
+        """``z = sigma / 2``: the noise multiplier to account under ADD_OR_REMOVE_ONE (docs/design/mechanisms.md#accounting)."""
         return self.sigma / 2.0
 
     def noise(

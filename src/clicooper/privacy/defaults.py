@@ -7,7 +7,7 @@ Precedence, first match wins:
 2. ``dp.target_epsilon`` (``--target-epsilon``) — the smallest σ whose per-release ε (head fixed) after
    ``epochs`` epochs at ``dp.delta`` is at most the target (:func:`~.accountant.sigma_for_epsilon`);
    source ``"target-epsilon"``;
-3. a preset's σ (``--preset``; :mod:`.presets`) — source ``"preset"``;
+3. a preset's σ (``--preset``; :mod:`clicooper.config.presets`) — source ``"preset"``;
 4. otherwise **σ = ρ/√d** — source ``"noise-ratio"``: ``ρ = dp.noise_ratio`` (default 1.0) and ``d`` the
    number of values per sample of the head's output (the cut). With the clip norm ``S``, each released row
    is clipped to norm ≤ S and gets noise of norm ≈ σ·S·√d = ρ·S: ρ is the noise/signal ratio at the cut
@@ -147,7 +147,7 @@ def cut_advice(model: str, dataset: str = "fashion-mnist") -> str | None:
     """A warning for activation noise on a model that is not one of the measured bottleneck models.
 
     Only the ``fmnist-private-*`` models (an L2-normalised low-dimensional cut) were measured at the
-    inversion class floor (docs/privacy-frontier.md). On a wide cut the same ρ buys little: ``fmnist-cnn``
+    inversion class floor (docs/research/privacy-frontier.md). On a wide cut the same ρ buys little: ``fmnist-cnn``
     with the default σ = ρ/√d, ρ = 1 lost 8.8 points and still let inversion reach SSIM 0.66.
     """
     if model.startswith("fmnist-private-"):
@@ -156,7 +156,7 @@ def cut_advice(model: str, dataset: str = "fashion-mnist") -> str | None:
         return (f"note: on {model} noise alone was measured above the inversion class floor (fmnist-resnet-s8, "
                 "3 seeds, 15k rows × 3 epochs, converging attackers: noise/signal 1 → strongest inversion ≥ 0.20 "
                 "over the class floor for −4.0 points, 2 → ≥ 0.08 for −7.9; --nopeek 3 at noise/signal 1 "
-                "(--preset private-resnet) → ≥ 0.04 for −8.3; docs/frontier-resnet.md).")
+                "(--preset private-resnet) → ≥ 0.04 for −8.3; docs/research/frontier-resnet.md).")
     if dataset != "fashion-mnist":
         return (f"note: what this noise protects on {model} ({dataset}) is not measured; run `clicooper report` "
                 "on the run (with --record-observations) to measure inversion against an undefended baseline.")
@@ -164,5 +164,5 @@ def cut_advice(model: str, dataset: str = "fashion-mnist") -> str | None:
         f"note: {model} does not end its DO head in a low-dimensional normalised cut, so this noise is not what "
         "the privacy frontier measured: fmnist-cnn with the default σ (ρ = 1; 15k rows, 3 epochs) lost 8.8 "
         "accuracy points and inversion still reached SSIM 0.66 (class floor 0.36). For input privacy use "
-        "--preset private-accurate or private-balanced (docs/privacy-frontier.md)."
+        "--preset private-accurate or private-balanced (docs/research/privacy-frontier.md)."
     )

@@ -1,4 +1,4 @@
-"""DP-SGD on the data owner's head (DESIGN §3: the full guarantee needs the head trained with DP-SGD).
+"""DP-SGD on the data owner's head (docs/design/mechanisms.md#accounting: the full guarantee needs the head trained with DP-SGD).
 
 The DO's head is trained on raw data, so the per-release ε of the activations holds only with the head
 fixed. With ``dp.head_dpsgd`` the head's update is DP-SGD (Abadi et al. 2016) instead:

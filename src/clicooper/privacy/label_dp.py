@@ -1,4 +1,4 @@
-"""Label differential privacy by randomized response with a prior (open-tail topology, DESIGN §4).
+"""Label differential privacy by randomized response with a prior (open-tail topology, docs/design/mechanisms.md#label-dp).
 
 RR-with-prior (Ghazi, Golowich, Kumar, Manurangsi, Zhang: "Deep Learning with Label Differential
 Privacy", NeurIPS 2021, Alg. 2 *RRWithPrior*): given a prior ``p`` over the C classes for a sample, take the

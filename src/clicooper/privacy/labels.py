@@ -1,4 +1,4 @@
-"""Secret label obfuscation (DESIGN §4).
+"""Secret label obfuscation (docs/design/mechanisms.md#label-obfuscation).
 
 Labels live in an obfuscated space of ``C·m`` classes (``m`` = expansion, default 2):
 
@@ -41,7 +41,7 @@ def keyed_permutation(key: bytes, n: int, *, info: bytes = PERM_INFO) -> list[in
 
 
 class LabelCodec:
-    """Encode true labels into the secret obfuscated space and decode predictions back (DESIGN §4)."""
+    """Encode true labels into the secret obfuscated space and decode predictions back (docs/design/mechanisms.md#label-obfuscation)."""
 
     def __init__(self, *, key: bytes, num_classes: int, expansion: int = 2) -> None:
         self._key = check_key(key, "label key")

@@ -1,4 +1,4 @@
-"""The data owner's secrets in ``RUN/secrets/`` (DESIGN §3, §4).
+"""The data owner's secrets in ``RUN/secrets/`` (docs/design/mechanisms.md#activation-protection, docs/design/mechanisms.md#label-obfuscation).
 
 Two 32-byte secrets, from the OS's CSPRNG (``os.urandom``), never derived from the run's public seed and
 never sent to any party:

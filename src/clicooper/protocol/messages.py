@@ -2,10 +2,11 @@
 
 These dataclasses are the *only* things parties send each other. The in-process transport carries them
 as they are; the gRPC transport converts them with ``net/serde.py`` (``x_to_proto`` / ``x_from_proto``).
-Sample ids never appear here: the data owner keeps them (DESIGN §2).
+Sample ids never appear here: the data owner keeps them (docs/design/protocol.md#one-training-step).
 
-``canonical_bytes`` gives one unambiguous byte string per message (every field length-prefixed, DESIGN §5
-"Formats"); transcript hashes in the ledger are SHA-256 running hashes over it.
+``canonical_bytes`` gives one unambiguous byte string per message (every field length-prefixed:
+docs/design/ledger.md#formats); transcript hashes in the ledger are BLAKE3 running hashes over it
+(``clicooper.provenance.transcript``, docs/design/ledger.md#transcripts).
 """
 
 from __future__ import annotations

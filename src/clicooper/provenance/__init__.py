@@ -1,4 +1,4 @@
-"""Provenance: identities, the signed ledger, dynamic chained watermarks, verification (DESIGN §5).
+"""Provenance: identities, the signed ledger, dynamic chained watermarks, verification (docs/design/ledger.md, docs/design/mechanisms.md#watermarks).
 
 Modules, low to high (imports point down):
 

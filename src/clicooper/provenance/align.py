@@ -1,4 +1,4 @@
-"""Undo hidden-unit permutation and positive rescaling before watermark extraction (DESIGN §5 "prove").
+"""Undo hidden-unit permutation and positive rescaling before watermark extraction (docs/design/mechanisms.md#alignment).
 
 A network computes the same function after (a) permuting the hidden units of a layer (rows of W_l and
 b_l, columns of W_{l+1}) and (b) scaling a hidden unit by c > 0 (row of W_l and b_l times c, column of

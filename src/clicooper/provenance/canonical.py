@@ -1,4 +1,4 @@
-"""Byte formats shared by the ledger and the watermark (DESIGN §5 "Formats").
+"""Byte formats shared by the ledger and the watermark (docs/design/ledger.md#formats).
 
 Everything that is hashed or signed in CliCooper goes through this module, so one file pins every byte:
 

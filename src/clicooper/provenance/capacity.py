@@ -1,4 +1,4 @@
-"""Watermark sizing and the ownership threshold (DESIGN §5 "capacity"): how many bits, weights per bit and
+"""Watermark sizing and the ownership threshold (docs/design/mechanisms.md#capacity): how many bits, weights per bit and
 retained rounds a segment can hold (:func:`plan_capacity`), and the largest number of wrong bits τ an
 ownership claim may show so that an unrelated model passes with probability < 2**-64.
 """
@@ -39,7 +39,7 @@ def ownership_threshold(n_bits: int) -> tuple[int, float]:
 
 @dataclass(frozen=True)
 class CapacityPlan:
-    """Per-segment watermark sizing, written in ``plan.json`` (DESIGN §5 "capacity")."""
+    """Per-segment watermark sizing, written in ``plan.json`` (docs/design/mechanisms.md#capacity)."""
 
     num_params: int
     enabled: bool
@@ -85,7 +85,7 @@ def plan_capacity(num_params: int, *, planned_rounds: int, n_bits: int = 128, ma
                   weights_per_bit: int = 8, min_bits: int = 96, max_subset: int = 256, min_subset: int = 8,
                   lam: float = 0.1, max_extra_steps: int = 500, robust_min_params: int = 10_000
                   ) -> CapacityPlan:
-    """Size the watermark of a segment with ``num_params`` weights (DESIGN §5 "capacity").
+    """Size the watermark of a segment with ``num_params`` weights (docs/design/mechanisms.md#capacity).
 
     Budget: all retained marks together ≤ ``num_params // weights_per_bit`` bits (|w|/8 by default).
     n = min(``n_bits``, budget); a segment whose budget is below ``min_bits`` (default 96: one mark alone

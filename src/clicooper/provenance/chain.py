@@ -1,4 +1,4 @@
-"""The chain checks (DESIGN §5 "Ledger"): :class:`ChainState` replays a ledger one entry at a time and says
+"""The chain checks (docs/design/ledger.md#the-ledger): :class:`ChainState` replays a ledger one entry at a time and says
 what is wrong with the next one, with no secrets and no file: run id, ``prev`` chain, (round, position)
 order, duplicates, position owner, signatures, start commitment = previous end commitment, closing
 consistency. :class:`~clicooper.provenance.ledger.Ledger` refuses an entry with issues;

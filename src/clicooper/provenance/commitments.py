@@ -1,4 +1,4 @@
-"""Commitments written into the ledger (DESIGN §5 "Ledger").
+"""Commitments written into the ledger (docs/design/ledger.md#the-ledger).
 
 - :func:`segment_commitment` — SHA-256 of a segment's tensors in canonical safetensors form (metadata
   excluded). ``safetensors.torch.save(tensors, metadata=None)`` is deterministic: the header is JSON with

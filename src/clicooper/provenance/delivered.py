@@ -1,4 +1,4 @@
-"""What a run directory delivers, read back for checking (DESIGN §5): the segments by position, the
+"""What a run directory delivers, read back for checking (docs/design/ledger.md): the segments by position, the
 parties' trusted public keys, the stages a party expects marked in the final weights, and the verify
 verdict of ``clicooper verify`` with its exit status.
 

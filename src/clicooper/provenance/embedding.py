@@ -1,4 +1,4 @@
-"""Embedding marks during training (DESIGN §5 "Embedding"): which marks a party embeds in a round, the
+"""Embedding marks during training (docs/design/mechanisms.md#embedding): which marks a party embeds in a round, the
 ``λ · BCE(sigmoid(X·w), b)`` term added to its loss on every step, and the bounded extra watermark-only
 steps at round end until every bit is right.
 """
@@ -31,7 +31,7 @@ def marks_for_round(identity: Identity, run_id: str, position: int, round: int, 
 def watermark_loss(module: nn.Module, marks: Sequence[Mark], *, lam: float) -> torch.Tensor:
     """``λ · BCE(sigmoid(X·w), b)`` over all bits of all ``marks``, from the live parameters.
 
-    Add it to the party's loss before ``backward()`` on every optimizer step (DESIGN §5 "Embedding").
+    Add it to the party's loss before ``backward()`` on every optimizer step (docs/design/mechanisms.md#embedding).
     Returns a zero tensor when ``marks`` is empty.
     """
     params = dict(module.named_parameters())

@@ -1,4 +1,4 @@
-"""Typed ledger entries and their canonical bytes (DESIGN §5 "Ledger", "Formats").
+"""Typed ledger entries and their canonical bytes (docs/design/ledger.md#the-ledger, docs/design/ledger.md#formats).
 
 Three entry types, each one JSON object per line of ``ledger.jsonl``, written as RFC 8785 canonical JSON:
 

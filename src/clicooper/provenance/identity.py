@@ -1,4 +1,4 @@
-"""Ed25519 party identities (DESIGN §5: "Every party has an Ed25519 key pair").
+"""Ed25519 party identities (docs/design/ledger.md#identities).
 
 Shaped like ``cryptography``'s asymmetric API: keys come from :meth:`Identity.generate` or
 :meth:`Identity.from_bytes`; :func:`verify` returns ``None`` and raises :class:`LedgerError` on failure.

@@ -1,4 +1,4 @@
-"""Append-only JSON-lines ledger file (DESIGN §5 "Ledger").
+"""Append-only JSON-lines ledger file (docs/design/ledger.md#the-ledger).
 
 One entry per line, each line the RFC 8785 canonical JSON of the entry (see
 :mod:`clicooper.provenance.entries`) followed by ``\\n``. Order: genesis; then for each round r = 0, 1, …
@@ -232,7 +232,7 @@ class Ledger:
         return dict(self._state.last_end)
 
     def anchor(self, round: int) -> str:
-        """``anchor_r``: hash of the last entry of round r-1 (the genesis for r = 0). DESIGN §5."""
+        """``anchor_r``: hash of the last entry of round r-1 (the genesis for r = 0). docs/design/mechanisms.md#dynamic-chained-keys."""
         return ledger_anchor(self.entries, round)
 
     # ---- appending
@@ -240,7 +240,7 @@ class Ledger:
         """Check and durably append ``entry``; returns ``True`` if written.
 
         With ``allow_identical=True`` an entry byte-identical to an already committed one (a round-end
-        commit redone after a crash, DESIGN §6) is accepted as a no-op and ``False`` is returned; a
+        commit redone after a crash, docs/design/protocol.md#crash-and-resume) is accepted as a no-op and ``False`` is returned; a
         *different* entry for an already committed stage is always a :class:`LedgerError`.
         """
         if allow_identical:
@@ -288,7 +288,7 @@ class Ledger:
 
 
 def ledger_anchor(entries: list[Entry], round: int) -> str:
-    """``anchor_r`` = hash of the last entry of round r-1, or of the genesis for r = 0 (DESIGN §5)."""
+    """``anchor_r`` = hash of the last entry of round r-1, or of the genesis for r = 0 (docs/design/mechanisms.md#dynamic-chained-keys)."""
     if round < 0:
         raise LedgerError("round must be ≥ 0")
     if round == 0:

@@ -1,4 +1,4 @@
-"""Stage keys and marks (DESIGN §5 "Dynamic chained keys"): everything derived from a stage's signature.
+"""Stage keys and marks (docs/design/mechanisms.md#dynamic-chained-keys): everything derived from a stage's signature.
 
 ``sig_{r,p}`` = the party's Ed25519 signature of ``lp("clicooper-wm", run_id, r, p, anchor_r)``; the secret
 key ``k_{r,p}`` = HKDF-SHA256(sig, "clicooper/wm-key") and the public commitment ``c_{r,p}`` =

@@ -1,4 +1,4 @@
-"""Reveals and ownership proofs (DESIGN §5 "Reveals", "Ownership").
+"""Reveals and ownership proofs (docs/design/mechanisms.md#reveals-and-ownership).
 
 - :func:`make_reveal` — a party publishes ``sig_{r,p}`` of chosen stages (a JSON reveal file). Each revealed
   key makes that one mark easier to remove, so reveal only the stages a dispute needs.

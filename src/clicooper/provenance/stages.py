@@ -1,4 +1,4 @@
-"""The provenance stage engine: one round of one run's positions, as every party runs it (DESIGN §5).
+"""The provenance stage engine: one round of one run's positions, as every party runs it (docs/design/ledger.md).
 
 Both ways of running a run drive this one engine: the in-process run (every party in one process, every
 identity at hand: ``clicooper.training.provenance_hooks``) and a node (one party, one identity:
@@ -67,7 +67,7 @@ def capacity_for(config: RunConfig, n: int) -> CapacityPlan:
         return CapacityPlan(n, False, 0, 0, 0, wm.strength, 0, n // 8, -1, -1, False,
                             reason="watermark disabled in the run config" if not wm.enabled else "no weights")
     if n < wm.min_params:
-        # DESIGN §5: a segment too small for a robust mark gets none, stated in the plan. Measured on
+        # docs/design/mechanisms.md#watermarks: a segment too small for a robust mark gets none, stated in the plan. Measured on
         # fmnist-cnn's 1,290-weight tail: a 128-bit mark needed 300+ watermark-only steps per round and
         # cost accuracy, because the task's gradients on so few weights keep undoing it.
         return CapacityPlan(n, False, 0, 0, 0, wm.strength, 0, n // 8, -1, -1, False,

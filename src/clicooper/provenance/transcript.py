@@ -1,4 +1,4 @@
-"""Per-link transcript hashes for stage entries (DESIGN §5 "Ledger": transcript hashes).
+"""Per-link transcript hashes for stage entries (docs/design/ledger.md#transcripts).
 
 Each party keeps, per round, one running hash per (peer position, direction) over the canonical bytes
 (:func:`clicooper.protocol.messages.canonical_bytes`) of every tensor or control message it sent to or
@@ -11,7 +11,7 @@ and to the DO's tail (position 2), and those are two different links. Naming the
 (``"T1:sent"``) is accepted too; the verifier then checks per party pair and round, merging the DO's two
 entries (which must then carry the same digest for a key).
 
-**Hash function: BLAKE3** (:data:`TRANSCRIPT_HASH`, the ``blake3`` package), not the SHA-256 of DESIGN §5.
+**Hash function: BLAKE3** (:data:`TRANSCRIPT_HASH`, the ``blake3`` package), not SHA-256 (docs/design/ledger.md#transcripts says why).
 Transcripts cover every tensor that crosses a cut (fmnist-cnn, K = 2: 9.8 MB of messages per 128-sample
 step, hashed at both ends of each link, 19.5 MB per step in an in-process run), so their hash runs at the
 speed of the link, not of the ledger. Measured on this project's 2-core reference machine: SHA-256

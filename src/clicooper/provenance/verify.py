@@ -1,4 +1,4 @@
-"""Secret-free verification of a run's ledger and delivered segments (DESIGN §5 "Verification"), in the
+"""Secret-free verification of a run's ledger and delivered segments (docs/design/ledger.md#verification), in the
 order docs/ledger-format.md §11 specifies.
 
 :func:`verify_run` reads every line (schema, canonical form: :func:`~clicooper.provenance.ledger.parse_line`)

@@ -1,4 +1,4 @@
-"""Dynamic chained watermarks (DESIGN §5 "Dynamic chained keys", "Embedding").
+"""Dynamic chained watermarks (docs/design/mechanisms.md#dynamic-chained-keys, docs/design/mechanisms.md#embedding).
 
 Keys. For stage (r, p) with ``anchor_r`` = hash of the last ledger entry of round r-1 (the genesis for
 r = 0)::

@@ -1,4 +1,4 @@
-"""Attack reports (DESIGN §7): every figure of a run beside its undefended baseline."""
+"""Attack reports (docs/design/metrics.md): every figure of a run beside its undefended baseline."""
 
 from clicooper.report.report import make_report, render_markdown, run_summary, train_baseline
 

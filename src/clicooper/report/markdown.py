@@ -24,11 +24,58 @@ def _adversary(run: dict[str, Any]) -> str:
     return f"{who}; DO's live detection {det}"
 
 
+def _title(run: dict[str, Any]) -> list[str]:
+    """Title and the run's facts."""
+    return [f"# CliCooper attack report: `{run['run']}`\n",
+            f"{run['dataset']} · {run['model']} · K = {run['trainers']} ({run['topology']}) · "
+            f"{run['epochs']} epochs · seed {run['seed']} · train range {run['train_range']}\n"]
+
+
+def _pt(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.1f} pt"
+
+
+def _summary(rep: dict[str, Any]) -> list[str]:
+    """The answer first (:mod:`.summary`): what leaked, what was protected, accuracy cost, trainers' gain, ε."""
+    sm = rep.get("summary")
+    if not sm:
+        return []
+    L = ["## Summary\n"]
+    if sm.get("unconverged_budget"):
+        L.append(f"> **Not converged:** every attack figure below comes from {sm['unconverged_budget']}; "
+                 "read them as a check that the pipeline runs, not as what an attacker reaches.\n")
+    L.append("- **Leaked** (an informative figure beyond its floor): "
+             + ("; ".join(sm["leaked"]) if sm["leaked"] else "nothing") + ".")
+    L.append("- **Protected** (a converged, informative figure not beyond its floor): "
+             + ("; ".join(sm["protected"]) if sm["protected"] else "nothing") + ".")
+    rest = []
+    if sm.get("undecided"):
+        rest.append(f"{len(sm['undecided'])} undecided (a bound not yet beyond its floor: more steps may leak)")
+    if sm.get("not_informative"):
+        rest.append(f"{len(sm['not_informative'])} not informative (the attack does not beat its floor on the "
+                    "undefended baseline either)")
+    if rest:
+        L.append("- **Not judged:** " + "; ".join(rest) + ".")
+    acc, bacc, cost = sm.get("accuracy"), sm.get("baseline_accuracy"), sm.get("accuracy_cost_pt")
+    if acc is not None:
+        L.append(f"- **Accuracy cost:** {_fmt(acc)} against {_fmt(bacc)} undefended "
+                 f"({'–' if cost is None else f'{cost:.1f} pt lost' if cost >= 0 else f'{-cost:.1f} pt gained'}).")
+    gain = sm.get("trainer_gain_pt")
+    if gain is not None and gain < 0:
+        L.append(f"- **Trainers' gain: {_pt(gain)} — negative.** The DO alone (its head + a linear tail, no "
+                 f"trainers) reaches {_fmt(sm.get('do_alone_accuracy'))}, more than the cooperative model: at "
+                 "these settings the trainers cost the DO accuracy instead of adding it (train longer, or give "
+                 "the trainers more of the model).")
+    elif gain is not None:
+        L.append(f"- **Trainers' gain:** {_pt(gain)} over the DO alone ({_fmt(sm.get('do_alone_accuracy'))}: its "
+                 "head + a linear tail, no trainers).")
+    L.append(f"- **ε:** {sm['epsilon']}.\n")
+    return L
+
+
 def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    """Title, the run's facts, and the run beside its baseline (accuracy, FLOP share, DO-alone)."""
-    L = [f"# CliCooper attack report: `{run['run']}`\n",
-         f"{run['dataset']} · {run['model']} · K = {run['trainers']} ({run['topology']}) · "
-         f"{run['epochs']} epochs · seed {run['seed']} · train range {run['train_range']}\n",
+    """The run beside its baseline (accuracy, FLOP share, DO-alone)."""
+    L = ["## The two runs\n",
          "| | run | undefended baseline |\n|---|---|---|",
          f"| run directory | `{run['run']}` | `{base['run']}`"
          + (" (trained by this report)" if base.get("trained_by_report") else "") + " |",
@@ -67,7 +114,7 @@ def _budget_and_warnings(rep: dict[str, Any]) -> list[str]:
     """The attack budget, what *not informative* means, and the warnings."""
     budgets = rep["budget"] if isinstance(rep["budget"], list) else [rep["budget"]]
     L = [f"**Attack budget:** {', '.join(budgets)} — " + "; ".join(rep["budget_description"]) + "\n",
-         "Every figure is shown beside the same attack on the undefended baseline (DESIGN §7). A figure "
+         "Every figure is shown beside the same attack on the undefended baseline (docs/design/metrics.md#informative-figures). A figure "
          "is **not informative** when the attack does not beat its floor on the undefended baseline: "
          "then the defended figure says nothing about protection (the attack is too weak or mis-aligned).\n"]
     scales = {n: a.get("baseline_scale", 1.0) for n, a in rep.get("attacks", {}).items()}
@@ -218,7 +265,7 @@ def _settings(rep: dict[str, Any]) -> list[str]:
 def render_markdown(rep: dict[str, Any]) -> str:
     """The human report."""
     run, base = rep["run"], rep["baseline"]
-    sections = (_runs_table(run, base), _privacy(run), _budget_and_warnings(rep), _results(rep["rows"]),
+    sections = (_title(run), _summary(rep), _runs_table(run, base), _privacy(run), _budget_and_warnings(rep), _results(rep["rows"]),
                 _convergence(rep["rows"]), _paper(rep["rows"]), _verdict(rep["rows"]), _figures(rep["figures"]),
                 _settings(rep))
     return "\n".join(line for section in sections for line in section)

@@ -1,5 +1,5 @@
 """``clicooper report``: every attack figure of a run beside the same attack on the undefended baseline
-(DESIGN §7), in ``report.md`` + ``report.json`` + PNG plots.
+(docs/design/metrics.md#informative-figures), in ``report.md`` + ``report.json`` + PNG plots.
 
 A figure counts only if the same attack beats its floor on the undefended baseline
 (:func:`clicooper.attacks.informative`); otherwise it is flagged *not informative*. When no baseline is
@@ -35,10 +35,12 @@ from clicooper.report.rows import (
     level_rows,
     load_or_run,
     needs_whole_budget,
+    not_converged,
     per_epoch,
     settings_diff,
 )
 from clicooper.report.runs import MUST_MATCH, SHOULD_MATCH, Progress, check_comparable, read_json, run_summary
+from clicooper.report.summary import UNCONVERGED_BUDGETS, summarize
 from clicooper.training import train
 from clicooper.training.do_alone import do_alone_accuracy
 
@@ -241,6 +243,8 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
     rows: list[dict[str, Any]] = []
     for name in names:
         rows += level_rows(name, results[name], base_results[name])
+    for why in (UNCONVERGED_BUDGETS[b] for b in {budget} if b in UNCONVERGED_BUDGETS):
+        rows = [not_converged(r, why) for r in rows]
     figures = _figures((run_dir, base_dir, out_dir), names, results, base_results, rows,
                        (run["test_acc"], base["test_acc"]), f"defense {run['defense']}")
     budgets_used = sorted({r.get("settings", {}).get("budget", "unrecorded") for r in results.values()})
@@ -261,6 +265,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         "warnings": warnings,
         "seconds": round(time.time() - t0, 1),
     }
+    rep["summary"] = summarize(rep)
     (out_dir / "report.json").write_text(json.dumps(rep, indent=2, default=str))
     (out_dir / "report.md").write_text(render_markdown(rep))
     return {**rep, "rows_by_key": {r["key"]: r for r in rows}}

@@ -111,6 +111,21 @@ def _convergence(row: dict[str, Any], r: dict[str, Any], b: dict[str, Any] | Non
     row["verdict"] = verdict(row)
 
 
+def not_converged(row: dict[str, Any], why: str) -> dict[str, Any]:
+    """``row`` with its run figure (and the baseline's) marked not converged because of ``why`` (a budget
+    whose figures are stand-ins): a bound, not judged; its verdict says so."""
+    out = {**row, "converged": False, "baseline_converged": False, "judged": False, "not_converged_why": why}
+    if not row["informative"]:
+        out["verdict"] = f"{row['verdict']} (at {why})"
+        return out
+    ref, ref_name = ((row["class_floor"], "class floor") if row.get("class_floor") is not None
+                     else (row["floor"], "floor"))
+    better = row["score"] > ref if row.get("higher_is_better", True) else row["score"] < ref
+    out["verdict"] = f"not judged: the run's figure is a {bound_word(row)} from {why}" + (
+        f"; it already beats the {ref_name} {ref:.3f}, so the defence does not hide this one" if better else "")
+    return out
+
+
 def bound_word(row: dict[str, Any]) -> str:
     """"lower bound" for an attack figure where higher is better (the attack would only get stronger)."""
     return "lower bound" if row.get("higher_is_better", True) else "upper bound"
@@ -147,7 +162,8 @@ def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,
             for lv, v in r.get("levels", {}).items():
                 key = f"{name}/{r['party']}/{lv}"
                 s = series.setdefault(key, {"attack": name, "party": r["party"], "level": lv, "run": {},
-                                            "base": {}, "floor": {}, "informative": flags.get(key, False)})
+                                            "base": {}, "floor": {}, "informative": flags.get(key, False),
+                                            "primary": v.get("primary")})
                 if v.get("score") is not None:
                     s[which][int(r["epoch"])] = v["score"]
                 if which == "run" and v.get("floor") is not None:

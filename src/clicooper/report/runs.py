@@ -1,5 +1,5 @@
 """The two runs a report compares: their header facts (config, accuracy, DO FLOP share, ε reports) and
-whether the baseline is a fair undefended counterpart of the run (DESIGN §7: same data and seed).
+whether the baseline is a fair undefended counterpart of the run (docs/design/metrics.md#informative-figures: same data and seed).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from clicooper import jsonbound
 from clicooper.errors import ConfigError, RunDirError
 
-#: Config fields that must match between a run and its baseline (DESIGN §7: same data and seed). The model
+#: Config fields that must match between a run and its baseline (docs/design/metrics.md#informative-figures: same data and seed). The model
 #: may differ only on request (``baseline_model``: e.g. a private architecture against the undefended
 #: reference ``fmnist-cnn``, issue 5); the report then says so in its header.
 MUST_MATCH = ("dataset", "seed")

@@ -4,7 +4,14 @@ The recorder is the *evaluator's* instrument, not part of the protocol: it joins
 received with the sample ids the DO holds privately, so attacks can be scored against ground truth.
 Format (docs/INTERNAL_API.md): ``observations/T<i>/epoch_<e>.safetensors`` with ``sample_ids``,
 ``activations``, ``gradients`` and (open tail) ``labels``; rows in the order the activations were received,
-gradients and labels aligned to the same rows.
+gradients and labels aligned to the same rows. Activations and gradients are stored as ``observe_dtype``
+(float32 by default; float16 or bfloat16 halve the files) and read back as float32.
+
+Size: rows × (values per sample at the trainer's input + at its output) × bytes per value, per trainer and
+epoch; the reference CNN's first cut alone is 6,272 values per sample, so 2,000 rows × 2 epochs with two
+trainers are ≈ 200 MB in float32. General-purpose compression does not pay: the values are dense noisy
+floats (zlib level 1 saved 8 % of a float16 file, at 3 s per 38 MB), so the ways to smaller files are fewer
+rows (``observe_count``) and fewer bytes per value (``observe_dtype``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,19 @@ def subset_ids(train_ids: torch.Tensor, count: int) -> torch.Tensor:
     return train_ids[idx]
 
 
+#: ``observe_dtype`` → the torch dtype recorded activations and gradients are stored as.
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as ``dtype`` for storage, unless that would turn a finite value into ±inf (float16 ends at
+    65,504): then ``x`` unchanged, since the readers cast every stored dtype back to float32 alike."""
+    if not x.is_floating_point() or x.dtype == dtype:
+        return x
+    y = x.to(dtype)
+    return x if bool((torch.isinf(y) & torch.isfinite(x)).any()) else y
+
+
 class ObservationRecorder:
     """Collects rows for recorded ids per trainer and epoch; ``flush`` writes one file per trainer."""
 
@@ -37,7 +57,11 @@ class ObservationRecorder:
         recorded_ids: torch.Tensor,
         ids_of: Callable[[int, int, int], torch.Tensor],
         num_train: int,
+        dtype: str = "float32",
     ):
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"observe_dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+        self.dtype = STORE_DTYPES[dtype]
         self.out_dir = Path(out_dir)
         self.trainers = set(trainers)
         self.mask = torch.zeros(num_train, dtype=torch.bool)
@@ -76,6 +100,7 @@ class ObservationRecorder:
                 names = [n for n in ("sample_ids", "activations", "gradients", "labels") if n in rows[keys[0]]]
                 for n in names:
                     out[n] = torch.cat([rows[k][n] for k in keys if n in rows[k]])
+                out = {n: stored(v, self.dtype) if n in ("activations", "gradients") else v for n, v in out.items()}
             d = self.out_dir / t
             rundir.save_tensors(d / f"epoch_{epoch}.safetensors", out, {"party": t, "epoch": str(epoch)})
             rundir.save_tensors(

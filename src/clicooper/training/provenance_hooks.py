@@ -1,4 +1,4 @@
-"""Provenance round hooks of an in-process run: every party's key at hand, one ledger (DESIGN §5).
+"""Provenance round hooks of an in-process run: every party's key at hand, one ledger (docs/design/ledger.md#the-ledger).
 
 :func:`default_hooks` returns a :class:`ProvenanceHooks` (a ``RoundHooks``) when ``config.provenance`` is
 on. It follows the integration sequence of ``docs/provenance.md``; the rounds themselves are the stage

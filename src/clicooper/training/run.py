@@ -28,6 +28,7 @@ from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_
 from clicooper.data.tabular import csv_encoding
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.models.describe import as_sequential, classes_of, is_own_module, peer_refusal
+from clicooper.models.partition import balance_warning
 from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
 from clicooper.training import own_model
@@ -130,12 +131,13 @@ def _recorder(session: Session, run_dir: Path) -> ObservationRecorder | None:
         return st.ids[micro]
 
     names = [t.name for t in session.trainers]
-    recorder = ObservationRecorder(run_dir / rundir.OBSERVATIONS, names, rec_ids, ids_of, len(session.dataset.x_train))
+    recorder = ObservationRecorder(run_dir / rundir.OBSERVATIONS, names, rec_ids, ids_of, len(session.dataset.x_train),
+                                   dtype=config.observe_dtype)
     session.net.taps.append(recorder)
     rundir.write_json(
         run_dir / rundir.OBSERVATIONS / "index.json",
         {"parties": names, "topology": config.topology,
-         "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}",
+         "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}", "dtype": config.observe_dtype,
          "epochs": list(range(1, config.epochs + 1)), "format": "docs/INTERNAL_API.md#run-directory-run"},
     )
     return recorder
@@ -351,6 +353,8 @@ def _invocation(config: RunConfig, run_dir: Path, ds: Dataset, blueprint: Any, i
         session = Session(config, ds, run_dir, blueprint=blueprint, privacy=privacy)
         if privacy.notice:
             print(privacy.notice, file=sys.stderr)
+        if not resumed and (lopsided := balance_warning(session.plan)) is not None:
+            print(lopsided, file=sys.stderr)  # before the first epoch: the user can stop and re-plan
         _start_files(session, run_dir, initial, new_run=not resumed, done=done)
         if hooks is None:
             hooks = default_hooks(config, run_dir, session, new_run=not resumed)

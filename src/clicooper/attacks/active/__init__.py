@@ -1,4 +1,4 @@
-"""Malicious trainers (DESIGN §1, extended threat model): behaviours a trainer may adopt instead of the
+"""Malicious trainers (docs/design/parties.md#malicious-trainers): behaviours a trainer may adopt instead of the
 protocol, each a subclass of :class:`clicooper.parties.trainer.Trainer` (docs/malicious.md).
 
 =============  =====================================================================  ==================

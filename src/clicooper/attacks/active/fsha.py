@@ -14,7 +14,7 @@ private inputs. Per step, as in the reference code (pasquini-dario/SplitNN_FSHA 
 To stay inconspicuous T1 still trains its own segment on the true gradient from T2 and forwards honestly,
 so the DO's tail keeps learning. Every ``fsha_eval_every`` steps the *evaluator* scores ``f̃⁻¹(z)`` of the
 batch against the true inputs (SSIM; MSE for images under 11×11) beside the class floor (SSIM of each
-input against the auxiliary mean image of its class, DESIGN §7): ``report["curve"]``.
+input against the auxiliary mean image of its class, docs/design/metrics.md#attacks-and-metrics): ``report["curve"]``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Explicit views: what an attacker may read, per knowledge level (DESIGN §7).
+"""Explicit views: what an attacker may read, per knowledge level (docs/design/metrics.md#views).
 
 =================  ===========================================================================
 level              the attacker reads

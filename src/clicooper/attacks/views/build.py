@@ -159,6 +159,7 @@ def build_view(
     predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
     reader: RunReader | None = None,
+    test_rows: int | None = None,
 ) -> Views:
     """Build the views of ``party`` (``"T1"`` … ``"TK"``, or ``"pool"`` for all trainers colluding, whose
     own view is then the last trainer's) at one recorded ``epoch`` (default: the last).
@@ -168,7 +169,11 @@ def build_view(
     data is ``aux_range`` of ``aux_source`` (default: the first half of the test split); the other half of
     the test split is the held-out evaluation data. Known samples (``known_k`` per class) and victims
     (up to ``victims``, disjoint from the known rows) are drawn from the recorded rows with ``seed``.
+    ``test_rows`` caps the held-out evaluation data at that many rows spread evenly over it (a budget's
+    bound on scoring, which otherwise runs every surrogate over the whole held-out split at each reading).
     """
+    if test_rows is not None and test_rows < 1:
+        raise AttackError(f"test_rows must be ≥ 1, got {test_rows}")
     levels = _levels(knowledge)
     reader = reader or RunReader(run_dir)
     config = config if config is not None else (reader.read_json("config.json") if reader.exists("config.json") else {})
@@ -190,6 +195,9 @@ def build_view(
     aux, aux_y_true = (_aux_view(dataset, aux_range, aux_source, aux_labelled, train)
                        if "aux" in levels or "white-box" in levels else (None, None))
     keep = _held_out(dataset.x_test.shape[0], aux)
+    if test_rows is not None and int(keep.sum()) > test_rows:
+        kept = torch.nonzero(keep).flatten()
+        keep = kept[torch.linspace(0, kept.numel() - 1, test_rows).round().long()]
     white = WhiteBoxView(head=load_head(reader, architecture)) if "white-box" in levels else None
 
     x_test, y_test = dataset.x_test, dataset.y_test.long()
@@ -197,6 +205,7 @@ def build_view(
                   aux_y=aux_y_true)
     info = _info(reader, party, ep, int(ids.shape[0]), known_k if known is not None else 0, victim_rows, aux,
                  public, seed)
+    info["test_rows"] = int(truth.y_test.shape[0])  # type: ignore[union-attr]
     return Views(zero=zviews[-1], truth=truth, known=known, aux=aux, white_box=white,
                  pooled=tuple(zviews) if party == "pool" else (zviews[-1],),
                  predict=predict if "query" in levels else None, info=info)

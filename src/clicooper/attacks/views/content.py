@@ -1,4 +1,4 @@
-"""What each view holds: the dataclasses of the attacker's knowledge levels (DESIGN §7).
+"""What each view holds: the dataclasses of the attacker's knowledge levels (docs/design/metrics.md#views).
 
 :class:`PublicInfo` (task shape, the public architecture as fresh module factories, the public noise
 distribution) is in every view; :class:`ZeroKnowledgeView`, :class:`KnownSampleView`,
@@ -26,7 +26,7 @@ ModuleFactory = Callable[[], nn.Module]
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """The *public* activation-protection distribution (DESIGN §3): clip to ``clip``, add N(0, σ²·clip²).
+    """The *public* activation-protection distribution (docs/design/mechanisms.md#activation-protection): clip to ``clip``, add N(0, σ²·clip²).
 
     The attacker may simulate it; the secret noise values are not part of any view.
     """

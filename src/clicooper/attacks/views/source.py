@@ -33,7 +33,7 @@ def noise_from_config(config: dict[str, Any]) -> NoiseSpec | None:
     """The public activation-noise distribution from ``config.json`` (None when protection is off).
 
     Protection is on for ``defense`` ``dp`` or ``clicooper``; σ and the clip norm are ``dp.sigma`` and
-    ``dp.clip_norm`` (DESIGN §3).
+    ``dp.clip_norm`` (docs/design/mechanisms.md#activation-protection).
     """
     defense = config.get("defense")
     dp = config.get("dp") if isinstance(config.get("dp"), dict) else {}

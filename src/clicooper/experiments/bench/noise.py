@@ -2,7 +2,7 @@
 
 Times, single-threaded, per batch of B = 128: the keyed noise for a (32, 14, 14) activation, the whole
 ``protect`` (clip + noise), unkeyed ``torch.randn`` of the same size (the floor), and for scale the
-forward + backward of fmnist-cnn's head and of the whole fmnist-cnn (DESIGN §2).
+forward + backward of fmnist-cnn's head and of the whole fmnist-cnn (docs/design/protocol.md#reference-model).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Accuracy-only probe of one configuration at a given budget (no observations, no attacks, no provenance).
 
-Used for the full-budget table of docs/privacy-frontier.md, where attacks on every point would not fit:
+Used for the full-budget table of docs/research/privacy-frontier.md, where attacks on every point would not fit:
 
     python -m clicooper.experiments.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
 

@@ -22,7 +22,7 @@ cached in ``RUNS/<tag>/frontier_row.json`` so an interrupted sweep resumes.
     python -m clicooper.experiments.research.frontier --runs runs/frontier --train 15000 --epochs 3
 
 An attack figure on a defended run counts only if the same attack beats its floor on the undefended
-reference run (DESIGN §7); the table says so per level.
+reference run (docs/design/metrics.md#informative-figures); the table says so per level.
 """
 
 from __future__ import annotations

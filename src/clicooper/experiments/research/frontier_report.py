@@ -15,7 +15,7 @@ from clicooper.attacks.metrics import confidence_interval
 
 #: The inversion levels every run is attacked at (the same settings for every run).
 LEVELS = ("known-plaintext-100", "known-plaintext-1000", "white-box")
-#: The undefended reference model; a level counts only if it beats its floor on this run (DESIGN §7).
+#: The undefended reference model; a level counts only if it beats its floor on this run (docs/design/metrics.md#informative-figures).
 REFERENCE = "fmnist-cnn"
 
 
@@ -79,7 +79,7 @@ def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def informative_levels(rows: list[dict[str, Any]]) -> dict[str, bool]:
-    """DESIGN §7: a level counts only if it beats its (global) floor on the undefended reference run."""
+    """docs/design/metrics.md#informative-figures: a level counts only if it beats its (global) floor on the undefended reference run."""
     ref = reference_row(rows)
     out = {}
     for lv in LEVELS:
@@ -134,7 +134,7 @@ def _seed_setting(tag: str, rows: list[dict[str, Any]], ref: dict[int, float]) -
 
 #: The inversion figures of a row: the sweep's own levels and the suite's reconstruction attacks.
 INVERSION_FIGURES = (*LEVELS, "unsplit", "fora", "sdar")
-#: Issue 14's goal (DESIGN §7 floors): accuracy ≥ undefended − 1 pt, trainers' gain ≥ +3 pt, every inversion
+#: Issue 14's goal (docs/design/metrics.md#floors): accuracy ≥ undefended − 1 pt, trainers' gain ≥ +3 pt, every inversion
 #: level ≤ class floor + 0.03, DO FLOP share ≤ 15 %.
 GOAL = {"delta_pt": -1.0, "gain_pt": 3.0, "above_class_floor": 0.03, "do_share": 0.15}
 

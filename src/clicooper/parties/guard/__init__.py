@@ -1,4 +1,4 @@
-"""The DO's live detection of malicious trainers (DESIGN §1, extended threat model; docs/malicious.md).
+"""The DO's live detection of malicious trainers (docs/design/parties.md#malicious-trainers; docs/malicious.md).
 
 :class:`Guard` is what :class:`clicooper.parties.data_owner.DataOwner` calls while it trains: it decides
 which steps are SplitGuard's fake batches and relabels their rows (:mod:`.splitguard`), tests the per-sample
