@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clicooper.core.observe import stored
 from clicooper.errors import ConfigError
-from clicooper.training.observe import stored
 
 _BASE = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 1, "record_observations": True,
          "observe_count": 200, "provenance": False}

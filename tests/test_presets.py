@@ -110,7 +110,9 @@ def test_preset_is_recorded_and_a_reload_is_identical(tmp_path: Path) -> None:
     c = make_config(**load_config_file(toml))
 
     dumped = c.model_dump(mode="json")
-    assert dumped["preset"] == "private-balanced" and dumped["dp"]["sigma"] == 0.125
+    noise = next(d for d in dumped["defenses"] if d["kind"] == "keyed-noise")
+    assert dumped["preset"] == "private-balanced" and noise["sigma"] == 0.125 and noise["delta"] == 1e-6
+    assert "dp" not in dumped and "defense" not in dumped  # config.json holds the specs, not the shorthand
     again = make_config(**json.loads(json.dumps(dumped)))  # config.json → resume
     assert again == c and again.config_hash() == c.config_hash()
     assert apply_preset(dumped) == dumped  # nothing left to fill in
@@ -229,12 +231,13 @@ def test_a_digits_run_records_the_preset_and_the_sigma_derivation(tmp_path: Path
 
     config = json.loads((run.path / "config.json").read_text())
     privacy = json.loads((run.path / "privacy.json").read_text())
-    assert (config["preset"], config["model"], config["defense"]) == (
+    assert (config["preset"], config["model"], [d["kind"] for d in config["defenses"]]) == (
         "private-balanced",
         "digits-mlp",
-        "clicooper",
+        ["label-obfuscation", "keyed-noise"],
     )
-    assert config["dp"]["sigma"] == 0.125 and config["dp"]["sigma_source"] == "preset"
+    noise = config["defenses"][1]
+    assert noise["sigma"] == 0.125 and noise["sigma_source"] == "preset"
     noise = privacy["activation_noise"]
     assert noise["sigma"] == 0.125 and noise["sigma_source"] == "preset"
     assert noise["sigma_derivation"]["preset"] == "private-balanced"
@@ -245,4 +248,7 @@ def test_the_residual_preset_fills_nopeek_unless_given() -> None:
     assert make_config(preset="private-resnet").nopeek == 3.0
     assert make_config(preset="private-light").nopeek == 0.0
     assert make_config(preset="private-resnet", nopeek=0.5).nopeek == 0.5
-    assert get_preset("private-resnet").fields()["nopeek"] == 3.0
+    assert {"kind": "nopeek", "weight": 3.0} in get_preset("private-resnet").fields()["defenses"]
+    # with an explicit defenses list, the list decides which defences run; the preset fills their settings
+    listed = make_config(preset="private-resnet", defenses=[{"kind": "keyed-noise"}])
+    assert [d.kind for d in listed.defenses] == ["keyed-noise"] and listed.dp.sigma == 0.0505

@@ -117,9 +117,12 @@ def test_baseline_must_be_comparable(digits_run: Path, tmp_path: Path) -> None:
         make_report(run, tmp_path / "r", baseline=base, budget="smoke")
     with pytest.raises(ConfigError, match="differ in model"):
         make_report(run, tmp_path / "r", baseline=base, budget="smoke", baseline_model="digits-mlp-x")
-    (base / "config.json").write_text(json.dumps({**cfg, "defense": "dp"}))
-    r = runner.invoke(app, ["report", str(run), "--baseline", str(base), "--out", str(tmp_path / "r")])
-    assert r.exit_code != 0 and "must be undefended" in r.stderr and "Traceback" not in r.stderr
+    older = {k: v for k, v in cfg.items() if k != "defenses"}
+    for defended in ({**cfg, "defenses": [{"kind": "keyed-noise", "sigma": 0.1}]},  # the spec list
+                     {**older, "defense": "dp", "dp": {"sigma": 0.1}}):  # a config.json in the older form
+        (base / "config.json").write_text(json.dumps(defended))
+        r = runner.invoke(app, ["report", str(run), "--baseline", str(base), "--out", str(tmp_path / "r")])
+        assert r.exit_code != 0 and "must be undefended" in r.stderr and "Traceback" not in r.stderr
     shutil.rmtree(run / "observations")
     r = runner.invoke(app, ["report", str(run), "--baseline", str(base), "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "--record-observations" in r.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -151,6 +152,38 @@ class Attack(Protocol):
 
 A = TypeVar("A")
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+#: entry-point group of third-party attacks: name = the attack's name, value = its class (an :class:`Attack`)
+ENTRY_POINT_GROUP = "clicooper.attacks"
+_PLUGINS: list[str] = []  # names registered from entry points, in discovery order
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the attacks installed packages add (``clicooper.attacks`` entry points), once per process.
+    A built-in name cannot be taken over; a package that fails to import is refused with one line."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in _REGISTRY:
+            raise AttackError(f"the attack {ep.name!r} of entry point {ep.value} clashes with a built-in attack; "
+                              "rename it in that package")
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken third-party package: one clear line, not its traceback
+            raise AttackError(f"attack {ep.name!r} comes from {ep.value}, which failed to load ({e}); reinstall "
+                              "or uninstall that package") from e
+        if not callable(getattr(cls, "run", None)):
+            raise AttackError(f"entry point {ep.name} = {ep.value} is not an attack (it has no run method)")
+        _REGISTRY[ep.name] = cls
+        _PLUGINS.append(ep.name)
+
+
+def plugin_names() -> list[str]:
+    """Names of the attacks installed packages add through entry points, sorted."""
+    _load_plugins()
+    return list(_PLUGINS)
 
 
 def register(name: str) -> Callable[[A], A]:
@@ -167,6 +200,7 @@ def register(name: str) -> Callable[[A], A]:
 
 def get(name: str) -> Callable[..., Any]:
     """The attack class registered under ``name`` (call it with config keywords to build an attack)."""
+    _load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError as e:
@@ -174,7 +208,8 @@ def get(name: str) -> Callable[..., Any]:
 
 
 def names() -> list[str]:
-    """Registered attack names, sorted."""
+    """Registered attack names (the built-ins and installed packages' ones), sorted."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from clicooper.attacks.base import get, plugin_names
 from clicooper.attacks.runner import run_attack
 from clicooper.errors import AttackError
 
@@ -137,26 +138,35 @@ def budget_names() -> list[str]:
     return sorted(BUDGETS)
 
 
+def attack_names() -> list[str]:
+    """Every attack ``--attack all`` runs: the built-ins (cheapest first), then installed packages' ones."""
+    return [*ALL_ATTACKS, *(n for n in plugin_names() if n not in ALL_ATTACKS)]
+
+
 def settings_for(budget: str, attack: str) -> dict[str, Any]:
-    """A fresh copy of the ``run_attack`` keyword arguments of ``attack`` under ``budget``."""
+    """A fresh copy of the ``run_attack`` keyword arguments of ``attack`` under ``budget`` (an installed
+    package's attack: its class's ``budgets[budget]``, else its own defaults)."""
     if budget not in BUDGETS:
         raise AttackError(f"unknown budget {budget!r}; choose one of {', '.join(budget_names())}")
+    if attack in plugin_names():
+        return copy.deepcopy(dict(getattr(get(attack), "budgets", {}).get(budget, {})))
     if attack not in BUDGETS[budget]:
-        raise AttackError(f"unknown attack {attack!r}; choose one of {', '.join(ALL_ATTACKS)} or all")
+        raise AttackError(f"unknown attack {attack!r}; choose one of {', '.join(attack_names())} or all")
     return copy.deepcopy(BUDGETS[budget][attack])
 
 
 def parse_attacks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"all"``, one name, a comma-separated list or a sequence → attack names in run order."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    known = attack_names()
     if not items:
-        raise AttackError("no attack given; choose one of " + ", ".join(ALL_ATTACKS) + " or all")
+        raise AttackError("no attack given; choose one of " + ", ".join(known) + " or all")
     if "all" in items:
-        return list(ALL_ATTACKS)
-    bad = [s for s in items if s not in ALL_ATTACKS]
+        return known
+    bad = [s for s in items if s not in known]
     if bad:
-        raise AttackError(f"unknown attack {bad[0]!r}; choose one of {', '.join(ALL_ATTACKS)} or all")
-    return [a for a in ALL_ATTACKS if a in items]
+        raise AttackError(f"unknown attack {bad[0]!r}; choose one of {', '.join(known)} or all")
+    return [a for a in known if a in items]
 
 
 def run_suite(run_dir: Any, attacks: str | list[str] | tuple[str, ...] = "all", *, budget: str = "demo",

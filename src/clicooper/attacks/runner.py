@@ -163,7 +163,7 @@ def run_attack(
     if predict is not None and getattr(cls, "query_space", "decoded") == "raw":
         predict = _raw_predict(reader, own)
     kk = known_k if known_k is not None else int(getattr(cls, "known_k", 10))
-    parties = _parties(party or DEFAULT_PARTIES.get(name, "each"), len(arch.segments))
+    parties = _parties(party or DEFAULT_PARTIES.get(name, getattr(cls, "default_party", "each")), len(arch.segments))
     cfg_json = reader.read_json("config.json")
     results: list[dict[str, Any]] = []
     artifacts: dict[str, Any] = {}

@@ -61,6 +61,9 @@ app.command("report", cls=_Command)(attacks.report)
 app.command("node", cls=_Command)(net.node)
 app.command("certs", cls=_Command)(net.certs)
 app.command("launch", cls=_Command)(net.launch)
+observations = typer.Typer(no_args_is_help=True, help="What trainers received, for `clicooper report`.")
+observations.command("import", cls=_Command)(net.observations_import)
+app.add_typer(observations, name="observations")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,15 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from clicooper.config import RunConfig, load_config_file, make_config, parse_capacities, parse_range
+from clicooper.config import (
+    DPConfig,
+    LabelConfig,
+    RunConfig,
+    load_config_file,
+    make_config,
+    parse_capacities,
+    parse_range,
+)
 from clicooper.errors import CliCooperError, ConfigError
 
 err = Console(stderr=True)
@@ -95,6 +103,24 @@ def _override_table(fields: dict[str, Any], name: str, given: dict[str, Any]) ->
     fields[name] = {**table, **given}
 
 
+def parse_defense_option(text: str) -> dict[str, Any]:
+    """``--with KIND[:key=value,…]`` → ``{"kind": KIND, key: value, …}`` (a value is read as JSON where it
+    parses, e.g. numbers and true/false, else kept as text; the defence's spec checks it)."""
+    kind, _, rest = text.partition(":")
+    if not kind.strip():
+        raise typer.BadParameter(f"--with {text!r}: start with the defence's kind, e.g. --with nopeek:weight=0.5")
+    out: dict[str, Any] = {"kind": kind.strip()}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--with {text!r}: {item!r} is not key=value (e.g. --with nopeek:weight=0.5)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def parse_party_devices(text: str) -> dict[str, str]:
     """``"DO=cpu,T1=cuda"`` → ``{"DO": "cpu", "T1": "cuda"}`` (names and devices are checked by the config)."""
     out: dict[str, str] = {}
@@ -139,6 +165,12 @@ def _table_of(annotation: Any) -> type[BaseModel] | dict[str, Any] | None:
     return None
 
 
+#: the older defence fields --set still reaches (RunConfig turns them into `defenses`): their tables' models
+_SHORTHAND_TABLES: dict[str, type[BaseModel] | None] = {
+    "dp": DPConfig, "labels": LabelConfig, "defense": None, "nopeek": None, "adversarial_decoder": None,
+    "head_mode": None}
+
+
 def _check_key(key: str) -> list[str]:
     """``key``'s parts, each a field of the table before it (from :class:`RunConfig`); a wrong part is
     refused with the closest field names (difflib)."""
@@ -153,6 +185,9 @@ def _check_key(key: str) -> list[str]:
                 raise ConfigError(f"--set {key}: empty key after {where}")
             return parts
         fields = table.model_fields
+        if table is RunConfig and part in _SHORTHAND_TABLES:  # the older defence fields: shorthand for specs
+            table = _SHORTHAND_TABLES[part]
+            continue
         if part not in fields:
             prefix = f"{where}." if where else ""
             close = difflib.get_close_matches(part, list(fields), n=3, cutoff=0.6)
@@ -202,6 +237,18 @@ def config_from_options(config_file: Path | None, *, sets: Sequence[str] | None 
     if model_file is not None:  # --model-file replaces the file's model and model_spec
         fields.pop("model_spec", None)
         opts.update(model_file_fields(model_file, opts.get("model")))
+    specs = [parse_defense_option(t) for t in opts.pop("defense_specs", None) or []]
+    if specs:  # --with KIND:… replaces the file's defence of the same kind, or adds one
+        kinds = {d["kind"] for d in specs}
+        fields["defenses"] = [d for d in fields.get("defenses") or [] if d.get("kind") not in kinds] + specs
+    if fields.get("defenses") is not None:  # the defences are listed: the shorthand flags would clash
+        given = [k for k in (*_DP_KEYS, *_LABEL_KEYS, "defense", "nopeek", "adversarial_decoder",
+                             "head_mode", "head_dpsgd", "head_dpsgd_clip") if opts.get(k) is not None]
+        if given:
+            where = "--with" if specs else str(config_file)
+            raise typer.BadParameter(
+                f"{where} lists the defences; give {', '.join(given)} there too (e.g. --with keyed-noise:sigma=0.1), "
+                "not as the older flags")
     dp_opts = _pop_set(opts, _DP_KEYS)
     label_opts = _pop_set(opts, _LABEL_KEYS)
     data_opts = _pop_set(opts, _DATA_KEYS)

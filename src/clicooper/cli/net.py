@@ -38,6 +38,10 @@ def node(
                                "config's device for this party); not part of the run's config"),
     dataset: str = typer.Option(None, "--dataset", help="DO only: its own data, as the config names it; required "
                                 "for python:pkg.module:fn (the DO's own function, run on this machine only)"),
+    max_epsilon: float = typer.Option(None, "--max-epsilon", help="DO: stop cleanly before a round that would take "
+                                      "ε above this (resume with a larger one)"),
+    dismiss_detection: bool = typer.Option(False, "--dismiss-detection", help="DO: live detection off for this "
+                                           "invocation (after reviewing the accusation of a detection stop)"),
 ) -> None:
     """Run ONE party as its own process (the DO drives the steps; trainers follow)."""
     from clicooper.net.node import NodeOptions, parse_peers, run_node  # lazy: torch, grpc
@@ -45,7 +49,8 @@ def node(
     run_node(NodeOptions(config=config, party=party, run_dir=run_dir, listen=listen, peers=parse_peers(peers),
                          certs=certs, key=key, identity=identity, insecure_loopback=insecure_loopback, plan=plan,
                          connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout, events=sys.stdout,
-                         device=device, dataset=dataset))
+                         device=device, dataset=dataset, max_epsilon=max_epsilon,
+                         dismiss_detection=dismiss_detection))
 
 
 @guarded
@@ -168,8 +173,10 @@ def _launch_progress(prog: Progress) -> Callable[[dict[str, Any]], None]:
 
 @guarded
 def launch(
-    config: Path = typer.Argument(..., help="run config (.json/.toml)"),
-    out_dir: Path = typer.Option(..., "--out", help="new run directory"),
+    config: Path = typer.Argument(None, help="run config (.json/.toml); not with --resume"),
+    out_dir: Path = typer.Option(None, "--out", help="new run directory"),
+    resume: Path = typer.Option(None, "--resume", help="start every node of this launched run again: it continues "
+                                "from the rounds every party completed (after a clean stop or a failed launch)"),
     model_file: Path = typer.Option(None, "--model-file", help="model.toml / model.json (your own layers) "
                                     "instead of the config's model; it goes into RUN/config.json, which every "
                                     "node builds from"),
@@ -177,27 +184,70 @@ def launch(
                                "every party's keys, each in its own RUN/nodes/<party>/own (tests, demos)"),
     insecure_loopback: bool = typer.Option(False, "--insecure-loopback", help="plaintext instead of pinned TLS"),
     max_restarts: int = typer.Option(3, help="restarts after a node dies (all roll back to a round)"),
+    max_epsilon: float = typer.Option(None, "--max-epsilon", help="the DO stops cleanly before a round that would "
+                                      "take ε above this (continue with --resume and a larger one)"),
+    dismiss_detection: bool = typer.Option(False, "--dismiss-detection", help="with --resume: the DO reviewed the "
+                                           "accusation of a detection stop and continues with live detection off"),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start every party as its own process, show progress, collect RUN/model (evaluate works)."""
-    from clicooper.net.launch import launch_local  # lazy: torch, grpc
+    from clicooper.net.launch import launch_local, resume_local  # lazy: torch, grpc
 
     if not local:
         raise ConfigError("only --local is implemented: on several machines, start `clicooper node` on each "
                           "(docs/network.md)")
-    overridden = model_file is not None or bool(sets)
-    run_config = config_from_options(config, model_file=model_file, sets=sets) if overridden else config
+    if (resume is None) == (config is None):
+        raise typer.BadParameter("give a run config and --out RUN for a new run, or --resume RUN (not both)")
+    if dismiss_detection and resume is None:
+        raise typer.BadParameter("--dismiss-detection continues a run stopped by a detection: use it with --resume")
     with Progress(TextColumn("{task.description:>4}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), console=err) as prog:
-        res = launch_local(run_config, out_dir, insecure_loopback=insecure_loopback, on_event=_launch_progress(prog),
-                           max_restarts=max_restarts)
+        if resume is not None:
+            if out_dir is not None or model_file is not None or insecure_loopback or sets:
+                raise typer.BadParameter("--resume continues the run as it was launched: drop --out, --model-file, "
+                                         "--set and --insecure-loopback")
+            res = resume_local(resume, on_event=_launch_progress(prog), max_restarts=max_restarts,
+                               max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
+        else:
+            if out_dir is None:
+                raise typer.BadParameter("--out RUN is required (or --resume RUN)")
+            overridden = model_file is not None or bool(sets)
+            run_config = config_from_options(config, model_file=model_file, sets=sets) if overridden else config
+            res = launch_local(run_config, out_dir, insecure_loopback=insecure_loopback,
+                               on_event=_launch_progress(prog), max_restarts=max_restarts, max_epsilon=max_epsilon)
     for n in res.notices:
         err.print(f"note: {n}")
+    stopped = res.metrics.get("stopped")
+    transport = "grpc plaintext loopback" if not (res.run_dir / "certs").is_dir() else "grpc pinned TLS"
     summary = {"run": str(res.run_dir), "test_acc": res.metrics.get("final_test_acc"),
-               "restarts": res.restarts, "seconds": round(res.seconds, 1),
-               "transport": "grpc plaintext loopback" if insecure_loopback else "grpc pinned TLS"}
+               "restarts": res.restarts, "seconds": round(res.seconds, 1), "transport": transport}
+    if stopped is not None:
+        summary["stopped"] = stopped
     if as_json:
         emit_json(summary)
+    elif stopped is not None:
+        out.print(f"stopped before round {stopped['before_epoch']} ({stopped['reason']}); {stopped['completed_epochs']} "
+                  f"round(s) saved in {res.run_dir}")
     else:
         out.print(f"test accuracy {summary['test_acc']:.4f}  (run: {res.run_dir}, {summary['transport']})")
+    if (stopped or {}).get("reason") == "detection":
+        raise typer.Exit(3)  # stopped by the DO's live detection: saved, resumable (docs/malicious.md)
+
+
+@guarded
+def observations_import(
+    run_dir: Path = typer.Argument(..., help="the DO's run directory (config.json)"),
+    sources: list[Path] = typer.Option(..., "--from", help="a trainer node's run directory, or its observations "
+                                       "folder (repeat --from for each trainer)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Bring what trainer nodes recorded (--record-observations) into the DO's run directory for `report`."""
+    from clicooper.core.observe import import_observations  # lazy: torch
+
+    got = import_observations(run_dir, sources)
+    if as_json:
+        emit_json({"run": str(run_dir), "imported": got})
+        return
+    for party, epochs in got.items():
+        out.print(f"{party}: epoch(s) {', '.join(map(str, epochs))} → {run_dir}/observations/{party}")

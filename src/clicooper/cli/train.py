@@ -139,6 +139,11 @@ def train(
     trainer_precision: str = typer.Option(None, "--trainer-precision", help="fp32 | bf16 (trainers' forward "
                                           "under bf16 autocast; what they send stays float32)"),
     defense: str = typer.Option(None, help="none | dp | labels | clicooper"),
+    defense_specs: list[str] = typer.Option(
+        None, "--with", help="a defence by its spec, KIND[:key=value,…], repeatable: any registered kind, "
+        "including installed packages' (e.g. --with keyed-noise:sigma=0.1 --with nopeek:weight=0.5); "
+        "replaces the older defence flags",
+    ),
     preset: str = typer.Option(None, help=_preset_help()),
     sigma: float = typer.Option(None, help="dp.sigma: noise std / clip norm; 0 = clip only (ε = ∞)"),
     noise_ratio: float = typer.Option(None, help="dp.noise_ratio ρ (default 1): with σ unset, σ = ρ/√d"),
@@ -197,8 +202,9 @@ def train(
             lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
             wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek, head_mode=head_mode,
             adversarial_decoder=adversarial_decoder,
-            seed=seed, provenance=provenance, train_range=train_range, record_observations=record_observations, observe=observe,
-            device=device, party_devices=party_device, trainer_precision=trainer_precision, defense=defense, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
+            seed=seed, provenance=provenance, train_range=train_range, record_observations=record_observations,
+            observe=observe, device=device, party_devices=party_device, trainer_precision=trainer_precision,
+            defense=defense, defense_specs=defense_specs, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
             target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
             head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
             protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,

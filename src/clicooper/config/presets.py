@@ -7,9 +7,12 @@ description are copied from that table (Fashion-MNIST, rows 0–15,000, 3 epochs
 known-plaintext (KP, 100 / 1,000 pairs) and white-box (WB) inversions by T1, class floor 0.357; ε per-release,
 head fixed, δ = 1e-5) — they are what was measured at that budget, not guarantees.
 
-Explicit fields win over a preset's: a preset only fills ``model``, ``defense``, ``dp.sigma``,
-``dp.clip_norm`` (and ``nopeek`` where its point was measured with NoPeek) where the user gave no value (``dp.sigma`` also stays unset when ``dp.target_epsilon``
-is given, so the target decides σ).
+A preset is a model and a list of defence specs (:mod:`clicooper.config.defenses`): keyed noise σ and clip
+norm, label obfuscation, and NoPeek where its point was measured with it. Explicit fields win over a preset's:
+a preset only fills ``model`` and the defences' settings the user gave no value for (σ also stays unset when a
+target ε is given, so the target decides σ). With the older fields (``defense``, ``dp``, ``nopeek``) a given
+``defense`` decides which of keyed noise and label obfuscation run; with an explicit ``defenses`` list the list
+decides which defences run and the preset fills only their unset settings.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clicooper.config.defenses import migrate
 from clicooper.errors import ConfigError
 
 
@@ -32,13 +36,19 @@ class Preset:
     defense: str = "clicooper"
     nopeek: float = 0.0  # NoPeek's α (RunConfig.nopeek) where the point was measured with it
 
+    def defenses(self) -> list[dict[str, Any]]:
+        """This preset's defence specs (dict forms; ``sigma_source`` "preset")."""
+        specs: list[dict[str, Any]] = [
+            {"kind": "keyed-noise", "sigma": self.sigma, "sigma_source": "preset", "clip_norm": self.clip_norm}]
+        if self.defense == "clicooper":
+            specs.append({"kind": "label-obfuscation"})
+        if self.nopeek:
+            specs.append({"kind": "nopeek", "weight": self.nopeek})
+        return specs
+
     def fields(self) -> dict[str, Any]:
         """The config fields this preset sets (before explicit fields override them)."""
-        return {
-            "model": self.model,
-            "defense": self.defense,
-            "dp": {"sigma": self.sigma, "clip_norm": self.clip_norm},
-        } | ({"nopeek": self.nopeek} if self.nopeek else {})
+        return {"model": self.model, "defenses": self.defenses()}
 
 
 PRESETS: dict[str, Preset] = {
@@ -120,39 +130,14 @@ def presets_help() -> str:
     return "\n".join(f"{p.name}: {p.description}" for p in PRESETS.values())
 
 
-def _given(value: Any) -> bool:
-    return value is not None
-
-
 def apply_preset(fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` (raw config fields, with ``preset``) with the preset's values filled in where not given.
-
-    ``dp`` may be a dict or a ``DPConfig``; only the fields the user set count as given. ``dp.sigma`` taken
-    from the preset is marked ``dp.sigma_source = "preset"``.
-    """
+    """``fields`` (raw config fields) with ``model`` and ``defenses`` filled in from its ``preset`` where not
+    given, and the older defence fields turned into ``defenses`` (:func:`clicooper.config.defenses.migrate`)."""
     name = fields.get("preset")
     if name is None:
-        return fields
+        return migrate(fields)
     preset = get_preset(name)
-    out = dict(fields)
-    for key in ("model", "defense"):
-        if not _given(out.get(key)):
-            out[key] = getattr(preset, key)
-    if preset.nopeek and not _given(out.get("nopeek")):
-        out["nopeek"] = preset.nopeek
-    dp_in = out.get("dp")
-    if dp_in is None:
-        dp: dict[str, Any] = {}
-    elif isinstance(dp_in, dict):
-        dp = dict(dp_in)
-    elif hasattr(dp_in, "model_fields_set"):  # a DPConfig: what the user set explicitly
-        dp = {k: getattr(dp_in, k) for k in dp_in.model_fields_set}
-    else:
-        return out  # not a mapping: let validation report it
-    if not _given(dp.get("sigma")) and not _given(dp.get("target_epsilon")):
-        dp["sigma"] = preset.sigma
-        dp["sigma_source"] = "preset"
-    if not _given(dp.get("clip_norm")):
-        dp["clip_norm"] = preset.clip_norm
-    out["dp"] = dp
+    out = migrate(fields, preset.defenses())
+    if out.get("model") is None:
+        out["model"] = preset.model
     return out

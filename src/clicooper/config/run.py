@@ -15,9 +15,18 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clicooper import jsonbound
+from clicooper.config.defenses import DefenseSpec, defense_summary, parse_defenses
 from clicooper.config.presets import apply_preset
 from clicooper.config.security import AdversaryConfig, AuditConfig, DetectionConfig, security_problem
 from clicooper.errors import ConfigError
@@ -222,23 +231,6 @@ class RunConfig(_Strict):
         "head after step s − 2, its gradient applied one step late); the trainers and the tail stay exact. "
         "Deterministic (in-process, gRPC and resumed runs agree); not with provenance, detection or head DP-SGD",
     )
-    head_mode: Literal["learned", "secret-random"] = Field(
-        "learned", description="secret-random: the DO's head is drawn from a key (privacy/random_head.py: "
-        "Kaiming-normal weights from the DO's noise secret, biases 0) and never trained; only the U-shape "
-        "(the DO's tail trains), not with nopeek or dp.head_dpsgd",
-    )
-    nopeek: float = Field(
-        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="NoPeek (Vepakomma et al. 2020; "
-        "privacy/decorrelation.py): weight α of the distance correlation between each micro-batch's inputs and "
-        "the DO head's output, added to the head's loss at the DO; 0 = off. An empirical defense: no ε",
-    )
-    adversarial_decoder: float = Field(
-        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="ResSFL-style adversarial training (Li et al. "
-        "2022; privacy/adversarial.py): λ of −MSE(decoder(release), input) in the DO head's loss, against an MLP "
-        "decoder the DO trains on its own releases; 0 = off. An empirical defense: no ε; the decoder's FLOPs are "
-        "the DO's. The decoder is not checkpointed: a resumed run starts it afresh (so it differs from an "
-        "uninterrupted one)",
-    )
     seed: int = 0
     train_range: tuple[int, int] | None = None
     record_observations: bool = False
@@ -259,9 +251,12 @@ class RunConfig(_Strict):
         "fp32", description="bf16: trainers run their segment's forward under bf16 autocast (on CUDA; also "
         "on the CPU, slowly); what they send stays float32",
     )
-    defense: Defense = "none"
-    dp: DPConfig = DPConfig()
-    labels: LabelConfig = LabelConfig()
+    defenses: list[SerializeAsAny[DefenseSpec]] = Field(
+        default_factory=list, description="the DO's defences, each a table with a kind (clicooper.config.defenses: "
+        "keyed-noise, gradient-protection, label-obfuscation, randomized-response, head-dpsgd, nopeek, "
+        "adversarial-decoder, secret-random-head, and those installed packages add); the older fields defense, "
+        "dp, labels, nopeek, adversarial_decoder and head_mode are accepted as shorthand for them",
+    )
     watermark: WatermarkConfig = WatermarkConfig()
     adversary: AdversaryConfig | None = Field(
         None, description="research option: one malicious trainer (config/security.py); never a default")
@@ -283,8 +278,10 @@ class RunConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") is not None:
+        # the preset's model and defences, and the older defence fields (shorthand) turned into `defenses`
+        if isinstance(data, dict):
             data = apply_preset(data)
+            data["defenses"] = parse_defenses(data["defenses"])
         return data
 
     @field_validator("capacities")
@@ -315,31 +312,13 @@ class RunConfig(_Strict):
             raise ValueError(data_problem)
         if self.batch_size is not None and self.micro_batches > self.batch_size:
             raise ValueError("micro_batches cannot exceed batch_size")
-        if self.head_mode == "secret-random":
-            clash = [name for name, on in (("open-tail", self.topology == "open-tail"), ("nopeek", self.nopeek > 0),
-                                           ("adversarial_decoder", self.adversarial_decoder > 0),
-                                           ("dp.head_dpsgd", self.dp.head_dpsgd is not None)) if on]
-            if clash:
-                raise ValueError(f"head_mode secret-random (a frozen head) is not combined with {', '.join(clash)} "
-                                 "(nothing there would train, or it trains the head); use head_mode learned")
-        for name, on in (("nopeek", self.nopeek > 0), ("adversarial_decoder", self.adversarial_decoder > 0)):
-            if on and (self.overlap_steps or self.dp.head_dpsgd is not None):
-                raise ValueError(f"{name} trains the head on its own term beside T1's gradient; it is not combined "
-                                 "with overlap_steps or dp.head_dpsgd: drop one of them")
         if self.overlap_steps:
             clash = [name for name, on in (("provenance", self.provenance), ("detection", self.detection.enabled),
-                                           ("dp.head_dpsgd", self.dp.head_dpsgd is not None),
                                            ("adversary", self.adversary is not None)) if on]
             if clash:
                 raise ValueError(f"overlap_steps is not combined with {', '.join(clash)} (their checks and records "
                                  "assume one step in flight); turn those off (--no-provenance) or drop "
                                  "--overlap-steps")
-        if self.labels.label_dp_epsilon is not None and self.topology != "open-tail":
-            raise ValueError(
-                "labels.label_dp_epsilon (randomized response) protects the labels sent to the last trainer, "
-                "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
-                "(in the U-shape the labels never leave the DO)"
-            )
         security = security_problem(self.adversary, self.audit, trainers=self.trainers, topology=self.topology,
                                     provenance=self.provenance)
         if security is not None:
@@ -348,10 +327,10 @@ class RunConfig(_Strict):
         if unknown:
             raise ValueError(f"party_devices names {', '.join(unknown)}, not a party of this run; use DO or "
                              f"T1 … T{self.trainers} (e.g. --party-device T1=cuda)")
-        if self.dp.head_dpsgd is not None and not self.protect_activations:
-            raise ValueError(
-                "dp.head_dpsgd composes DP-SGD on the head with the activation releases; it needs "
-                "--defense dp or clicooper (the releases of an unprotected head would void it)")
+        for spec in self.defenses:  # each defence's own conflicts with the rest of the run
+            problem = spec.problem(self)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
     def resolved(self, num_train: int) -> RunConfig:
@@ -365,15 +344,62 @@ class RunConfig(_Strict):
         bs = 128 if num_train >= 6400 else 16
         return make_config(**(self.model_dump() | {"batch_size": max(bs, self.micro_batches)}))
 
+    def defense_of(self, kind: str) -> DefenseSpec | None:
+        """This run's defence of ``kind`` (``None``: not among ``defenses``)."""
+        return next((d for d in self.defenses if d.kind == kind), None)
+
+    def with_defense(self, spec: DefenseSpec) -> RunConfig:
+        """This config with ``spec`` in place of its defence of the same kind (validated again)."""
+        items = [spec if d.kind == spec.kind else d for d in self.defenses]
+        return make_config(**(self.model_dump() | {"defenses": items}))
+
+    # Views of the defences under the older names (read-only; `defenses` is what a run is made of).
+    @property
+    def defense(self) -> Defense:
+        """The older summary of the activation and label defences: none, dp, labels or clicooper."""
+        return defense_summary([d.kind for d in self.defenses])  # type: ignore[return-value]
+
+    @property
+    def dp(self) -> DPConfig:
+        """Keyed noise, gradient protection and head DP-SGD as the older ``dp`` table."""
+        noise, grad, head = (self.defense_of(k) for k in ("keyed-noise", "gradient-protection", "head-dpsgd"))
+        fields: dict[str, Any] = {} if noise is None else noise.model_dump(exclude={"kind"})
+        if grad is not None:
+            fields |= {"protect_gradients": True, "grad_clip_norm": grad.clip_norm}  # type: ignore[attr-defined]
+        if head is not None:
+            fields["head_dpsgd"] = head.model_dump(exclude={"kind"})
+        return DPConfig(**fields)
+
+    @property
+    def labels(self) -> LabelConfig:
+        """Label obfuscation and randomized response as the older ``labels`` table."""
+        obf, rr = self.defense_of("label-obfuscation"), self.defense_of("randomized-response")
+        return LabelConfig(expansion=getattr(obf, "expansion", 2), label_dp_epsilon=getattr(rr, "epsilon", None))
+
+    @property
+    def nopeek(self) -> float:
+        """NoPeek's weight α (0: off)."""
+        return float(getattr(self.defense_of("nopeek"), "weight", 0.0))
+
+    @property
+    def adversarial_decoder(self) -> float:
+        """The adversarial decoder's weight λ (0: off)."""
+        return float(getattr(self.defense_of("adversarial-decoder"), "weight", 0.0))
+
+    @property
+    def head_mode(self) -> Literal["learned", "secret-random"]:
+        """``secret-random`` with the secret random head, else ``learned``."""
+        return "secret-random" if self.defense_of("secret-random-head") is not None else "learned"
+
     @property
     def obfuscate_labels(self) -> bool:
         """Whether labels are secretly obfuscated (defense ``labels`` or ``clicooper``)."""
-        return self.defense in ("labels", "clicooper")
+        return self.defense_of("label-obfuscation") is not None
 
     @property
     def protect_activations(self) -> bool:
         """Whether activations are clipped and noised (defense ``dp`` or ``clicooper``)."""
-        return self.defense in ("dp", "clicooper")
+        return self.defense_of("keyed-noise") is not None
 
     @property
     def cut_clip_norm(self) -> float | None:

@@ -14,17 +14,17 @@ import torch
 from torch import nn
 
 from clicooper.config import RunConfig
-from clicooper.core.security import AdversaryContext, trainer_factory
+from clicooper.core.security import trainer_factory
 from clicooper.core.setup import resolve_device
 from clicooper.data.augment import augmenter_for
-from clicooper.errors import ConfigError, PrivacyError
+from clicooper.errors import ConfigError
 from clicooper.models.partition import Plan
+from clicooper.parties.adversary import Adversaries, AdversaryContext
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.optim import make_optimizer
 from clicooper.parties.trainer import Trainer
-from clicooper.privacy.adversarial import InversionAdversary
-from clicooper.privacy.dpsgd import head_dpsgd_for
-from clicooper.privacy.random_head import draw_secret_head
+from clicooper.privacy.defenses.base import DefenseContext
+from clicooper.privacy.defenses.registry import build_defenses
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 
 
@@ -65,23 +65,20 @@ def build_data_owner(
     head, tail = modules["DO:head"].to(dev), modules.get("DO:tail")
     if tail is not None:
         tail.to(dev)
-    if config.head_mode == "secret-random":  # drawn from the DO's key and frozen (privacy/random_head.py)
-        if privacy.head_key is None:
-            raise PrivacyError("head_mode secret-random needs the DO's privacy mechanisms (its head key)")
-        draw_secret_head(head, privacy.head_key)
+    context = DefenseContext(config=config, head=head, input_shape=tuple(plan.input_shape),
+                             cut_shape=tuple(plan.head.output_shape), num_classes=int(dataset.num_classes), device=dev,
+                             privacy=privacy)
+    defenses = build_defenses(config.defenses, context)  # the run's defences, in the order the DO applies them
+    for d in defenses:
+        d.setup_head(head)  # e.g. the secret random head: drawn from the DO's key and frozen
     params = [p for p in head.parameters() if p.requires_grad] + (list(tail.parameters()) if tail is not None else [])
     open_tail = config.topology == "open-tail"
     do = DataOwner(
         head=head, tail=tail, optimizer=_optimizer(config, params), x_train=dataset.x_train, y_train=dataset.y_train,
-        trainers=party_names(config)[1:], micro_batches=config.micro_batches, protector=privacy.protector,
-        grad_protector=privacy.grad_protector, label_encoder=privacy.label_encoder,
-        label_noiser=privacy.label_noiser,
+        trainers=party_names(config)[1:], micro_batches=config.micro_batches, defenses=defenses,
         expected_return_shape=None if open_tail else tuple(plan.segments[-1].output_shape),
-        hash_transcripts=bool(config.provenance), device=dev, head_dpsgd=head_dpsgd_for(head, privacy),
+        hash_transcripts=bool(config.provenance), device=dev,
         augment=augmenter_for(config.data, seed=config.seed), overlap=config.overlap_steps,
-        nopeek=config.nopeek,
-        adversary=InversionAdversary(plan.head.output_shape, plan.input_shape, weight=config.adversarial_decoder,
-                                     seed=config.seed, device=dev) if config.adversarial_decoder > 0 else None,
     )
     do.wire_dtype = config.wire_dtype  # encoded after the privacy mechanisms (protocol/wire_codec.py)
     do.lr_at = _lr_schedule(config)
@@ -89,14 +86,16 @@ def build_data_owner(
 
 
 def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *,
-                  device: str | None = None, context: AdversaryContext | None = None) -> Trainer:
+                  device: str | None = None, context: AdversaryContext | None = None,
+                  adversaries: Adversaries | None = None) -> Trainer:
     """Trainer ``name`` (``T<i>``): its segment on its device, its optimizer, its chain neighbours and input shape
-    (the malicious trainer of ``config.adversary`` where it names ``name``: core/security.py)."""
+    (the malicious trainer of ``config.adversary`` where it names ``name``, from the caller's registry
+    ``adversaries``: core/security.py)."""
     tnames = party_names(config)[1:]
     i, k = tnames.index(name), len(tnames)
     prev = plan.head if i == 0 else plan.segments[i - 1]
     mod = modules[name].to(resolve_device(device or config.device_of(name), name))
-    trainer = trainer_factory(config, name, context)(
+    trainer = trainer_factory(config, name, context, adversaries)(
         name, mod, _optimizer(config, mod.parameters()), left="DO" if i == 0 else tnames[i - 1],
         right="DO" if i == k - 1 else tnames[i + 1], holds_tail=config.topology == "open-tail" and i == k - 1,
         input_shape=tuple(prev.output_shape), hash_transcripts=bool(config.provenance),
@@ -112,15 +111,17 @@ def build_trainer(config: RunConfig, plan: Plan, modules: dict[str, nn.Sequentia
 
 def build_party(
     config: RunConfig, plan: Plan, modules: dict[str, nn.Sequential], name: str, *, dataset: Any = None,
-    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
+    privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None, context: AdversaryContext | None = None,
+    adversaries: Adversaries | None = None,
 ) -> DataOwner | Trainer:
     """Party ``name`` of the run (``DO`` needs its ``dataset``), its modules on ``device`` (a node's
-    ``--device``), else ``config.device_of(name)``."""
+    ``--device``), else ``config.device_of(name)``; a trainer may be ``config.adversary``'s (``context``,
+    ``adversaries``: :func:`build_trainer`)."""
     names = party_names(config)
     if name not in names:
         raise ConfigError(f"--party {name} is not a party of this run; choose one of {', '.join(names)}")
     if name != "DO":
-        return build_trainer(config, plan, modules, name, device=device)
+        return build_trainer(config, plan, modules, name, device=device, context=context, adversaries=adversaries)
     if dataset is None:
         raise ConfigError("the data owner needs its dataset")
     return build_data_owner(config, plan, modules, dataset, privacy=privacy, device=device)

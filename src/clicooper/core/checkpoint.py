@@ -32,6 +32,9 @@ def save_checkpoint(run_dir: Path, r: int, parties: Iterable[Any]) -> None:
         rundir.save_tensors(d / f"{party.name}.weights.safetensors", party.module.state_dict(), {"round": str(r)})
         t, meta = rundir.optimizer_tensors(party.optimizer)
         rundir.save_tensors(d / f"{party.name}.optim.safetensors", t, meta)
+        state = party.defense_state() if hasattr(party, "defense_state") else {}
+        if state:  # the DO's defences that keep state of their own (e.g. the adversarial decoder)
+            rundir.save_tensors(d / f"{party.name}.defenses.safetensors", state, {"round": str(r)})
 
 
 def load_checkpoint(run_dir: Path, r: int, parties: Iterable[Any]) -> None:
@@ -44,6 +47,13 @@ def load_checkpoint(run_dir: Path, r: int, parties: Iterable[Any]) -> None:
             rundir.restore_optimizer(party.optimizer, t, meta)
         except (ValueError, KeyError, RuntimeError) as e:
             raise RunDirError(f"optimizer checkpoint of {party.name} in {d} is corrupt: {e}") from e
+        f = d / f"{party.name}.defenses.safetensors"
+        if hasattr(party, "load_defense_state"):
+            state = rundir.load_tensors(f)[0] if f.is_file() else {}
+            try:
+                party.load_defense_state(state)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise RunDirError(f"the defences' checkpoint of {party.name} in {d} does not fit this run: {e}") from e
 
 
 def model_file_metadata(config: RunConfig, plan: Plan, entry: str, epoch: int) -> dict[str, str]:

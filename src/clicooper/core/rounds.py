@@ -38,6 +38,10 @@ class StepDriver(Protocol):
         """Pump until no step of ``round`` is in flight (``do.step_done``)."""
         ...
 
+    def run_query(self, messages: Iterable[Message], *, round: int, step: int, answered: Callable[[], bool]) -> None:
+        """Deliver a query's ``messages`` (between steps: the DO's validation) and pump until ``answered()``."""
+        ...
+
 
 @dataclass
 class RoundResult:

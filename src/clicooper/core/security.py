@@ -4,9 +4,11 @@
   fake-batch key in ``RUN/secrets/guard_key`` (32 random bytes, 0600: the trainers must not predict which
   batches are fake; a resumed run draws the same ones);
 - :class:`Validator` — every ``detection.validation.every`` steps, the DO's held-out rows through the chain
-  as queries, scored by the DO's tail (needs a driver that carries queries: the in-process one);
+  as queries (:meth:`~clicooper.core.rounds.StepDriver.run_query`), scored by the DO's tail;
 - :class:`DetectionStop` — raised by the round loop when the guard raised an alarm;
-- :func:`adversary_context` — what the simulation lends a malicious trainer (:mod:`clicooper.attacks.active`).
+- :func:`adversary_context` — what the simulation lends a malicious trainer;
+- :func:`trainer_factory` — ``Trainer``, or ``config.adversary``'s behaviour looked up in the registry the
+  caller passes (:data:`clicooper.parties.adversary.Adversaries`): the core never imports the attack suite.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clicooper.attacks.active import AdversaryContext, Truth, build_adversary
 from clicooper.config import RunConfig
 from clicooper.errors import ConfigError
+from clicooper.parties.adversary import Adversaries, AdversaryContext, Truth
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.guard import Alarm, Guard
 from clicooper.parties.trainer import Trainer
@@ -90,11 +92,11 @@ class Validator:
         ids = torch.arange(len(self.x), dtype=torch.int64) + self.calls * len(self.x)
         self.calls += 1
         self.do.infer_results.pop((qstep, 0), None)
-        driver.run_step(self.do.start_query(self.x, epoch=r, step=qstep, query_ids=ids), round=r, step=step)
+        driver.run_query(self.do.start_query(self.x, epoch=r, step=qstep, query_ids=ids), round=r, step=step,
+                         answered=lambda: (qstep, 0) in self.do.infer_results)
         ans = self.do.infer_results.pop((qstep, 0), None)
         if ans is None:
-            raise ConfigError("detection.validation queries the chain between steps, which this driver does not "
-                              "carry (a node); set detection.validation.enabled = false")
+            raise RuntimeError(f"the validation query after step {step} of round {r} got no answer")
         p = self.do.answer_probs(ans).cpu()
         acc = float((p.argmax(1) == self.y).float().mean())
         loss = float(F.nll_loss(p.clamp_min(1e-12).log(), self.y))
@@ -115,17 +117,27 @@ def after_step(do: DataOwner, driver: Any, validator: Validator | None, r: int, 
 
 
 def adversary_context(config: RunConfig, dataset: Any, truth: Truth | None) -> AdversaryContext:
-    """Public auxiliary data (the first half of the test split), the evaluator's truth, shapes."""
+    """Public auxiliary data (the first half of the test split), the evaluator's truth (``None`` on a node,
+    where it is the DO's), shapes."""
     half = len(dataset.x_test) // 2
     return AdversaryContext(num_classes=dataset.num_classes, seed=config.seed, aux_x=dataset.x_test[:half],
                             aux_y=dataset.y_test[:half], truth=truth, input_shape=tuple(dataset.input_shape))
 
 
-def trainer_factory(config: RunConfig, name: str, context: AdversaryContext | None) -> Any:
+def trainer_factory(config: RunConfig, name: str, context: AdversaryContext | None,
+                    adversaries: Adversaries | None = None) -> Any:
     """``Trainer``, or the malicious trainer of ``config.adversary`` where it names ``name`` (a callable with
-    the Trainer's arguments), lent ``context`` by the simulation (a bare one for a node)."""
+    the Trainer's arguments): its behaviour looked up in ``adversaries``, lent ``context`` by the simulation
+    (a bare one when the caller has none). A behaviour the registry lacks is refused."""
     adv = config.adversary
     if adv is None or adv.party_for(config.trainers) != name:
         return Trainer
+    if adversaries is None:
+        raise ConfigError(f"config.adversary makes {name} a malicious trainer ({adv.behaviour}), but this path "
+                          "builds no malicious trainers (no adversary registry was given)")
+    factory = adversaries.get(adv.behaviour)
+    if factory is None:
+        raise ConfigError(f"adversary behaviour {adv.behaviour!r} is not registered; known: "
+                          f"{', '.join(sorted(adversaries))}")
     ctx = context or AdversaryContext(num_classes=0, seed=config.seed)
-    return functools.partial(build_adversary, adv, ctx)
+    return functools.partial(factory, adversary=adv, context=ctx)

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from clicooper import jsonbound
+from clicooper.attacks.active.registry import ADVERSARIES
 from clicooper.config import RunConfig, load_config_file, make_config
 from clicooper.core.builder import build_party, party_names
 from clicooper.data import Dataset, load_dataset
@@ -26,6 +27,7 @@ from clicooper.data.given import is_owner_code
 from clicooper.errors import ConfigError
 from clicooper.models.blueprint import Blueprint
 from clicooper.models.partition import Plan
+from clicooper.parties.adversary import AdversaryContext
 from clicooper.parties.data_owner import DataOwner
 from clicooper.parties.trainer import Trainer
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
@@ -34,6 +36,14 @@ from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 def load_run_config(path: str | Path) -> RunConfig:
     """A run config file (``.json`` / ``.toml`` with :class:`RunConfig` fields) → validated config."""
     return make_config(**load_config_file(path))
+
+
+def check_node_config(config: RunConfig) -> None:
+    """Refuse, in one line, an option of ``config`` that a run of one process per party cannot honour."""
+    adv = config.adversary
+    if adv is not None and adv.behaviour == "backdoor":
+        raise ConfigError("adversary behaviour backdoor uses the simulation's label oracle (the evaluator's ground "
+                          "truth), which only an in-process run has: run it with `clicooper train`")
 
 
 def plan_digest(plan: Plan) -> str:
@@ -85,12 +95,15 @@ class NodeParty:
 
 
 def node_party(config: RunConfig, name: str, blueprint: Blueprint, *, dataset: Dataset | None = None,
-               privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None) -> NodeParty:
+               privacy: PrivacyMechanisms = NO_PRIVACY, device: str | None = None,
+               context: AdversaryContext | None = None) -> NodeParty:
     """Party ``name`` of a node over ``blueprint`` (``config`` resolved for the DO: its batch size drives the
     steps); its modules go to ``device`` (``clicooper node --device``: this process only, not part of the
-    run's config or its hash), else ``config.device_of(name)``."""
+    run's config or its hash), else ``config.device_of(name)``. A trainer that ``config.adversary`` names
+    is that behaviour's malicious trainer (the research option; :data:`ADVERSARIES`), lent ``context``."""
     modules = blueprint.modules()
-    party = build_party(config, blueprint.plan, modules, name, dataset=dataset, privacy=privacy, device=device)
+    party = build_party(config, blueprint.plan, modules, name, dataset=dataset, privacy=privacy, device=device,
+                        context=context, adversaries=ADVERSARIES)
     return NodeParty(name=name, party=party, config=config, blueprint=blueprint, modules=modules,
                      dataset=dataset if name == "DO" else None, privacy=privacy)
 

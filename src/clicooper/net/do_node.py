@@ -1,5 +1,13 @@
-"""The data owner's role as a node: it drives the rounds over gRPC with the session core's round loop,
-agrees the ledger with the trainers, and collects their final segments (see :mod:`.node_base`)."""
+"""The data owner's role as a node: it drives the rounds over gRPC with the session core's run loop
+(:class:`~clicooper.core.run_loop.RunLoop`, the one an in-process run drives), agrees the ledger with the
+trainers, and collects their final segments (see :mod:`.node_base`).
+
+The run loop gives a node run what an in-process one has: the ε budget stop (``--max-epsilon``), the privacy
+record ``privacy.json``, the DO's live detection (``config.detection``: the guard on the DO, its validation
+queries through the chain) with its clean stop, the DO's signed accusation relayed into every party's ledger
+copy, and ``attacks/active.json``. After a stop the DO sends ``shutdown`` to every trainer; the run resumes
+when every node is started again (``clicooper launch --resume RUN``), from the rounds every party completed.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from clicooper import rundir
+from clicooper.core.budget import check_max_epsilon
 from clicooper.core.checkpoint import model_file_metadata, write_state
 from clicooper.core.privacy import build_privacy
 from clicooper.core.rounds import round_metrics, run_round
+from clicooper.core.run_loop import Progress, RunLoop, dismiss, read_metrics
+from clicooper.core.security import Validator, build_guard
 from clicooper.core.setup import resolve_run
 from clicooper.data import steps_in
 from clicooper.data.given import open_dataset
@@ -38,7 +49,8 @@ from clicooper.net.node_records import (
     is_node_record,
 )
 from clicooper.protocol.messages import Control, Message
-from clicooper.provenance.entries import Closing
+from clicooper.provenance.accusation import draft_accusation
+from clicooper.provenance.entries import Closing, entry_hash
 from clicooper.rundir import model_file
 
 
@@ -62,6 +74,46 @@ class GrpcDriver:
         while not n.do.step_done:
             n.handle(n.recv(f"the replies of the last step of round {round}"))
 
+    def run_query(self, messages: Iterable[Message], *, round: int, step: int, answered: Callable[[], bool]) -> None:
+        """Send a query (the DO's validation) and handle what comes back until it is answered."""
+        n = self.node
+        for m in messages:
+            n.transport.send(m)
+        while not answered():
+            n.handle(n.recv(f"the answer of the validation query after step {step} of round {round}"))
+
+
+class NodeHooks:
+    """The run loop's round hooks on the DO node: the ledger protocol with the trainers
+    (:mod:`clicooper.net.node_ledger`) and the DO's accusation, relayed into every copy."""
+
+    def __init__(self, node: DataOwnerNode) -> None:
+        self.node = node
+
+    def on_round_start(self, r: int, parties: dict[str, Any]) -> None:
+        """Marks and start commitments of the DO's positions."""
+        assert self.node.prov is not None
+        self.node.prov.round_start(r)
+
+    def on_round_end(self, r: int, parties: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Stage entries in position order (``metrics["provenance"]``)."""
+        metrics["provenance"] = self.node._round_ledger(r)
+
+    def on_run_end(self, parties: dict[str, Any]) -> None:
+        """The closing entry, signed by every party."""
+        self.node._close()
+
+    def accuse(self, alarm: Any) -> str:
+        """The DO's signed accusation of ``alarm`` appended to its copy and relayed to every trainer's."""
+        prov = self.node.prov
+        assert prov is not None and prov.ledger is not None
+        entry = draft_accusation(prov.ledger, prov.identity, round=alarm.round, step=alarm.step,
+                                 suspects=list(alarm.suspects), detector=alarm.detector, evidence=alarm.evidence)
+        prov.ledger.append(entry)
+        self.node.to_all(Entry(wire_entry(entry)), alarm.round)
+        self.node.emit("ledger", entries=prov.count(), accusation=list(alarm.suspects))
+        return entry_hash(entry)
+
 
 class DataOwnerNode(Node):
     """The DO: dataset, resolved config, privacy mechanisms, the round loop, the ledger's relay."""
@@ -77,11 +129,46 @@ class DataOwnerNode(Node):
         self.train_ids = ds.train_ids(self.given.train_range)
         config, bp = resolve_run(self.given, num_train=len(self.train_ids), input_shape=ds.input_shape,
                                  num_classes=ds.num_classes, plan=plan, check_devices=False)
+        check_max_epsilon(opts.max_epsilon, config)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         new_run = self.completed() == 0 and not (self.run_dir / rundir.SECRETS).exists()
         privacy = build_privacy(config, self.run_dir, ds, bp, new_run=new_run)
+        self.privacy = privacy
         self.attach(node_party(config, "DO", bp, dataset=ds, privacy=privacy, device=opts.device), config)
         self.do = self.node.party
+        self.guard = build_guard(config, self.do, ds.num_classes, self.run_dir)  # None unless detection is on
+        self.validator = Validator(config, self.do, ds) \
+            if self.guard is not None and config.detection.validation.enabled else None
+        if opts.dismiss_detection:  # the DO reviewed an accusation and continues
+            dismiss(self)
+
+    # -- the run loop's RoundDriver (core/run_loop.py) ---------------------------------------------------
+    @property
+    def parties(self) -> dict[str, Any]:
+        """The DO (the only party in this process)."""
+        return {"DO": self.do}
+
+    def train_round(self, r: int, progress: Progress | None) -> dict[str, Any]:
+        """Round ``r``'s steps over gRPC (the guard's checks after each); its metrics."""
+        result = run_round(self.do, GrpcDriver(self), self.config, self.train_ids, r, validator=self.validator,
+                           on_step=lambda r_, s, n: self.emit("step", round=r_, step=s, steps=n))
+        m = round_metrics(r, result, self.config, transport="grpc")
+        self.emit("round", round=r, loss=m["loss"], train_acc=m["train_acc"], seconds=m["seconds"])
+        return m
+
+    def save_round(self, r: int) -> None:
+        """Every trainer checkpoints round ``r`` (``node-round-end`` → ``node-round-saved``), then the DO."""
+        self.to_all(RoundEnd(r), r)
+        self.wait_all(RoundSaved, self.peers)
+        super().save_round(r)
+
+    def trainer_reports(self) -> dict[str, Any]:
+        """Nothing: a trainer's own report stays on its machine (``clicooper launch`` gathers it)."""
+        return {}
+
+    def flop_share(self) -> float:
+        """The DO's share of the model's FLOPs."""
+        return self.node.plan.do_flop_share
 
     # -- messaging ------------------------------------------------------------------------------------
     def handle(self, msg: Message) -> None:
@@ -111,7 +198,8 @@ class DataOwnerNode(Node):
 
     # -- the role -------------------------------------------------------------------------------------
     def play(self) -> dict[str, Any]:
-        """Hellos, roll back to the round every party has, train, close the ledger, collect, shut down."""
+        """Hellos, roll back to the round every party has, the run loop, then close the ledger, collect the
+        segments and shut down — or, after a clean stop (budget, detection), shut down at once."""
         cfg = self.config
         self.transport.wait_for_peers(timeout=self.opts.connect_timeout_s)
         hellos = {p: Hello.from_control(m) for p, m in self.wait_all(Hello, self.peers).items()}
@@ -126,11 +214,20 @@ class DataOwnerNode(Node):
         self.to_all(Start(r0, cfg.epochs, steps), r0)
         self.wait_all(Ready, self.peers)
         self.emit("start", round=r0, epochs=cfg.epochs, steps=steps, rolled_back_from=done)
-        for r in range(r0, cfg.epochs):
-            metrics["epochs"].append(self._round(r, steps))
-            rundir.write_json(self.run_dir / rundir.METRICS, metrics)
-        if self.prov is not None:
-            self._close()
+        loop = RunLoop(self, self.run_dir, self.privacy, NodeHooks(self) if self.prov is not None else None, metrics,
+                       resume_hint="start every node again (clicooper launch --resume RUN; add --dismiss-detection "
+                                   "to continue past a detection)")
+        try:
+            stopped = loop.run(r0, max_epsilon=self.opts.max_epsilon)
+        finally:
+            self.privacy.close()  # the noise-prefetch thread (privacy/prefetch.py)
+        if stopped is not None:
+            if not self.do.step_done:  # overlap_steps: let the step in flight finish before the trainers stop
+                GrpcDriver(self).drain(round=stopped["completed_epochs"])
+            self.to_all(Shutdown(), stopped["completed_epochs"])
+            self.emit("stopped", **{k: stopped[k] for k in ("reason", "completed_epochs")})
+            return {"steps": self.do.steps_taken, "completed_rounds": stopped["completed_epochs"],
+                    "resumed_from": r0, "stopped": stopped["reason"]}
         self._collect_segments()
         write_state(self.run_dir, cfg.epochs, finished=True)
         self.to_all(Shutdown(), cfg.epochs)
@@ -138,29 +235,10 @@ class DataOwnerNode(Node):
 
     def _metrics_until(self, r0: int) -> dict[str, Any]:
         """``metrics.json`` cut to the rounds before ``r0``; a new run writes its config and plan first."""
-        f = self.run_dir / rundir.METRICS
-        metrics = rundir.read_json(f) if f.is_file() else {"epochs": []}
-        metrics["epochs"] = [m for m in metrics["epochs"] if m["epoch"] <= r0]
         if r0 == 0:
             rundir.write_json(self.run_dir / rundir.CONFIG, self.config.model_dump(mode="json"))
             rundir.write_json(self.run_dir / rundir.PLAN, self.node.plan.to_dict())
-        return metrics
-
-    def _round(self, r: int, steps: int) -> dict[str, Any]:
-        """Round ``r``: the steps, the stage entries, everybody's checkpoint; its metrics."""
-        if self.prov is not None:
-            self.prov.round_start(r)
-        result = run_round(self.do, GrpcDriver(self), self.config, self.train_ids, r,
-                           on_step=lambda r_, s, n: self.emit("step", round=r_, step=s, steps=n))
-        prov_report = self._round_ledger(r) if self.prov is not None else None
-        self.to_all(RoundEnd(r), r)
-        self.wait_all(RoundSaved, self.peers)
-        self.save_round(r)
-        m = round_metrics(r, result, self.config, transport="grpc")
-        if prov_report is not None:
-            m["provenance"] = prov_report
-        self.emit("round", round=r, loss=m["loss"], train_acc=m["train_acc"], seconds=m["seconds"])
-        return m
+        return read_metrics(self.run_dir, r0)
 
     # -- ledger (protocol in clicooper.net.node_ledger) -----------------------------------------------
     def _genesis(self, hellos: dict[str, Hello]) -> None:

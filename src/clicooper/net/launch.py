@@ -35,13 +35,16 @@ from typing import Any, Protocol
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
+from clicooper.core.audit_log import AUDIT_DIR
 from clicooper.core.builder import neighbours, party_names
 from clicooper.core.checkpoint import run_finished
+from clicooper.core.observe import import_observations
+from clicooper.core.run_loop import ACTIVE_REPORT
 from clicooper.core.setup import resolve_run
 from clicooper.data import load_dataset
 from clicooper.errors import ConfigError, RunDirError, WireError
 from clicooper.models.partition import Plan
-from clicooper.net.builder import load_run_config
+from clicooper.net.builder import check_node_config, load_run_config
 from clicooper.net.certs import CARD_SUFFIX, assemble_set, read_ledger_keys, write_own_party
 from clicooper.provenance.identity import Identity, load_identity
 from clicooper.provenance.setup import key_path
@@ -93,7 +96,8 @@ def _config_of(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
 def prepare_run(config: RunConfig, out: Path, *, insecure: bool) -> tuple[RunConfig, list[str]]:
     """Write config.json, plan.json, certs/ and nodes/ of a new launched run; returns (config, notices)."""
     notices: list[str] = []
-    rundir.check_new_run_dir(out, resumable=False)  # launch restarts its nodes itself; it has no --resume
+    rundir.check_new_run_dir(out, resumable=False)  # a launched run resumes with resume_local, never train()
+    check_node_config(config)
     ds = load_dataset(config.dataset, options=config.data)
     config, bp = resolve_run(config, num_train=len(ds.train_ids(config.train_range)), input_shape=ds.input_shape,
                              num_classes=ds.num_classes)
@@ -186,6 +190,8 @@ class NodeSetup:
     idle_timeout_s: float = 120.0
     connect_timeout_s: float = 20.0
     placement: Placement = field(default_factory=LoopbackPlacement)
+    max_epsilon: float | None = None  # the DO's --max-epsilon
+    dismiss_detection: bool = False  # the DO's --dismiss-detection
 
 
 def _start_nodes(out: Path, config: RunConfig, setup: NodeSetup, events: queue.Queue[Event]) -> dict[str, _Proc]:
@@ -199,6 +205,10 @@ def _start_nodes(out: Path, config: RunConfig, setup: NodeSetup, events: queue.Q
         own = own_dir(out, p)
         cmd += ["--insecure-loopback"] if setup.insecure else [
             "--certs", str(out / "certs"), "--key", str(own / f"{p}.key"), "--identity", str(own / f"{p}.ledger.key")]
+        if p == "DO" and setup.max_epsilon is not None:
+            cmd += ["--max-epsilon", repr(setup.max_epsilon)]
+        if p == "DO" and setup.dismiss_detection:
+            cmd += ["--dismiss-detection"]
         log = open(out / "nodes" / p / "node.log", "a", encoding="utf-8")  # noqa: SIM115 - child owns it
         popen = subprocess.Popen(setup.placement.wrap(p, cmd), stdout=subprocess.PIPE, stderr=log, text=True,
                                  env=env)
@@ -222,9 +232,17 @@ def _do_finished(out: Path) -> bool:
 
 
 def collect(out: Path, config: RunConfig) -> dict[str, Any]:
-    """Copy the model files the DO holds — its own head/tail and the segments the trainers delivered to it
-    in band — into ``RUN/model`` (+ metrics, secrets); add test accuracy."""
+    """Gather the run's records from the nodes (:func:`gather`); after a complete run, copy the model files
+    the DO holds — its own head/tail and the segments the trainers delivered to it in band — into
+    ``RUN/model`` and add the test accuracy. A run the DO stopped cleanly (ε budget, detection) has no
+    delivered model yet: its records say so (``metrics["stopped"]``) and ``launch --resume`` continues it."""
     do_dir = out / "nodes" / "DO"
+    metrics = rundir.read_json(do_dir / rundir.METRICS)
+    gather(out, config)
+    if "stopped" in metrics:
+        rundir.write_json(out / rundir.METRICS, metrics)
+        rundir.write_json(out / rundir.STATE, {"completed_rounds": metrics["stopped"]["completed_epochs"]})
+        return metrics
     plan = Plan.from_dict(rundir.read_json(out / rundir.PLAN))
     files = [model_file(pp.party) for pp in sorted(plan.parties, key=lambda x: x.position)]
     missing = [f for f in files if not (do_dir / rundir.MODEL_DIR / f).is_file()]
@@ -234,11 +252,6 @@ def collect(out: Path, config: RunConfig) -> dict[str, Any]:
     (out / rundir.MODEL_DIR).mkdir(exist_ok=True)
     for f in files:
         shutil.copy2(do_dir / rundir.MODEL_DIR / f, out / rundir.MODEL_DIR / f)
-    if config.provenance:
-        collect_ledger(out, config)
-    if (do_dir / rundir.SECRETS).is_dir() and not (out / rundir.SECRETS).exists():
-        shutil.copytree(do_dir / rundir.SECRETS, out / rundir.SECRETS)
-    metrics = rundir.read_json(do_dir / rundir.METRICS)
     run = load_run(out)
     ds = run.dataset()
     acc = run.accuracy(ds.x_test, ds.y_test)
@@ -249,6 +262,37 @@ def collect(out: Path, config: RunConfig) -> dict[str, Any]:
     rundir.write_json(out / rundir.METRICS, metrics)
     rundir.write_json(out / rundir.STATE, {"completed_rounds": config.epochs})
     return metrics
+
+
+def gather(out: Path, config: RunConfig) -> None:
+    """The run directory's records from the nodes' own directories, as an in-process run lays them out:
+    the ledger (every copy identical), the DO's secrets, ``privacy.json``, ``attacks/active.json`` (the DO's,
+    with a malicious trainer's own report), the trainers' observations joined with the DO's sample ids
+    (:func:`clicooper.core.observe.import_observations`) and the trainers' audit logs."""
+    do_dir = out / "nodes" / "DO"
+    trainers = party_names(config)[1:]
+    if config.provenance and (do_dir / rundir.LEDGER).is_file():
+        collect_ledger(out, config)
+    if (do_dir / rundir.SECRETS).is_dir():
+        shutil.copytree(do_dir / rundir.SECRETS, out / rundir.SECRETS, dirs_exist_ok=True)
+    if (do_dir / rundir.PRIVACY).is_file():
+        shutil.copy2(do_dir / rundir.PRIVACY, out / rundir.PRIVACY)
+    active_file = do_dir / rundir.ATTACKS / ACTIVE_REPORT
+    if active_file.is_file():
+        active = rundir.read_json(active_file)
+        for t in trainers:  # the research option's own report, kept on the malicious trainer's machine
+            f = out / "nodes" / t / rundir.ATTACKS / ACTIVE_REPORT
+            if f.is_file():
+                active["trainer"] = rundir.read_json(f).get("trainer")
+        rundir.write_json(out / rundir.ATTACKS / ACTIVE_REPORT, active)
+    if config.record_observations:
+        recorded = [out / "nodes" / t for t in trainers if (out / "nodes" / t / rundir.OBSERVATIONS / t).is_dir()]
+        if recorded:
+            import_observations(out, recorded)
+    for t in trainers:  # what each trainer keeps for audits (clicooper audit RUN --party T<i>)
+        log = out / "nodes" / t / AUDIT_DIR / t
+        if log.is_dir():
+            shutil.copytree(log, out / AUDIT_DIR / t, dirs_exist_ok=True)
 
 
 def collect_ledger(out: Path, config: RunConfig) -> None:
@@ -337,26 +381,67 @@ def launch_local(
     idle_timeout_s: float = 120.0,
     connect_timeout_s: float = 20.0,
     placement: Placement | None = None,
+    max_epsilon: float | None = None,
 ) -> LaunchResult:
     """Run ``config`` with one process per party on loopback; see the module docstring.
 
     ``idle_timeout_s`` / ``connect_timeout_s`` are every node's ``--idle-timeout`` / ``--connect-timeout``;
     ``placement`` puts the nodes elsewhere than on 127.0.0.1 (the wide-area test bed,
-    :class:`clicooper.net.wan.netns.WanBed`, runs each in its own network namespace).
+    :class:`clicooper.net.wan.netns.WanBed`, runs each in its own network namespace); ``max_epsilon`` is the
+    DO's ε budget (the run stops cleanly before a round that would exceed it, as ``train`` does).
 
     ``kill_at`` SIGKILLs a party right after it reports a step (each point once, in order) to exercise
     crash and resume; each kill costs one restart. Raises :class:`WireError` naming the failing party and
     its last error line when a node fails more than ``max_restarts`` times, or after ``timeout_s``.
+    A clean stop of the DO (budget, detection) ends the launch with ``metrics["stopped"]``: continue it with
+    :func:`resume_local`.
     """
     t_start = time.monotonic()
     out = Path(out)
     config, notices = prepare_run(_config_of(config), out, insecure=insecure_loopback)
+    setup = NodeSetup(insecure_loopback, idle_timeout_s, connect_timeout_s, placement or LoopbackPlacement(),
+                      max_epsilon=max_epsilon)
+    return _supervise(out, config, setup, notices, kill_at=kill_at, on_event=on_event, max_restarts=max_restarts,
+                      t_start=t_start, timeout_s=timeout_s)
+
+
+def resume_local(
+    out: str | Path,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    max_restarts: int = 3,
+    timeout_s: float = 3600.0,
+    idle_timeout_s: float = 120.0,
+    connect_timeout_s: float = 20.0,
+    placement: Placement | None = None,
+    max_epsilon: float | None = None,
+    dismiss_detection: bool = False,
+) -> LaunchResult:
+    """Start every node of the launched run ``out`` again (after a clean stop, or a launch that gave up): they
+    resume from the rounds every party completed. ``dismiss_detection``: the DO reviewed the accusation of a
+    detection stop and continues with live detection off for this invocation."""
+    t_start = time.monotonic()
+    out = Path(out)
+    if not (out / rundir.CONFIG).is_file() or not (out / "nodes" / "DO").is_dir():
+        raise RunDirError(f"{out} is not a launched run (no config.json and nodes/DO); nothing to resume")
+    if _do_finished(out):
+        raise RunDirError(f"the run in {out} is finished; nothing to resume")
+    config = make_config(**rundir.read_json(out / rundir.CONFIG))
+    setup = NodeSetup(not (out / "certs").is_dir(), idle_timeout_s, connect_timeout_s,
+                      placement or LoopbackPlacement(), max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
+    return _supervise(out, config, setup, [], kill_at=(), on_event=on_event, max_restarts=max_restarts,
+                      t_start=t_start, timeout_s=timeout_s)
+
+
+def _supervise(out: Path, config: RunConfig, setup: NodeSetup, notices: list[str], *, kill_at: Iterable[KillPoint],
+               on_event: Callable[[Event], None] | None, max_restarts: int, t_start: float,
+               timeout_s: float) -> LaunchResult:
+    """Run the nodes until they all exit 0, restarting them after a failure; then collect."""
     kills = list(kill_at)
     for party, _, _ in kills:
         if party not in party_names(config):
             raise ConfigError(f"kill point names {party}, not a party of this run")
     watch = _Watch(out, config, kills, on_event, t_start=t_start, timeout_s=timeout_s)
-    setup = NodeSetup(insecure_loopback, idle_timeout_s, connect_timeout_s, placement or LoopbackPlacement())
     restarts = 0
     while True:
         failed = watch.run_once(setup)
@@ -376,4 +461,9 @@ def launch_local(
                             f"logs in {out}/nodes/*/node.log)")
     done_kills = watch.done_kills
     metrics = collect(out, config)
+    stopped = metrics.get("stopped")
+    if stopped is not None:
+        notices.append(f"the DO stopped the run before round {stopped['before_epoch']} ({stopped['reason']}); "
+                       f"continue with: clicooper launch --resume {out}"
+                       + (" (add --dismiss-detection to continue past it)" if stopped["reason"] == "detection" else ""))
     return LaunchResult(out, restarts, time.monotonic() - t_start, done_kills, metrics, notices)

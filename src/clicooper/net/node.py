@@ -47,12 +47,15 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin; the 
     ap.add_argument("--connect-timeout", type=float, default=30.0)
     ap.add_argument("--idle-timeout", type=float, default=300.0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--max-epsilon", type=float)
+    ap.add_argument("--dismiss-detection", action="store_true")
     a = ap.parse_args(argv)
     try:
         run_node(NodeOptions(config=a.config, party=a.party, run_dir=a.run_dir, listen=a.listen,
                              peers=parse_peers(a.peers), certs=a.certs, key=a.key, identity=a.identity, plan=a.plan,
                              insecure_loopback=a.insecure_loopback, connect_timeout_s=a.connect_timeout,
-                             idle_timeout_s=a.idle_timeout, events=sys.stdout, device=a.device))
+                             idle_timeout_s=a.idle_timeout, events=sys.stdout, device=a.device,
+                             max_epsilon=a.max_epsilon, dismiss_detection=a.dismiss_detection))
     except CliCooperError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code

@@ -59,7 +59,15 @@ from clicooper.core.checkpoint import (
     write_state,
 )
 from clicooper.errors import ConfigError, RunDirError, WireError
-from clicooper.net.builder import NodeParty, cut_shapes, load_run_config, read_plan, run_id_for, shape_table
+from clicooper.net.builder import (
+    NodeParty,
+    check_node_config,
+    cut_shapes,
+    load_run_config,
+    read_plan,
+    run_id_for,
+    shape_table,
+)
 from clicooper.net.certs import PartyCert, read_ledger_keys
 from clicooper.net.grpc_transport import GrpcTransport
 from clicooper.net.node_ledger import NodeLedger
@@ -91,6 +99,8 @@ class NodeOptions:
     threads: int | None = 1
     device: str | None = None  # this node's device (auto, cpu, cuda); default: the config's for this party
     dataset: str | None = None  # the DO's own data, named on its own command line (python:pkg.module:fn)
+    max_epsilon: float | None = None  # DO: stop cleanly before a round that would exceed this ε (core/budget.py)
+    dismiss_detection: bool = False  # DO: live detection off for this invocation (after reviewing an accusation)
     events: TextIO | None = field(default=None, repr=False)
 
 
@@ -210,6 +220,10 @@ class Node(ABC):
             raise ConfigError(f"--peers lacks {', '.join(missing)}: {self.name} talks to {', '.join(self.peers)}; "
                               "give name=host:port for each")
         check_run_open(Path(opts.run_dir), self.name, provenance=bool(given.provenance))
+        check_node_config(given)
+        if self.name != "DO" and (opts.max_epsilon is not None or opts.dismiss_detection):
+            raise ConfigError(f"--max-epsilon and --dismiss-detection are the DO's options (it drives the rounds); "
+                              f"drop them from {self.name}'s command")
         if opts.insecure_loopback:
             self.tls, self.pins = None, {}
         else:
@@ -237,6 +251,9 @@ class Node(ABC):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id_for(self.given, self.pins, node.plan)
         limit_bs = self.given.batch_size or max(128, self.given.micro_batches)
+        det = self.given.detection
+        if det.enabled and det.validation.enabled:  # the DO's validation queries carry this many rows at once
+            limit_bs = max(limit_bs, det.validation.rows)
         self.transport = GrpcTransport(
             self.name, run_id=self.run_id, listen=self.opts.listen,
             peers={p: self.opts.peers[p] for p in self.peers}, tls=self.tls,

@@ -16,6 +16,8 @@ travels is a ``Control`` record on the existing links (the DO is connected to ev
   :class:`~clicooper.provenance.ledger.ChainState` accepts it (owner's signature against the genesis key,
   ``prev`` chain, round/position order, start = previous end) — a forged or reordered entry is refused with
   a :class:`LedgerError` and nothing is appended;
+- accusation: when the DO's live detection stops the run, the DO signs an accusation entry, appends it and
+  relays it as ``node-entry``; each trainer checks the DO's signature and the chain before appending it;
 - closing: ``node-close`` → each trainer signs the closing body of ITS OWN copy (``node-close-sig``); the
   DO assembles it, appends it and relays it as ``node-entry``; the multi-signature is checked on append.
 
@@ -31,9 +33,11 @@ from torch import nn
 
 from clicooper import jsonbound, rundir
 from clicooper.config import RunConfig
+from clicooper.core.audit_log import AuditLog
 from clicooper.errors import LedgerError
 from clicooper.models.partition import Plan
 from clicooper.protocol.messages import Control
+from clicooper.provenance.accusation import Accusation
 from clicooper.provenance.entries import (
     Closing,
     Genesis,
@@ -78,6 +82,8 @@ class NodeLedger:
         if self.ledger is not None:
             self._check_own_key(self.ledger.genesis)
         self._engine: StageEngine | None = None
+        # a trainer keeps its audit log (core/audit_log.py) in its own run directory, as in an in-process run
+        self.audit = AuditLog(party, self.run_dir, config.audit) if config.audit.enabled and name != "DO" else None
 
     # -- helpers ----------------------------------------------------------------------------------------
     @property
@@ -169,9 +175,9 @@ class NodeLedger:
         entry already committed, a redone round). Raises :class:`LedgerError`; nothing appended then."""
         ledger = self._need()
         entry = self.parse(msg)
-        if not isinstance(entry, StageEntry | Closing):
-            raise LedgerError(f"{msg.kind} from {msg.header.sender}: a {type(entry).__name__} is not a stage "
-                              "or closing entry")
+        if not isinstance(entry, StageEntry | Closing | Accusation):
+            raise LedgerError(f"{msg.kind} from {msg.header.sender}: a {type(entry).__name__} is not a stage, "
+                              "closing or accusation entry")
         if expect is not None and (not isinstance(entry, StageEntry) or entry.stage != expect):
             raise LedgerError(f"{msg.header.sender} sent an entry for {getattr(entry, 'stage', 'closing')} where "
                               f"stage {expect} was asked for")
@@ -192,10 +198,13 @@ class NodeLedger:
     def round_start(self, r: int) -> None:
         """Marks and start commitments of this party's positions, fresh transcripts, watermark step hooks."""
         self.engine.begin_round(r, {self.name: self.party})
+        if self.audit is not None:
+            self.audit.begin_round(r)
 
     def own_stage(self, r: int, position: int) -> tuple[StageEntry, dict[str, Any]]:
         """Owner: extra steps until BER = 0, draft + sign stage (r, position), append to own copy."""
-        return self.engine.end_stage(r, position, self.party)
+        audit = self.audit.end_round() if self.audit is not None else None
+        return self.engine.end_stage(r, position, self.party, audit=audit)
 
     def round_end_hooks_off(self) -> None:
         """The round's steps are over: no watermark term on the extra steps' neighbours."""

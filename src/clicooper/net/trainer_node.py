@@ -1,4 +1,11 @@
-"""The trainer's role as a node: answer the DO's records, handle activations and gradients, deliver."""
+"""The trainer's role as a node: answer the DO's records, handle activations and gradients, deliver.
+
+With ``config.record_observations`` the trainer records what it received on its own machine
+(:class:`~clicooper.core.observe.ReceivedRecorder`, ``RUN_DIR/observations/<party>/``), for the DO to import
+(``clicooper observations import``). Where ``config.adversary`` names this trainer (a research option) it is
+that behaviour's malicious trainer, lent the public auxiliary data (the test split's first half) but not the
+evaluator's ground truth, which is the DO's; its report goes to ``RUN_DIR/attacks/active.json``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,10 @@ from typing import Any
 
 from clicooper import rundir
 from clicooper.core.checkpoint import save_model_files, write_state
+from clicooper.core.observe import ReceivedRecorder
+from clicooper.core.run_loop import ACTIVE_REPORT
+from clicooper.core.security import adversary_context
+from clicooper.data import load_dataset
 from clicooper.errors import WireError
 from clicooper.models.blueprint import blueprint_for
 from clicooper.net.builder import dataset_meta, node_party
@@ -44,7 +55,12 @@ class TrainerNode(Node):
             meta = dataset_meta(self.given)
         bp = blueprint_for(self.given, meta.input_shape, meta.num_classes, plan=plan)
         stamp_architecture(bp.plan.extra, bp.model)  # the DO's plan.json names the model: the same one
-        self.attach(node_party(self.given, self.name, bp, device=opts.device), self.given)
+        adv, context = self.given.adversary, None
+        if adv is not None and adv.party_for(self.given.trainers) == self.name:  # public aux data, no truth
+            context = adversary_context(self.given, load_dataset(self.given.dataset, options=self.given.data), None)
+        self.attach(node_party(self.given, self.name, bp, device=opts.device, context=context), self.given)
+        self.recorder = ReceivedRecorder(self.run_dir / rundir.OBSERVATIONS, self.name) \
+            if self.given.record_observations else None
 
     def play(self) -> dict[str, Any]:
         """Hello, then every record and party message until ``shutdown``."""
@@ -65,6 +81,8 @@ class TrainerNode(Node):
 
     def _party_message(self, msg: Message) -> None:
         party = self.node.party
+        if self.recorder is not None:
+            self.recorder(msg)
         n0 = party.steps_taken
         for reply in party.handle(msg):
             self.transport.send(reply)
@@ -84,7 +102,10 @@ class TrainerNode(Node):
             r = RoundEnd.from_control(msg).round
             if self.prov is not None:
                 self.prov.round_end_hooks_off()
+            if self.recorder is not None:
+                self.recorder.flush(r + 1, self.node.party.module)
             self.save_round(r)
+            self._active_report()
             if self.prov is not None and r + 1 < self.config.epochs:
                 self.prov.round_start(r + 1)
             self.emit("round", round=r)
@@ -135,7 +156,14 @@ class TrainerNode(Node):
             self.transport.send(Control(Header(self.name, "DO", self.config.epochs, 0), kind, payload))
         self.emit("delivered", position=req.position, bytes=len(data))
 
+    def _active_report(self) -> None:
+        """A malicious trainer's own report (``RUN_DIR/attacks/active.json``, ``"trainer"``)."""
+        summary = getattr(self.node.party, "summary", None)
+        if summary is not None:
+            rundir.write_json(self.run_dir / rundir.ATTACKS / ACTIVE_REPORT, {"trainer": summary()})
+
     def _shutdown(self) -> dict[str, Any]:
+        self._active_report()
         done = self.completed()
         if done >= self.config.epochs:
             write_state(self.run_dir, done, finished=True)

@@ -2,14 +2,16 @@
 
 Per step (docs/design/protocol.md#one-training-step): ``a0 = head(x)``, ``ã0 = protect(a0)`` → T1 … → DO (U-shape: tail, loss on
 ``encode(y)``, gradient → T_K) … gradient from T1 → backward the head → step. Sample ids stay here.
-Privacy mechanisms are plugged in through three small protocols (see :mod:`clicooper.privacy`).
+Its defences are a sequence of :class:`~clicooper.privacy.defenses.base.Defense` objects, each with a few
+hooks (labels, release, the head's own loss terms and gradient, the returned gradient); the DO calls them in
+order and knows none of them by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,7 @@ from torch.func import functional_call
 from clicooper.errors import WireError
 from clicooper.parties.base import PartyBase
 from clicooper.parties.inbound import LossReports, check_query_answer
-from clicooper.privacy.adversarial import InversionAdversary
-from clicooper.privacy.decorrelation import distance_correlation
+from clicooper.privacy.defenses.base import Defense
 from clicooper.protocol.messages import (
     Activations,
     Control,
@@ -33,40 +34,9 @@ from clicooper.protocol.messages import (
 
 if TYPE_CHECKING:
     from clicooper.parties.guard import Guard
-    from clicooper.privacy.dpsgd import HeadDPSGD
 
 
 Augment = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]  # (x, sample ids, epoch) → x
-
-
-class Protector(Protocol):
-    """Clips and noises a tensor the DO releases (docs/design/mechanisms.md#activation-protection); differentiable in ``a``."""
-
-    def protect(self, a: torch.Tensor, *, sample_ids: torch.Tensor, round: int, stream: str = "act") -> torch.Tensor:
-        """Return the protected release of ``a`` (one row per sample id)."""
-        ...
-
-
-class LabelEncoder(Protocol):
-    """Maps true labels to the (secret) training label space and model outputs back (docs/design/mechanisms.md#label-obfuscation)."""
-
-    num_outputs: int
-
-    def encode(self, y: torch.Tensor, *, sample_ids: torch.Tensor, round: int) -> torch.Tensor:
-        """Training targets for ``y``."""
-        ...
-
-    def decode_probs(self, p: torch.Tensor) -> torch.Tensor:
-        """(B, num_outputs) probabilities → (B, C) probabilities over the true classes."""
-        ...
-
-
-class LabelNoiser(Protocol):
-    """Label DP for the open tail (randomized response, drawn once per sample)."""
-
-    def noisy_labels(self, y: torch.Tensor, *, sample_ids: torch.Tensor) -> torch.Tensor:
-        """The sample's fixed randomized label."""
-        ...
 
 
 @dataclass
@@ -79,8 +49,8 @@ class StepState:
     y: list[torch.Tensor]
     targets: list[torch.Tensor]
     releases: dict[int, torch.Tensor] = field(default_factory=dict)
-    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for DP-SGD on the head
-    decor: dict[int, torch.Tensor] = field(default_factory=dict)  # the head's own loss terms (NoPeek, adversary)
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # kept only for a defence that needs_inputs
+    decor: dict[int, torch.Tensor] = field(default_factory=dict)  # the head's own loss terms (defences' head_term)
     batch_size: int = 0
     grads_back: int = 0
     leaves: dict[str, torch.Tensor] | None = None  # overlap_steps: the head weights this step's forward used
@@ -109,19 +79,13 @@ class DataOwner(PartyBase):
         y_train: torch.Tensor,
         trainers: list[str],
         micro_batches: int = 1,
-        protector: Protector | None = None,
-        grad_protector: Protector | None = None,
-        label_encoder: LabelEncoder | None = None,
-        label_noiser: LabelNoiser | None = None,
+        defenses: Sequence[Defense] = (),
         expected_return_shape: tuple[int, ...] | None = None,
         hash_transcripts: bool = False,
         device: torch.device | str = "cpu",
-        head_dpsgd: HeadDPSGD | None = None,
         guard: Guard | None = None,
         augment: Augment | None = None,
         overlap: bool = False,
-        nopeek: float = 0.0,
-        adversary: InversionAdversary | None = None,
     ):
         module = nn.ModuleDict({"head": head} | ({"tail": tail} if tail is not None else {}))
         super().__init__("DO", module, optimizer, hash_transcripts=hash_transcripts)
@@ -130,10 +94,9 @@ class DataOwner(PartyBase):
         self.trainers = trainers
         self.first, self.last = trainers[0], trainers[-1]
         self.micro_batches = micro_batches
-        self.protector, self.grad_protector = protector, grad_protector
-        self.label_encoder, self.label_noiser = label_encoder, label_noiser
+        self.defenses = list(defenses)  # applied in this order (RunConfig.defenses sorts them)
+        self._keep_inputs = any(d.needs_inputs for d in self.defenses)
         self.expected_return_shape = expected_return_shape
-        self.head_dpsgd = head_dpsgd  # DP-SGD on the head (privacy/dpsgd.py) instead of its plain gradient
         self.guard = guard  # live detection of malicious trainers (parties/guard), None when off
         self.augment = augment  # training augmentation before the head (clicooper.data.augment), None: off
         self.device = torch.device(device)
@@ -146,12 +109,6 @@ class DataOwner(PartyBase):
         # in-process, over gRPC and resumed runs agree.
         self._inflight: dict[tuple[int, int], StepState] = {}
         self.overlap = overlap
-        # NoPeek (privacy/decorrelation.py): α of the distance correlation between a micro-batch's inputs and
-        # the head's output, added to the head's loss at the DO (weighted by the micro-batch's share of the step)
-        self.nopeek = float(nopeek)
-        # ResSFL-style adversarial training (privacy/adversarial.py): the DO's own decoder steps on each release,
-        # and the head's loss gains −λ·MSE(decoder(release), input)
-        self.inversion_adversary = adversary
         self._head_weights: dict[int, dict[str, torch.Tensor]] = {}
         self.stats = EpochStats()
         self.infer_results: dict[tuple[int, int], torch.Tensor] = {}
@@ -161,11 +118,40 @@ class DataOwner(PartyBase):
 
     # ------------------------------------------------------------------------------------------------
     def _targets(self, y: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
-        if self.label_noiser is not None:
-            y = self.label_noiser.noisy_labels(y, sample_ids=ids)
-        if self.label_encoder is not None:
-            y = self.label_encoder.encode(y, sample_ids=ids, round=epoch)
+        for d in self.defenses:
+            y = d.on_labels(y, sample_ids=ids, epoch=epoch)
         return y
+
+    def _release(self, a: torch.Tensor, ids: torch.Tensor, epoch: int, stream: str) -> torch.Tensor:
+        for d in self.defenses:
+            a = d.on_release(a, sample_ids=ids, epoch=epoch, stream=stream)
+        return a
+
+    def decode_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """Output probabilities back to the true classes (the defences' inverses, last first)."""
+        for d in reversed(self.defenses):
+            probs = d.decode_probs(probs)
+        return probs
+
+    def defense_state(self) -> dict[str, torch.Tensor]:
+        """Every defence's state for a resumed run, keyed ``<kind>/<name>``."""
+        return {f"{d.kind}/{k}": v for d in self.defenses for k, v in d.state_dict().items()}
+
+    def load_defense_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`defense_state` (each defence gets its own keys; a defence with state but none
+        saved, e.g. a checkpoint written before it kept any, starts afresh)."""
+        kinds = {d.kind for d in self.defenses}
+        stray = sorted({k.partition("/")[0] for k in state} - kinds)
+        if stray:
+            raise ValueError(f"state of defences {', '.join(stray)} that this run does not have")
+        for d in self.defenses:
+            mine = {k.partition("/")[2]: v for k, v in state.items() if k.partition("/")[0] == d.kind}
+            if mine:
+                d.load_state_dict(mine)
+
+    def defense_reports(self, epochs: int) -> list[dict]:
+        """Each defence's report after ``epochs`` epochs (ε with what it covers, or empirical)."""
+        return [d.report(epochs) for d in self.defenses]
 
     def start_step(self, epoch: int, step: int, ids: torch.Tensor) -> list[Message]:
         """Forward the head on batch ``ids`` (M micro-batches) and return the messages to send."""
@@ -212,17 +198,12 @@ class DataOwner(PartyBase):
             tgt = self._targets(y_used, cid, epoch).to(self.device)
             st.targets.append(tgt)
             a0 = self.head(x) if leaves is None else functional_call(self.head, leaves | buffers, (x,))  # (b, …)
-            rel = self.protector.protect(a0, sample_ids=cid, round=epoch) if self.protector else a0
-            terms = []
-            if self.nopeek > 0 and len(cid) > 1:
-                terms.append(distance_correlation(x, a0) * self.nopeek)
-            if self.inversion_adversary is not None:
-                self.inversion_adversary.step(rel, x)
-                terms.append(self.inversion_adversary.head_term(rel, x))
+            rel = self._release(a0, cid, epoch, "act")
+            terms = [t for d in self.defenses if (t := d.head_term(x=x, head_out=a0, release=rel)) is not None]
             if terms:  # the head's own terms, weighted by the micro-batch's share of the step
                 st.decor[j] = sum(terms) * (len(cid) / len(ids))
             st.releases[j] = rel
-            if self.head_dpsgd is not None:
+            if self._keep_inputs:
                 st.inputs[j] = x
             out: list[Message] = []
             if self.tail is None:
@@ -298,15 +279,15 @@ class DataOwner(PartyBase):
             validate_tensor(msg.tensor, expected_shape=tuple(rel.shape), what="DO: gradient from T1")
             if self.guard is not None:
                 self.guard.on_gradient(st.epoch, st.step, h.micro, msg.tensor)
-            if self.head_dpsgd is None:
+            grad, x_in = msg.tensor.to(self.device), st.inputs.pop(h.micro, None)
+            # a defence may take the head's gradient over (DP-SGD: per-sample clipped, noised); else the plain one
+            if not any([d.on_head_gradient(x=x_in, release=rel, grad=grad, batch_size=st.batch_size)
+                        for d in self.defenses]):
                 decor = st.decor.pop(h.micro, None)
-                if decor is not None:  # T1's gradient and the head's own terms (NoPeek, adversary), through one graph
-                    torch.autograd.backward([rel, decor], [msg.tensor.to(self.device), None])
-                elif rel.requires_grad:  # not with a frozen head (head_mode secret-random): nothing to train
-                    rel.backward(msg.tensor.to(self.device))
-            else:  # per-sample clipped gradients instead of the plain one (privacy/dpsgd.py)
-                self.head_dpsgd.accumulate(st.inputs.pop(h.micro), msg.tensor.to(self.device),
-                                           batch_size=st.batch_size)
+                if decor is not None:  # T1's gradient and the head's own terms (defences' head_term), one graph
+                    torch.autograd.backward([rel, decor], [grad, None])
+                elif rel.requires_grad:  # not with a frozen head (secret random head): nothing to train
+                    rel.backward(grad)
             st.grads_back += 1
             if st.grads_back == len(st.ids):
                 if st.leaves is not None:  # overlap: the delayed head gradient onto the current head weights
@@ -315,8 +296,8 @@ class DataOwner(PartyBase):
                     self._head_weights[st.step] = self._head_snapshot()
                     self._head_weights.pop(st.step - 2, None)
                 else:
-                    if self.head_dpsgd is not None:
-                        self.head_dpsgd.finalize(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
+                    for d in self.defenses:
+                        d.before_head_step(epoch=st.epoch, step=st.step, batch_size=st.batch_size)
                     if self.guard is None or self.guard.before_step(st.epoch, st.step):
                         self._step()
                     else:  # a fake batch: its gradient is measured, never applied
@@ -338,9 +319,7 @@ class DataOwner(PartyBase):
         loss_sum = F.cross_entropy(logits, tgt, reduction="sum")
         (loss_sum / st.batch_size).backward()  # micro losses sum to the batch mean (docs/design/protocol.md#micro-batch-pipelining)
         with torch.no_grad():
-            probs = logits.softmax(1)
-            if self.label_encoder is not None:
-                probs = self.label_encoder.decode_probs(probs)
+            probs = self.decode_probs(logits.softmax(1))
             self.stats.correct += int((probs.argmax(1).cpu() == st.y[h.micro]).sum())
         self.stats.loss_sum += float(loss_sum.detach())
         self.stats.count += len(a)
@@ -349,8 +328,8 @@ class DataOwner(PartyBase):
             st.tail_done += 1
             if st.tail_done == len(st.ids):
                 self._step_only(list(self.tail.parameters()), count=False)
-        if self.grad_protector is not None:
-            g = self.grad_protector.protect(g, sample_ids=st.ids[h.micro], round=st.epoch, stream="grad")
+        for d in self.defenses:
+            g = d.on_gradient(g, sample_ids=st.ids[h.micro], epoch=st.epoch)
         return [Gradients(Header("DO", self.last, h.epoch, h.step, h.micro, h.n_micro), g)]
 
     def take_stats(self) -> EpochStats:
@@ -364,8 +343,7 @@ class DataOwner(PartyBase):
         (stream ``query``, one fresh noise per counter in ``query_ids``); the answer lands in
         ``infer_results[(step, 0)]``."""
         a0 = self.head(x.to(self.device))
-        if self.protector is not None:
-            a0 = self.protector.protect(a0, sample_ids=query_ids, round=epoch, stream="query")
+        a0 = self._release(a0, query_ids, epoch, "query")
         msg = Activations(Header("DO", self.first, epoch, step, 0, 1), a0.detach(), mode="infer")
         self._queries[(step, 0)] = len(a0)
         return self._outgoing([msg])  # encoded in the run's wire_dtype like every release, and hashed
@@ -375,4 +353,4 @@ class DataOwner(PartyBase):
         """Probabilities over the true classes from a query's answer (the tail's input in U-shape)."""
         logits = self.tail(answer.to(self.device)) if self.tail is not None else answer.to(self.device)
         probs = logits.float().softmax(1)
-        return self.label_encoder.decode_probs(probs) if self.label_encoder is not None else probs
+        return self.decode_probs(probs)

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from clicooper.config import RunConfig, make_config
+from clicooper.config import RunConfig
 from clicooper.errors import ConfigError, PrivacyError
 from clicooper.privacy.accountant import sigma_for_epsilon
 
@@ -68,9 +68,9 @@ def resolve_sigma(config: RunConfig, *, cut_shape: Sequence[int] | None = None) 
             noise_ratio=dp.noise_ratio, cut_dim=math.prod(int(s) for s in cut_shape)
         )
         source = "noise-ratio"
-    fields = config.model_dump()
-    fields["dp"] = dp.model_dump() | {"sigma": sigma, "sigma_source": source}
-    return make_config(**fields)
+    noise = config.defense_of("keyed-noise")
+    assert noise is not None  # protect_activations
+    return config.with_defense(type(noise).model_validate(noise.model_dump() | {"sigma": sigma, "sigma_source": source}))
 
 
 def sigma_derivation(config: RunConfig, *, cut_shape: Sequence[int] | None = None) -> dict[str, Any]:

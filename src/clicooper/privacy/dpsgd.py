@@ -31,8 +31,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from clicooper.errors import PrivacyError
-from clicooper.privacy.activation import clip_per_sample, keyed_standard_normal
-from clicooper.privacy.runtime import PrivacyMechanisms
+from clicooper.privacy.activation import keyed_standard_normal
 
 STREAM_DPSGD = "dpsgd"
 
@@ -110,14 +109,3 @@ class HeadDPSGD:
             named[n].grad = noisy / float(batch_size)
         self._sum = None
 
-
-def head_dpsgd_for(head: nn.Module, privacy: PrivacyMechanisms) -> HeadDPSGD | None:
-    """The DO's :class:`HeadDPSGD` for ``privacy`` (``None`` unless ``dp.head_dpsgd`` is set); the release
-    map is the activation protector's clip (a validated config with ``dp.head_dpsgd`` always has one)."""
-    spec = privacy.head_dpsgd
-    if spec is None:
-        return None
-    assert privacy.protector is not None  # RunConfig refuses dp.head_dpsgd without protected releases
-    clip = privacy.protector.clip_norm
-    return HeadDPSGD(head, noise_multiplier=spec.noise_multiplier, max_grad_norm=spec.max_grad_norm,
-                     secret=spec.secret, release=lambda a: clip_per_sample(a, clip))

@@ -59,6 +59,7 @@ class PrivacyMechanisms:
     head_key: bytes | None = None  # head_mode secret-random: the key the DO's frozen head is drawn from
     delta: float = 1e-5
     accountant: str = "pld"
+    noise_secret: bytes | None = field(default=None, repr=False)  # the DO's, for keys a defence derives: never printed
 
     @property
     def enabled(self) -> bool:
@@ -164,5 +165,5 @@ def mechanisms_for_run(
         label_encoder=label_codec_for_run(run_dir, config, num_classes) if config.obfuscate_labels else None,
         label_noiser=rr, head_dpsgd=head, sigma=derivation, notice="\n".join(notice) or None,
         prefetcher=prefetcher, head_key=head_key(noise_secret) if secret_head else None, delta=dp.delta,
-        accountant=dp.accountant,
+        accountant=dp.accountant, noise_secret=noise_secret,
     )

@@ -24,6 +24,7 @@ from clicooper import rundir
 from clicooper.attacks.budgets import BASELINE_SCALE, DESCRIPTIONS, parse_attacks
 from clicooper.attacks.runner import OwnObjects
 from clicooper.config import make_config
+from clicooper.config.defenses import SHORTHAND_FIELDS, defense_kinds_of
 from clicooper.data.augment import augmenter_for
 from clicooper.data.given import is_owner_code, open_dataset
 from clicooper.errors import AttackError, ConfigError, DataError, RunDirError
@@ -56,14 +57,16 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     recorded; ``model`` replaces the run's model when given) into ``out``; reuse ``out`` if it already
     holds that finished run. ``own``: the user's own module and data of a run that cannot rebuild them."""
     cfg = read_json(Path(run_dir) / "config.json")
-    want = {**cfg, "defense": "none", "record_observations": True, "model": model or cfg.get("model")}
+    want = {k: v for k, v in cfg.items() if k not in SHORTHAND_FIELDS}
+    want |= {"defenses": [], "record_observations": True, "model": model or cfg.get("model")}
     if model is not None:
         want["model_spec"] = None  # --baseline-model names a built-in, not the run's model file
     if "preset" in want:
         want["preset"] = None  # a preset would bring its own model and defense back
     if (out / "metrics.json").is_file() and (out / "config.json").is_file():
         have = read_json(out / "config.json")
-        if all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "model", "model_spec", "defense")):
+        same = all(have.get(k) == want.get(k) for k in (*MUST_MATCH, *SHOULD_MATCH, "model", "model_spec"))
+        if same and not defense_kinds_of(have):
             if progress:
                 progress(f"reusing the undefended baseline in {out}")
             return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clicooper import jsonbound
+from clicooper.config.defenses import defense_kinds_of, defense_summary
 from clicooper.errors import ConfigError, RunDirError
 
 #: Config fields that must match between a run and its baseline (docs/design/metrics.md#informative-figures: same data and seed). The model
@@ -50,7 +51,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return {
         "run": str(run_dir), "dataset": cfg.get("dataset"), "model": cfg.get("model"),
         "trainers": cfg.get("trainers"), "topology": cfg.get("topology"), "epochs": cfg.get("epochs"),
-        "seed": cfg.get("seed"), "defense": cfg.get("defense"), "train_range": cfg.get("train_range"),
+        "seed": cfg.get("seed"), "defense": defense_summary(defense_kinds_of(cfg)),
+        "defenses": defense_kinds_of(cfg), "train_range": cfg.get("train_range"),
         "test_acc": acc, "acc_per_epoch": {int(m["epoch"]): m.get("test_acc") for m in epochs if "epoch" in m},
         "do_flop_share": plan.get("do_flop_share"), "epsilon": eps,
         "privacy_note": (privacy or {}).get("note"), "config": cfg,
@@ -70,8 +72,8 @@ def check_comparable(run: dict[str, Any], base: dict[str, Any], baseline_model: 
             "as the baseline model); they differ in "
             + ", ".join(f"{k} ({run['config'].get(k)!r} vs {base['config'].get(k)!r})" for k in bad)
             + " — retrain the baseline or omit --baseline to train one")
-    if base["config"].get("defense", "none") != "none":
-        raise ConfigError(f"the baseline {base['run']} has defense {base['config'].get('defense')!r}; "
-                          "it must be undefended (defense none) — omit --baseline to train one")
+    if defense_kinds_of(base["config"]):
+        raise ConfigError(f"the baseline {base['run']} has defences {', '.join(defense_kinds_of(base['config']))}; "
+                          "it must be undefended (no defences) — omit --baseline to train one")
     return [f"run and baseline differ in {k}: {run['config'].get(k)!r} vs {base['config'].get(k)!r}"
             for k in SHOULD_MATCH if run["config"].get(k) != base["config"].get(k)]

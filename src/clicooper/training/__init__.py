@@ -8,7 +8,8 @@
 - :mod:`.own_model` — ``train(config, model=…)``: the user's own ``nn.Sequential`` and its weights.
 """
 
+from clicooper.core.run_loop import RoundHooks
 from clicooper.training.run import train
-from clicooper.training.session import RoundHooks, Session
+from clicooper.training.session import Session
 
 __all__ = ["RoundHooks", "Session", "train"]

@@ -18,10 +18,12 @@ from torch import nn
 
 from clicooper import rundir
 from clicooper.config import RunConfig, make_config
-from clicooper.core.budget import budget_stop, check_max_epsilon
+from clicooper.config.defenses import expand_aliases, parse_defenses
+from clicooper.core.budget import check_max_epsilon
 from clicooper.core.checkpoint import completed_rounds, resumable_rounds, write_state
+from clicooper.core.observe import ObservationRecorder, subset_ids, write_index
 from clicooper.core.privacy import build_privacy
-from clicooper.core.security import DetectionStop
+from clicooper.core.run_loop import Progress, RoundHooks, RunLoop, dismiss, read_metrics
 from clicooper.core.setup import resolve_run
 from clicooper.data import Dataset, load_dataset
 from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_code, open_dataset
@@ -29,13 +31,10 @@ from clicooper.data.tabular import csv_encoding
 from clicooper.errors import ConfigError, InterruptedRun, RunDirError
 from clicooper.models.describe import as_sequential, classes_of, is_own_module, peer_refusal
 from clicooper.models.partition import balance_warning
-from clicooper.privacy.runtime import PrivacyMechanisms
 from clicooper.runs import RunHandle
 from clicooper.training import own_model
-from clicooper.training.observe import ObservationRecorder, subset_ids
 from clicooper.training.provenance_hooks import default_hooks
-from clicooper.training.security import detection_stop, dismiss, round_records
-from clicooper.training.session import Progress, RoundHooks, Session
+from clicooper.training.session import Session
 
 
 def _defense_fields(defenses: Sequence[str | Mapping[str, Any]]) -> dict[str, Any]:
@@ -43,7 +42,12 @@ def _defense_fields(defenses: Sequence[str | Mapping[str, Any]]) -> dict[str, An
     (``RunConfig.defenses``, which validates it), else the ``defense`` field it amounts to, with each spec's
     settings in its table (``{"kind": "dp", "sigma": 0.5}`` → ``dp.sigma``)."""
     if "defenses" in RunConfig.model_fields:
-        return {"defenses": [d if isinstance(d, str) else dict(d) for d in defenses]}
+        items = [d if isinstance(d, str) else dict(d) for d in defenses]
+        try:
+            parse_defenses(items)  # refused here, with the kinds to choose from
+            return {"defenses": expand_aliases(items)}  # as given: a preset may still fill unset settings
+        except ValueError as e:
+            raise ConfigError(f"defenses: {e}") from e
     tables = {"dp": "dp", "labels": "labels"}
     kinds: set[str] = set()
     out: dict[str, Any] = {}
@@ -87,9 +91,7 @@ def _open_run(config: RunConfig | Mapping[str, Any] | None, out: str | Path | No
             raise RunDirError(f"{run_dir} is not a run directory (no config.json); nothing to resume")
         config = make_config(**rundir.read_json(run_dir / rundir.CONFIG))
         done = resumable_rounds(run_dir)
-        metrics = rundir.read_json(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).is_file() else {"epochs": []}
-        metrics["epochs"] = [m for m in metrics["epochs"] if m["epoch"] <= done]
-        return run_dir, config, done, metrics
+        return run_dir, config, done, read_metrics(run_dir, done)
     if out is None:
         raise ConfigError("train() needs out=RUN, a new run directory (or resume=RUN)")
     config = _new_config(config, fields)
@@ -118,8 +120,9 @@ def _dataset(config: RunConfig, run_dir: Path, data: GivenData | None, test_data
     return config, ds
 
 
-def _recorder(session: Session, run_dir: Path) -> ObservationRecorder | None:
-    """The observation tap on the in-process network (``--record-observations``), with its index file."""
+def _recorder(session: Session, run_dir: Path) -> Callable[[int], None] | None:
+    """The observation tap on the in-process network (``--record-observations``), with its index file;
+    returns the run loop's ``observe(epoch)``."""
     config = session.config
     if not config.record_observations:
         return None
@@ -134,65 +137,8 @@ def _recorder(session: Session, run_dir: Path) -> ObservationRecorder | None:
     recorder = ObservationRecorder(run_dir / rundir.OBSERVATIONS, names, rec_ids, ids_of, len(session.dataset.x_train),
                                    dtype=config.observe_dtype)
     session.net.taps.append(recorder)
-    rundir.write_json(
-        run_dir / rundir.OBSERVATIONS / "index.json",
-        {"parties": names, "topology": config.topology,
-         "subset": "all" if config.observe == "all" else f"fixed-{len(rec_ids)}", "dtype": config.observe_dtype,
-         "epochs": list(range(1, config.epochs + 1)), "format": "docs/INTERNAL_API.md#run-directory-run"},
-    )
-    return recorder
-
-
-class _Rounds:
-    """The round loop of one invocation: budget stop, hooks, privacy record, checkpoints, metrics."""
-
-    def __init__(self, session: Session, run_dir: Path, privacy: PrivacyMechanisms, hooks: RoundHooks | None,
-                 metrics: dict[str, Any], recorder: ObservationRecorder | None) -> None:
-        self.s, self.run_dir, self.privacy, self.hooks = session, run_dir, privacy, hooks
-        self.metrics, self.recorder = metrics, recorder
-
-    def run(self, done: int, *, max_epsilon: float | None, progress: Progress | None,
-            on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
-        self.metrics.pop("stopped", None)
-        for r in range(done, self.s.config.epochs):
-            stopped = budget_stop(self.privacy, max_epsilon, r)
-            if stopped is not None:
-                self.metrics["stopped"] = stopped
-                rundir.write_json(self.run_dir / rundir.METRICS, self.metrics)
-                write_state(self.run_dir, r)
-                return  # a budget stop leaves the ledger open: the run can resume
-            try:
-                m = self.one(r, progress)
-            except DetectionStop as stop:  # saved, resumable; the DO's signed accusation is in the ledger
-                detection_stop(self.s, self.run_dir, self.hooks, self.metrics, r, stop.alarm)
-                return
-            if on_epoch is not None:
-                on_epoch(m)
-        if self.hooks is not None:
-            self.hooks.on_run_end(self.s.parties)
-
-    def one(self, r: int, progress: Progress | None) -> dict[str, Any]:
-        s, hooks = self.s, self.hooks
-        if hooks is not None:
-            hooks.on_round_start(r, s.parties)
-        m = s.run_round(r, progress)
-        round_records(s, self.run_dir, m, r)  # the guard's summary; RUN/attacks/active.json
-        if self.privacy.enabled:
-            record = self.privacy.record_after(r + 1)
-            m["privacy"] = record.get("reports", record)
-            rundir.write_json(self.run_dir / rundir.PRIVACY, record)
-        if hooks is not None:
-            hooks.on_round_end(r, s.parties, m)
-        if self.recorder is not None:
-            self.recorder.flush(r + 1, {t.name: t.module for t in s.trainers})
-        s.save_checkpoint(r)
-        s.save_model_files(r + 1)
-        self.metrics["epochs"].append(m)
-        self.metrics["final_test_acc"] = m["test_acc"]
-        self.metrics["do_flop_share"] = s.plan.do_flop_share
-        rundir.write_json(self.run_dir / rundir.METRICS, self.metrics)
-        write_state(self.run_dir, r + 1)
-        return m
+    write_index(run_dir, config, names, rec_ids)
+    return lambda epoch: recorder.flush(epoch, {t.name: t.module for t in session.trainers})
 
 
 def _initial_weights(config: RunConfig, model: own_model.ModelArg | None, run_dir: Path, *, resumed: bool
@@ -358,10 +304,11 @@ def _invocation(config: RunConfig, run_dir: Path, ds: Dataset, blueprint: Any, i
         _start_files(session, run_dir, initial, new_run=not resumed, done=done)
         if hooks is None:
             hooks = default_hooks(config, run_dir, session, new_run=not resumed)
-        if dismiss_detection:  # the DO reviewed an accusation and continues (training/security.py)
+        if dismiss_detection:  # the DO reviewed an accusation and continues (core/run_loop.py)
             dismiss(session)
-        rounds = _Rounds(session, run_dir, privacy, hooks, metrics, _recorder(session, run_dir))
-        rounds.run(done, max_epsilon=max_epsilon, progress=progress, on_epoch=on_epoch)
+        loop = RunLoop(session, run_dir, privacy, hooks, metrics, observe=_recorder(session, run_dir),
+                       resume_hint=f"clicooper train --resume {run_dir} (add --dismiss-detection to continue past it)")
+        loop.run(done, max_epsilon=max_epsilon, progress=progress, on_epoch=on_epoch)
     except KeyboardInterrupt as e:
         raise InterruptedRun(
             f"interrupted; {completed_rounds(run_dir)} completed round(s) are saved in {run_dir}. "

@@ -1,18 +1,25 @@
-"""All parties of one run in one process, connected by the in-process network, over the session core."""
+"""All parties of one run in one process, connected by the in-process network, over the session core.
+
+:class:`Session` is the in-process :class:`~clicooper.core.run_loop.RoundDriver`: the run loop
+(:class:`~clicooper.core.run_loop.RunLoop`) drives it as it drives a DO node.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from clicooper.attacks.active import BackdoorTrainer, backdoor_success
+from clicooper.attacks.active.registry import ADVERSARIES
 from clicooper.config import RunConfig
 from clicooper.core import checkpoint
 from clicooper.core.audit_log import AuditLog
 from clicooper.core.builder import build_data_owner, build_trainer, party_names
 from clicooper.core.rounds import round_metrics, run_round
+from clicooper.core.run_loop import Progress
 from clicooper.core.security import Validator, adversary_context, build_guard
 from clicooper.data import Dataset
 from clicooper.models.blocks import evaluating
@@ -21,25 +28,6 @@ from clicooper.privacy.activation import clip_per_sample
 from clicooper.privacy.runtime import NO_PRIVACY, PrivacyMechanisms
 from clicooper.protocol.inproc import InProcessNetwork
 from clicooper.protocol.messages import Message
-
-#: progress(epoch (1-based), step (1-based), steps_in_epoch)
-Progress = Callable[[int, int, int], None]
-
-
-class RoundHooks(Protocol):
-    """Extension points around rounds (provenance uses them: ledger + watermark)."""
-
-    def on_round_start(self, r: int, parties: dict[str, Any]) -> None:
-        """Before the first step of round ``r`` (0-based)."""
-        ...
-
-    def on_round_end(self, r: int, parties: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """After the last step of round ``r``, before the checkpoint is written."""
-        ...
-
-    def on_run_end(self, parties: dict[str, Any]) -> None:
-        """After the last round."""
-        ...
 
 
 class InProcessDriver:
@@ -57,6 +45,11 @@ class InProcessDriver:
         """Nothing stays in flight in one process (:meth:`run_step` runs every party until idle)."""
         self.net.run_until_idle()
 
+    def run_query(self, messages: Iterable[Message], *, round: int, step: int, answered: Callable[[], bool]) -> None:
+        """Send the query and run every party until idle (the answer is then in)."""
+        self.net.send_all(messages)
+        self.net.run_until_idle()
+
 
 class Session:
     """All parties of one run, connected by an in-process network."""
@@ -70,7 +63,7 @@ class Session:
         self.do = build_data_owner(config, self.plan, self.modules, dataset, privacy=privacy)  # each party's
         # modules go to its own device (config.device_of), so the model may span devices
         ctx = adversary_context(config, dataset, self._truth)  # lent only to config.adversary's trainer
-        self.trainers = [build_trainer(config, self.plan, self.modules, n, context=ctx)
+        self.trainers = [build_trainer(config, self.plan, self.modules, n, context=ctx, adversaries=ADVERSARIES)
                          for n in party_names(config)[1:]]
         self.guard = build_guard(config, self.do, dataset.num_classes, run_dir)  # None unless detection is on
         self.validator = Validator(config, self.do, dataset) \
@@ -144,3 +137,44 @@ class Session:
         nbytes = self.net.take_bytes()
         return round_metrics(r, result, self.config, test_acc=self.test_accuracy(), bytes_per_cut=nbytes,
                              bytes_per_sample_per_cut={k: v / result.samples for k, v in nbytes.items()})
+
+    # -- the run loop's RoundDriver (core/run_loop.py) ---------------------------------------------------
+    def train_round(self, r: int, progress: Progress | None) -> dict[str, Any]:
+        """Round ``r`` (:meth:`run_round`), then the backdoor's success where a backdoor trainer runs."""
+        m = self.run_round(r, progress)
+        self._backdoor_success(r)
+        return m
+
+    def save_round(self, r: int) -> None:
+        """Every party's checkpoint after round ``r`` and the model files of epoch ``r + 1``."""
+        self.save_checkpoint(r)
+        self.save_model_files(r + 1)
+
+    def trainer_reports(self) -> dict[str, Any]:
+        """``{"trainer": …}`` of the malicious trainer (``summary()``), if one runs here."""
+        out: dict[str, Any] = {}
+        for t in self.trainers:
+            if hasattr(t, "summary"):
+                out["trainer"] = t.summary()
+        return out
+
+    def flop_share(self) -> float:
+        """The DO's share of the model's FLOPs."""
+        return self.plan.do_flop_share
+
+    def _backdoor_success(self, r: int) -> None:
+        """The backdoor's success on the test split after round ``r`` (attacks/active/backdoor.py), evaluated on
+        the current segments as if delivered; recorded in the trainer's report."""
+        bd = next((t for t in self.trainers if isinstance(t, BackdoorTrainer) and t.trigger is not None), None)
+        if bd is None or self.do.tail is None:
+            return
+        parts = [self.modules[p.party] for p in self.plan.parties][:-1]
+
+        def to_cut(x: torch.Tensor) -> torch.Tensor:
+            for m in parts:
+                x = m(x.to(next(m.parameters()).device))
+            return x
+
+        res = backdoor_success(to_cut, self.do.answer_probs, bd.trigger, self.dataset.x_test,
+                               self.dataset.y_test, bd.adversary.target_class)
+        bd.report["success"].append({"round": r} | res)

@@ -11,7 +11,8 @@ behaviour      what it does                                                     
 ``lazy``       stale outputs and gradients, no update of its segment                  :mod:`.lazy`
 =============  =====================================================================  ==================
 
-The session core builds one with :func:`build_adversary` when ``config.adversary`` names it: a research
+The session core builds one when ``config.adversary`` names it, looking the behaviour up in the registry
+its caller hands it (:data:`.registry.ADVERSARIES`; the core itself never imports this package): a research
 option, recorded in ``config.json``, never a default. This subpackage alone of :mod:`clicooper.attacks` may
 import :mod:`clicooper.parties` (an ``ignore_imports`` entry of the ``attacks-read-views`` contract).
 """
@@ -24,20 +25,18 @@ from clicooper.attacks.active.backdoor import BackdoorTrainer, backdoor_success
 from clicooper.attacks.active.base import ActiveTrainer, AdversaryContext, Truth
 from clicooper.attacks.active.fsha import FSHATrainer
 from clicooper.attacks.active.lazy import LazyTrainer
+from clicooper.attacks.active.registry import ADVERSARIES, register_adversary
 from clicooper.attacks.active.tamper import TamperTrainer
 from clicooper.config.security import AdversaryConfig
 
-BEHAVIOURS: dict[str, type[ActiveTrainer]] = {
-    "fsha": FSHATrainer, "scale": TamperTrainer, "sign-flip": TamperTrainer, "backdoor": BackdoorTrainer,
-    "lazy": LazyTrainer,
-}
+BEHAVIOURS = ADVERSARIES  # the registry's former name
 
 
 def build_adversary(adversary: AdversaryConfig, context: AdversaryContext, *args: Any, **kwargs: Any,
                     ) -> ActiveTrainer:
     """The malicious trainer of ``adversary.behaviour``, with the Trainer's own arguments."""
-    return BEHAVIOURS[adversary.behaviour](*args, adversary=adversary, context=context, **kwargs)
+    return ADVERSARIES[adversary.behaviour](*args, adversary=adversary, context=context, **kwargs)
 
 
-__all__ = ["BEHAVIOURS", "ActiveTrainer", "AdversaryContext", "BackdoorTrainer", "FSHATrainer", "LazyTrainer",
-           "TamperTrainer", "Truth", "backdoor_success", "build_adversary"]
+__all__ = ["ADVERSARIES", "BEHAVIOURS", "ActiveTrainer", "AdversaryContext", "BackdoorTrainer", "FSHATrainer", "LazyTrainer",
+           "TamperTrainer", "Truth", "backdoor_success", "build_adversary", "register_adversary"]

@@ -3,10 +3,11 @@
 A malicious trainer *is* a :class:`clicooper.parties.trainer.Trainer` (a subclass), so it speaks the same
 protocol, signs its stage entries like an honest one and keeps the same transcripts: every deviation is in
 the tensors it sends and in the work it does (or does not do). It is built by the session core
-(:func:`clicooper.attacks.active.build_adversary`) only when ``config.adversary`` asks for one — a research
-option recorded in ``config.json``, never a default.
+through the registry (:data:`clicooper.attacks.active.registry.ADVERSARIES`) only when ``config.adversary``
+asks for one — a research option recorded in ``config.json``, never a default.
 
-:class:`AdversaryContext` is what the *simulation* hands it besides its protocol messages:
+:class:`~clicooper.parties.adversary.AdversaryContext` is what the *simulation* hands it besides its protocol
+messages:
 
 - ``aux_x``: public auxiliary inputs (the first half of the test split, as the passive attacks' ``aux``
   view; FSHA trains its pilot encoder on them);
@@ -17,31 +18,14 @@ option recorded in ``config.json``, never a default.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from clicooper.config.security import AdversaryConfig
+from clicooper.parties.adversary import AdversaryContext, Truth
 from clicooper.parties.trainer import Trainer
 from clicooper.protocol.messages import Header
 
-#: truth(epoch, step, micro) → (x, y) of that micro-batch (the evaluator's ground truth)
-Truth = Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class AdversaryContext:
-    """What the simulation lends a malicious trainer (see module docstring)."""
-
-    num_classes: int
-    seed: int
-    aux_x: torch.Tensor | None = None
-    aux_y: torch.Tensor | None = None  # only for the evaluator's class floor, never for the attack itself
-    truth: Truth | None = None
-    input_shape: tuple[int, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+__all__ = ["ActiveTrainer", "AdversaryContext", "Truth"]
 
 
 class ActiveTrainer(Trainer):

@@ -32,9 +32,15 @@ def _find(obj: Any, *keys: str) -> Any:
 def noise_from_config(config: dict[str, Any]) -> NoiseSpec | None:
     """The public activation-noise distribution from ``config.json`` (None when protection is off).
 
-    Protection is on for ``defense`` ``dp`` or ``clicooper``; σ and the clip norm are ``dp.sigma`` and
-    ``dp.clip_norm`` (docs/design/mechanisms.md#activation-protection).
+    Protection is on when ``defenses`` lists ``keyed-noise`` (σ and the clip norm are its ``sigma`` and
+    ``clip_norm``), or, in a ``config.json`` written before ``defenses``, for ``defense`` ``dp`` or
+    ``clicooper`` with ``dp.sigma`` and ``dp.clip_norm`` (docs/design/mechanisms.md#activation-protection).
     """
+    if isinstance(config.get("defenses"), list):
+        noise = next((d for d in config["defenses"] if isinstance(d, dict) and d.get("kind") == "keyed-noise"), None)
+        if noise is None:
+            return None
+        return NoiseSpec(sigma=float(noise.get("sigma") or 0.0), clip=float(noise.get("clip_norm", 1.0)))
     defense = config.get("defense")
     dp = config.get("dp") if isinstance(config.get("dp"), dict) else {}
     if defense is not None:
