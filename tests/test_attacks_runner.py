@@ -25,7 +25,7 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         with torch.no_grad():
             return torch.softmax(tail(t2(t1(head(x)))), 1)
 
-    monkeypatch.setattr(runner, "_load_core", lambda reader, need_predict: (digits(), ARCH, predict))
+    monkeypatch.setattr(runner, "_load_core", lambda reader, need_predict, own=None: (digits(), ARCH, predict))
     return root
 
 

@@ -91,7 +91,9 @@ _LAYERS = st.lists(_LAYER, min_size=1, max_size=6).map(lambda ls: [
 def _fuzz_validator() -> int:
     tried = 0
 
-    @settings(max_examples=150, deadline=2000, database=None, derandomize=True,
+    # no per-case deadline: the child's 120 s limit bounds the campaign, and a deadline missed on a loaded
+    # machine makes Hypothesis replay the case and report a flaky strategy instead of a finding
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(_LAYERS, st.sampled_from([(1, 28, 28), (3, 32, 32), (4, 64), (784,)]))
     def check(layers: list[dict], shape: tuple[int, ...]) -> None:
