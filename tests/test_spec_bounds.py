@@ -123,3 +123,14 @@ def test_ten_thousand_cheap_layers_validate_in_seconds() -> None:
     t0 = time.perf_counter()
     budget = check_model(layers, (4, 8, 8), 10)
     assert budget.params > 0 and time.perf_counter() - t0 < 20
+
+
+def _allocate(n: int) -> int:
+    return len(bytearray(n))
+
+
+def test_the_bounded_child_really_is_bounded() -> None:
+    # the harness above can fail: 3 GiB is refused under its 1.5 GiB budget, 64 MiB is not
+    big, small = run_bounded(_allocate, 3 << 30, timeout=60), run_bounded(_allocate, 64 << 20, timeout=60)
+    assert big.error == "MemoryError"
+    assert small.error is None and small.value == 64 << 20

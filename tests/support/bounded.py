@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-#: enough for Python + torch + the framework (about 0.7 GiB mapped), far less than an unbounded spec wants
+#: address space the code under test may add to what the child has mapped once Python, torch and the
+#: framework are imported: far less than an unbounded spec wants
 DEFAULT_AS = 3 << 29  # 1.5 GiB
 
 
@@ -29,8 +30,15 @@ class Outcome:
     seconds: float
 
 
+def _mapped_bytes() -> int:
+    """This process's address-space size now (``/proc/self/statm``'s first field, in pages)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * resource.getpagesize()
+
+
 def _child(conn: Any, limit_as: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    limit = _mapped_bytes() + limit_as  # a budget on top of the imports, whatever they map
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     t0 = time.perf_counter()
     try:
         value, err, msg = fn(*args), None, ""
@@ -42,9 +50,13 @@ def _child(conn: Any, limit_as: int, fn: Callable[..., Any], args: tuple[Any, ..
 
 
 def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float = 30.0, limit_as: int = DEFAULT_AS) -> Outcome:
-    """``fn(*args)`` in a forked child under ``limit_as`` bytes of address space; ``TimeoutError`` past
-    ``timeout`` seconds (the child is killed), ``RuntimeError`` if it died without answering."""
-    ctx = mp.get_context("fork")
+    """``fn(*args)`` in a fresh child that may map ``limit_as`` bytes beyond its imports; ``TimeoutError``
+    past ``timeout`` seconds (the child is killed), ``RuntimeError`` if it died without answering.
+
+    The child is spawned, not forked: a fork copies the test run's address space (gigabytes after the suite's
+    other tests, past any fixed limit) and its threads' locks (torch's pool, gRPC's), so a forked child could
+    die or hang for reasons that have nothing to do with the input. ``fn`` must be importable (module level)."""
+    ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(child, limit_as, fn, args))
     p.start()
@@ -54,6 +66,7 @@ def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float = 30.0, limit
             raise TimeoutError(f"{getattr(fn, '__name__', fn)} ran past {timeout} s")
         return parent.recv()
     except EOFError:
+        p.join(5)
         raise RuntimeError(f"the child died without answering (exit code {p.exitcode})") from None
     finally:
         if p.is_alive():

@@ -15,6 +15,7 @@ The old top-level fields (``defense``, ``dp``, ``labels``, ``nopeek``, ``adversa
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from importlib.metadata import entry_points
@@ -333,9 +334,13 @@ def from_shorthand(data: Mapping[str, Any], preset_specs: list[dict[str, Any]] |
     ``nopeek`` > 0, ``adversarial_decoder`` > 0 and ``head_mode = "secret-random"`` their own defences. A
     preset's specs fill in what the old fields leave unset (``defense`` unset: the preset's kinds)."""
     dp, labels = _given(data.get("dp"), "dp"), _given(data.get("labels"), "labels")
-    unknown = sorted(set(dp) - set(_DP_KEYS)) + sorted(set(labels) - {"expansion", "label_dp_epsilon"})
-    if unknown:
-        raise ValueError(f"unknown dp/labels field(s) {', '.join(unknown)}")
+    label_keys = ("expansion", "label_dp_epsilon")
+    unknown = [(f"dp.{k}", k, _DP_KEYS) for k in sorted(set(dp) - set(_DP_KEYS))] + \
+              [(f"labels.{k}", k, label_keys) for k in sorted(set(labels) - set(label_keys))]
+    if unknown:  # a misspelt field: name the nearest real one, as for every other table
+        raise ValueError("; ".join(
+            f"{where}: unknown field; did you mean `{near[0]}`?" if (near := difflib.get_close_matches(k, keys, n=1))
+            else f"{where}: unknown field; check its spelling" for where, k, keys in unknown))
     defense = data.get("defense")
     if defense is not None and defense not in ("none", "dp", "labels", "clicooper"):
         raise ValueError(f"defense must be one of none, dp, labels, clicooper, got {defense!r}")
