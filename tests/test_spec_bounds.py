@@ -134,3 +134,14 @@ def test_the_bounded_child_really_is_bounded() -> None:
     big, small = run_bounded(_allocate, 3 << 30, timeout=60), run_bounded(_allocate, 64 << 20, timeout=60)
     assert big.error == "MemoryError"
     assert small.error is None and small.value == 64 << 20
+
+
+def test_a_large_test_process_does_not_leak_into_the_childs_figures() -> None:
+    # prepare: the test process holds 1.5 GiB resident, as the full suite's process once did
+    held = bytearray(3 << 29)
+    held[:: 1 << 12] = b"x" * len(held[:: 1 << 12])
+    # act: a child that itself needs 64 MiB
+    out = run_bounded(_allocate, 64 << 20, timeout=60)
+    # assert: the child runs and reports its own peak, not the test process's
+    assert out.error is None and out.peak_rss_mib < 1024, out
+    del held

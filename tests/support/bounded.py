@@ -36,6 +36,14 @@ def _mapped_bytes() -> int:
         return int(f.read().split()[0]) * resource.getpagesize()
 
 
+def _peak_rss_mib() -> float:
+    """This process's resident high-water mark (``VmHWM``). Not ``ru_maxrss``: Linux carries that across
+    fork + exec, so a child spawned by a test run that once held gigabytes would report the run's peak."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
+
+
 def _child(conn: Any, limit_as: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     limit = _mapped_bytes() + limit_as  # a budget on top of the imports, whatever they map
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -44,7 +52,7 @@ def _child(conn: Any, limit_as: int, fn: Callable[..., Any], args: tuple[Any, ..
         value, err, msg = fn(*args), None, ""
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
         value, err, msg = None, type(e).__name__, str(e) or traceback.format_exc(limit=2)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     conn.send(Outcome(value, err, msg, peak, time.perf_counter() - t0))
     conn.close()
 
