@@ -3,7 +3,8 @@
 ``demo`` is the budget at which every trained attack converged on ``make demo``'s defended run (its figure
 moved by < 0.01 over the last doubling of its steps; docs/research/attack-budgets.md has the measurements), with
 fewer victims and levels than ``full`` and smaller decoders (width 16) at a higher learning rate where that
-was as strong. ``full`` has every level and 500 victims at one doubling beyond the demo's steps. ``sweep`` is
+was as strong. ``full`` has every level and 500 victims at one doubling beyond the demo's steps, and FORA and SDAR
+at the reference code's size, learning rates and iteration counts (hours on a CPU). ``sweep`` is
 the frontier sweeps' short budget (the demo budget until session 9). Each result file records the budget and
 the settings used.
 """
@@ -85,8 +86,10 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "extraction": {"config": {"steps": 3200, "holdout": 0.1}},
         "paper-metrics": {"config": {"steps": 4800}},
         "completion": {"config": {"steps": 600}},
-        "fora": {"config": {"steps": 4800}},
-        "sdar": {"config": {"steps": 4800}},
+        # FORA and SDAR at the reference code's networks, rates and iterations (X1aoyangXu/FORA run.sh: lr 1e-4,
+        # 40,000 iterations, batch 64; zhxchd/SDAR_SplitNN run_sdar.py: batch 128, 20,000 iterations on CIFAR)
+        "fora": {"config": {"arch": "reference", "lr": 1e-4, "steps": 40000}},
+        "sdar": {"config": {"arch": "reference", "batch": 128, "steps": 20000}},
     },
 }
 
@@ -105,8 +108,9 @@ DESCRIPTIONS = {
              "fitted or scored; figures are not converged and not meaningful)",
     "full": "full budget: every level the library has (500 victims, known-plaintext 100 and 1,000 pairs, shadow "
             "heads, extraction k ∈ {0, 1, 10, 100}, 5,000 queries) at one doubling beyond the demo's steps "
-            "(decoders of 6,400 minibatches, FORA and SDAR of 4,800); clustering/gradient-leak on every recorded "
-            "epoch, the others on the last",
+            "(decoders of 6,400 minibatches); FORA and SDAR at the reference code's networks and learning rates, "
+            "FORA 40,000 iterations at lr 10⁻⁴, SDAR 20,000 at batch 128 (hours on a CPU); clustering/gradient-leak "
+            "on every recorded epoch, the others on the last",
 }
 
 

@@ -23,11 +23,19 @@ decoder lr 5·10⁻⁴, λ₁ = 0.04, λ₂ = 10⁻⁵, discriminator lr = the g
 unconditional discriminators (the U-shape has no labels at the server). Activation protection: the public
 noise distribution is simulated on ``ẽ``'s outputs. The attack reads the figures at ¼, ½ and all of its
 steps; the reference trains online along the victim's training, here offline on the recorded epoch.
+
+Two sizes (``arch``). ``"reference"`` uses the reference's discriminators and decoder
+(:mod:`clicooper.attacks.reference_nets`) and its batch of 128; ``"small"`` keeps the same losses and rates
+with width-``width`` networks for the CPU-minute demo and sweep budgets. :data:`REFERENCE_DIFFERENCES` lists
+what differs from the reference and why; every result records it, and a training record (the decoder's fit
+of its own auxiliary images) that tells a figure at the mean image's level from an attack that failed to
+train.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -37,11 +45,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from clicooper.attacks import metrics
-from clicooper.attacks.adversarial import Critic, run_steps
+from clicooper.attacks.adversarial import Critic, run_steps, training_record
 from clicooper.attacks.base import AttackResult, LevelResult, budget_points, convergence, register, require
 from clicooper.attacks.inversion import victim_board
 from clicooper.attacks.nets import Decoder, batched, reinit
+from clicooper.attacks.reference_nets import SdarDecoder, SdarImageCritic, SdarSimulatorCritic
 from clicooper.attacks.views import Architecture, Views
+
+#: The reference code's settings (zhxchd/SDAR_SplitNN ``scripts/run_sdar.py``, ``src/util/util.py``
+#: ``load_config``, U-shape, plain CNN on CIFAR-10).
+REFERENCE = {"e_dis": "make_simulator_discriminator (standard widths 32–256, BN, LeakyReLU 0.2, dropout 0.4)",
+             "decoder": "make_decoder (unconditional in the U-shape, widths 16/32/64, Upsample + Conv, BN)",
+             "d_dis": "make_decoder_discriminator (Conv 64, 128 s2, 128 s2, 256 s2, dropout 0.4)",
+             "simulator": "the client's own architecture, fresh weights",
+             "e_lr": 1e-3, "d_lr": 5e-4, "hs_lr": 1e-3, "lambda1": 0.04, "lambda2": 1e-5, "flip_rate": 0.1,
+             "e_dis_lr": "e_lr × lambda1", "d_dis_lr": "d_lr × lambda2", "optimizer": "Adam (Keras defaults)",
+             "batch": 128, "steps": 20000}
+#: (setting, reference, ours, reason) of what ``arch="reference"`` still does differently.
+REFERENCE_DIFFERENCES: tuple[tuple[str, str, str, str], ...] = (
+    ("input size", "32×32×3 CIFAR-10 cut at 16×16 (levels 4–6)", "the cut's own shape",
+     "the reference's networks for the cut's resolution (half resolution: its level-4 decoder and level ≤ 6 "
+     "discriminator); a flat cut gets linear layers of the same widths"),
+    ("framework", "TensorFlow / Keras", "PyTorch", "the library's; Keras BN momentum 0.9 = torch momentum 0.1"),
+    ("victim training", "online, the victim trains alongside the attack", "offline on the recorded epoch",
+     "what the attacker stored"),
+    ("dataset", "CIFAR-10 (20,000 iterations; 10,000 for other datasets in its code)", "this run's dataset",
+     "the steps are the budget's; convergence is read at ¼, ½ and all of them"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +88,7 @@ class SdarConfig:
     lambda2: float = 1e-5
     flip_rate: float = 0.1
     width: int = 32
+    arch: str = "small"
     grid: int = 8
     seed: int = 0
 
@@ -67,6 +98,27 @@ class SdarConfig:
         require(self.lambda1 >= 0 and self.lambda2 >= 0, "lambda1 and lambda2 must be ≥ 0")
         require(0 <= self.flip_rate < 1, "flip_rate must be in [0, 1)")
         require(self.width >= 4 and self.width % 2 == 0, "width must be an even number ≥ 4")
+        require(self.arch in ("small", "reference"), f"arch must be small or reference, got {self.arch!r}")
+        require(self.arch == "small" or self.width == 32,
+                "width sizes the small networks; the reference architecture has the reference's widths (drop width)")
+
+    def differences(self) -> list[dict[str, str]]:
+        """Each setting that differs from the reference code: setting, reference, ours, reason."""
+        rows = [{"setting": k, "reference": ref, "ours": ours, "reason": why}
+                for k, ref, ours, why in REFERENCE_DIFFERENCES]
+        if self.arch == "small":
+            why = "the small size: CPU minutes (demo, sweep budgets)"
+            rows += [{"setting": k, "reference": str(REFERENCE[k]), "ours": f"{what} of width {self.width}",
+                      "reason": why} for k, what in (("e_dis", "2 strided convs"), ("decoder", "conv/upsample decoder"),
+                                                     ("d_dis", "2 strided convs"))]
+        for key in ("e_lr", "d_lr", "hs_lr", "lambda1", "lambda2", "flip_rate", "batch", "steps"):
+            ours, ref = getattr(self, key), REFERENCE[key]
+            if ours != ref:
+                reason = ("the step budget this run could afford; convergence is read at ¼, ½ and all of it"
+                          if key == "steps" else "the small size's budget (CPU minutes)" if key == "batch"
+                          else "set by the caller")
+                rows.append({"setting": key, "reference": str(ref), "ours": str(ours), "reason": reason})
+        return rows
 
 
 def _frozen(mods: list[nn.Module]) -> nn.Sequential:
@@ -115,9 +167,12 @@ class SdarAttack:
                 "SDAR needs T1's view and the pooled trainers after it (build the view with party='pool' or 'T1')")
         require(views.aux is not None and views.aux.y is not None, "SDAR needs labelled auxiliary data (aux level)")
         board = victim_board(_t1_views(views), cfg.victims, cfg.grid)
+        wall, cpu = time.perf_counter(), time.process_time()
         series = self._train(views)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         board.score("sdar", {"sdar": [s[0] for s in series]}, budget_points(cfg.steps),
-                    {"simulated": "head (and, beyond the pooled trainers, the rest of the model)"})
+                    {"simulated": "head (and, beyond the pooled trainers, the rest of the model)", "arch": cfg.arch,
+                     "training": training_record([s[2] for s in series], series[-1][3])})
         y = views.truth.y.numpy()
         accs = [metrics.accuracy(y, s[1]) for s in series]
         board.levels["sdar-labels"] = LevelResult(
@@ -129,11 +184,14 @@ class SdarAttack:
                             info={"parties": [v.received.party for v in pool], "epoch": views.zero.received.epoch,
                                   "victims": int(board.x.shape[0]), "aux_images": int(views.aux.x.shape[0]),
                                   "noise_simulated": None if noise is None else noise.__dict__,
-                                  "config": cfg.__dict__})
+                                  "config": cfg.__dict__, "reference": REFERENCE,
+                                  "differences_from_reference": cfg.differences(),
+                                  "train_seconds": {"wall": wall, "cpu": cpu, "threads": torch.get_num_threads()}})
 
-    def _train(self, views: Views) -> list[tuple[torch.Tensor, np.ndarray]]:
-        """The reference's training step (simulators, then decoder) repeated ``steps`` times; the victims'
-        reconstructions and every row's inferred label at ¼, ½ and all of the steps."""
+    def _train(self, views: Views) -> list[tuple[torch.Tensor, np.ndarray, float, float]]:
+        """The reference's training step (simulators, then decoder) repeated ``steps`` times; at ¼, ½ and all
+        of the steps: the victims' reconstructions, every row's inferred label, the decoder's MSE on a fixed
+        probe of auxiliary images through the simulator, and the mean image's MSE on it."""
         cfg, pool = self.config, views.pooled
         public = pool[0].public
         c, noise = public.num_classes, public.noise
@@ -146,8 +204,13 @@ class SdarAttack:
         hs = simulated_tail(public.architecture, len(pool), batched(g, z_all[:2]), c, cfg.seed)
         torch.manual_seed(cfg.seed)
         z_shape = tuple(z_all.shape[1:])
-        e_dis, dec, d_dis = Critic(z_shape, cfg.width), Decoder(z_shape, tuple(x_aux.shape[1:]), width=cfg.width), \
-            Critic(tuple(x_aux.shape[1:]), cfg.width)
+        x_shape = tuple(x_aux.shape[1:])
+        if cfg.arch == "reference":
+            e_dis, dec, d_dis = (SdarSimulatorCritic(z_shape, (x_shape[1], x_shape[2])), SdarDecoder(z_shape, x_shape),
+                                 SdarImageCritic(x_shape))
+        else:
+            e_dis, dec, d_dis = Critic(z_shape, cfg.width), Decoder(z_shape, x_shape, width=cfg.width), \
+                Critic(x_shape, cfg.width)
         opts = {"e": torch.optim.Adam(e.parameters(), lr=cfg.e_lr),
                 "hs": torch.optim.Adam(hs.parameters(), lr=cfg.hs_lr),
                 "e_dis": torch.optim.Adam(e_dis.parameters(), lr=cfg.e_lr * cfg.lambda1),
@@ -155,9 +218,12 @@ class SdarAttack:
                 "d_dis": torch.optim.Adam(d_dis.parameters(), lr=cfg.d_lr * cfg.lambda2)}
         b = min(cfg.batch, x_aux.shape[0], z_all.shape[0])
 
-        def sim(xb: torch.Tensor) -> torch.Tensor:
+        def sim(xb: torch.Tensor, g: torch.Generator = gen) -> torch.Tensor:
             out = e(xb)
-            return noise.simulate(out, gen) if noise is not None else out
+            return noise.simulate(out, g) if noise is not None else out
+
+        probe = x_aux[torch.randperm(x_aux.shape[0], generator=torch.Generator().manual_seed(cfg.seed + 7))[:256]]
+        mean_mse = float(F.mse_loss(x_aux.mean(0, keepdim=True).expand_as(probe), probe))
 
         def step(_: int) -> None:
             idx = torch.randint(0, x_aux.shape[0], (b,), generator=gen)
@@ -166,11 +232,13 @@ class SdarAttack:
             _simulator_step(sim, g, hs, e_dis, opts, xs, ys, z, cfg.lambda1)
             _decoder_step(sim, dec, d_dis, opts, xs, z, cfg.lambda2)
 
-        def read() -> tuple[torch.Tensor, np.ndarray]:
-            for m in (dec, hs):
+        def read() -> tuple[torch.Tensor, np.ndarray, float, float]:
+            for m in (dec, hs, e):
                 m.eval()
-            out = batched(dec, z_vic), batched(lambda t: hs(g(t)), z_all).argmax(1).numpy()
-            for m in (dec, hs):
+            with torch.no_grad():
+                fit = float(F.mse_loss(batched(dec, sim(probe, torch.Generator().manual_seed(cfg.seed + 9))), probe))
+            out = batched(dec, z_vic), batched(lambda t: hs(g(t)), z_all).argmax(1).numpy(), fit, mean_mse
+            for m in (dec, hs, e):
                 m.train()
             return out
 
