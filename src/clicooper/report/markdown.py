@@ -48,6 +48,9 @@ def _summary(rep: dict[str, Any]) -> list[str]:
              + ("; ".join(sm["leaked"]) if sm["leaked"] else "nothing") + ".")
     L.append("- **Protected** (a converged, informative figure not beyond its floor): "
              + ("; ".join(sm["protected"]) if sm["protected"] else "nothing") + ".")
+    if sm.get("mean_image"):
+        L.append("- **No better than the mean image** (a converged inversion figure that does not beat the auxiliary "
+                 "mean image: not evidence of protection by itself): " + "; ".join(sm["mean_image"]) + ".")
     rest = []
     if sm.get("undecided"):
         rest.append(f"{len(sm['undecided'])} undecided (a bound not yet beyond its floor: more steps may leak)")

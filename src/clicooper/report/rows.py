@@ -81,6 +81,9 @@ def level_rows(name: str, res: dict[str, Any], base: dict[str, Any] | None) -> l
             if "class_floor" in m:
                 row["class_floor"] = m["class_floor"]
                 row["baseline_class_floor"] = None if b is None else b.get("metrics", {}).get("class_floor")
+            if "training" in m:  # the attack's own training record (FORA, SDAR): fitted its auxiliary data?
+                row["training"] = m["training"]
+                row["baseline_training"] = None if b is None else b.get("metrics", {}).get("training")
             if "best_method" in m:
                 row["best_method"] = m["best_method"]
             if "relative" in m:
@@ -150,7 +153,39 @@ def verdict(row: dict[str, Any]) -> str:
         return head + base_note
     if better:
         return f"leaks: {row['score']:.3f} beats the {ref_name} {ref:.3f}" + base_note
+    if below_mean_image(row):
+        return (f"no better than the mean image: {row['score']:.3f} does not beat the global floor {row['floor']:.3f} "
+                f"(the auxiliary mean image's SSIM); {mean_image_cause(row)}" + base_note)
     return f"protected at this budget: {row['score']:.3f} does not beat the {ref_name} {ref:.3f}" + base_note
+
+
+def below_mean_image(row: dict[str, Any]) -> bool:
+    """Whether an inversion row's figure (SSIM against the victims, with a class floor) does not beat its
+    global floor, the SSIM of the auxiliary mean image: the attack reconstructs nothing a constant guess does
+    not, which is not evidence of protection by itself."""
+    if row.get("class_floor") is None or row.get("score") is None or not row.get("higher_is_better", True):
+        return False
+    return float(row["score"]) <= float(row["floor"])
+
+
+def mean_image_cause(row: dict[str, Any]) -> str:
+    """Which of "extracted nothing" and "failed to train" a figure at the mean image's level shows, from the
+    attack's own training record (did its inverse network fit its own auxiliary images?) and the same attack
+    on the undefended baseline."""
+    tr, btr = row.get("training"), row.get("baseline_training")
+    base = row.get("baseline_score")
+    if not tr:
+        return ("it cannot tell whether the attack extracted nothing or failed to train (the result has no "
+                "training record); the same attack at the reference size with more steps would tell")
+    fit = f"MSE {tr['aux_mse'][-1]:.4f} against the mean image's {tr['mean_image_mse']:.4f}"
+    if not tr.get("fitted"):
+        return (f"the attack failed to train: its inverse network did not fit its own auxiliary images ({fit}), so "
+                "this figure says nothing about the defence; run it at the reference size with more steps")
+    same = (f"; the same attack reaches {base:.3f} on the undefended baseline"
+            + ("" if btr is None or btr.get("fitted") else ", though it did not fit its auxiliary images there")
+            if base is not None else "")
+    return (f"the attack extracted nothing: it trained (its inverse network fits its own auxiliary images, {fit}"
+            f"{same}), yet what it reconstructs from the received data is no better than the mean image")
 
 
 def per_epoch(name: str, res: dict[str, Any], base: dict[str, Any] | None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from clicooper.report.rows import below_mean_image, mean_image_cause
+
 #: Budgets whose figures are stand-ins, never converged: every row of a report at one is marked so.
 UNCONVERGED_BUDGETS = {"smoke": "the smoke budget (a few steps, tiny decoders: for tests, not conclusions)"}
 
@@ -27,12 +29,16 @@ def _beats(row: dict[str, Any]) -> bool:
 
 def classify(row: dict[str, Any]) -> str:
     """``leaked`` (a converged figure, or a bound, beyond its reference), ``protected`` (a converged figure
-    that is not), ``undecided`` (a bound that is not beyond it yet) or ``not informative``."""
+    that is not, but beats the mean image), ``mean image`` (a converged inversion figure no better than the
+    auxiliary mean image: the attack extracted nothing or failed to train, which is not protection by itself),
+    ``undecided`` (a bound that is not beyond it yet) or ``not informative``."""
     if not row.get("informative"):
         return "not informative"
     if _beats(row):
         return "leaked"
-    return "undecided" if row.get("converged") is False else "protected"
+    if row.get("converged") is False:
+        return "undecided"
+    return "mean image" if below_mean_image(row) else "protected"
 
 
 def _figure(row: dict[str, Any]) -> str:
@@ -84,7 +90,8 @@ def epsilon_meaning(eps: dict[str, Any] | None) -> str:
 def summarize(rep: dict[str, Any]) -> dict[str, Any]:
     """The summary of a report dict (``report.json`` without its summary)."""
     run, base, rows = rep["run"], rep["baseline"], rep["rows"]
-    kinds: dict[str, list[dict[str, Any]]] = {"leaked": [], "protected": [], "undecided": [], "not informative": []}
+    kinds: dict[str, list[dict[str, Any]]] = {"leaked": [], "protected": [], "mean image": [], "undecided": [],
+                                              "not informative": []}
     for r in rows:
         kinds[classify(r)].append(r)
     acc, bacc = run.get("test_acc"), base.get("test_acc")
@@ -93,6 +100,8 @@ def summarize(rep: dict[str, Any]) -> dict[str, Any]:
     return {
         "leaked": _by_attack(kinds["leaked"], "leaked", rows),
         "protected": _by_attack(kinds["protected"], "protected", rows),
+        "mean_image": [f"{r['attack']} ({_figure(r)}, global floor {float(r['floor']):.3f}: {mean_image_cause(r)})"
+                       for r in kinds["mean image"]],
         "undecided": [r["key"] for r in kinds["undecided"]],
         "not_informative": [r["key"] for r in kinds["not informative"]],
         "accuracy": acc, "baseline_accuracy": bacc,
