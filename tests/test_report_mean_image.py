@@ -73,3 +73,24 @@ def test_the_summary_and_markdown_say_mean_image_not_protected() -> None:
     line = next(ln for ln in md.splitlines() if ln.startswith("- **No better than the mean image**"))
     assert "fora" in line and "extracted nothing" in line
     assert "- **Protected** (a converged, informative figure not beyond its floor): nothing." in md
+
+
+def test_the_report_lists_what_differs_from_the_reference_code() -> None:
+    from clicooper.attacks.fora import ForaConfig
+    from clicooper.report.report import reference_differences
+
+    diffs = ForaConfig(steps=2400).differences()
+    res = {"results": [{"epoch": 3, "info": {"differences_from_reference": diffs}}]}
+    assert reference_differences(res) == diffs and reference_differences({"results": [{"info": {}}]}) is None
+    rep = {"run": {"run": "R", "dataset": "d", "model": "m", "trainers": 2, "topology": "u-shape", "epochs": 1,
+                   "seed": 0, "train_range": None, "defense": "clicooper", "test_acc": 0.8, "do_flop_share": 0.01,
+                   "epsilon": []},
+           "baseline": {"run": "B", "defense": "none", "test_acc": 0.9, "do_flop_share": 0.01},
+           "budget": "demo", "budget_description": ["demo budget"], "warnings": [], "rows": [], "figures": [],
+           "attacks": {"fora": {"settings": {"budget": "demo"}, "seconds": 1.0, "baseline_seconds": 1.0,
+                                "differences_from_reference": diffs}},
+           "created": "now", "seconds": 1.0}
+    md = render_markdown(rep)
+    assert "Where **fora** differs from its reference code" in md
+    assert "  | lr | 0.0001 | 0.001 | faster convergence at the small size's step budget |" in md
+    assert "  | steps | 40000 | 2400 |" in md

@@ -260,6 +260,12 @@ def _settings(rep: dict[str, Any]) -> list[str]:
                  f"baseline): budget {s.get('budget', 'unrecorded')}, knowledge {s.get('knowledge')}, parties "
                  f"{s.get('parties')}, epochs {s.get('epochs')}, victims {s.get('victims')}, known_k "
                  f"{s.get('known_k')}, aux {s.get('aux')}, seed {s.get('seed')}, config `{json.dumps(s.get('config'))}`")
+        diffs = a.get("differences_from_reference")
+        if diffs:
+            L.append(f"\n  Where **{n}** differs from its reference code:\n\n  | setting | reference | ours | why |\n"
+                     "  |---|---|---|---|")
+            L += [f"  | {d['setting']} | {d['reference']} | {d['ours']} | {d['reason']} |" for d in diffs]
+            L.append("")
     L.append(f"\nGenerated {rep['created']} in {rep['seconds']} s. Numbers are one seed; see `make reproduce` "
              "for multi-seed confidence intervals.\n")
     return L

@@ -51,6 +51,16 @@ __all__ = ["MUST_MATCH", "SETTINGS_COMPARED", "SHOULD_MATCH", "Progress", "do_al
 _level_rows = level_rows  # the name tests and older callers import from here
 
 
+def reference_differences(res: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The settings in which an attack result differs from the attack's reference code (FORA, SDAR record
+    them in each epoch's ``info``), or None for an attack that records none."""
+    for r in reversed(res.get("results") or []):
+        got = (r.get("info") or {}).get("differences_from_reference")
+        if got is not None:
+            return list(got)
+    return None
+
+
 def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *, model: str | None = None,
                    own: OwnObjects | None = None) -> Path:
     """Train the undefended counterpart of ``run_dir`` (same config, ``defense="none"``, observations
@@ -260,7 +270,8 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         "budget_description": [DESCRIPTIONS.get(b, b) for b in budgets_used],
         "attacks": {n: {"settings": results[n].get("settings"), "seconds": results[n].get("seconds"),
                         "baseline_seconds": base_results[n].get("seconds"),
-                        "baseline_scale": float(base_results[n].get("settings", {}).get("budget_scale", 1.0))}
+                        "baseline_scale": float(base_results[n].get("settings", {}).get("budget_scale", 1.0)),
+                        "differences_from_reference": reference_differences(results[n])}
                     for n in names},
         "baseline_scale": baseline_scale,
         "rows": rows,
