@@ -82,6 +82,7 @@ def test_fora_reconstructs_from_distribution_matching(run_dir: Path) -> None:
     views = build_view(run_dir, "T1", ("zero", "aux"), architecture=ARCH, dataset=digits(), victims=100)
     res = ForaAttack(steps=150, width=16, victims=100).run(views)
     _strong(res.levels["fora"])
+    assert res.levels["fora"].metrics["training"]["fitted"]  # its inverse network fits its own auxiliary images
     assert res.artifacts["grid/fora"].shape == (2, 8, 1, 16, 16)
     with pytest.raises(AttackError, match="auxiliary"):
         ForaAttack(steps=2).run(views.without("aux"))
@@ -92,6 +93,7 @@ def test_sdar_inverts_and_infers_labels_in_the_u_shape(run_dir: Path) -> None:
     views = build_view(run_dir, "pool", ("zero", "aux"), architecture=ARCH, dataset=digits(), victims=100)
     res = SdarAttack(steps=150, width=16, victims=100).run(views)
     _strong(res.levels["sdar"])
+    assert res.levels["sdar"].metrics["training"]["fitted"]
     labels = res.levels["sdar-labels"]
     assert labels.score > labels.floor + 0.3 and labels.metrics["rows"] == 1000
     assert res.info["parties"] == ["T1", "T2"]

@@ -94,3 +94,11 @@ def test_the_report_lists_what_differs_from_the_reference_code() -> None:
     assert "Where **fora** differs from its reference code" in md
     assert "  | lr | 0.0001 | 0.001 | faster convergence at the small size's step budget |" in md
     assert "  | steps | 40000 | 2400 |" in md
+
+
+def test_not_fitting_through_the_simulated_noise_cannot_tell_which() -> None:
+    noisy = training_record([0.16, 0.15, 0.15], 0.086, noise=True)
+    row = _row(0.086, training=noisy)
+    assert row["verdict"].startswith("no better than the mean image")
+    assert "cannot tell" in row["verdict"] and "simulated public noise" in row["verdict"]
+    assert "on the undefended baseline it did fit them" in row["verdict"]

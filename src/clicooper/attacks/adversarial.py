@@ -83,13 +83,16 @@ def run_steps(steps: int, step: Callable[[int], None], read: Callable[[], T]) ->
 FIT_RATIO = 0.5
 
 
-def training_record(fits: list[float], mean_mse: float, **series: list[float]) -> dict[str, object]:
+def training_record(fits: list[float], mean_mse: float, *, noise: bool = False,
+                    **series: list[float]) -> dict[str, object]:
     """What an inversion attack's own training shows, read at ¼, ½ and all of its steps: the inverse
     network's MSE on a fixed probe of its auxiliary images (``aux_mse``) against the mean image's
     (``mean_image_mse``), and whether it fitted them (``fitted``: at most :data:`FIT_RATIO` of it). A figure on
     the victims at the mean image's level from an attack that fitted its own data means the received data
-    gave it nothing to decode; from one that did not fit, it means the attack failed to train. ``series``:
-    further per-reading diagnostics (e.g. the substitute's MK-MMD to the received data)."""
+    gave it nothing to decode; from one that did not fit, it means the attack failed to train, unless its
+    features carried the simulated public noise (``noise``): then the noise may have left nothing to decode.
+    ``series``: further per-reading diagnostics (e.g. the substitute's MK-MMD to the received data)."""
     fitted = bool(math.isfinite(fits[-1]) and fits[-1] <= FIT_RATIO * mean_mse)
     return {"aux_mse": [float(f) for f in fits], "mean_image_mse": float(mean_mse), "fit_ratio": FIT_RATIO,
-            "fitted": fitted, **{k: [float(v) for v in vals] for k, vals in series.items()}}
+            "fitted": fitted,
+            "noise_simulated": bool(noise), **{k: [float(v) for v in vals] for k, vals in series.items()}}

@@ -131,7 +131,7 @@ class ForaAttack:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         board.score("fora", {"fora": [r[0] for r in reads]}, budget_points(cfg.steps),
                     {"substitute": "public head architecture, fresh weights", "mmd_weight": cfg.mmd_weight,
-                     "arch": cfg.arch, "training": training_record([r[1] for r in reads], reads[-1][2],
+                     "arch": cfg.arch, "training": training_record([r[1] for r in reads], reads[-1][2], noise=view.public.noise is not None,
                                                                    mmd=[r[3] for r in reads])})
         noise = view.public.noise
         return AttackResult(attack=self.name, levels=board.levels, artifacts=board.grids,

@@ -172,7 +172,8 @@ class SdarAttack:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         board.score("sdar", {"sdar": [s[0] for s in series]}, budget_points(cfg.steps),
                     {"simulated": "head (and, beyond the pooled trainers, the rest of the model)", "arch": cfg.arch,
-                     "training": training_record([s[2] for s in series], series[-1][3])})
+                     "training": training_record([s[2] for s in series], series[-1][3],
+                                                 noise=views.zero.public.noise is not None)})
         y = views.truth.y.numpy()
         accs = [metrics.accuracy(y, s[1]) for s in series]
         board.levels["sdar-labels"] = LevelResult(

@@ -178,6 +178,13 @@ def mean_image_cause(row: dict[str, Any]) -> str:
         return ("it cannot tell whether the attack extracted nothing or failed to train (the result has no "
                 "training record); the same attack at the reference size with more steps would tell")
     fit = f"MSE {tr['aux_mse'][-1]:.4f} against the mean image's {tr['mean_image_mse']:.4f}"
+    if not tr.get("fitted") and tr.get("noise_simulated"):
+        base_fit = "" if btr is None else (" (on the undefended baseline it did fit them)" if btr.get("fitted")
+                                           else " (it did not fit them on the undefended baseline either)")
+        return (f"it cannot tell whether the attack extracted nothing or failed to train: its inverse network did not "
+                f"fit its own auxiliary images through the simulated public noise ({fit}){base_fit}, so either the "
+                "noise leaves nothing to decode or the attack did not train; the same attack at the reference size "
+                "with more steps would tell")
     if not tr.get("fitted"):
         return (f"the attack failed to train: its inverse network did not fit its own auxiliary images ({fit}), so "
                 "this figure says nothing about the defence; run it at the reference size with more steps")
