@@ -133,15 +133,17 @@ def run_tasks(fn: Callable[[T], R], tasks: Sequence[T], *, backend: str = "seque
             ray.shutdown()
 
 
-def add_options(parser: argparse.ArgumentParser, *, threads_default: int = 1) -> None:
-    """The sweep scripts' ``--backend``, ``--address`` and ``--threads-per-task`` options."""
+def add_options(parser: argparse.ArgumentParser, *, threads_default: int = 1,
+                threads_flags: tuple[str, ...] = ("--threads-per-task",)) -> None:
+    """The sweep scripts' ``--backend``, ``--address`` and ``--threads-per-task`` options (``threads_flags``:
+    the names of the last, for a script whose ``--threads`` already meant torch's thread count)."""
     parser.add_argument("--backend", choices=BACKENDS, default="sequential",
                         help="sequential: one task after another in this process; ray: each point-seed as a Ray "
                         "task (needs pip install 'clicooper[cluster]'), on this machine unless --address")
     parser.add_argument("--address", default=None,
                         help="the Ray cluster to join (ray://HOST:10001 or HOST:6379; --backend ray only; the run "
                         "folder must be on a file system every node shares)")
-    parser.add_argument("--threads-per-task", type=int, default=threads_default,
+    parser.add_argument(*threads_flags, dest="threads_per_task", type=int, default=threads_default,
                         help=f"torch threads of each point-seed task, and the CPUs Ray reserves for it "
                         f"(default {threads_default})")
 
