@@ -138,3 +138,20 @@ def test_the_options_exit_2_with_one_line_before_any_work(monkeypatch: pytest.Mo
     assert "install the cluster extra: pip install 'clicooper[cluster]'" in capsys.readouterr().err
     assert sweep.options(ap, ap.parse_args(["--threads-per-task", "3"])) == {
         "backend": "sequential", "address": None, "threads_per_task": 3}
+
+
+def test_a_task_of_a_script_run_as_a_module_goes_to_ray_by_its_module_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # prepare: `python -m clicooper.sweep` would define its functions in __main__, which Ray's workers lack
+    main = type(sys)("__main__")
+    main.__spec__ = type("Spec", (), {"name": "clicooper.sweep"})()
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+    def check_backend() -> None: ...
+
+    check_backend.__module__ = "__main__"
+    check_backend.__qualname__ = "check_backend"
+    # execute
+    named = sweep._by_name(check_backend)
+    # assert: the module's own function (pickled by name); one from an importable module is left alone
+    assert named is sweep.check_backend
+    assert sweep._by_name(_threads_and_square) is _threads_and_square

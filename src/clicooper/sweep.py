@@ -26,7 +26,9 @@ On a cluster:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -77,6 +79,18 @@ def _remote_task(fn: Callable[[T], R], task: T, threads: int, cwd: str) -> R:
     return _in_threads(fn, task, threads)
 
 
+def _by_name(fn: Callable[[T], R]) -> Callable[[T], R]:
+    """``fn`` as its workers can import it. A sweep run as ``python -m pkg.mod`` defines its task in
+    ``__main__``, which a Ray worker does not have (cloudpickle would send the function by value and fail on
+    the module's other names): the same function of ``pkg.mod`` instead, sent by name."""
+    if getattr(fn, "__module__", None) != "__main__":
+        return fn
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is None or not spec.name or spec.name == "__main__":
+        return fn  # a plain script (python path/to/file.py): by value, as Ray does
+    return getattr(importlib.import_module(spec.name), fn.__qualname__, fn)
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -114,7 +128,8 @@ def run_tasks(fn: Callable[[T], R], tasks: Sequence[T], *, backend: str = "seque
                           "(leave the address out to use that instance)")
     try:
         remote = ray.remote(num_cpus=threads_per_task)(_remote_task)
-        refs = [remote.remote(fn, t, threads_per_task, os.getcwd()) for t in tasks]
+        named = _by_name(fn)
+        refs = [remote.remote(named, t, threads_per_task, os.getcwd()) for t in tasks]
         index = {r: i for i, r in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
         pending = list(refs)
@@ -143,17 +158,17 @@ def add_options(parser: argparse.ArgumentParser, *, threads_default: int = 1,
     parser.add_argument("--address", default=None,
                         help="the Ray cluster to join (ray://HOST:10001 or HOST:6379; --backend ray only; the run "
                         "folder must be on a file system every node shares)")
-    parser.add_argument(*threads_flags, dest="threads_per_task", type=int, default=threads_default,
+    parser.add_argument(*threads_flags, dest="threads_per_task", type=int, default=threads_default, metavar="N",
                         help=f"torch threads of each point-seed task, and the CPUs Ray reserves for it "
                         f"(default {threads_default})")
 
 
 def options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`run_tasks`'s keywords from :func:`add_options`'s options, checked now (a bad combination or a
-    missing Ray exits with the parser's one-line usage error, status 2, before any work starts)."""
+    missing Ray exits with one line and status 2, before any work starts)."""
     kw = {"backend": args.backend, "address": args.address, "threads_per_task": args.threads_per_task}
     try:
         check_backend(args.backend, address=args.address, threads_per_task=args.threads_per_task)
     except ConfigError as e:
-        parser.error(str(e))
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     return kw
