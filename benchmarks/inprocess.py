@@ -1,6 +1,6 @@
 """``make bench``: throughput of centralized vs in-process CliCooper split training, measured side by side.
 
-``python -m clicooper.experiments.bench.inprocess [--threads 1]``.
+``python -m benchmarks.inprocess [--threads 1]``.
 
 Each repeat trains the same model for the same steps on the same batches, interleaving the variants
 (centralized, split, split + defenses …) so machine noise hits all of them alike; we report the median of
@@ -62,7 +62,7 @@ def _split(cfg: Any, ds: Any, batches: list[torch.Tensor], run_dir: Path) -> tup
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.inprocess", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.inprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--model", default="fmnist-cnn")

@@ -2,7 +2,7 @@
 
 Used for the full-budget table of docs/research/privacy-frontier.md, where attacks on every point would not fit:
 
-    python -m clicooper.experiments.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
+    python -m experiments.research.accuracy_probe --model fmnist-private-d64w --sigma 0.125 --out runs/probe/d64w
 
 ``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line (also written to
 ``OUT/probe.json``): model, σ, seed, final test accuracy and the accuracy after every epoch; with

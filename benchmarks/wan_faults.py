@@ -1,4 +1,4 @@
-"""Fault drills on the wide-area bed: ``python -m clicooper.experiments.bench.wan_faults`` (``make bench-wan``).
+"""Fault drills on the wide-area bed: ``python -m benchmarks.wan_faults`` (``make bench-wan``).
 
 Each case (after an ``uninterrupted`` baseline in the same bed) runs the same configuration (fmnist-cnn, K = 2, pinned TLS, every party in its own namespace of
 the ``wan`` profile) with one kind of fault injected at fixed steps of the DO, and compares the final
@@ -35,9 +35,9 @@ import torch
 
 from clicooper.config import RunConfig, make_config
 from clicooper.net.launch import Event, launch_local
-from clicooper.net.wan.netns import PROFILES, WanBed, netns_unavailable
 from clicooper.runs import load_run
 from clicooper.training import train
+from testbed.netns import PROFILES, WanBed, netns_unavailable
 
 Action = Callable[[WanBed, dict[str, int]], None]
 
@@ -138,7 +138,7 @@ def run_case(name: str, cfg: RunConfig, reference: Path, work: Path) -> dict[str
 
 def main(argv: list[str] | None = None) -> None:
     """Run the cases (default: all) and print one JSON line each."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.wan_faults")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.wan_faults")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--steps", type=int, default=8, help="steps per round (2 rounds)")
     ap.add_argument("--out", type=Path, default=None)

@@ -8,7 +8,7 @@ as mean and 95 % Student-t interval over seeds (``attacks.metrics.confidence_int
 floor and the undefended value, with the anchors the design expects. Runs are kept under ``--runs-dir``
 (default ``runs/reproduce``, not in ``results/``: they are large) and reused when already finished (their stored attack results too, if made with the same budget).
 
-Not run in CI (hours on 2 CPU cores at the full budget). A reduced check: ``python -m clicooper.experiments.reproduce
+Not run in CI (hours on 2 CPU cores at the full budget). A reduced check: ``python -m experiments.reproduce
 --out /tmp/r --seeds 0 --budget demo --epochs 1``.
 """
 
@@ -169,7 +169,7 @@ def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budg
 
     ``sigma``: the activation noise of the ``dp``/``clicooper`` runs, given explicitly (the committed
     figures use 0: label obfuscation + clipping on ``fmnist-cnn``; the bottleneck presets are measured by
-    ``clicooper.experiments.research.frontier``)."""
+    ``experiments.research.frontier``)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     t0 = time.time()
     runs_dir = runs_dir or Path("runs") / "reproduce"
@@ -179,7 +179,7 @@ def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budg
             per_seed[d].append(_seed_item(runs_dir, d, seed, budget=budget, epochs=epochs, open_tail=open_tail,
                                           observe_count=observe_count, attacks=attacks, log=log, sigma=sigma))
     rep = {
-        "command": "python -m clicooper.experiments.reproduce " + " ".join(sys.argv[1:]),
+        "command": "python -m experiments.reproduce " + " ".join(sys.argv[1:]),
         "setup": {"runs_dir": str(runs_dir), "dataset": "fashion-mnist", "model": "fmnist-cnn", "trainers": 2, "epochs": epochs,
                   "train_range": [0, 50000], "observe_count": observe_count, "seeds": seeds, "defenses": defenses,
                   "open_tail": open_tail, "budget": budget, "budget_description": DESCRIPTIONS.get(budget, budget),

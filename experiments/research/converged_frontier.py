@@ -2,7 +2,7 @@
 :mod:`converged_point` summaries (each a point trained on several seeds and attacked by ``clicooper report``
 at a converging budget).
 
-    python -m clicooper.experiments.research.converged_frontier --results results/frontier-resnet/converged \\
+    python -m experiments.research.converged_frontier --results results/frontier-resnet/converged \\
         results/frontier-resnet/converged/s8-np3-sigma0.0505 results/frontier-resnet/converged/s8-sigma0.101 ...
 
 Per point: accuracy, Δ against the same seed's undefended reference, DO-alone accuracy and the trainers' gain,
@@ -23,9 +23,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from clicooper import rundir
-from clicooper.experiments.research.converged_point import GOAL, INVERSION, is_inversion, t_interval
-from clicooper.experiments.research.frontier import Setting
-from clicooper.experiments.research.frontier_report import finish_plot
+from experiments.research.converged_point import GOAL, INVERSION, is_inversion, t_interval
+from experiments.research.frontier import Setting
+from experiments.research.frontier_report import finish_plot
 
 #: Table headers of the inversion levels.
 _HEADERS = {("inversion", "white-box"): "white-box", ("inversion", "known-plaintext-100"): "KP-100",
@@ -157,7 +157,7 @@ def _mark(v: bool | None) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     heads = [h for h, _, _ in COLUMNS if any(h in r["levels"] for r in rows)]
     L = ["# The residual-model frontier under converging attackers (issue 14)\n",
-         "Written by `python -m clicooper.experiments.research.converged_frontier` from `converged_point` summaries "
+         "Written by `python -m experiments.research.converged_frontier` from `converged_point` summaries "
          "(commands in the README beside this file). Means with 95 % t-intervals over the seeds. `≥`: some seed's "
          "figure had not converged at the budget (its last doubling moved it by ≥ 0.01), so the mean is a lower "
          "bound. The reference's attacks ran at the report's baseline share of the steps (¼ by default). Goal "

@@ -1,4 +1,4 @@
-"""Loopback micro-benchmark of the gRPC transport: ``python -m clicooper.experiments.bench.transport``.
+"""Loopback micro-benchmark of the gRPC transport: ``python -m benchmarks.transport``.
 
 Round trips of one activation-sized tensor (default ``fmnist-cnn``'s cut 1 at batch 128: 128x32x14x14
 float32 = 3.2 MB) DO → T1 (Activations) and back (Gradients), plaintext loopback and pinned TLS, and the
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from clicooper.experiments.bench.loopback import loopback_mesh
+from benchmarks.loopback import loopback_mesh
 from clicooper.net.link import message_digest
 from clicooper.net.serde import WireLimits, message_from_bytes, message_to_proto
 from clicooper.protocol.messages import Activations, Gradients, Header
@@ -64,7 +64,7 @@ def round_trips(x: torch.Tensor, limits: WireLimits, n: int, *, tls: bool) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     """Print the figures as JSON."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.transport")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.transport")
     ap.add_argument("--shape", default="128,32,14,14")
     ap.add_argument("-n", type=int, default=30)
     a = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 a copy of a recorded run, each figure at ¼, ½ and the full budget, so that a defended point judged at the sweep's
 budget can be checked against an attacker who keeps training.
 
-    python -m clicooper.experiments.research.patient RUN COPY [--seed 0] [--steps 1600] [--adversarial-steps 4800]
+    python -m experiments.research.patient RUN COPY [--seed 0] [--steps 1600] [--adversarial-steps 4800]
 
 White-box (leaked head, decoder + rMLE) and known-plaintext with 1,000 pairs at ``--steps`` decoder minibatches
 (rMLE ``--steps`` / 4), FORA and SDAR at ``--adversarial-steps``; 200 victims; party T1. ``COPY`` receives a copy
@@ -55,7 +55,7 @@ def patient(run: Path, copy: Path, *, seed: int = 0, steps: int = 1600, adversar
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.research.patient", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.patient", description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("copy", type=Path)
     ap.add_argument("--seed", type=int, default=0)

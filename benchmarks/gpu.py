@@ -1,6 +1,6 @@
 """The prepared GPU check (issue 13): trainers on CUDA, the DO on the CPU, against everyone on the CPU.
 
-``python -m clicooper.experiments.bench.gpu [--model fmnist-resnet] [--steps 300] [--bf16]``
+``python -m benchmarks.gpu [--model fmnist-resnet] [--steps 300] [--bf16]``
 
 Trains the same batches in-process twice (K trainers, U-shape, no defense, provenance off): once with every
 party on the CPU, once with the trainers on ``cuda`` (``party_devices``; the DO stays on the CPU, the typical
@@ -28,7 +28,7 @@ from clicooper.training import Session
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.gpu", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--model", default="fmnist-resnet")

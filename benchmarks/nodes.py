@@ -1,4 +1,4 @@
-"""Loopback benchmark of whole nodes: ``python -m clicooper.experiments.bench.nodes`` (docs/network.md "Measured").
+"""Loopback benchmark of whole nodes: ``python -m benchmarks.nodes`` (docs/network.md "Measured").
 
 * gRPC (one process per party, ``launch_local``) vs in-process (``train``) throughput on the same config,
   for each M (``grpc_vs_inproc_m{M}``), and the best of each transport over the M tried;
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.transport import serde_seconds
 from clicooper import rundir
-from clicooper.experiments.bench.transport import serde_seconds
 from clicooper.net.builder import cut_shapes
 from clicooper.net.launch import launch_local
 from clicooper.net.serde import WireLimits
@@ -76,7 +76,7 @@ def bench(config: dict[str, Any], *, micro: tuple[int, ...] = (1, 4), workdir: P
 
 def main(argv: list[str] | None = None) -> None:
     """Print the figures as JSON (defaults: fmnist-cnn, K = 2, 32 steps of batch 128)."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.nodes")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.nodes")
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--dataset", default="fashion-mnist")
     ap.add_argument("--trainers", type=int, default=2)

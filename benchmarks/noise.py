@@ -1,4 +1,4 @@
-"""Overhead of the keyed activation noise at fmnist-cnn's cut: ``python -m clicooper.experiments.bench.noise``.
+"""Overhead of the keyed activation noise at fmnist-cnn's cut: ``python -m benchmarks.noise``.
 
 Times, single-threaded, per batch of B = 128: the keyed noise for a (32, 14, 14) activation, the whole
 ``protect`` (clip + noise), unkeyed ``torch.randn`` of the same size (the floor), and for scale the

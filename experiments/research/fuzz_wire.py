@@ -1,7 +1,7 @@
 """A bounded fuzz campaign on the envelopes a party receives: mutate valid envelopes of every message kind and
 feed each to both parse paths and to the receive handlers (the transport's, then the party's).
 
-    python -m clicooper.experiments.research.fuzz_wire --seconds 100 --seed 0 --out results/fuzz/wire.json
+    python -m experiments.research.fuzz_wire --seconds 100 --seed 0 --out results/fuzz/wire.json
 
 Every case is one mutated byte string. It goes through
 

@@ -8,7 +8,7 @@
   two namespaces (never in the host's), addressed ``10.77.<i>.1`` / ``10.77.<i>.2``; no namespace has a
   route anywhere else, so the traffic stays on these links;
 * ``tbf`` on both ends of every veth: the profile's bandwidth in each direction;
-* one relay process (:mod:`clicooper.net.wan.relay`) in every party's namespace, with one route per peer:
+* one relay process (:mod:`testbed.relay`) in every party's namespace, with one route per peer:
   the party dials ``127.0.0.1:<relay port of that peer>``, the relay adds latency, jitter, stalls and
   resets and forwards across the veth to the peer's listening port. Stalls and resets are injected
   through the relays' control sockets (:meth:`WanBed.stall`, :meth:`WanBed.reset`).
@@ -37,8 +37,8 @@ from typing import Any
 from clicooper.config import RunConfig
 from clicooper.core.builder import neighbours, party_names
 from clicooper.errors import ConfigError
-from clicooper.net.wan import relay as relay_mod
-from clicooper.net.wan.relay import Impairment
+from testbed import relay as relay_mod
+from testbed.relay import Impairment
 
 PREFIX = "ccw"
 _STALE = re.compile(rf"^{PREFIX}-(\d+)-[0-9a-f]+-")

@@ -6,7 +6,7 @@ reused every epoch) before it leaves the DO, and encoded by the secret label cod
 clicooper``). This sweep trains the same configuration at several ε (and without RR), then runs the
 clustering / known-sample label attacks on every trainer:
 
-    python -m clicooper.experiments.research.label_dp --runs runs/label-dp --results results --eps none,8,4,2,1
+    python -m experiments.research.label_dp --runs runs/label-dp --results results --eps none,8,4,2,1
 
 Each row: test accuracy; the label-DP ε; per trainer the zero-knowledge oracle accuracy (Hungarian-named
 clusters, an upper bound) and the known-sample accuracy for k = 1 and 10 labelled samples per class — the
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.sort(key=lambda r: (r["model"] != REFERENCE, -(r["label_dp_epsilon"] or math.inf)))
     if not rows:
         return 0
-    command = "python -m clicooper.experiments.research.label_dp " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.research.label_dp " + " ".join(argv if argv is not None else sys.argv[1:])
     (res / "label_dp.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     write_markdown(rows, res / "label_dp.md", command)
     return 0

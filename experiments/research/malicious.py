@@ -1,9 +1,9 @@
 """Issue 15 measurements: live detection of each malicious behaviour, false alarms, DO overhead, audits.
 
-    python -m clicooper.experiments.research.malicious detect --model fmnist-cnn --rows 10000 --epochs 1 \\
+    python -m experiments.research.malicious detect --model fmnist-cnn --rows 10000 --epochs 1 \\
         --behaviours honest,fsha,scale,sign-flip,backdoor,lazy --seeds 0,1 --defenses none,clicooper \\
         --out results/malicious/detect.json
-    python -m clicooper.experiments.research.malicious audit --model fmnist-cnn --rows 10000 --epochs 1 \\
+    python -m experiments.research.malicious audit --model fmnist-cnn --rows 10000 --epochs 1 \\
         --behaviours honest,fsha,scale,sign-flip,backdoor,lazy --fractions 0.01,0.1,1 \\
         --out results/malicious/audit.json
 

@@ -1,7 +1,7 @@
 """One frontier point under converged attacks (issue 14): the frontier sweep's protocol for training, then
 ``clicooper report``'s attacks at a converging budget instead of the sweep's short one, over several seeds.
 
-    python -m clicooper.experiments.research.converged_point --runs runs16 \\
+    python -m experiments.research.converged_point --runs runs16 \\
         --results results/frontier-resnet/converged/s8-np3-sigma0.0505 --model fmnist-resnet-s8 --sigma 0.0505 \\
         --nopeek 3 --seeds 0,1,2
 
@@ -31,10 +31,10 @@ import torch
 from clicooper import rundir
 from clicooper.attacks.budgets import settings_for
 from clicooper.attacks.runner import run_attack
-from clicooper.experiments.research.frontier import Budget, Setting, run_config
 from clicooper.report import make_report, train_baseline
 from clicooper.report.rows import level_rows
 from clicooper.training import train
+from experiments.research.frontier import Budget, Setting, run_config
 
 #: The reconstruction levels the goal's inversion part counts, as (attack, level) of the report's
 #: ``attack/party/level`` keys, whichever party's view they were run on (SDAR's is the pooled trainers').
@@ -210,7 +210,7 @@ def _verdict(v: bool | None) -> str:
 def markdown(setting: Setting, budget: str, s: dict[str, Any]) -> str:
     g = s["goal"]
     L = [f"# {setting.label}, σ {setting.sigma:g}: attacks at the `{budget}` budget, seeds {s['seeds']}\n",
-         "Written by `python -m clicooper.experiments.research.converged_point` (the command is in the README beside "
+         "Written by `python -m experiments.research.converged_point` (the command is in the README beside "
          "this file). Means with 95 % t-intervals over the seeds; a figure's `conv.` counts the seeds on which its "
          "last doubling changed it by < 0.01.\n",
          f"- accuracy {_fmt(s['test_acc'], 4)}; Δ vs undefended {_fmt(s['delta_pt'], 2)} pt",

@@ -16,10 +16,10 @@ For each configuration (model × σ; the cut width is part of the model name) it
    *per-release, head fixed*.
 
 Results: ``results/frontier.json``, ``results/frontier.md`` and ``results/frontier.png``
-(:mod:`~clicooper.experiments.research.frontier_report`). Each run's row is
+(:mod:`~experiments.research.frontier_report`). Each run's row is
 cached in ``RUNS/<tag>/frontier_row.json`` so an interrupted sweep resumes.
 
-    python -m clicooper.experiments.research.frontier --runs runs/frontier --train 15000 --epochs 3
+    python -m experiments.research.frontier --runs runs/frontier --train 15000 --epochs 3
 
 An attack figure on a defended run counts only if the same attack beats its floor on the undefended
 reference run (docs/design/metrics.md#informative-figures); the table says so per level.
@@ -43,7 +43,11 @@ import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* m
 from clicooper.attacks.budgets import DESCRIPTIONS, settings_for
 from clicooper.attacks.runner import run_attack
 from clicooper.data import load_dataset
-from clicooper.experiments.research.frontier_report import (
+from clicooper.privacy.accountant import epsilon as dp_epsilon
+from clicooper.runs import load_run
+from clicooper.training import train
+from clicooper.training.do_alone import do_alone_accuracy as _do_alone
+from experiments.research.frontier_report import (
     LEVELS,
     REFERENCE,
     informative_levels,
@@ -52,10 +56,6 @@ from clicooper.experiments.research.frontier_report import (
     seed_summary,
     write_markdown,
 )
-from clicooper.privacy.accountant import epsilon as dp_epsilon
-from clicooper.runs import load_run
-from clicooper.training import train
-from clicooper.training.do_alone import do_alone_accuracy as _do_alone
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def default_grid(quick: bool = False) -> list[Setting]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.research.frontier",
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.frontier",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/frontier", help="where the run directories go")
     ap.add_argument("--results", default="results", help="where frontier.{json,md,png} go")
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         reevaluate(runs)
     elif not a.report_only:
         _sweep(grid_of(a.quick, a.only, a.extra), b, runs)
-    command = "python -m clicooper.experiments.research.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.research.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
     _write_reports(runs, res, command)
     return 0
 

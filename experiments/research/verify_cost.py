@@ -1,6 +1,6 @@
 """Cost of ``verify`` against the training it verifies (issue 6 target: under 1 % for a 10-epoch run).
 
-    python -m clicooper.experiments.research.verify_cost --out runs/verify10     # fmnist-cnn, K = 2, 10 epochs, rows 0:10000
+    python -m experiments.research.verify_cost --out runs/verify10     # fmnist-cnn, K = 2, 10 epochs, rows 0:10000
 
 Trains with provenance on (one compute thread), then times ``verify_run`` over the ledger and the delivered
 segments (loading included) and the ``clicooper verify RUN --json`` process (interpreter start included).

@@ -1,6 +1,6 @@
 """What the data owner can prove about its own parts of a run (docs/ledger-format.md §14), measured.
 
-    python -m clicooper.experiments.research.do_evidence [--model fmnist-cnn] [--trainers 2] [--epochs 3]
+    python -m experiments.research.do_evidence [--model fmnist-cnn] [--trainers 2] [--epochs 3]
 
 No data and no training: the model is built from the zoo at its initial weights (Fashion-MNIST's shape,
 (1, 28, 28) → 10 classes), cut by the real planner, and sized by the real capacity rule of the run config.

@@ -16,7 +16,7 @@ also the peak memory of validating the worst spec tried (the slowest one, re-val
 child) and of the three specs of the audit (padding 9000, kernel 1024 with padding 512, three Linear
 16384 → 16384)::
 
-    python -m clicooper.experiments.research.fuzz_inputs --seconds 150 --out results/fuzz/inputs.json
+    python -m experiments.research.fuzz_inputs --seconds 150 --out results/fuzz/inputs.json
 
 Nothing here is a test: ``tests/test_spec_bounds.py`` and the other test files hold the checks that must
 pass; this script measures how the refusals hold up under volume.
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     surfaces = {n: in_child(run_surface, n, each, a.seed, a.max_cases, timeout=each + 120) for n in names}
     out: dict[str, Any] = {
-        "command": "python -m clicooper.experiments.research.fuzz_inputs " + " ".join(
+        "command": "python -m experiments.research.fuzz_inputs " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "seed": a.seed, "seconds_budget": a.seconds, "address_space_limit_bytes": LIMIT_AS,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},

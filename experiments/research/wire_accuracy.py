@@ -1,6 +1,6 @@
 """Accuracy effect of wire compression (and of the batch size the WAN bench prefers), in-process.
 
-    python -m clicooper.experiments.research.wire_accuracy --out runs/wire   # fmnist-cnn, K = 2, rows 0:10000, 2 epochs
+    python -m experiments.research.wire_accuracy --out runs/wire   # fmnist-cnn, K = 2, rows 0:10000, 2 epochs
 
 An in-process run encodes and decodes exactly as a gRPC run does (protocol/wire_codec.py: the sending party
 encodes, the receiver decodes before its code), so its test accuracy is the codec's effect. For every seed
@@ -37,7 +37,7 @@ def one(out: Path, *, model: str, rows: int, epochs: int, seed: int, wire: str, 
 
 def main(argv: list[str] | None = None) -> None:
     """Train every (seed, codec) and (seed, batch size); print JSON lines, then a Markdown table."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.research.wire_accuracy")
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.wire_accuracy")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--rows", type=int, default=10_000)

@@ -1,7 +1,7 @@
-"""Wide-area benchmark: ``python -m clicooper.experiments.bench.wan`` (``make bench-wan``).
+"""Wide-area benchmark: ``python -m benchmarks.wan`` (``make bench-wan``).
 
 Every party runs as its own node process (pinned TLS) in its own network namespace of the test bed
-(:class:`clicooper.net.wan.netns.WanBed`): veth links shaped with ``tbf``, latency / jitter / stalls added by
+(:class:`testbed.netns.WanBed`): veth links shaped with ``tbf``, latency / jitter / stalls added by
 the relays. For each profile and micro-batch count M it prints samples/s (the DO's last round: connection
 set-up and the first round's warm-up excluded), the **physical limit** — the link bandwidth divided by the
 bytes per sample that cross the busiest link in one direction (from the plan's cut shapes and the wire
@@ -28,9 +28,9 @@ from clicooper import rundir
 from clicooper.config import RunConfig, make_config
 from clicooper.models.partition import Plan
 from clicooper.net.launch import Event, launch_local
-from clicooper.net.wan.netns import PROFILES, Profile, WanBed, netns_unavailable
 from clicooper.protocol.wire_codec import wire_bytes
 from clicooper.training import train
+from testbed.netns import PROFILES, Profile, WanBed, netns_unavailable
 
 #: Steps per round for each profile: a round of a few seconds (the slow profile moves 5× fewer bytes).
 STEPS = {"lan": 16, "wan": 12, "poor": 6}
@@ -128,7 +128,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Measure every profile × M (and the loopback row); print JSON lines, then the table."""
-    ap = argparse.ArgumentParser(prog="python -m clicooper.experiments.bench.wan")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.wan")
     ap.add_argument("--profiles", default="lan,wan,poor")
     ap.add_argument("--micro", default="1,4,8")
     ap.add_argument("--model", default="fmnist-cnn")

@@ -1,7 +1,7 @@
 """A small user-space TCP relay for the wide-area test bed: latency, jitter, stalls, resets, byte counts.
 
 The kernel here has no ``netem``, so everything but the bandwidth (``tbf`` on the veth links,
-:mod:`clicooper.net.wan.netns`) is added by this relay. It runs as its own process inside the *sending*
+:mod:`testbed.netns`) is added by this relay. It runs as its own process inside the *sending*
 party's network namespace: the party dials ``127.0.0.1:<port>`` of a route and the relay forwards the
 bytes, both directions, to the peer's address across the shaped veth link. Packet loss is not dropped
 here but emulated by its effects at the TCP level: stalls (nothing moves for a while), delays and resets.
@@ -331,6 +331,6 @@ async def _main(cfg: dict[str, Any]) -> None:
     await relay.close()
 
 
-if __name__ == "__main__":  # pragma: no cover - run as a process by clicooper.net.wan.netns
+if __name__ == "__main__":  # pragma: no cover - run as a process by testbed.netns
     with open(sys.argv[1], encoding="utf-8") as f:
         asyncio.run(_main(json.load(f)))
