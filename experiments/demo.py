@@ -78,7 +78,8 @@ def quick(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the demo through the real CLI."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.demo",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--preset", default="private-accurate", help="privacy preset (clicooper train --help)")

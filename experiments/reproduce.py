@@ -232,7 +232,8 @@ def render(rep: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line (see module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.reproduce",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results")
     ap.add_argument("--runs-dir", default="runs/reproduce", help="where the trained runs go (reused if finished)")
     ap.add_argument("--seeds", default="0,1,2")

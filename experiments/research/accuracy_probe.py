@@ -25,7 +25,8 @@ from clicooper.training.do_alone import do_alone_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.accuracy_probe",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--sigma", type=float, required=True, help="σ per unit clip norm; -1: no defense")
     ap.add_argument("--seed", type=int, default=0)

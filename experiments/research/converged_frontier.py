@@ -248,7 +248,8 @@ def _label(setting: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.converged_frontier",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", required=True, help="where frontier.{json,md,png} go")
     ap.add_argument("summaries", nargs="+", help="converged_point --results folders (each with summary.json)")
     args = ap.parse_args(argv)

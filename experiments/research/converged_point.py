@@ -232,7 +232,8 @@ def markdown(setting: Setting, budget: str, s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.converged_point",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True, help="where the runs and their reports go (cached)")
     ap.add_argument("--results", required=True, help="where summary.{json,md} go")
     ap.add_argument("--model", default="fmnist-resnet-s8")

@@ -77,7 +77,8 @@ def measure(model: str, trainers: int, epochs: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.do_evidence",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--trainers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)

@@ -498,7 +498,8 @@ def in_child(fn: Callable[..., Any], *args: Any, timeout: float) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the campaign and write its figures (see the module docstring)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.fuzz_inputs",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=150.0, help="total time budget, split over the surfaces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-cases", type=int, default=100_000, help="per surface")

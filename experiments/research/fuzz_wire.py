@@ -349,7 +349,8 @@ def campaign(seconds: float, seed: int, max_cases: int | None = None) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the campaign and write its JSON; exit 1 on any crash or disagreement."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.fuzz_wire",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=100.0, help="time budget (default 100)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-cases", type=int, default=None, help="stop after this many cases")

@@ -153,7 +153,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.label_dp",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/label-dp")
     ap.add_argument("--results", default="results")
     ap.add_argument("--model", default="fmnist-private-d64w")

@@ -172,7 +172,8 @@ def audit_one(model: str, rows: int, epochs: int, behaviour: str, fractions: lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.malicious",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["detect", "audit", "table", "fsha-offline"])
     ap.add_argument("--steps", type=int, default=2000, help="fsha-offline: steps")
     ap.add_argument("files", nargs="*", type=Path, help="table: result files")

@@ -55,7 +55,8 @@ def patient(run: Path, copy: Path, *, seed: int = 0, steps: int = 1600, adversar
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.research.patient", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.patient",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("copy", type=Path)
     ap.add_argument("--seed", type=int, default=0)

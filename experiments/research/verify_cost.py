@@ -24,7 +24,8 @@ from clicooper.provenance.verify import verify_run
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.research.verify_cost",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="new run directory")
     ap.add_argument("--model", default="fmnist-cnn")
     ap.add_argument("--epochs", type=int, default=10)
