@@ -155,3 +155,46 @@ def test_a_task_of_a_script_run_as_a_module_goes_to_ray_by_its_module_name(monke
     # assert: the module's own function (pickled by name); one from an importable module is left alone
     assert named is sweep.check_backend
     assert sweep._by_name(_threads_and_square) is _threads_and_square
+
+
+def test_the_frontier_refuses_a_missing_ray_and_seeds_in_one_folder_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.research import frontier
+
+    # prepare
+    monkeypatch.setitem(sys.modules, "ray", None)
+    cases = [(["--backend", "ray"], "pip install 'clicooper[cluster]'"),
+             (["--seeds", "0,1"], "put {seed} in --runs and --results"),
+             (["--backend", "sequential", "--address", "head:6379"], "needs the ray backend")]
+    for extra, says in cases:
+        # execute
+        with pytest.raises(SystemExit) as e:
+            frontier.main(["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), *extra])
+        # assert: status 2, one line, nothing made
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and err.count("\n") == 1, err
+        assert not (tmp_path / "runs").exists()
+
+
+def test_the_frontier_sweeps_every_point_at_every_seed_into_its_seeds_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.research import frontier
+
+    # prepare: the sweep's tasks recorded instead of run
+    seen: dict[str, Any] = {}
+
+    def run_tasks(fn: Any, tasks: list[Any], **kw: Any) -> list[Any]:
+        seen.update(fn=fn, tasks=tasks, kw=kw)
+        return []
+
+    monkeypatch.setattr(frontier.sweep, "run_tasks", run_tasks)
+    runs, res = tmp_path / "runs" / "s{seed}", tmp_path / "res" / "s{seed}"
+    # execute
+    frontier.main(["--runs", str(runs), "--results", str(res), "--seeds", "0,2", "--quick", "--threads", "3"])
+    # assert: seed by seed, each point once, each seed's own folder; the backend options passed on
+    got = [(s.tag, b.seed, str(r)) for s, b, r in seen["tasks"]]
+    tags = [g.tag for g in frontier.default_grid(quick=True)]
+    assert got == [(t, seed, str(tmp_path / "runs" / f"s{seed}")) for seed in (0, 2) for t in tags]
+    assert seen["fn"] is frontier.measure_task
+    assert seen["kw"] == {"backend": "sequential", "address": None, "threads_per_task": 3}
+    assert (tmp_path / "res" / "s2" / "frontier.md").is_file()
