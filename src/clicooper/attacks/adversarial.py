@@ -88,8 +88,9 @@ def training_record(fits: list[float], mean_mse: float, *, noise: bool = False,
     """What an inversion attack's own training shows, read at ¼, ½ and all of its steps: the inverse
     network's MSE on a fixed probe of its auxiliary images (``aux_mse``) against the mean image's
     (``mean_image_mse``), and whether it fitted them (``fitted``: at most :data:`FIT_RATIO` of it). A figure on
-    the victims at the mean image's level from an attack that fitted its own data means the received data
-    gave it nothing to decode; from one that did not fit, it means the attack failed to train, unless its
+    the victims at the mean image's level from an attack that fitted its own data most likely means the
+    received data gave it nothing to decode (or that its substitute never aligned with the received data, which
+    only other seeds tell apart); from one that did not fit, it means the attack failed to train, unless its
     features carried the simulated public noise (``noise``): then the noise may have left nothing to decode.
     ``series``: further per-reading diagnostics (e.g. the substitute's MK-MMD to the received data)."""
     fitted = bool(math.isfinite(fits[-1]) and fits[-1] <= FIT_RATIO * mean_mse)
