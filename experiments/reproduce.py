@@ -8,7 +8,8 @@ as mean and 95 % Student-t interval over seeds (``attacks.metrics.confidence_int
 floor and the undefended value, with the anchors the design expects. Runs are kept under ``--runs-dir``
 (default ``runs/reproduce``, not in ``results/``: they are large) and reused when already finished (their stored attack results too, if made with the same budget).
 
-Not run in CI (hours on 2 CPU cores at the full budget). A reduced check: ``python -m experiments.reproduce
+Not run in CI (hours on 2 CPU cores at the full budget; FORA and SDAR at the reference code's size alone take
+about 34 and 20 hours of one CPU core per run, results/attacks-reference/README.md). A reduced check: ``python -m experiments.reproduce
 --out /tmp/r --seeds 0 --budget demo --epochs 1``.
 """
 
