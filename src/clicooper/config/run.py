@@ -26,7 +26,14 @@ from pydantic import (
 )
 
 from clicooper import jsonbound
-from clicooper.config.defenses import DefenseSpec, defense_summary, parse_defenses
+from clicooper.config.defenses import (
+    DefenseSpec,
+    SigmaSource,
+    check_sigma_choice,
+    defense_summary,
+    mark_explicit_sigma,
+    parse_defenses,
+)
 from clicooper.config.presets import apply_preset
 from clicooper.config.security import AdversaryConfig, AuditConfig, DetectionConfig, security_problem
 from clicooper.errors import ConfigError
@@ -37,9 +44,6 @@ Defense = Literal["none", "dp", "labels", "clicooper"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
 
 class HeadDPSGDConfig(_Strict):
@@ -98,23 +102,11 @@ class DPConfig(_Strict):
         "'DP-SGD head + releases' ε"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _mark_explicit(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("sigma") is not None and data.get("sigma_source") is None:
-            data = {**data, "sigma_source": "explicit"}
-        return data
+    _mark_explicit = model_validator(mode="before")(mark_explicit_sigma)
 
     @model_validator(mode="after")
     def _sigma_choice(self) -> DPConfig:
-        if self.sigma is None and self.sigma_source is not None:
-            raise ValueError("dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)")
-        if self.sigma_source == "explicit" and self.target_epsilon is not None:
-            raise ValueError(
-                "give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them"
-            )
-        if self.sigma_source == "target-epsilon" and self.target_epsilon is None:
-            raise ValueError("dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set")
+        check_sigma_choice(self.sigma, self.sigma_source, self.target_epsilon)
         return self
 
 
