@@ -199,7 +199,7 @@ def test_the_cli_takes_any_registered_defence_by_its_spec(tmp_path: Path) -> Non
     cfg = config_from_options(toml, defense_specs=["keyed-noise:sigma=0.2,clip_norm=2"])  # same kind: replaced
     assert [(d.kind, d.sigma, d.clip_norm) for d in cfg.defenses] == [("keyed-noise", 0.2, 2.0)]
     with pytest.raises(typer.BadParameter, match="run.toml lists the defences"):
-        config_from_options(toml, nopeek=1.0)
+        config_from_options(toml, defense="dp")
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--dataset", "digits",
                                    "--with", "nopeek:weight=-1"])
     assert res.exit_code == 2 and "defenses[0] (nopeek): weight" in res.output

@@ -238,7 +238,7 @@ class RandomizedResponse(DefenseSpec):
     def problem(self, config: RunConfig) -> str | None:
         if config.topology != "open-tail":
             return ("labels.label_dp_epsilon (randomized response) protects the labels sent to the last trainer, "
-                    "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
+                    "which only happens in the open tail; use --topology open-tail or drop labels.label_dp_epsilon "
                     "(in the U-shape the labels never leave the DO)")
         return None
 
@@ -258,7 +258,7 @@ class HeadDPSGD(DefenseSpec):
                     "--defense dp or clicooper (the releases of an unprotected head would void it)")
         if config.overlap_steps:
             return ("overlap_steps is not combined with dp.head_dpsgd (its checks and records assume one step "
-                    "in flight); drop --overlap-steps or dp.head_dpsgd")
+                    "in flight); drop overlap_steps or dp.head_dpsgd")
         return None
 
 
