@@ -138,6 +138,10 @@ def train(
         False, "--dismiss-detection", help="with --resume: continue past a detection stop, live detection off "
         "for this invocation (the DO reviewed the accusation; docs/malicious.md)",
     ),
+    threads: int = typer.Option(
+        None, "--threads", help="torch's intra-op CPU threads for this invocation (default: torch's own, one per "
+        "core); recorded in metrics.json beside the background workers (transcript hashing, noise prefetch)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
     """Train a model cooperatively (data owner + K trainers) and write a run directory."""
@@ -162,7 +166,7 @@ def train(
         )
         if dataset is not None and dataset.startswith("python:"):
             data = dataset  # named on this command line: the DO's own function runs (never from --config)
-    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data)
+    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data, threads)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:
         err.print(plan_table(run.plan))
@@ -176,7 +180,7 @@ def train(
 
 
 def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None,
-                         dismiss_detection: bool = False, data: str | None = None) -> Any:
+                         dismiss_detection: bool = False, data: str | None = None, threads: int | None = None) -> Any:
     """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
     from clicooper.training import train as run_train  # lazy: torch
 
@@ -200,7 +204,7 @@ def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, ma
 
     try:
         return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection, data=data)
+                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection, data=data, threads=threads)
     finally:
         if prog.live.is_started:  # never started: nothing to close (and no blank line)
             prog.stop()
