@@ -121,3 +121,22 @@ def test_a_flag_that_became_a_config_key_says_how_to_set_it(tmp_path, flag: str,
     assert f"No such option: {flag}; " in r.output and hint in r.output
     other = runner.invoke(app, ["train", "--no-such-thing", "1", "--out", str(tmp_path / "r")], env={"COLUMNS": "300"})
     assert other.exit_code == 2 and "--set" not in other.output  # not a config field: click's own message
+
+
+def test_train_keeps_only_the_common_fields_as_flags() -> None:
+    """A new config field is reached through --set; a flag of its own is a deliberate choice made here."""
+    import inspect
+
+    import typer.models
+
+    from clicooper.cli.train import train
+
+    params = inspect.signature(inspect.unwrap(train)).parameters.values()
+    options = [p.name for p in params if isinstance(p.default, typer.models.OptionInfo)]
+    leaves = {k.key.rsplit(".", 1)[-1] for k in config_keys()} | {"defense", "sigma", "target_epsilon"}
+    mirrors = [o for o in options if o in leaves]
+    assert mirrors == ["dataset", "label_column", "stream", "model", "trainers", "capacities", "topology", "epochs",
+                       "batch_size", "lr", "seed", "provenance", "train_range", "record_observations", "device",
+                       "defense", "preset", "sigma", "target_epsilon"]
+    assert len(options) == 29  # the mirrors, then --out, --model-file, --with, --max-epsilon, --config, --set,
+    # --resume, --dismiss-detection, --threads, --json
