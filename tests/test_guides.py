@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -119,9 +120,14 @@ def _shims(work: Path) -> tuple[Path, Path]:
     return bin_dir, site
 
 
-def run_guide(md_path: Path, work: Path) -> list[tuple[int, float]]:
+def _children_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def run_guide(md_path: Path, work: Path) -> list[tuple[int, float, float]]:
     """Run the marked blocks of one guide in ``work``; AssertionError naming the block on the first failure.
-    Returns (line, seconds) per run block."""
+    Returns (line, wall seconds, CPU seconds) per run block."""
     blocks = marked_blocks(md_path.read_text())
     bin_dir, site = _shims(work)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -142,9 +148,9 @@ def run_guide(md_path: Path, work: Path) -> list[tuple[int, float]]:
             cmd = [sys.executable, str(script)]
         else:
             cmd = ["bash", "-euo", "pipefail", "-c", b.text]
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), _children_cpu()
         r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
-        times.append((b.line, time.monotonic() - t0))
+        times.append((b.line, time.monotonic() - t0, _children_cpu() - c0))
         out = r.stdout + r.stderr
         assert r.returncode == 0, f"{where}: the block failed (exit {r.returncode}):\n{b.text}\n---\n{out[-4000:]}"
         for text in b.expect:
@@ -168,10 +174,10 @@ def test_a_broken_block_fails_and_names_its_line(tmp_path: Path) -> None:
     md.write_text("# g\n\n<!-- file: a.txt -->\n```text\nhello\n```\n\n<!-- run -->\n"
                   "<!-- expect: hello -->\n```bash\ncat a.txt\n```\n\n<!-- run -->\n```python\n"
                   "import sys\nsys.exit(open('a.txt').read() != 'hello\\n')\n```\n\n<!-- run -->\n```bash\n"
-                  "clicooper evaluate no-such-run\n```\n")
+                  "echo about to fail; exit 2\n```\n")
     work = tmp_path / "w"
     work.mkdir()
-    with pytest.raises(AssertionError, match=r"g\.md:22: the block failed \(exit 2\)"):
+    with pytest.raises(AssertionError, match=r"g\.md:21: the block failed \(exit 2\)(.|\n)*about to fail"):
         run_guide(md, work)
     assert (work / "a.txt").read_text() == "hello\n"
     md.write_text("<!-- run -->\n<!-- expect: absent -->\n```bash\necho present\n```\n")
@@ -184,4 +190,4 @@ def test_a_broken_block_fails_and_names_its_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list(EXECUTED))
 def test_the_guide_runs_as_written(name: str, tmp_path: Path) -> None:
     times = run_guide(GUIDES / f"{name}.md", tmp_path)
-    print(f"{name}: " + ", ".join(f"line {line} {s:.1f} s" for line, s in times))
+    print(f"{name}: " + ", ".join(f"line {line} {wall:.1f} s ({cpu:.1f} s CPU)" for line, wall, cpu in times))
