@@ -100,22 +100,25 @@ def marked_blocks(md: str) -> list[Block]:
 
 def _shims(work: Path) -> tuple[Path, Path]:
     """``clicooper``, ``python`` and ``pip`` on a PATH of their own: this checkout's CLI and interpreter, and
-    a pip that installs into ``work/site`` (never into the environment running the tests)."""
+    a pip that installs into ``work/.site`` (never into the environment running the tests). ``clicooper`` is
+    a script like the installed entry point (not ``python -m``), so the working directory is not on its
+    import path, as for a user."""
     bin_dir, site = work / ".bin", work / ".site"
     bin_dir.mkdir()
     site.mkdir()
     py = sys.executable
     shims = {
-        "clicooper": f'exec "{py}" -m clicooper.cli "$@"',
-        "python": f'exec "{py}" "$@"',
-        "python3": f'exec "{py}" "$@"',
-        "pip": (f'[ "$1" = install ] || {{ echo "guide test: only pip install is supported" >&2; exit 2; }}\n'
+        "clicooper": (f"#!{py}\nimport sys\nsys.path[1:1] = [{str(site)!r}, {str(SRC)!r}]\n"
+                      "from clicooper.cli import main\nsys.exit(main())\n"),
+        "python": f'#!/bin/sh\nexec "{py}" "$@"\n',
+        "python3": f'#!/bin/sh\nexec "{py}" "$@"\n',
+        "pip": (f'#!/bin/sh\n[ "$1" = install ] || {{ echo "guide test: only pip install is supported" >&2; exit 2; }}\n'
                 f'shift\nexec "{py}" -m pip install -q --no-deps --no-index --no-build-isolation '
-                f'--target "{site}" "$@"'),
+                f'--target "{site}" "$@"\n'),
     }
     for name, body in shims.items():
         p = bin_dir / name
-        p.write_text(f"#!/bin/sh\n{body}\n")
+        p.write_text(body)
         p.chmod(0o755)
     return bin_dir, site
 
@@ -131,7 +134,7 @@ def run_guide(md_path: Path, work: Path) -> list[tuple[int, float, float]]:
     blocks = marked_blocks(md_path.read_text())
     bin_dir, site = _shims(work)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": os.pathsep.join([str(site), str(SRC), str(work)]),
+           "PYTHONPATH": os.pathsep.join([str(site), str(SRC)]),
            "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "COLUMNS": "100", "PYTHONHASHSEED": "0"}
     times = []
     for n, b in enumerate(blocks):
