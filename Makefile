@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt pip setuptools
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-build-isolation -e ".[dev,cluster]"
 	touch $(STAMP)
 
 # Resolve pyproject.toml's ranges anew in a scratch venv (pip cache bypassed) and pin the result.
@@ -25,7 +25,7 @@ lock:
 	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir --upgrade pip setuptools
 	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir torch==2.13.0
-	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir -e ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip install -q --no-cache-dir -e ".[dev,cluster]"
 	{ head -2 constraints.txt; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

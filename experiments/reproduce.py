@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from clicooper import sweep
 from clicooper.attacks import informative
 from clicooper.attacks.budgets import DESCRIPTIONS, run_suite
 from clicooper.attacks.metrics import confidence_interval
@@ -133,6 +134,16 @@ def _seed_item(runs_dir: Path, d: str, seed: int, *, budget: str, epochs: int, o
             "levels": levels, "attack_seconds": round(time.time() - ta, 1)}
 
 
+def _log(m: str) -> None:
+    print(m, file=sys.stderr, flush=True)
+
+
+def seed_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One defence at one seed, a task of :func:`clicooper.sweep.run_tasks`: :func:`_seed_item` with the task's
+    arguments."""
+    return _seed_item(**task)
+
+
 def _summarise_defense(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and interval over the seeds of one defense: accuracy, anchors (value, floor), every level."""
     keys = sorted({k for it in items for k in it["levels"]})
@@ -164,20 +175,27 @@ def summarise(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def reproduce(out: Path, *, runs_dir: Path | None = None, seeds: list[int], budget: str, epochs: int, defenses: list[str], open_tail: bool,
-              observe_count: int, attacks: list[str], log: Any = None, sigma: float = 0.0) -> dict[str, Any]:
+              observe_count: int, attacks: list[str], log: Any = None, sigma: float = 0.0,
+              backend: str = "sequential", address: str | None = None,
+              threads_per_task: int | None = None) -> dict[str, Any]:
     """Train, attack and summarise (see module docstring). Returns the ``headline.json`` dict.
 
     ``sigma``: the activation noise of the ``dp``/``clicooper`` runs, given explicitly (the committed
     figures use 0: label obfuscation + clipping on ``fmnist-cnn``; the bottleneck presets are measured by
-    ``experiments.research.frontier``)."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    ``experiments.research.frontier``). Each defence at each seed is one task of
+    :func:`clicooper.sweep.run_tasks` (``backend``, ``address``; ``threads_per_task``: torch's current
+    thread count by default); with Ray, ``log`` runs in the task's process."""
+    log = log or _log
     t0 = time.time()
     runs_dir = runs_dir or Path("runs") / "reproduce"
+    tasks = [{"runs_dir": runs_dir, "d": d, "seed": seed, "budget": budget, "epochs": epochs, "open_tail": open_tail,
+              "observe_count": observe_count, "attacks": attacks, "log": log, "sigma": sigma}
+             for seed in seeds for d in defenses]
+    items = sweep.run_tasks(seed_task, tasks, backend=backend, address=address,
+                            threads_per_task=threads_per_task or torch.get_num_threads())
     per_seed: dict[str, list[dict[str, Any]]] = {d: [] for d in defenses}
-    for seed in seeds:
-        for d in defenses:
-            per_seed[d].append(_seed_item(runs_dir, d, seed, budget=budget, epochs=epochs, open_tail=open_tail,
-                                          observe_count=observe_count, attacks=attacks, log=log, sigma=sigma))
+    for t, item in zip(tasks, items, strict=True):
+        per_seed[t["d"]].append(item)
     rep = {
         "command": "python -m experiments.reproduce " + " ".join(sys.argv[1:]),
         "setup": {"runs_dir": str(runs_dir), "dataset": "fashion-mnist", "model": "fmnist-cnn", "trainers": 2, "epochs": epochs,
@@ -242,16 +260,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--defenses", default="none,clicooper")
     ap.add_argument("--observe-count", type=int, default=5000)
     ap.add_argument("--attacks", default="gradient-leak,clustering,extraction,inversion")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sweep.add_options(ap, threads_default=torch.get_num_threads(), threads_flags=("--threads", "--threads-per-task"))
     ap.add_argument("--no-open-tail", action="store_true", help="skip the open-tail label-inference runs")
     ap.add_argument("--sigma", type=float, default=0.0,
                     help="activation noise σ of the defended runs (default 0, as in the committed figures)")
     a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    backend = sweep.options(ap, a)
     rep = reproduce(Path(a.out), runs_dir=Path(a.runs_dir), seeds=[int(s) for s in a.seeds.split(",")], budget=a.budget, epochs=a.epochs,
                     defenses=a.defenses.split(","), open_tail=not a.no_open_tail, observe_count=a.observe_count,
-                    attacks=a.attacks.split(","), log=None, sigma=a.sigma)
+                    attacks=a.attacks.split(","), log=None, sigma=a.sigma, **backend)
     print(json.dumps({"headline": str(Path(a.out) / "headline.md"), "seconds": rep["seconds"]}))
 
 

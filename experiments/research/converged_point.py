@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from clicooper import rundir
+from clicooper import rundir, sweep
 from clicooper.attacks.budgets import settings_for
 from clicooper.attacks.runner import run_attack
 from clicooper.report import make_report, train_baseline
@@ -150,6 +150,12 @@ def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_m
     }
 
 
+def seed_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One seed of the point, a task of :func:`clicooper.sweep.run_tasks`: :func:`one_seed` with the task's
+    arguments."""
+    return one_seed(**task)
+
+
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Means and intervals over the seeds, and the goal part by part (inversion on converged figures only)."""
     def ci(vals: list[float]) -> list[float]:
@@ -251,15 +257,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="known-plaintext pair counts run beside the report's (comma-separated; '' for none)")
     ap.add_argument("--known-samples", default="100",
                     help="known-sample inference's labelled samples per class, run beside the report's k = 1 and 10")
+    sweep.add_options(ap, threads_default=torch.get_num_threads())  # one task per seed; training itself on one
     args = ap.parse_args(argv)
+    backend = sweep.options(ap, args)
     counts = tuple(int(c) for c in args.known_plaintext.split(",") if c.strip())
     ks = tuple(int(c) for c in args.known_samples.split(",") if c.strip())
     setting = Setting(args.model, args.sigma, "clicooper", nopeek=args.nopeek, expansion=args.expansion,
                       secret_head=args.secret_head, adversary=args.adversary)
     runs, results = Path(args.runs), Path(args.results)
     runs.mkdir(parents=True, exist_ok=True)
-    per_seed = [one_seed(setting, int(s), runs, budget=args.budget, baseline_model=args.baseline_model,
-                         attacks=args.attacks, known_counts=counts, known_ks=ks) for s in args.seeds.split(",")]
+    tasks = [{"setting": setting, "seed": int(s), "runs": runs, "budget": args.budget,
+              "baseline_model": args.baseline_model, "attacks": args.attacks, "known_counts": counts,
+              "known_ks": ks} for s in args.seeds.split(",")]
+    per_seed = sweep.run_tasks(seed_task, tasks, **backend)
     summary = summarise(per_seed)
     results.mkdir(parents=True, exist_ok=True)
     rundir.write_json(results / "summary.json", {"setting": setting.__dict__, "budget": args.budget,

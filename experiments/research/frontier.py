@@ -28,18 +28,20 @@ reference run (docs/design/metrics.md#informative-figures); the table says so pe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import clicooper.models.private  # noqa: F401  (registers the fmnist-private-* models in the zoo)
+from clicooper import sweep
 from clicooper.attacks.budgets import DESCRIPTIONS, settings_for
 from clicooper.attacks.runner import run_attack
 from clicooper.data import load_dataset
@@ -277,10 +279,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached rows")
     ap.add_argument("--reevaluate", action="store_true", help="re-read the cached rows' test accuracy from their "
                     "model files (the local path with the cut's clip), then rebuild the report")
-    ap.add_argument("--threads", type=int, default=1)
+    sweep.add_options(ap, threads_flags=("--threads", "--threads-per-task"))  # each point-seed task's threads
     ap.add_argument("--suite", default="", help="comma-separated attacks to add to every row at the report's demo "
                     f"budget ({', '.join(SUITE)}); cached rows get only the ones they lack")
     ap.add_argument("--seed", type=int, default=0, help="training and attack seed (use one --runs directory per seed)")
+    ap.add_argument("--seeds", default="", help="comma-separated seeds instead of --seed: every point at every seed "
+                    "(one task each), one folder per seed: put {seed} in --runs and --results (runs/s{seed})")
     ap.add_argument("--summary", default="", help="comma-separated --runs directories (one per seed): print the "
                     "mean and 95 %% interval per setting over them (and write RESULTS/frontier_seeds.{json,md})")
     return ap
@@ -315,15 +319,27 @@ def _write_seed_summary(run_dirs: str, results: Path) -> None:
     print(table)
 
 
-def _sweep(grid: list[Setting], b: Budget, runs: Path) -> None:
-    dataset = load_dataset("fashion-mnist")
-    for s in grid:
-        t = time.time()
-        row = measure(s, b, runs, dataset)
-        print(f"[frontier] {s.tag}: acc {row['test_acc']:.4f} alone {row['do_alone_acc']:.4f} "
-              f"share {row['do_flop_share']:.3f} "
-              + " ".join(f"{lv} {row['inversion'][lv]['ssim']:.3f}" for lv in LEVELS if row['inversion'].get(lv))
-              + f" ({time.time() - t:.0f} s)", flush=True)
+@functools.cache
+def _fashion_mnist() -> Any:
+    return load_dataset("fashion-mnist")  # once per process: a Ray worker runs several tasks
+
+
+def measure_task(task: tuple[Setting, Budget, Path]) -> dict[str, Any]:
+    """One point at one seed, a task of :func:`clicooper.sweep.run_tasks`: :func:`measure`, and a line."""
+    s, b, runs = task
+    t = time.time()
+    row = measure(s, b, runs, _fashion_mnist())
+    print(f"[frontier] {s.tag} seed {b.seed}: acc {row['test_acc']:.4f} alone {row['do_alone_acc']:.4f} "
+          f"share {row['do_flop_share']:.3f} "
+          + " ".join(f"{lv} {row['inversion'][lv]['ssim']:.3f}" for lv in LEVELS if row['inversion'].get(lv))
+          + f" ({time.time() - t:.0f} s)", flush=True)
+    return row
+
+
+def _sweep(grid: list[Setting], b: Budget, runs_of: dict[int, Path], **backend: Any) -> None:
+    """Every point at every seed of ``runs_of`` (seed → its runs folder), seed by seed, one task each."""
+    tasks = [(s, replace(b, seed=seed), runs) for seed, runs in runs_of.items() for s in grid]
+    sweep.run_tasks(measure_task, tasks, **backend)
 
 
 def reevaluate(runs: Path) -> None:
@@ -356,22 +372,38 @@ def _write_reports(runs: Path, res: Path, command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+    ap = _parser()
+    a = ap.parse_args(argv)
     if a.summary:
         _write_seed_summary(a.summary, Path(a.results))
         return 0
-    torch.set_num_threads(a.threads)
-    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=a.seed,
+    backend = sweep.options(ap, a)
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]
+    except ValueError:
+        ap.exit(2, f"{ap.prog}: error: --seeds {a.seeds}: give whole numbers separated by commas (0,1,2)\n")
+    if len(seeds) > 1 and not ("{seed}" in a.runs and "{seed}" in a.results):
+        ap.exit(2, f"{ap.prog}: error: --seeds: put {{seed}} in --runs and --results (one folder per seed, "
+                "e.g. --runs runs/s{seed})\n")
+    unknown = sorted(set(filter(None, a.suite.split(","))) - set(SUITE))
+    if unknown:  # before any task starts
+        ap.exit(2, f"{ap.prog}: error: --suite: unknown attack(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}\n")
+    torch.set_num_threads(a.threads_per_task)
+    b = Budget(train=a.train, epochs=a.epochs, victims=a.victims, attack_steps=a.attack_steps, seed=seeds[0],
                suite=tuple(filter(None, a.suite.split(","))))
-    runs, res = Path(a.runs), Path(a.results)
-    runs.mkdir(parents=True, exist_ok=True)
-    res.mkdir(parents=True, exist_ok=True)
+    runs_of = {s: Path(a.runs.replace("{seed}", str(s))) for s in seeds}
+    res_of = {s: Path(a.results.replace("{seed}", str(s))) for s in seeds}
+    for s in seeds:
+        runs_of[s].mkdir(parents=True, exist_ok=True)
+        res_of[s].mkdir(parents=True, exist_ok=True)
     if a.reevaluate:
-        reevaluate(runs)
+        for s in seeds:
+            reevaluate(runs_of[s])
     elif not a.report_only:
-        _sweep(grid_of(a.quick, a.only, a.extra), b, runs)
+        _sweep(grid_of(a.quick, a.only, a.extra), b, runs_of, **backend)
     command = "python -m experiments.research.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
-    _write_reports(runs, res, command)
+    for s in seeds:
+        _write_reports(runs_of[s], res_of[s], command)
     return 0
 
 
