@@ -83,6 +83,20 @@ def test_no_development_history_in_user_docs() -> None:
     assert not found, "development history belongs in CHANGELOG.md or docs/research/:\n" + "\n".join(found)
 
 
+def test_no_development_history_in_the_api_reference() -> None:
+    # the docstrings (and field descriptions) that the site's API reference renders are user documentation too
+    modules = [m for page in sorted((ROOT / "docs" / "reference").glob("*.md"))
+               for m in re.findall(r"^:::\s*([\w.]+)", page.read_text("utf-8"), re.M)]
+    assert "clicooper.config.presets" in modules
+    found = []
+    for module in modules:
+        path = ROOT / "src" / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        found += [f"{path.relative_to(ROOT)}:{i}: {m.group(0)!r}"
+                  for i, line in enumerate(path.read_text("utf-8").splitlines(), 1) for m in HISTORY.finditer(line)]
+    assert not found, "\n".join(found)
+
+
 def test_changelog_exists() -> None:
     assert (ROOT / "CHANGELOG.md").read_text("utf-8").startswith("# Changelog")
 

@@ -167,3 +167,51 @@ def test_every_documented_option_exists() -> None:
                     bad.append(f"{where} {flag}: {sorted(unknown)} not accepted")
     assert seen > 200, f"only {seen} documented options found: the scan is broken"
     assert not bad, "\n".join(bad)
+
+
+# ---- what the code's own docstrings say about the code --------------------------------------------------------
+SRC = ROOT / "src"
+MOD_REF = re.compile(r":mod:`~?(\.?[\w.]+)`")
+
+
+def _module_exists(dotted: str) -> bool:
+    path = SRC.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def module_references() -> list[tuple[str, str]]:
+    """(module, referenced module) for every :mod: reference in a clicooper module docstring."""
+    import ast
+
+    refs = []
+    for path in sorted((SRC / "clicooper").rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text("utf-8"))) or ""
+        parts = path.relative_to(SRC).with_suffix("").parts
+        package = ".".join(parts[:-1])  # a package's __init__ and a module both resolve "." in their package
+        for m in MOD_REF.finditer(doc):
+            ref = m.group(1)
+            full = package + ref if ref.startswith(".") else ref
+            if full.startswith("clicooper"):
+                refs.append((".".join(parts), full))
+    return refs
+
+
+def test_module_references_are_found() -> None:
+    refs = module_references()
+    assert ("clicooper.privacy.__init__", "clicooper.privacy.defaults") in refs
+    assert not _module_exists("clicooper.privacy.presets") and _module_exists("clicooper.config.presets")
+
+
+@pytest.mark.parametrize("where,ref", module_references())
+def test_module_docstring_names_a_real_module(where: str, ref: str) -> None:
+    assert _module_exists(ref), f"{where}'s docstring names {ref}, which does not exist"
+
+
+def test_wire_records_name_the_transcript_hash_in_use() -> None:
+    import ast
+
+    from clicooper.provenance.transcript import TRANSCRIPT_HASH
+
+    doc = ast.get_docstring(ast.parse((SRC / "clicooper/protocol/messages.py").read_text("utf-8"))) or ""
+    named = set(re.findall(r"\b(BLAKE3|SHA-256|SHA-512|BLAKE2b?)\b running hash", doc))
+    assert named == {TRANSCRIPT_HASH.upper()}, f"protocol/messages.py names {named}; transcripts use {TRANSCRIPT_HASH}"
