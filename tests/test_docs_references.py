@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
-    [p for d in ("src", "tests") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".proto", ".pyi", ".toml")]
+    [p for d in ("src", "tests", "experiments", "benchmarks", "testbed") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".proto", ".pyi", ".toml")]
     + [ROOT / "README.md", ROOT / "Makefile", ROOT / "pyproject.toml"]
 )
 DOC_REF = re.compile(r"docs/[\w./-]+?\.md(?:#[^\s)`'\"\],;]+)?")
