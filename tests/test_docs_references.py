@@ -5,6 +5,7 @@ cites the design by section number of a file outside the repository. (Links insi
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -215,3 +216,28 @@ def test_wire_records_name_the_transcript_hash_in_use() -> None:
     doc = ast.get_docstring(ast.parse((SRC / "clicooper/protocol/messages.py").read_text("utf-8"))) or ""
     named = set(re.findall(r"\b(BLAKE3|SHA-256|SHA-512|BLAKE2b?)\b running hash", doc))
     assert named == {TRANSCRIPT_HASH.upper()}, f"protocol/messages.py names {named}; transcripts use {TRANSCRIPT_HASH}"
+
+
+OWN_TOP_LEVEL = {"clicooper", "experiments", "benchmarks", "testbed", "support"}
+
+
+def test_every_documented_python_module_exists() -> None:
+    # `python -m X` in README.md, CHANGELOG.md and docs/: X is the package's, a top-level folder's
+    # (experiments/, benchmarks/) or the tests' support package. A line that runs an older tree
+    # (PYTHONPATH=<worktree>/src) names that tree's modules.
+    roots = [ROOT / "src", ROOT, ROOT / "tests"]
+    missing = []
+    for page in [*DOC_PAGES, ROOT / "CHANGELOG.md"]:
+        for i, line in enumerate(page.read_text("utf-8").splitlines(), 1):
+            if "<worktree>" in line:
+                continue
+            for module in re.findall(r"\bpython3? -m ([A-Za-z_][\w.]*\w)", line):
+                parts = module.split(".")
+                if parts[0] not in OWN_TOP_LEVEL:  # a tool's (pip, pytest, venv): installed where the docs run
+                    if importlib.util.find_spec(parts[0]) is None:
+                        missing.append(f"{page.relative_to(ROOT)}:{i}: python -m {module}")
+                    continue
+                if not any(r.joinpath(*parts).with_suffix(".py").is_file() or (r.joinpath(*parts) / "__init__.py").is_file()
+                           or (r.joinpath(*parts) / "__main__.py").is_file() for r in roots):
+                    missing.append(f"{page.relative_to(ROOT)}:{i}: python -m {module}")
+    assert not missing, "\n".join(missing)
