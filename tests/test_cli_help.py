@@ -124,3 +124,16 @@ def test_plan_table_numbers_do_not_wrap_mid_digit() -> None:
     con.print(plan_table(plan))
     text = con.export_text()
     assert "123,456,789" in text and "98,765,432,100" in text
+
+
+def test_python_dash_m_clicooper_is_the_console_script() -> None:
+    """``python -m clicooper`` works as the installed command does (the guides and the docs use both)."""
+    import subprocess
+    import sys
+
+    import clicooper
+
+    out = subprocess.run([sys.executable, "-m", "clicooper", "--version"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"clicooper {clicooper.__version__}"
