@@ -45,7 +45,7 @@ def _option_help(text: str, option: str) -> str:
 
 
 @pytest.mark.parametrize(("option", "default"), [("--epochs", "default 5"), ("--batch-size", "default 128"),
-                                                 ("--lr", "default 0.001"), ("--micro-batches", "default 1")])
+                                                 ("--lr", "default 0.001"), ("--trainers", "default 2")])
 def test_training_options_are_described_with_their_defaults(option: str, default: str) -> None:
     text = _option_help(_help("train", columns=200), option)
     assert default in text, text
@@ -124,3 +124,16 @@ def test_plan_table_numbers_do_not_wrap_mid_digit() -> None:
     con.print(plan_table(plan))
     text = con.export_text()
     assert "123,456,789" in text and "98,765,432,100" in text
+
+
+def test_python_dash_m_clicooper_is_the_console_script() -> None:
+    """``python -m clicooper`` works as the installed command does (the guides and the docs use both)."""
+    import subprocess
+    import sys
+
+    import clicooper
+
+    out = subprocess.run([sys.executable, "-m", "clicooper", "--version"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"clicooper {clicooper.__version__}"

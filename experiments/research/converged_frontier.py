@@ -156,12 +156,12 @@ def _mark(v: bool | None) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     heads = [h for h, _, _ in COLUMNS if any(h in r["levels"] for r in rows)]
-    L = ["# The residual-model frontier under converging attackers (issue 14)\n",
+    L = ["# The residual-model frontier under converging attackers\n",
          "Written by `python -m experiments.research.converged_frontier` from `converged_point` summaries "
          "(commands in the README beside this file). Means with 95 % t-intervals over the seeds. `≥`: some seed's "
          "figure had not converged at the budget (its last doubling moved it by ≥ 0.01), so the mean is a lower "
-         "bound. The reference's attacks ran at the report's baseline share of the steps (¼ by default). Goal "
-         "(item 4): accuracy ≥ undefended − 1 pt / trainers' gain ≥ +3 pt / every inversion level ≤ class floor "
+         "bound. The reference's attacks ran at the report's baseline share of the steps (¼ by default). Goal: "
+         "accuracy ≥ undefended − 1 pt / trainers' gain ≥ +3 pt / every inversion level ≤ class floor "
          "+ 0.03 / DO share ≤ 15 %; `?` = undetermined (a figure under the bound had not converged).\n",
          "| point | seeds | budget | acc | Δ (pt) | DO-alone | gain (pt) | DO share | ε (seed 0) | " + " | ".join(heads)
          + " | class floor (white-box victims) | strongest − class floor | goal |",

@@ -227,7 +227,7 @@ def markdown(setting: Setting, budget: str, s: dict[str, Any]) -> str:
         L.append(f"| {k} | {_fmt(e['score'])} | {e['converged_seeds']}/{e['seeds']} | "
                  f"{_fmt(e['class_floor']) if 'class_floor' in e else '–'} | {_fmt(e['floor'])} | {_fmt(e['baseline_score'])} |")
     worst = g["inversion_worst_over_class_floor"]
-    L += ["\n## The goal (issue 14, item 4), part by part\n",
+    L += ["\n## The goal, part by part\n",
           f"- accuracy ≥ undefended − 1 pt: {'met' if g['accuracy'] else 'not met'} (Δ {_fmt(s['delta_pt'], 2)} pt)",
           f"- trainers' gain ≥ +3 pt: {'met' if g['gain'] else 'not met'} ({_fmt(s['gain_pt'], 2)} pt)",
           f"- every inversion level ≤ class floor + 0.03: {_verdict(g['inversion'])} (strongest mean − "
