@@ -232,7 +232,7 @@ for _name, _k in PRIVATE_RESNETS.items():
                     "res48 | res96/2 | res96 | avgpool fc")(_private_resnet(_k))
 
 
-# ------------------------------------------------------------------ the depth axis of fmnist-resnet20 (issue 30)
+# ------------------------------------------------------------------------- the depth axis of fmnist-resnet20
 _GN = {"type": "GroupNorm", "num_groups": 8}  # the DO's norm: BatchNorm mixes the samples a DP release protects
 
 
