@@ -304,6 +304,6 @@ for _h in RESNET20_HEADS:
         if (_h, _t) != (0, "linear"):
             register(resnet20_depth_name(_h, _t),
                      f"fmnist-resnet20, DO head conv16{' + ' + str(_h) + '×res16 (GroupNorm)' if _h else ''} | "
-                     f"{9 - _h - (_t == 'block')} residual blocks | DO tail "
-                     + {"linear": "fc", "mlp": "avgpool | fc128 fc128 fc", "block": "res64 (GroupNorm) avgpool fc"}[_t]
+                     f"{9 - _h - (_t == 'block')} residual blocks{'' if _t == 'block' else ', avgpool'} | DO tail "
+                     + {"linear": "fc", "mlp": "fc128 fc128 fc", "block": "res64 (GroupNorm) avgpool fc"}[_t]
                      )(_resnet20_depth(_h, _t))
