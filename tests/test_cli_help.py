@@ -45,7 +45,7 @@ def _option_help(text: str, option: str) -> str:
 
 
 @pytest.mark.parametrize(("option", "default"), [("--epochs", "default 5"), ("--batch-size", "default 128"),
-                                                 ("--lr", "default 0.001"), ("--micro-batches", "default 1")])
+                                                 ("--lr", "default 0.001"), ("--trainers", "default 2")])
 def test_training_options_are_described_with_their_defaults(option: str, default: str) -> None:
     text = _option_help(_help("train", columns=200), option)
     assert default in text, text

@@ -12,7 +12,7 @@ from typer import rich_utils
 from typer.core import TyperCommand
 
 from clicooper.cli import attacks, info, net, provenance, security, train
-from clicooper.cli.common import _show, emit_json, err
+from clicooper.cli.common import _show, emit_json, err, set_hint
 
 #: --help wider than rich's 80-column default when it is not shown on a terminal (a pipe, a file, a pager),
 #: so that option help is not cut mid-word; on a terminal rich reads its real width.
@@ -23,7 +23,20 @@ if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.st
 
 class _Command(TyperCommand):
     """A command whose ``--help`` shows on/off options as flags (``--stream``, ``--provenance/--no-provenance``)
-    rather than with a ``<bool>`` value, which they do not take."""
+    rather than with a ``<bool>`` value, which they do not take, and whose unknown option that names a config
+    field says how to set it (``--momentum`` → ``--set momentum=VALUE``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as e:  # typer's own click: its NoSuchOption carries option_name
+            name = getattr(e, "option_name", None)
+            if isinstance(name, str) and any(p.name in ("sets", "defense_specs") for p in self.params):
+                hint = set_hint(name)
+                if hint is not None:
+                    e.message = f"No such option: {name}; {hint}"  # type: ignore[attr-defined]
+                    e.possibilities = None  # type: ignore[attr-defined]  # the hint replaces click's guesses
+            raise
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)  # with --help, which is made per call
@@ -50,6 +63,7 @@ app.command("evaluate", cls=_Command)(train.evaluate)
 app.command("predict", cls=_Command)(train.predict)
 app.command("plan", cls=_Command)(train.plan)
 app.command("models", cls=_Command)(info.models)
+app.command("fields", cls=_Command)(info.fields)
 app.command("export", cls=_Command)(train.export)
 app.command("keygen", cls=_Command)(provenance.keygen)
 app.command("verify", cls=_Command)(provenance.verify)
