@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,17 @@ def known_sample_rows(run: Path, base: Path, *, budget: str, ks: tuple[int, ...]
 
 
 def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_model: str,
-             attacks: str, known_counts: tuple[int, ...] = (100,), known_ks: tuple[int, ...] = (100,)) -> dict[str, Any]:
-    """Train (or reuse) one seed's run and report it; the figures the summary reads."""
+             attacks: str, known_counts: tuple[int, ...] = (100,), known_ks: tuple[int, ...] = (100,),
+             train_rows: int | None = None, epochs: int | None = None,
+             config_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse) one seed's run and report it; the figures the summary reads. ``train_rows`` and
+    ``epochs`` replace the sweep's 15,000 rows and 3 epochs, and ``config_extra`` is merged into the run's
+    config (e.g. a learning-rate schedule and augmentation); the baseline takes the same config."""
     b = Budget(seed=seed)
+    if train_rows is not None:
+        b = replace(b, train=train_rows)
+    if epochs is not None:
+        b = replace(b, epochs=epochs)
     run = runs / f"{setting.tag}_s{seed}"
     if not (run / "metrics.json").is_file():
         if run.exists():
@@ -122,7 +131,7 @@ def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_m
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the sweep's protocol: one thread per run (the attacks then use every core)
         try:
-            train(run_config(setting, b), out=run)
+            train({**run_config(setting, b), **(config_extra or {})}, out=run)
         finally:
             torch.set_num_threads(threads)
     def progress(m: str) -> None:

@@ -230,3 +230,80 @@ PRIVATE_RESNETS = {"fmnist-resnet-s4": 4, "fmnist-resnet-s8": 8, "fmnist-resnet-
 for _name, _k in PRIVATE_RESNETS.items():
     register(_name, f"private residual: conv32 5×5/2 + 1×1→{_k} + avgpool, unit norm ({_k}×7×7 cut, DO) | "
                     "res48 | res96/2 | res96 | avgpool fc")(_private_resnet(_k))
+
+
+# ------------------------------------------------------------------------- the depth axis of fmnist-resnet20
+_GN = {"type": "GroupNorm", "num_groups": 8}  # the DO's norm: BatchNorm mixes the samples a DP release protects
+
+
+def _do_block(out: int) -> list[dict[str, Any]]:
+    """:func:`_block` with GroupNorm instead of BatchNorm, for a residual block the DO computes (a release made
+    from batch statistics is refused under DP defenses: :func:`clicooper.models.blueprint.check_batch_norm`)."""
+    return [{"type": "Residual", "body": [_conv(out), _GN, _RELU, _conv(out), _GN]}, _RELU]
+
+
+#: The tails of the depth axis: the final Linear (as ``fmnist-resnet20``), a small MLP (two hidden layers of
+#: 128 on the pooled 64-d features), or the last residual block with the pooling and the Linear.
+RESNET20_TAILS = ("linear", "mlp", "block")
+#: The DO's head blocks of the depth axis: the stem alone (as ``fmnist-resnet20``), + one or + two blocks.
+RESNET20_HEADS = (0, 1, 2)
+
+
+def resnet20_depth_name(head_blocks: int, tail: str) -> str:
+    """The built-in name of a depth-axis variant: ``fmnist-resnet20`` with ``-hN`` for N residual blocks in
+    the DO's head and ``-tmlp`` / ``-tblock`` for a thicker DO tail (the stem alone and the Linear tail
+    are ``fmnist-resnet20`` itself)."""
+    if head_blocks not in RESNET20_HEADS or tail not in RESNET20_TAILS:
+        raise ConfigError(f"no depth variant with {head_blocks} head blocks and tail {tail!r}; head blocks "
+                          f"{RESNET20_HEADS}, tails {RESNET20_TAILS}")
+    return "fmnist-resnet20" + (f"-h{head_blocks}" if head_blocks else "") + ("" if tail == "linear" else f"-t{tail}")
+
+
+def _resnet20_depth(head_blocks: int, tail: str) -> Builder:
+    """``fmnist-resnet20`` with ``head_blocks`` of its first stage's residual blocks moved into the DO's head
+    and its tail as ``tail`` (:data:`RESNET20_TAILS`). The layers the DO computes use GroupNorm (8 groups);
+    the trainers' blocks keep BatchNorm. The DO's head and tail are each ONE layer of the ``nn.Sequential``
+    (a nested ``nn.Sequential``), so the partitioner puts all of it at the DO (a head or tail is one unit);
+    the cut is 16×28×28 for every head, as for ``fmnist-resnet20``."""
+
+    def build(input_shape: tuple[int, ...], num_outputs: int) -> nn.Sequential:
+        name = resnet20_depth_name(head_blocks, tail)
+        if len(input_shape) != 3:
+            raise ConfigError(private.image_model_problem(name, input_shape, "(C, 28, 28)"))
+        if tuple(input_shape[1:]) != (28, 28):
+            raise ConfigError(f"{name} expects 28×28 inputs, got "
+                              f"{'×'.join(str(s) for s in input_shape[1:])}; use another --model")
+        base = _resnet_stages(16, (16, 32, 64), 3)
+        stem, trainers = base[0], base[1:-3]  # trainers: BN + ReLU, then 9 × (block, ReLU), then the pool
+        if head_blocks:
+            # the stem's BatchNorm + ReLU and the first head_blocks blocks move to the DO, with GroupNorm
+            head = [stem, _GN, _RELU, *[x for _ in range(head_blocks) for x in _do_block(16)]]
+            trainers = trainers[2 + 2 * head_blocks:]
+        else:
+            head = [stem]
+        if tail == "block":  # the last block (64 → 64, stride 1, no projection) moves to the DO
+            trainers = trainers[:-2]
+            tail_spec = [*_do_block(64), {"type": "AdaptiveAvgPool2d", "output_size": 1}, {"type": "Flatten"},
+                         {"type": "Linear", "out_features": "outputs"}]
+        else:
+            trainers = [*trainers, {"type": "AdaptiveAvgPool2d", "output_size": 1}]  # the pool stays with them
+            hidden = [{"type": "Linear", "out_features": 128}, _RELU] * 2 if tail == "mlp" else []
+            tail_spec = [{"type": "Flatten"}, *hidden, {"type": "Linear", "out_features": "outputs"}]
+        # built (and validated) as one flat spec, then grouped: grouping moves no weight
+        flat = list(spec.build_model([*head, *trainers, *tail_spec], input_shape, num_outputs))
+        nh, nt = len(head), len(tail_spec)
+        grouped = [nn.Sequential(*flat[:nh]) if nh > 1 else flat[0], *flat[nh:len(flat) - nt],
+                   nn.Sequential(*flat[len(flat) - nt:])]
+        return nn.Sequential(*grouped)
+
+    return build
+
+
+for _h in RESNET20_HEADS:
+    for _t in RESNET20_TAILS:
+        if (_h, _t) != (0, "linear"):
+            register(resnet20_depth_name(_h, _t),
+                     f"fmnist-resnet20, DO head conv16{' + ' + str(_h) + '×res16 (GroupNorm)' if _h else ''} | "
+                     f"{9 - _h - (_t == 'block')} residual blocks{'' if _t == 'block' else ', avgpool'} | DO tail "
+                     + {"linear": "fc", "mlp": "fc128 fc128 fc", "block": "res64 (GroupNorm) avgpool fc"}[_t]
+                     )(_resnet20_depth(_h, _t))
