@@ -5,32 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import typer
 from typer import rich_utils
-from typer.core import TyperCommand
 
 from clicooper.cli import attacks, info, net, provenance, security, train
 from clicooper.cli.common import _show, emit_json, err
+from clicooper.cli.helpfmt import Command
 
 #: --help wider than rich's 80-column default when it is not shown on a terminal (a pipe, a file, a pager),
 #: so that option help is not cut mid-word; on a terminal rich reads its real width.
 HELP_WIDTH = 120
 if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
     rich_utils.MAX_WIDTH = HELP_WIDTH
-
-
-class _Command(TyperCommand):
-    """A command whose ``--help`` shows on/off options as flags (``--stream``, ``--provenance/--no-provenance``)
-    rather than with a ``<bool>`` value, which they do not take."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)  # with --help, which is made per call
-        for p in params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""  # typer's help shows the metavar, when set, in place of the type
-        return params
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CliCooper: cooperative split learning.")
@@ -45,24 +32,24 @@ def _root(
     """CliCooper: cooperative split learning."""
 
 
-app.command("train", epilog=train.presets_epilog(), cls=_Command)(train.train)
-app.command("evaluate", cls=_Command)(train.evaluate)
-app.command("predict", cls=_Command)(train.predict)
-app.command("plan", cls=_Command)(train.plan)
-app.command("models", cls=_Command)(info.models)
-app.command("export", cls=_Command)(train.export)
-app.command("keygen", cls=_Command)(provenance.keygen)
-app.command("verify", cls=_Command)(provenance.verify)
-app.command("reveal", cls=_Command)(provenance.reveal_cmd)
-app.command("prove", cls=_Command)(provenance.prove)
-app.command("audit", cls=_Command)(security.audit)
-app.command("attack", cls=_Command)(attacks.attack)
-app.command("report", cls=_Command)(attacks.report)
-app.command("node", cls=_Command)(net.node)
-app.command("certs", cls=_Command)(net.certs)
-app.command("launch", cls=_Command)(net.launch)
+app.command("train", epilog=train.presets_epilog(), cls=Command)(train.train)
+app.command("evaluate", cls=Command)(train.evaluate)
+app.command("predict", cls=Command)(train.predict)
+app.command("plan", cls=Command)(train.plan)
+app.command("models", cls=Command)(info.models)
+app.command("export", cls=Command)(train.export)
+app.command("keygen", cls=Command)(provenance.keygen)
+app.command("verify", cls=Command)(provenance.verify)
+app.command("reveal", cls=Command)(provenance.reveal_cmd)
+app.command("prove", cls=Command)(provenance.prove)
+app.command("audit", cls=Command)(security.audit)
+app.command("attack", cls=Command)(attacks.attack)
+app.command("report", cls=Command)(attacks.report)
+app.command("node", cls=Command)(net.node)
+app.command("certs", cls=Command)(net.certs)
+app.command("launch", cls=Command)(net.launch)
 observations = typer.Typer(no_args_is_help=True, help="What trainers received, for `clicooper report`.")
-observations.command("import", cls=_Command)(net.observations_import)
+observations.command("import", cls=Command)(net.observations_import)
 app.add_typer(observations, name="observations")
 
 

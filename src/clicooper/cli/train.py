@@ -91,12 +91,12 @@ def train(
     test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
     image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
     image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
-    stream: bool = typer.Option(None, "--stream", help="data.stream: read training samples from their files per "
+    stream: bool = typer.Option(None, "--stream/--no-stream", help="data.stream: read training samples from their files per "
                                 "batch with DataLoader workers (data too large for memory; same weights)"),
     workers: int = typer.Option(None, help="data.workers: DataLoader worker processes of --stream (default 2)"),
     crop_padding: int = typer.Option(None, help="data.crop_padding: augment training images by a random crop "
                                      "after N pixels of zero padding (public draws per epoch and sample id)"),
-    flip: bool = typer.Option(None, "--flip", help="data.flip: augment training images by a random horizontal flip"),
+    flip: bool = typer.Option(None, "--flip/--no-flip", help="data.flip: augment training images by a random horizontal flip"),
     model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
     trainers: int = typer.Option(None, help="number of trainer clients K"),
@@ -112,7 +112,7 @@ def train(
     momentum: float = typer.Option(None, "--momentum", help="sgd: Nesterov momentum (default 0.9)"),
     wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32 | bf16 | fp16 | int8 (row-scaled): how "
                                    "activations and gradients travel, after the privacy mechanisms"),
-    overlap_steps: bool = typer.Option(None, "--overlap-steps", help="opt-in, changes the result: send step s + 1 "
+    overlap_steps: bool = typer.Option(None, "--overlap-steps/--no-overlap-steps", help="opt-in, changes the result: send step s + 1 "
                                        "while step s's gradients return (the DO's head one step stale); "
                                        "hides wide-area latency"),
     head_mode: str = typer.Option(None, "--head-mode", help="learned | secret-random (the DO's head drawn from its "
@@ -129,7 +129,7 @@ def train(
         "--seed gives the same weights (README 'Which runs are reproducible')",
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
-    record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive"),
+    record_observations: bool = typer.Option(None, "--record-observations/--no-record-observations", help="record what trainers receive"),
     observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all. Size ≈ rows × values per sample at each "
                                 "trainer's input and output × 4 bytes per epoch; config fields observe_count (rows of "
                                 "the subset) and observe_dtype = float16 | bfloat16 (half the bytes) make it smaller"),
@@ -161,7 +161,7 @@ def train(
     clip_norm: float = typer.Option(None, help="dp.clip_norm: per-sample L2 clip S of the head output (default 1)"),
     delta: float = typer.Option(None, help="dp.delta of every (ε, δ) report (default 1e-5)"),
     protect_gradients: bool = typer.Option(
-        None, "--protect-gradients", help="dp.protect_gradients: also clip + noise the gradient the DO sends back "
+        None, "--protect-gradients/--no-protect-gradients", help="dp.protect_gradients: also clip + noise the gradient the DO sends back "
         "to the last trainer (U-shape; needs --grad-clip-norm)",
     ),
     grad_clip_norm: float = typer.Option(None, help="dp.grad_clip_norm: per-sample clip of that gradient"),
