@@ -89,7 +89,7 @@ def test_json_errors_from_a_command_and_from_a_bad_option_value(tmp_path, capsys
     assert not (tmp_path / "R").exists()
 
 
-@pytest.mark.parametrize("cmd", ["report", "attack", "plan"])  # train's 60 options: wide help (below) only
+@pytest.mark.parametrize("cmd", ["train", "report", "attack", "plan"])
 def test_help_not_cut_at_80_columns(cmd: str) -> None:
     text = _raw_help(cmd, columns=80)
     assert max(len(ln) for ln in text.splitlines()) <= 80

@@ -80,3 +80,5 @@ def test_smoke_baseline_trains_on_fewer_rows_and_the_report_says_so(digits_run: 
     md = render_markdown(rep)
     assert md.count(note) == 2  # beside the accuracy cost and in the table of the two runs
     assert "not converged" in md.lower()
+    assert set(rep["phase_seconds"]) == {"baseline", "do_alone", "attacks", "figures"}  # where the time went
+    assert f"baseline {rep['phase_seconds']['baseline']:g} s" in md

@@ -13,6 +13,7 @@ attack figures); rendering is :mod:`.markdown` and :mod:`.plots`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -266,12 +267,14 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         raise AttackError(f"{run_dir} has no observations: the run was trained without recording them; "
                           "retrain with --record-observations")
     out_dir.mkdir(parents=True, exist_ok=True)
+    marks = {"start": time.time()}  # seconds per phase, in report.json
     base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress, own,
                                                SMOKE_BASELINE_ROWS if budget == "smoke" else None)
     base = run_summary(base_dir)
     warnings = check_comparable(run, base, baseline_model)
     if trained_baseline and base["config"].get("train_range") != run["config"].get("train_range"):
         base["rows_note"] = _rows_note(run["config"].get("train_range"), base["config"].get("train_range"))
+    marks["baseline"] = time.time()
     if do_alone:
         known = None
         for summary, d in ((run, run_dir), (base, base_dir)):
@@ -279,6 +282,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
             summary["do_alone_acc"] = known["do_alone_acc"]
             summary["trainer_gain"] = (summary["test_acc"] - summary["do_alone_acc"]
                                        if summary["test_acc"] is not None else None)
+    marks["do_alone"] = time.time()
     results, base_results = _attack_both(names, run_dir, base_dir, budget, rerun, progress, warnings,
                                          baseline_scale, own)
     rows: list[dict[str, Any]] = []
@@ -286,6 +290,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         rows += level_rows(name, results[name], base_results[name])
     for why in (UNCONVERGED_BUDGETS[b] for b in {budget} if b in UNCONVERGED_BUDGETS):
         rows = [not_converged(r, why) for r in rows]
+    marks["attacks"] = time.time()
     figures = _figures((run_dir, base_dir, out_dir), names, results, base_results, rows,
                        (run["test_acc"], base["test_acc"]), f"defense {run['defense']}")
     budgets_used = sorted({r.get("settings", {}).get("budget", "unrecorded") for r in results.values()})
@@ -305,6 +310,8 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         "figures": figures,
         "warnings": warnings,
         "seconds": round(time.time() - t0, 1),
+        "phase_seconds": {k: round(marks[k] - marks[p], 1) for p, k in itertools.pairwise(marks)}
+                         | {"figures": round(time.time() - marks["attacks"], 1)},
     }
     rep["summary"] = summarize(rep)
     (out_dir / "report.json").write_text(json.dumps(rep, indent=2, default=str))
