@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tests.support.resume import interrupted_then_resumed
 
 from clicooper import rundir
 from clicooper.data.augment import Augmenter
 from clicooper.training import train
+from tests.support.resume import interrupted_then_resumed
 
 X = torch.rand(6, 3, 8, 8)
 IDS = torch.tensor([0, 4, 9, 17, 33, 101])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tests.conftest import needs_fmnist
 
 
 @needs_fmnist
 def test_bench_reports_reference_and_preset_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    from clicooper.experiments.bench import inprocess as bench
+    from benchmarks import inprocess as bench
 
     bench.main(["--steps", "2", "--repeats", "1", "--threads", "1"])
     out = json.loads(capsys.readouterr().out)
@@ -25,7 +26,7 @@ def test_bench_reports_reference_and_preset_ratios(capsys: pytest.CaptureFixture
 
 
 def test_bench_refuses_an_unknown_preset() -> None:
-    from clicooper.experiments.bench import inprocess as bench
+    from benchmarks import inprocess as bench
 
     with pytest.raises(SystemExit, match="unknown preset"):
         bench.main(["--steps", "1", "--repeats", "1", "--preset", "nope"])

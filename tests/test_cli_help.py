@@ -182,3 +182,16 @@ def test_switches_show_both_sides_and_no_turns_a_config_value_off(tmp_path) -> N
     cfg_file.write_text("dataset = \"digits\"\nmodel = \"digits-mlp\"\nrecord_observations = true\n")
     assert config_from_options(cfg_file, record_observations=False).record_observations is False
     assert config_from_options(cfg_file, record_observations=None).record_observations is True
+
+
+def test_python_dash_m_clicooper_is_the_console_script() -> None:
+    """``python -m clicooper`` works as the installed command does (the guides and the docs use both)."""
+    import subprocess
+    import sys
+
+    import clicooper
+
+    out = subprocess.run([sys.executable, "-m", "clicooper", "--version"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"clicooper {clicooper.__version__}"

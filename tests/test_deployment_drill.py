@@ -20,8 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from clicooper.net.node_base import NodeOptions
-from clicooper.net.wan.netns import PROFILES, WanBed, netns_unavailable
 from clicooper.provenance.identity import load_identity
+from testbed.netns import PROFILES, WanBed, netns_unavailable
 
 PARTIES = ("DO", "T1", "T2")
 REASON = netns_unavailable()

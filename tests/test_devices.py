@@ -1,6 +1,6 @@
 """Devices (issue 13 item 5): each party on its own device, bf16 autocast for trainers, the GPU script.
 
-Everything here runs on the CPU; a CUDA run is the prepared script's job (experiments/bench/gpu.py).
+Everything here runs on the CPU; a CUDA run is the prepared script's job (benchmarks/gpu.py).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from benchmarks import gpu
 from clicooper.cli import app
 from clicooper.config import make_config
 from clicooper.errors import ConfigError
-from clicooper.experiments.bench import gpu
 from clicooper.training import train
 
 TINY = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 1, "train_range": [0, 320],

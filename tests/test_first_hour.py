@@ -270,8 +270,8 @@ def test_stream_with_an_undecodable_image_leaves_no_half_made_run(tmp_path: Path
 
 
 # ---- a user's own nn.Sequential under --defense clicooper: export and predict ---------------------------------
-# README "Loading an exported model in plain PyTorch", verbatim (no clicooper import)
-README_CLIP = '''
+# docs/python-api.md "Loading an exported model in plain PyTorch", verbatim (no clicooper import)
+DOCS_CLIP = '''
 class ClipPerSample(nn.Module):
     """Clip each sample to L2 norm <= norm, as the data owner did at the cut in training."""
     def __init__(self, norm):
@@ -283,18 +283,18 @@ class ClipPerSample(nn.Module):
 '''
 
 
-def _readme_clip() -> type:
+def _docs_clip() -> type:
     import torch
     from torch import nn
 
     ns: dict[str, object] = {"nn": nn, "torch": torch}
-    exec(README_CLIP, ns)  # noqa: S102 - the README's own snippet, checked against the README below
+    exec(DOCS_CLIP, ns)  # noqa: S102 - the docs' own snippet, checked against the page below
     return ns["ClipPerSample"]  # type: ignore[return-value]
 
 
-def test_readme_writes_the_clip_module_the_test_uses() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
-    assert README_CLIP.strip() in readme
+def test_the_docs_write_the_clip_module_the_test_uses() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text("utf-8")
+    assert DOCS_CLIP.strip() in page
 
 
 def _own_digits_model():  # noqa: ANN202
@@ -327,12 +327,12 @@ def test_own_sequential_under_clicooper_exports_to_plain_pytorch_agreeing_with_p
     assert run.model[-1].out_features == 20
     code, _, stderr = run_cli("export", tmp_path / "R", "--out", tmp_path / "m.safetensors")
     assert code == 0, stderr
-    # the plain module the README writes down: the user's layers, the clip after the cut, the wider output layer,
+    # the plain module docs/python-api.md writes down: the user's layers, the clip after the cut, the wider output layer,
     # then Softmax and the 0/1 label decoding
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         meta = f.metadata()
     cut = json.loads(meta["cut_clip"])
-    clip = _readme_clip()
+    clip = _docs_clip()
     plain = nn.Sequential(*seq[: cut["after_layer"] + 1], clip(cut["norm"]), *seq[cut["after_layer"] + 1: -1],
                           nn.Linear(64, 20), nn.Softmax(dim=1), nn.Linear(20, 10, bias=False))
     plain.load_state_dict(load_file(tmp_path / "m.safetensors"))

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from tests.support.resume import interrupted_then_resumed
 
 from clicooper.config import make_config
 from clicooper.training import train
 from clicooper.training.do_alone import do_alone_accuracy
+from tests.support.resume import interrupted_then_resumed
 
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 3, "provenance": False,
        "train_range": (0, 320), "lr": 4e-3, "lr_schedule": "cosine"}

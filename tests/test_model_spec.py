@@ -273,10 +273,10 @@ def test_builtin_resnets_give_the_do_one_convolution_and_the_trainers_the_blocks
         zoo.build(name, (shape[0], 8, 8), 10, seed=0)
 
 
-def test_the_readme_model_file_builds(tmp_path: Path) -> None:
-    # prepare: the example of README "Your own model"
-    text = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
-    block = text.split("### Your own model", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_documented_model_file_builds(tmp_path: Path) -> None:
+    # prepare: the example of docs/reference/cli.md "Your own model"
+    text = (Path(__file__).parents[1] / "docs" / "reference" / "cli.md").read_text("utf-8")
+    block = text.split("## Your own model", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "model.toml").write_text(block)
     # execute
     mf = load_model_file(tmp_path / "model.toml")

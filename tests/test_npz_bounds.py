@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.bounded import run_bounded
 
 from clicooper.data import load_dataset
 from clicooper.errors import DataError
+from tests.support.bounded import run_bounded
 
 
 def _npy_header_only(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.support.resume import interrupted_then_resumed
-from tests.test_node_contract import max_weight_diff
 
 from clicooper.config import make_config
 from clicooper.errors import ConfigError, WireError
@@ -16,6 +14,8 @@ from clicooper.net.launch import launch_local
 from clicooper.parties.trainer import Trainer
 from clicooper.protocol.messages import Activations, Gradients, Header
 from clicooper.training import train
+from tests.support.resume import interrupted_then_resumed
+from tests.test_node_contract import max_weight_diff
 
 CFG = {"dataset": "digits", "model": "digits-mlp", "trainers": 2, "epochs": 2, "provenance": False,
        "train_range": (0, 320), "batch_size": 32, "micro_batches": 4, "overlap_steps": True}

@@ -216,7 +216,7 @@ def test_do_query_answers_come_only_from_the_tail_and_are_checked():
 def test_envelope_fuzz_campaign_finds_no_crash_and_no_disagreement():
     # execute: a few hundred mutated envelopes of every kind through both parse paths, the transport's receive
     # handler and the parties (results/fuzz/wire.json holds the long campaign)
-    from clicooper.experiments.research.fuzz_wire import campaign
+    from experiments.research.fuzz_wire import campaign
 
     report = campaign(60.0, seed=1, max_cases=400)
     # assert

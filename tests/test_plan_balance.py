@@ -1,4 +1,4 @@
-"""A warning on a lopsided plan: README's own two-block model with two trainers gives T1 a BatchNorm + ReLU
+"""A warning on a lopsided plan: the two-block model of docs/reference/cli.md with two trainers gives T1 a BatchNorm + ReLU
 (0 % of the FLOPs); `plan` and `train` say so, and what to do."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from clicooper.models.partition import PartyPlan, Plan, balance_warning
 
 runner = CliRunner()
 
-# README's "Your own model" example, verbatim in substance.
+# docs/reference/cli.md's "Your own model" example, verbatim in substance.
 TINY_RESNET = '''name = "tiny-resnet"
 [[layers]]
 type = "Conv2d"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clicooper.attacks.budgets import STEP_KEYS, settings_for
-from clicooper.experiments import demo
+from experiments import demo
 
 
 def test_quick_settings_are_a_defended_run_with_an_epsilon() -> None:

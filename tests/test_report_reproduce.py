@@ -1,4 +1,4 @@
-"""``clicooper.experiments.reproduce``: anchor extraction, multi-seed intervals and the markdown (no training here)."""
+"""``experiments.reproduce``: anchor extraction, multi-seed intervals and the markdown (no training here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clicooper.experiments import reproduce as rp
+from experiments import reproduce as rp
 
 
 def _lv(score: float, floor: float, primary: str = "accuracy", **metrics: object) -> dict:

@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import needs_fmnist
 
 
 def test_rr_keep_probability_matches_plain_rr() -> None:
-    from clicooper.experiments.research.label_dp import rr_keep_probability
+    from experiments.research.label_dp import rr_keep_probability
 
     assert rr_keep_probability(math.log(9.0), 10) == pytest.approx(0.5)
     assert rr_keep_probability(1e-9, 10) == pytest.approx(0.1)
@@ -19,7 +20,7 @@ def test_rr_keep_probability_matches_plain_rr() -> None:
 
 @needs_fmnist
 def test_label_dp_sweep_trains_attacks_and_reports(tmp_path: Path) -> None:
-    from clicooper.experiments.research import label_dp
+    from experiments.research import label_dp
 
     runs, res = tmp_path / "runs", tmp_path / "res"
     argv = ["--runs", str(runs), "--results", str(res), "--train", "400", "--epochs", "1", "--eps", "2",
@@ -42,7 +43,7 @@ def test_label_dp_sweep_trains_attacks_and_reports(tmp_path: Path) -> None:
 
 @needs_fmnist
 def test_accuracy_probe_reports_do_alone(tmp_path: Path) -> None:
-    from clicooper.experiments.research import accuracy_probe
+    from experiments.research import accuracy_probe
 
     out = tmp_path / "p"
     assert accuracy_probe.main(["--model", "fmnist-private-d16", "--sigma", "0.25", "--epochs", "1", "--train",
@@ -54,7 +55,7 @@ def test_accuracy_probe_reports_do_alone(tmp_path: Path) -> None:
 
 
 def test_frontier_reference_is_the_sweeps_own_undefended_model() -> None:
-    from clicooper.experiments.research.frontier_report import informative_levels, reference_row
+    from experiments.research.frontier_report import informative_levels, reference_row
 
     def row(model: str, defense: str, beats: bool) -> dict:
         lv = {"ssim": 0.5, "global_floor": 0.1, "class_floor": 0.3, "beats_floor": beats}
@@ -75,7 +76,7 @@ def test_frontier_reference_is_the_sweeps_own_undefended_model() -> None:
 def test_frontier_tables_show_the_suite_attacks(tmp_path: Path) -> None:
     import json
 
-    from clicooper.experiments.research.frontier_report import seed_summary, write_markdown
+    from experiments.research.frontier_report import seed_summary, write_markdown
 
     def row(seed: int, defense: str, fora: float, converged: bool) -> dict:
         lv = {"ssim": 0.5, "global_floor": 0.1, "class_floor": 0.3, "beats_floor": True}
@@ -126,8 +127,8 @@ def _digits16_run(tmp_path: Path) -> Path:
 
 def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
     """Each ``--suite`` name runs on a recorded digits run (smoke budget) and yields the levels its columns read."""
-    from clicooper.experiments.research.frontier import SUITE, suite_figures
-    from clicooper.experiments.research.frontier_report import SUITE_COLUMNS
+    from experiments.research.frontier import SUITE, suite_figures
+    from experiments.research.frontier_report import SUITE_COLUMNS
 
     run = _digits16_run(tmp_path)
     out = suite_figures(run, tuple(SUITE), 0, budget="smoke")
@@ -146,7 +147,7 @@ def test_frontier_suite_runs_every_attack_on_a_real_run(tmp_path: Path) -> None:
 
 
 def test_frontier_extra_points_parse_their_options() -> None:
-    from clicooper.experiments.research.frontier import Budget, grid_of, run_config
+    from experiments.research.frontier import Budget, grid_of, run_config
 
     g = grid_of(False, "none", "fmnist-resnet-s8:0.05:clicooper:nopeek=3:m=8,fmnist-resnet-s8:0.05:clicooper:head=secret")
     assert [s.tag for s in g] == ["fmnist-resnet-s8_clicooper_s0.05_np3_m8", "fmnist-resnet-s8_clicooper_s0.05_rh"]
@@ -160,7 +161,7 @@ def test_frontier_extra_points_parse_their_options() -> None:
 
 
 def test_goal_check_judges_the_strongest_converged_inversion() -> None:
-    from clicooper.experiments.research.frontier_report import goal_check, strongest_inversion
+    from experiments.research.frontier_report import goal_check, strongest_inversion
 
     lv = {"ssim": 0.30, "class_floor": 0.36, "converged": True}
     r = {"inversion": {"white-box": lv, "known-plaintext-100": lv | {"ssim": 0.2}},
@@ -180,7 +181,7 @@ def test_goal_check_judges_the_strongest_converged_inversion() -> None:
 
 def test_patient_attacker_runs_on_a_copy(tmp_path: Path) -> None:
     """The patient attacks (tiny budgets here) write into a copy, never into the run they read."""
-    from clicooper.experiments.research.patient import main
+    from experiments.research.patient import main
 
     run = _digits16_run(tmp_path)
     before = sorted(p.name for p in run.rglob("*"))
@@ -195,7 +196,7 @@ def test_patient_attacker_runs_on_a_copy(tmp_path: Path) -> None:
 
 def test_suite_unsplit_keeps_the_sweeps_inversion_file(tmp_path: Path) -> None:
     from clicooper.attacks.runner import run_attack
-    from clicooper.experiments.research.frontier import suite_figures
+    from experiments.research.frontier import suite_figures
 
     run = _digits16_run(tmp_path)
     first = run_attack(run, "inversion", party="T1", victims=16, known_k=2,
@@ -209,7 +210,7 @@ def test_suite_unsplit_keeps_the_sweeps_inversion_file(tmp_path: Path) -> None:
 
 
 def test_converged_point_counts_only_converged_inversion_figures() -> None:
-    from clicooper.experiments.research.converged_point import Setting, markdown, summarise, t_interval
+    from experiments.research.converged_point import Setting, markdown, summarise, t_interval
 
     m, lo, hi = t_interval([0.30, 0.32, 0.34])
     assert abs(m - 0.32) < 1e-12 and lo < 0.30 and hi > 0.34 and abs((hi - m) - (m - lo)) < 1e-12
@@ -244,7 +245,7 @@ def test_converged_point_counts_only_converged_inversion_figures() -> None:
 
 def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     from clicooper import rundir
-    from clicooper.experiments.research.converged_frontier import _epsilon, collect, main
+    from experiments.research.converged_frontier import _epsilon, collect, main
 
     def seed(s: int, acc: float, wb: float, wb_conv: bool, fora: float) -> dict:
         row = {"floor": 0.13, "class_floor": 0.36, "informative": True, "verdict": "", "convergence": None}
@@ -296,7 +297,7 @@ def test_converged_point_adds_the_known_plaintext_levels_the_budget_leaves_out(t
     """KP-N beside the report's inversion: a row per count on run and baseline, cached while settings match."""
     import shutil
 
-    from clicooper.experiments.research.converged_point import known_plaintext_rows
+    from experiments.research.converged_point import known_plaintext_rows
 
     run = _digits16_run(tmp_path)
     base = tmp_path / "base"
@@ -316,7 +317,7 @@ def test_converged_point_adds_the_known_plaintext_levels_the_budget_leaves_out(t
     msgs.clear()
     known_plaintext_rows(run, base, budget="smoke", counts=(10, 20), progress=msgs.append)  # other settings: rerun
     assert not any(m.startswith("reusing") for m in msgs)
-    from clicooper.experiments.research.converged_point import known_sample_rows
+    from experiments.research.converged_point import known_sample_rows
 
     ks = known_sample_rows(run, base, budget="smoke", ks=(20,))  # enough per class among the 500 clustered rows
     assert set(ks) == {"clustering/T1/known-20", "clustering/T2/known-20"}
@@ -325,7 +326,7 @@ def test_converged_point_adds_the_known_plaintext_levels_the_budget_leaves_out(t
 
 
 def test_fuzz_inputs_runs_bounded_and_reports_figures(tmp_path: Path) -> None:
-    from clicooper.experiments.research.fuzz_inputs import main as fuzz_main
+    from experiments.research.fuzz_inputs import main as fuzz_main
 
     out = fuzz_main(["--seconds", "4", "--surfaces", "npz,csv", "--out", str(tmp_path / "f.json")])
     saved = json.loads((tmp_path / "f.json").read_text())

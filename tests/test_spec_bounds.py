@@ -9,11 +9,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.bounded import run_bounded
 
 from clicooper.errors import ConfigError
 from clicooper.models import spec as spec_mod
 from clicooper.models.spec import MAX_FLOPS, MAX_PARAMETERS, build_model, check_model
+from tests.support.bounded import run_bounded
 
 _HEAD = [{"type": "Flatten"}, {"type": "Linear", "out_features": "outputs"}]
 

@@ -1,4 +1,4 @@
-"""The wide-area bed (net/wan): namespaces + shaped veth links + relays. Skips, with the reason, only where
+"""The wide-area bed (testbed/): namespaces + shaped veth links + relays. Skips, with the reason, only where
 network namespaces cannot be made (not root, no iproute2, not permitted)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from clicooper.config import make_config
 from clicooper.net.launch import launch_local
-from clicooper.net.wan.netns import PREFIX, Profile, WanBed, netns_unavailable
 from clicooper.runs import load_run
 from clicooper.training import train
+from testbed.netns import PREFIX, Profile, WanBed, netns_unavailable
 
 REASON = netns_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}")

@@ -1,4 +1,4 @@
-"""The wide-area relay (net/wan/relay.py) on loopback, no namespaces: delay, stalls, resets, bounded buffers."""
+"""The wide-area relay (testbed/relay.py) on loopback, no namespaces: delay, stalls, resets, bounded buffers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from clicooper.net.wan.relay import Impairment, Relay, Route
+from testbed.relay import Impairment, Relay, Route
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,7 +1,7 @@
 """CliCooper: privacy-preserving, verifiable cooperative split learning.
 
 A data owner has its model trained by K trainer clients that each hold one segment, with no central
-server. See README.md and docs/design/.
+server. See README.md, docs/ and docs/design/.
 
 >>> import clicooper
 >>> run = clicooper.train(model=my_sequential, data=(x, y), test_data=(x_test, y_test),  # doctest: +SKIP

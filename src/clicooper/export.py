@@ -15,7 +15,7 @@ the exported module gives what ``predict`` gives:
 Without either defense the keys are exactly the trained ``nn.Sequential``'s (``"0.weight"``, …; BatchNorm's
 running statistics included): the file loads into that module itself. :func:`exported_sequential` builds
 the exported module from the trained one; the file's metadata says the same in words (``sequential``)
-and as data (``cut_clip``, ``outputs``, ``model_spec``). README "Loading an exported model in plain
+and as data (``cut_clip``, ``outputs``, ``model_spec``). docs/python-api.md "Loading an exported model in plain
 PyTorch" writes it out without clicooper.
 """
 
@@ -35,7 +35,7 @@ from clicooper.runs import load_run
 
 class ClipPerSample(nn.Module):
     """``x · min(1, norm/‖x‖₂)`` per sample (the norm over all non-batch dimensions): the DO's clip at the
-    cut, without the noise. No parameters. Plain PyTorch, five lines (README writes them out)."""
+    cut, without the noise. No parameters. Plain PyTorch, five lines (docs/python-api.md writes them out)."""
 
     def __init__(self, norm: float) -> None:
         super().__init__()

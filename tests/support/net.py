@@ -15,7 +15,7 @@ import grpc
 import torch
 from hypothesis import strategies as st
 
-from clicooper.experiments.bench.loopback import loopback_mesh
+from benchmarks.loopback import loopback_mesh
 from clicooper.net.outbound import LINK_METHOD
 from clicooper.net.proto import clicooper_pb2 as pb
 from clicooper.net.serde import message_to_proto

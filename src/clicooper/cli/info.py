@@ -34,5 +34,5 @@ def models(
     for n, d, _ in rows:
         t.add_row(n, d)
     t.caption = ("`clicooper plan --model NAME` shows a model's split and FLOP shares; "
-                 "--model-file FILE trains your own layers (README 'Your own model')")
+                 "--model-file FILE trains your own layers (docs/reference/cli.md 'Your own model')")
     out.print(t)

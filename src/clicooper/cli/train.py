@@ -55,7 +55,7 @@ def _preset_help() -> str:
 
 
 _MODEL_FILE_HELP = ("model.toml / model.json: your own layers (an allowlist of torch.nn types and residual "
-                    "blocks; README 'Your own model'), instead of --model")
+                    "blocks; docs/reference/cli.md 'Your own model'), instead of --model")
 _DATASET_HELP = ("fashion-mnist | digits | npz:PATH | cifar10:DIR | cifar100:DIR | cifar100-coarse:DIR "
                  "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv | "
                  "python:pkg.module:fn (your own function returning (x, y) tensors or a torch Dataset; with "
@@ -126,7 +126,7 @@ def train(
     provenance: bool = typer.Option(
         None, "--provenance/--no-provenance", help="keep the signed ledger and watermark (default on). Its "
         "watermark keys are fresh secrets, so two runs differ; with --no-provenance and --defense none the same "
-        "--seed gives the same weights (README 'Which runs are reproducible')",
+        "--seed gives the same weights (docs/reference/cli.md 'Which runs are reproducible')",
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
     record_observations: bool = typer.Option(None, "--record-observations/--no-record-observations", help="record what trainers receive"),

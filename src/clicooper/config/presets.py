@@ -103,7 +103,7 @@ PRESETS: dict[str, Preset] = {
             clip_norm=1.0,
             nopeek=3.0,
             description=(
-                "residual trainers that add accuracy (issue 14): fmnist-resnet-s8 (8×7×7 unit-norm cut), σ 0.0505 "
+                "residual trainers that add accuracy: fmnist-resnet-s8 (8×7×7 unit-norm cut), σ 0.0505 "
                 "(ρ 1), NoPeek α 3; measured over 3 seeds at 3 epochs acc 0.7765 (undefended fmnist-resnet "
                 "0.8437), KP-100 0.319, KP-1000 0.319, WB 0.328 (lower bounds: not converged), DO share 0.026, "
                 "DO-alone 0.7334, ε 2,700 (3 ep.)"

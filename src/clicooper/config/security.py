@@ -1,11 +1,11 @@
-"""Malicious trainers (a research option), the DO's live detection and the parties' audit logs (issue 15).
+"""Malicious trainers (a research option), the DO's live detection and the parties' audit logs.
 
 Three sub-configs of :class:`~clicooper.config.RunConfig`, recorded in ``config.json``:
 
 - :class:`AdversaryConfig` (``adversary``, default ``None``): one trainer deviates from the protocol
   (:mod:`clicooper.attacks.active`). A research option for tests and measurements, **never a default**.
 - :class:`DetectionConfig` (``detection``, off by default): the DO's live checks of what it receives
-  (:mod:`clicooper.parties.guard`, :mod:`clicooper.core.validation`). Off by default because SplitGuard's
+  (:mod:`clicooper.parties.guard`, the validation queries of :mod:`clicooper.core.security`). Off by default because SplitGuard's
   fake-label batches cost the honest trainers some wasted steps (docs/malicious.md says how much).
 - :class:`AuditConfig` (``audit``, off by default): each trainer keeps the messages and step checkpoints
   of the rounds that may be audited (:mod:`clicooper.core.audit_log`); ``clicooper audit`` replays them.

@@ -55,7 +55,7 @@ def as_sequential(model: nn.Module | Sequence[nn.Module]) -> nn.Sequential:
     if isinstance(model, (list, tuple)) and model and all(isinstance(m, nn.Module) for m in model):
         return nn.Sequential(*model)
     raise ConfigError("model= takes an nn.Sequential or a non-empty list of nn.Module layers; for anything "
-                      "else, write a model file (--model-file, README 'Your own model')")
+                      "else, write a model file (--model-file, docs/reference/cli.md 'Your own model')")
 
 
 def own_classes(model: nn.Module | Sequence[nn.Module]) -> list[str]:
@@ -85,7 +85,7 @@ def peer_refusal(classes: Sequence[str]) -> str:
     names = ", ".join(classes) if classes else "your own module classes"
     return (f"this run's model holds {names}, which trains in-process only: a peer (a node, launch) builds the "
             "model from a declarative spec and never from code; write it with allowlisted layers and residual "
-            "blocks as a model file (--model-file, README 'Your own model')")
+            "blocks as a model file (--model-file, docs/reference/cli.md 'Your own model')")
 
 
 def describe(model: nn.Module | Sequence[nn.Module]) -> list[Layer]:

@@ -260,7 +260,7 @@ BALANCE_LOW, BALANCE_HIGH = 0.5, 2.0
 def balance_warning(plan: Plan) -> str | None:
     """A warning when the trainers' shares of their FLOPs are far from what their capacities ask, else
     ``None``. Units are never cut (a residual block is one unit), so a model with few or uneven units
-    between the DO's head and tail can leave one trainer almost idle: README's own two-block model with
+    between the DO's head and tail can leave one trainer almost idle: the two-block model of docs/reference/cli.md with
     K = 2 gives T1 a BatchNorm + ReLU (0 % of the FLOPs) and T2 the rest."""
     segs = plan.segments
     if len(segs) < 2:

@@ -386,8 +386,8 @@ def launch_local(
     """Run ``config`` with one process per party on loopback; see the module docstring.
 
     ``idle_timeout_s`` / ``connect_timeout_s`` are every node's ``--idle-timeout`` / ``--connect-timeout``;
-    ``placement`` puts the nodes elsewhere than on 127.0.0.1 (the wide-area test bed,
-    :class:`clicooper.net.wan.netns.WanBed`, runs each in its own network namespace); ``max_epsilon`` is the
+    ``placement`` puts the nodes elsewhere than on 127.0.0.1 (the wide-area test bed's ``WanBed``,
+    ``testbed/netns.py`` beside the package, runs each in its own network namespace); ``max_epsilon`` is the
     DO's ε budget (the run stops cleanly before a round that would exceed it, as ``train`` does).
 
     ``kill_at`` SIGKILLs a party right after it reports a step (each point once, in order) to exercise

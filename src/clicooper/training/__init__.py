@@ -3,7 +3,7 @@
 - :mod:`.session` — :class:`Session`: the parties on the in-process network, one round's metrics;
 - :mod:`.run` — :func:`train`, the Python API behind ``clicooper train`` (new runs, resume, ε budget);
 - :mod:`.provenance_hooks` — the ledger and watermarks with every party's key at hand;
-- :mod:`.observe` — what each trainer received, for attack evaluators;
+- :mod:`clicooper.core.observe` — what each trainer received, for attack evaluators;
 - :mod:`.do_alone` — the DO's head + a linear layer trained alone (the trainers' gain).
 - :mod:`.own_model` — ``train(config, model=…)``: the user's own ``nn.Sequential`` and its weights.
 """
