@@ -53,14 +53,14 @@ def test_config_file(tmp_path: Path) -> None:
     assert not (tmp_path / "R2").exists()
 
 
-def test_schedule_and_wire_flags_reach_the_config(tmp_path: Path) -> None:
+def test_schedule_and_wire_settings_reach_the_config(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text('dataset = "digits"\nmodel = "digits-mlp"\ntrainers = 1\nepochs = 1\n'
                                        'wire_dtype = "bf16"\n')
-    code, _, _ = run_cli("train", "--config", str(tmp_path / "run.toml"), "--lr-schedule", "cosine", "--wire-dtype",
-                         "int8", "--train-range", "0:160", "--out", str(tmp_path / "R"))
+    code, _, _ = run_cli("train", "--config", str(tmp_path / "run.toml"), "--set", "lr_schedule=cosine", "--set",
+                         "wire_dtype=int8", "--train-range", "0:160", "--out", str(tmp_path / "R"))
     cfg = json.loads((tmp_path / "R" / "config.json").read_text())
-    assert code == 0 and cfg["lr_schedule"] == "cosine" and cfg["wire_dtype"] == "int8"  # the flag wins
-    code, _, stderr = run_cli("train", "--dataset", "digits", "--wire-dtype", "fp8", "--out", str(tmp_path / "R2"))
+    assert code == 0 and cfg["lr_schedule"] == "cosine" and cfg["wire_dtype"] == "int8"  # --set wins
+    code, _, stderr = run_cli("train", "--dataset", "digits", "--set", "wire_dtype=fp8", "--out", str(tmp_path / "R2"))
     assert_clean_error(code, stderr, "wire_dtype")
     assert not (tmp_path / "R2").exists()
 

@@ -45,7 +45,7 @@ def _option_help(text: str, option: str) -> str:
 
 
 @pytest.mark.parametrize(("option", "default"), [("--epochs", "default 5"), ("--batch-size", "default 128"),
-                                                 ("--lr", "default 0.001"), ("--micro-batches", "default 1")])
+                                                 ("--lr", "default 0.001"), ("--trainers", "default 2")])
 def test_training_options_are_described_with_their_defaults(option: str, default: str) -> None:
     text = _option_help(_help("train", columns=200), option)
     assert default in text, text
@@ -176,7 +176,7 @@ def test_switches_show_both_sides_and_no_turns_a_config_value_off(tmp_path) -> N
     from clicooper.cli.common import config_from_options
 
     text = _help("train", columns=200)
-    for name in ("stream", "flip", "overlap-steps", "record-observations", "protect-gradients", "provenance"):
+    for name in ("stream", "record-observations", "provenance"):
         assert f"--no-{name}" in text, name
     cfg_file = tmp_path / "run.toml"
     cfg_file.write_text("dataset = \"digits\"\nmodel = \"digits-mlp\"\nrecord_observations = true\n")

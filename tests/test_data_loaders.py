@@ -207,7 +207,7 @@ def test_imagefolder_flat_split_resize_and_mode(tmp_path: Path) -> None:
 def test_imagefolder_sizes_must_agree_without_image_size(tmp_path: Path) -> None:
     write_images(tmp_path / "f", {"a": 2})
     write_images(tmp_path / "f", {"b": 2}, size=(7, 7))
-    with pytest.raises(DataError, match="--image-size"):
+    with pytest.raises(DataError, match="--set data.image_size=N"):
         load_dataset(f"imagefolder:{tmp_path / 'f'}")
 
 
@@ -273,7 +273,7 @@ CSV_BAD: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "train range": (lambda p: [f"csv:{_csv_rows(p, [[i, 2, i % 2] for i in range(10)])}", "--label-column", "y",
                                "--train-range", "0:50"], "--train-range 0:50 exceeds the 8 training samples"),
     "too few rows": (lambda p: [f"csv:{_csv_rows(p, [[1, 2, 0], [2, 2, 1]])}", "--label-column", "y",
-                                "--test-fraction", "0.1"], "leaves 2 for training and 0 for testing"),
+                                "--set", "data.test_fraction=0.1"], "leaves 2 for training and 0 for testing"),
     "option for another dataset": (lambda p: ["digits", "--label-column", "y"], "applies to csv: datasets only"),
 }
 
@@ -288,8 +288,8 @@ def test_csv_bad_input_is_one_clear_line(tmp_path: Path, case: str) -> None:
 def test_csv_cli_run_reloads_its_data_from_config(tmp_path: Path) -> None:
     path = breast_cancer_csv(tmp_path / "bc.csv")
     out = tmp_path / "R"
-    r = runner.invoke(app, ["train", "--dataset", f"csv:{path}", "--label-column", "target", "--test-fraction",
-                            "0.3", "--model", "tabular-mlp", "--trainers", "3", "--epochs", "1", "--out", str(out),
+    r = runner.invoke(app, ["train", "--dataset", f"csv:{path}", "--label-column", "target", "--set",
+                            "data.test_fraction=0.3", "--model", "tabular-mlp", "--trainers", "3", "--epochs", "1", "--out", str(out),
                             "--json"])
     assert r.exit_code == 0, r.stderr
     cfg = json.loads((out / "config.json").read_text())

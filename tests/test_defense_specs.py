@@ -77,6 +77,38 @@ def test_the_clash_rules_live_with_the_specs() -> None:
         make_config(dataset="digits", defenses=[{"kind": "keyed-noise", "sigma": -1}])
 
 
+_SIGMA_CHOICES = {
+    "a source without σ": ({"sigma_source": "explicit"},
+                           "dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)"),
+    "σ and a target ε": ({"sigma": 0.5, "target_epsilon": 1.0},
+                         "give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them"),
+    "a target source without a target": ({"sigma": 0.5, "sigma_source": "target-epsilon"},
+                                         "dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set"),
+}
+
+
+@pytest.mark.parametrize("case", list(_SIGMA_CHOICES))
+@pytest.mark.parametrize("form", ["keyed-noise spec", "older dp table"])
+def test_the_keyed_noise_spec_and_the_older_dp_table_refuse_a_sigma_choice_alike(form: str, case: str) -> None:
+    # prepare: the same σ fields, as a defences entry or as the older `dp` table
+    fields, message = _SIGMA_CHOICES[case]
+    given = ({"defenses": [{"kind": "keyed-noise", **fields}]} if form == "keyed-noise spec"
+             else {"defense": "dp", "dp": fields})
+    # execute / assert: one refusal, word for word the same on both paths
+    with pytest.raises(ConfigError) as e:
+        make_config(**BASE, **given)
+    assert message in str(e.value)
+
+
+def test_the_keyed_noise_spec_and_the_older_dp_table_record_an_explicit_sigma_alike() -> None:
+    from clicooper.config.run import DPConfig
+
+    spec = make_config(**BASE, defenses=[{"kind": "keyed-noise", "sigma": 0.3}]).defense_of("keyed-noise")
+    assert spec is not None and spec.sigma_source == "explicit"  # type: ignore[attr-defined]
+    assert DPConfig(sigma=0.3).sigma_source == "explicit"
+    assert make_config(**BASE, defense="dp", dp={"sigma": 0.3}).dp.sigma_source == "explicit"
+
+
 def test_the_data_owner_takes_a_sequence_of_defences() -> None:
     params = inspect.signature(DataOwner.__init__).parameters
     assert "defenses" in params
@@ -167,7 +199,7 @@ def test_the_cli_takes_any_registered_defence_by_its_spec(tmp_path: Path) -> Non
     cfg = config_from_options(toml, defense_specs=["keyed-noise:sigma=0.2,clip_norm=2"])  # same kind: replaced
     assert [(d.kind, d.sigma, d.clip_norm) for d in cfg.defenses] == [("keyed-noise", 0.2, 2.0)]
     with pytest.raises(typer.BadParameter, match="run.toml lists the defences"):
-        config_from_options(toml, nopeek=1.0)
+        config_from_options(toml, defense="dp")
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--dataset", "digits",
                                    "--with", "nopeek:weight=-1"])
     assert res.exit_code == 2 and "defenses[0] (nopeek): weight" in res.output

@@ -35,12 +35,13 @@ def test_party_devices_are_recorded_and_checked(tmp_path: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_without_a_gpu_is_one_clear_error(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["train", "--dataset", "digits", "--model", "digits-mlp", "--epochs", "1",
-                                 "--party-device", "DO=cpu,T1=cuda", "--out", str(tmp_path / "r")])
+                                 "--set", "party_devices.DO=cpu", "--set", "party_devices.T1=cuda",
+                                 "--out", str(tmp_path / "r")])
     assert r.exit_code != 0 and "Traceback" not in r.output and not (tmp_path / "r").exists()
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "T1 asks for device cuda but no CUDA GPU is visible" in errors[0]
-    bad = CliRunner().invoke(app, ["train", "--party-device", "T1", "--out", str(tmp_path / "b")])
-    assert bad.exit_code != 0 and "PARTY=DEVICE" in bad.output and not (tmp_path / "b").exists()
+    bad = CliRunner().invoke(app, ["train", "--set", "party_devices.T1=gpu", "--out", str(tmp_path / "b")])
+    assert bad.exit_code != 0 and "party_devices.T1" in bad.output and not (tmp_path / "b").exists()
 
 
 def test_bf16_trainers_train_and_send_float32(tmp_path: Path) -> None:

@@ -255,8 +255,8 @@ def test_stream_with_an_undecodable_image_leaves_no_half_made_run(tmp_path: Path
     out = tmp_path / "R"
     if out_exists:
         out.mkdir()  # an empty directory is a valid --out; it must stay (empty), not vanish
-    args = ["train", "--dataset", f"imagefolder:{folder}", "--image-mode", "L", "--model", "digits-cnn",
-            "--trainers", "1", "--epochs", "1", "--stream", "--workers", "0", "--out", out]
+    args = ["train", "--dataset", f"imagefolder:{folder}", "--set", "data.image_mode=L", "--model", "digits-cnn",
+            "--trainers", "1", "--epochs", "1", "--stream", "--set", "data.workers=0", "--out", out]
     code, _, stderr = run_cli(*args)
     assert code == 2 and "Traceback" not in stderr, stderr
     assert (not out.exists()) if not out_exists else (out.is_dir() and not any(out.iterdir()))

@@ -126,13 +126,13 @@ def test_train_help_lists_the_presets_and_cli_options_override_them(tmp_path: Pa
     assert res.exit_code == 0
     for name in PRESETS:
         assert name in res.output
-    assert "--target-epsilon" in res.output and "--noise-ratio" in res.output
+    assert "--target-epsilon" in res.output and "--set dp.noise_ratio" in res.output
 
     cfg = _config_from_options(None, preset="private-strong", model="fmnist-private-d64", sigma=None)
     assert (cfg.preset, cfg.model, cfg.dp.sigma) == ("private-strong", "fmnist-private-d64", 0.25)
     toml = tmp_path / "run.toml"
     toml.write_text("[dp]\nclip_norm = 3.0\ndelta = 1e-6\n", "utf-8")
-    cfg = _config_from_options(toml, preset="private-light", sigma=0.5, noise_ratio=None, target_epsilon=None)
+    cfg = _config_from_options(toml, preset="private-light", sigma=0.5, target_epsilon=None)
     assert (cfg.dp.sigma, cfg.dp.clip_norm, cfg.dp.delta, cfg.dp.sigma_source) == (0.5, 3.0, 1e-6, "explicit")
 
     bad = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--preset", "nope"])

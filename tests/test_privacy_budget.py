@@ -97,7 +97,7 @@ def test_target_epsilon_needing_more_than_max_sigma_is_refused(tmp_path: Path) -
 
     res = CliRunner().invoke(app, [
         "train", "--dataset", "digits", "--model", "digits-mlp", "--defense", "dp", "--epochs", "10",
-        "--target-epsilon", "1", "--max-sigma", "2", "--out", str(tmp_path / "r"),
+        "--target-epsilon", "1", "--set", "dp.max_sigma=2", "--out", str(tmp_path / "r"),
     ])
     assert res.exit_code != 0 and "max_sigma" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()

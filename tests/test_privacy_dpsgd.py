@@ -128,6 +128,10 @@ def test_digits_run_with_dpsgd_head_reports_the_composed_epsilon(tmp_path: Path)
 def test_cli_options_set_head_dpsgd() -> None:
     from clicooper.cli.common import config_from_options as _config_from_options
 
-    cfg = _config_from_options(None, defense="dp", sigma=0.5, head_dpsgd=1.5, head_dpsgd_clip=0.5)
+    cfg = _config_from_options(None, defense="dp", sigma=0.5,
+                               sets=["dp.head_dpsgd.noise_multiplier=1.5", "dp.head_dpsgd.max_grad_norm=0.5"])
     assert (cfg.dp.head_dpsgd.noise_multiplier, cfg.dp.head_dpsgd.max_grad_norm) == (1.5, 0.5)
-    assert _config_from_options(None, defense="dp", sigma=0.5, head_dpsgd=None).dp.head_dpsgd is None
+    spec = _config_from_options(None, defense_specs=["keyed-noise:sigma=0.5",
+                                                     "head-dpsgd:noise_multiplier=1.5,max_grad_norm=0.5"])
+    assert spec.defenses == cfg.defenses  # the spec form and the older table: the same defences
+    assert _config_from_options(None, defense="dp", sigma=0.5).dp.head_dpsgd is None

@@ -105,32 +105,33 @@ def test_label_dp_outside_the_open_tail_is_refused() -> None:
         make_config(defense="labels", topology="u-shape", labels={"label_dp_epsilon": 2.0})
 
 
-def test_cli_per_mechanism_flags_reach_the_config(tmp_path: Path) -> None:
+def test_cli_per_mechanism_settings_reach_the_config(tmp_path: Path) -> None:
     from clicooper.cli.common import config_from_options as _config_from_options
 
     cfg = _config_from_options(
-        None, defense="clicooper", topology="open-tail", sigma=0.25, clip_norm=2.0, delta=1e-6,
-        protect_gradients=True, grad_clip_norm=0.01, expansion=3, label_dp_epsilon=4.0,
+        None, defense="clicooper", topology="open-tail", sigma=0.25,
+        sets=["dp.clip_norm=2.0", "dp.delta=1e-6", "dp.protect_gradients=true", "dp.grad_clip_norm=0.01",
+              "labels.expansion=3", "labels.label_dp_epsilon=4.0"],
     )
     assert (cfg.dp.sigma, cfg.dp.clip_norm, cfg.dp.delta) == (0.25, 2.0, 1e-6)
     assert (cfg.dp.protect_gradients, cfg.dp.grad_clip_norm) == (True, 0.01)
     assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (3, 4.0)
-    # flags override a config file's tables key by key; unset flags leave the file's values
+    # --set overrides a config file's tables key by key; keys not set keep the file's values
     f = tmp_path / "run.json"
     f.write_text('{"topology": "open-tail", "defense": "clicooper", "dp": {"sigma": 0.5, "delta": 1e-7},'
                  ' "labels": {"expansion": 4}}')
-    cfg = _config_from_options(f, label_dp_epsilon=1.0, clip_norm=3.0, expansion=None)
+    cfg = _config_from_options(f, sets=["labels.label_dp_epsilon=1.0", "dp.clip_norm=3.0"])
     assert (cfg.dp.sigma, cfg.dp.delta, cfg.dp.clip_norm) == (0.5, 1e-7, 3.0)
     assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (4, 1.0)
     with pytest.raises(ValueError, match="open tail"):
-        _config_from_options(None, defense="labels", label_dp_epsilon=1.0)
+        _config_from_options(None, defense="labels", sets=["labels.label_dp_epsilon=1.0"])
 
 
 def test_noise_on_an_unmeasured_wide_cut_comes_with_advice(tmp_path: Path) -> None:
     from clicooper.privacy.defaults import cut_advice
 
     assert cut_advice("fmnist-private-d64w") is None
-    assert "--nopeek 3" in cut_advice("fmnist-resnet-s8") and "frontier-resnet" in cut_advice("fmnist-resnet-s16")
+    assert "--with nopeek:weight=3" in cut_advice("fmnist-resnet-s8") and "frontier-resnet" in cut_advice("fmnist-resnet-s16")
     assert "--preset private-accurate" in cut_advice("fmnist-cnn")
     assert "not measured" in cut_advice("digits-mlp", "digits")
     m = mechanisms_for_run(make_config(defense="clicooper", dp={"sigma": 0.1}), tmp_path / "a", 10, new_run=True)

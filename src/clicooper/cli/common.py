@@ -13,8 +13,6 @@ import difflib
 import functools
 import json
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,17 +30,16 @@ from clicooper.config import (
     parse_capacities,
     parse_range,
 )
+from clicooper.config.keys import table_of
 from clicooper.errors import CliCooperError, ConfigError
 
 err = Console(stderr=True)
 out = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DP_KEYS = ("sigma", "noise_ratio", "target_epsilon", "max_sigma", "clip_norm", "delta", "protect_gradients",
-            "grad_clip_norm")
-_LABEL_KEYS = ("expansion", "label_dp_epsilon")
-_DATA_KEYS = ("label_column", "test_fraction", "image_size", "image_mode", "stream", "workers", "crop_padding",
-              "flip")
+#: the flags that fill a table of the config (the rest of each table is reached with --set TABLE.KEY=VALUE)
+_DP_KEYS = ("sigma", "target_epsilon")
+_DATA_KEYS = ("label_column", "stream")
 
 
 def _show(e: Exception) -> None:
@@ -121,17 +118,6 @@ def parse_defense_option(text: str) -> dict[str, Any]:
     return out
 
 
-def parse_party_devices(text: str) -> dict[str, str]:
-    """``"DO=cpu,T1=cuda"`` → ``{"DO": "cpu", "T1": "cuda"}`` (names and devices are checked by the config)."""
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, dev = item.partition("=")
-        if not sep or not name.strip() or not dev.strip():
-            raise typer.BadParameter(f"--party-device entry {item!r} is not PARTY=DEVICE (e.g. T1=cuda)")
-        out[name.strip()] = dev.strip()
-    return out
-
-
 def model_file_fields(path: Path, model: str | None) -> dict[str, Any]:
     """``--model-file F`` → the config's ``model`` (the file's ``name``, else its stem) and ``model_spec``
     (its layers, validated against the allowlist)."""
@@ -144,25 +130,8 @@ def model_file_fields(path: Path, model: str | None) -> dict[str, Any]:
 
 
 SET_HELP = ("KEY=VALUE: set any config field by its dotted name (repeatable; after every other option), e.g. "
-            "--set dp.sigma=0.1 --set data.workers=4; VALUE is JSON (numbers, true, null, [..], {..}) or else "
-            "a string")
-
-
-def _table_of(annotation: Any) -> type[BaseModel] | dict[str, Any] | None:
-    """What a field's dotted keys continue into: its pydantic table, ``{}`` for a free-keyed dict, ``None``
-    for a plain value (``X | None`` unwrapped)."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            sub = _table_of(arg)
-            if sub is not None:
-                return sub
-        return None
-    if origin is dict:
-        return {}
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return None
+            "--set data.workers=4 --set optimizer=sgd --set party_devices.T1=cuda; VALUE is JSON (numbers, true, "
+            "null, [..], {..}) or else a string. `clicooper fields` lists every key with its default")
 
 
 #: the older defence fields --set still reaches (RunConfig turns them into `defenses`): their tables' models
@@ -194,8 +163,30 @@ def _check_key(key: str) -> list[str]:
             hint = (f"did you mean {' or '.join(prefix + c for c in close)}?" if close else
                     f"the fields{' of ' + where if where else ''} are {', '.join(fields)}")
             raise ConfigError(f"--set {key}: {prefix}{part} is not a config field; {hint}")
-        table = _table_of(fields[part].annotation)
+        table = table_of(fields[part].annotation)
     return parts
+
+
+def set_hint(option: str) -> str | None:
+    """How to set what an unknown ``--option`` names, when it names a config field or a defence (read from
+    the config and the defence registry): ``--momentum`` → ``--set momentum=VALUE``, ``--nopeek`` →
+    ``--with nopeek:…``; ``None`` when it names neither."""
+    from clicooper.config.defenses import defense_kinds
+    from clicooper.config.keys import config_keys
+
+    name = option.lstrip("-")
+    if name in defense_kinds():
+        return f"it is a defence: --with {name}:key=value (`clicooper fields` lists its settings)"
+    keys = [k.key + (".NAME" if k.type.startswith("dict") else "") for k in config_keys()]
+    keys += [f"{table}.{f}" for table, model in (("dp", DPConfig), ("labels", LabelConfig))
+             for f in model.model_fields if table == "labels" or f not in ("head_dpsgd", "sigma_source")]
+    leaf = {}
+    for k in keys:  # the run config's own fields before the older dp / labels tables
+        leaf.setdefault(k.removesuffix(".NAME").rsplit(".", 1)[-1].replace("_", "-"), k)
+    close = difflib.get_close_matches(name, list(leaf), n=1, cutoff=0.8)
+    if not close:
+        return None
+    return f"it is a config field: --set {leaf[close[0]]}=VALUE (`clicooper fields` lists them all)"
 
 
 def _set_value(text: str) -> Any:
@@ -242,32 +233,21 @@ def config_from_options(config_file: Path | None, *, sets: Sequence[str] | None 
         kinds = {d["kind"] for d in specs}
         fields["defenses"] = [d for d in fields.get("defenses") or [] if d.get("kind") not in kinds] + specs
     if fields.get("defenses") is not None:  # the defences are listed: the shorthand flags would clash
-        given = [k for k in (*_DP_KEYS, *_LABEL_KEYS, "defense", "nopeek", "adversarial_decoder",
-                             "head_mode", "head_dpsgd", "head_dpsgd_clip") if opts.get(k) is not None]
+        given = [k for k in (*_DP_KEYS, "defense") if opts.get(k) is not None]
         if given:
             where = "--with" if specs else str(config_file)
             raise typer.BadParameter(
                 f"{where} lists the defences; give {', '.join(given)} there too (e.g. --with keyed-noise:sigma=0.1), "
                 "not as the older flags")
     dp_opts = _pop_set(opts, _DP_KEYS)
-    label_opts = _pop_set(opts, _LABEL_KEYS)
     data_opts = _pop_set(opts, _DATA_KEYS)
-    nm, clip = opts.pop("head_dpsgd", None), opts.pop("head_dpsgd_clip", None)
-    if clip is not None and nm is None:
-        raise typer.BadParameter("--head-dpsgd-clip needs --head-dpsgd NOISE_MULTIPLIER")
-    if nm is not None:
-        dp_opts["head_dpsgd"] = {"noise_multiplier": nm} | ({"max_grad_norm": clip} if clip is not None else {})
-    if dp_opts:  # --sigma / --noise-ratio / --target-epsilon override the file's [dp] table, key by key
+    if dp_opts:  # --sigma / --target-epsilon override the file's [dp] table, key by key
         _override_table(fields, "dp", dp_opts)
-    if label_opts:  # --label-expansion / --label-dp-epsilon override the file's [labels] table, key by key
-        _override_table(fields, "labels", label_opts)
-    if data_opts:  # --label-column / --test-fraction / --image-size / --image-mode: the file's [data] table
+    if data_opts:  # --label-column / --stream override the file's [data] table, key by key
         _override_table(fields, "data", data_opts)
     if opts.get("capacities") is not None:
         opts["capacities"] = parse_capacities(opts["capacities"])
     if opts.get("train_range") is not None:
         opts["train_range"] = parse_range(opts["train_range"])
-    if opts.get("party_devices") is not None:
-        opts["party_devices"] = parse_party_devices(opts["party_devices"])
     fields.update({k: v for k, v in opts.items() if v is not None})
     return make_config(**apply_sets(fields, sets or []))

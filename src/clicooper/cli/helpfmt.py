@@ -18,7 +18,7 @@ from rich.text import Text
 from typer import rich_utils
 from typer.core import TyperArgument, TyperCommand
 
-from clicooper.cli.common import emit_json, err
+from clicooper.cli.common import emit_json, err, set_hint
 
 #: What a user may type after a switch, meaning on or off; read as a value a switch does not take.
 _BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f"})
@@ -106,12 +106,19 @@ class Command(TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         """Typer's parsing, with one line for a value given to a switch instead of typer's 'unexpected extra
-        argument' or 'does not take a value'."""
+        argument' or 'does not take a value', and an unknown option that names a config field saying how to set
+        it (``--momentum`` → ``--set momentum=VALUE``)."""
         try:
             return super().parse_args(ctx, list(args))
         except typer.TyperException as e:
             hint = switch_hint(self.get_params(ctx), list(args))
             if hint is None or getattr(e, "exit_code", None) != 2:
+                name = getattr(e, "option_name", None)  # typer's own click: its NoSuchOption carries it
+                if isinstance(name, str) and any(p.name in ("sets", "defense_specs") for p in self.params):
+                    how = set_hint(name)
+                    if how is not None:
+                        e.message = f"No such option: {name}; {how}"  # type: ignore[attr-defined]
+                        e.possibilities = None  # type: ignore[attr-defined]  # the hint replaces click's guesses
                 raise
             err.print(f"[bold red]error:[/] {hint}", highlight=False, soft_wrap=True)
             if "--json" in args:

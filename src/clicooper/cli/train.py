@@ -45,7 +45,10 @@ def presets_epilog() -> str:
              "docs/research/privacy-frontier.md at 15k rows, 3 epochs, one seed):"]
     lines += [f"{p.name}: {p.description}" for p in PRESETS.values()]
     lines.append("Without --sigma, --target-epsilon or a preset, --defense dp/clicooper uses "
-                 "σ = noise_ratio/√d (d = values per sample at the cut; noise_ratio 1 unless given).")
+                 "σ = noise_ratio/√d (d = values per sample at the cut; noise_ratio 1 unless --set dp.noise_ratio=ρ).")
+    lines.append("Every other config field (optimizer, weight_decay, micro_batches, wire_dtype, data.workers, "
+                 "dp.clip_norm, labels.expansion, …) is set with --set KEY=VALUE; `clicooper fields` lists them all "
+                 "with their defaults and descriptions.")
     return "\n\n".join(lines)
 
 
@@ -60,11 +63,8 @@ _DATASET_HELP = ("fashion-mnist | digits | npz:PATH | cifar10:DIR | cifar100:DIR
                  "(official binary version) | imagefolder:DIR | csv:PATH | csv:TRAIN.csv,TEST.csv | "
                  "python:pkg.module:fn (your own function returning (x, y) tensors or a torch Dataset; with "
                  "--resume, name it again)")
-_LABEL_COLUMN_HELP = "data.label_column: the class column of a csv: dataset (required there)"
-_TEST_FRACTION_HELP = "data.test_fraction: test share of one csv: file or a flat imagefolder: (default 0.2)"
-_IMAGE_SIZE_HELP = "data.image_size: resize imagefolder: images to N×N (default: keep their size)"
-_IMAGE_MODE_HELP = "data.image_mode: RGB (default) | L (greyscale) for imagefolder:"
-
+_LABEL_COLUMN_HELP = ("data.label_column: the class column of a csv: dataset (required there; the other data "
+                      "options: --set data.test_fraction=…, data.image_size, data.image_mode, data.workers, …)")
 
 def _default(name: str) -> object:
     """The run config's default of field ``name``, so that --help cannot drift from it."""
@@ -73,14 +73,21 @@ def _default(name: str) -> object:
     return RunConfig.model_fields[name].default
 
 
-_EPOCHS_HELP = f"passes over the training range (default {_default('epochs')})"
-_BATCH_SIZE_HELP = ("samples per optimiser step, split into --micro-batches (default 128, or 16 on datasets under "
-                    "6,400 training samples)")
-_LR_HELP = f"learning rate of every party's optimiser (default {_default('lr'):g})"
-_MICRO_BATCHES_HELP = (f"GPipe micro-batches per step: M pieces of each batch pipelined through the parties "
-                       f"(same gradients; BatchNorm statistics per micro-batch) (default {_default('micro_batches')})")
-_MODEL_HELP = "built-in model name (default fmnist-cnn); `clicooper models` lists them, one line each"
+def _help(name: str, default: str | None = None) -> str:
+    """An option's help from its config field: the field's description and its default, so neither drifts."""
+    from clicooper.config import RunConfig
 
+    field = RunConfig.model_fields[name]
+    return f"{field.description} (default {default if default is not None else field.default})"
+
+
+_EPOCHS_HELP = _help("epochs")
+_BATCH_SIZE_HELP = "samples per optimiser step (default 128, or 16 on datasets under 6,400 training samples)"
+_LR_HELP = _help("lr", f"{_default('lr'):g}")
+_TRAINERS_HELP = _help("trainers")
+_CAPACITIES_HELP = "comma-separated relative trainer capacities, e.g. 1,2,1: the plan balances layers by them"
+_TOPOLOGY_HELP = _help("topology")
+_MODEL_HELP = "built-in model name (default fmnist-cnn); `clicooper models` lists them, one line each"
 
 # ------------------------------------------------------------------------------------------------------
 @guarded
@@ -88,40 +95,16 @@ def train(
     out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
     dataset: str = typer.Option(None, help=_DATASET_HELP),
     label_column: str = typer.Option(None, help=_LABEL_COLUMN_HELP),
-    test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
-    image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
-    image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
     stream: bool = typer.Option(None, "--stream/--no-stream", help="data.stream: read training samples from their files per "
                                 "batch with DataLoader workers (data too large for memory; same weights)"),
-    workers: int = typer.Option(None, help="data.workers: DataLoader worker processes of --stream (default 2)"),
-    crop_padding: int = typer.Option(None, help="data.crop_padding: augment training images by a random crop "
-                                     "after N pixels of zero padding (public draws per epoch and sample id)"),
-    flip: bool = typer.Option(None, "--flip/--no-flip", help="data.flip: augment training images by a random horizontal flip"),
     model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
-    trainers: int = typer.Option(None, help="number of trainer clients K"),
-    capacities: str = typer.Option(None, help="comma-separated trainer capacities, e.g. 1,2,1"),
-    topology: str = typer.Option(None, help="u-shape (labels stay with the DO) | open-tail"),
+    trainers: int = typer.Option(None, help=_TRAINERS_HELP),
+    capacities: str = typer.Option(None, help=_CAPACITIES_HELP),
+    topology: str = typer.Option(None, help=_TOPOLOGY_HELP),
     epochs: int = typer.Option(None, help=_EPOCHS_HELP),
     batch_size: int = typer.Option(None, help=_BATCH_SIZE_HELP),
-    micro_batches: int = typer.Option(None, help=_MICRO_BATCHES_HELP),
     lr: float = typer.Option(None, help=_LR_HELP),
-    lr_schedule: str = typer.Option(None, "--lr-schedule", help="constant | cosine (per epoch, every party)"),
-    optimizer: str = typer.Option(None, "--optimizer", help="adam | sgd (Nesterov momentum 0.9, --momentum)"),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="adam: AdamW's decoupled decay (0: Adam); sgd: L2"),
-    momentum: float = typer.Option(None, "--momentum", help="sgd: Nesterov momentum (default 0.9)"),
-    wire_dtype: str = typer.Option(None, "--wire-dtype", help="fp32 | bf16 | fp16 | int8 (row-scaled): how "
-                                   "activations and gradients travel, after the privacy mechanisms"),
-    overlap_steps: bool = typer.Option(None, "--overlap-steps/--no-overlap-steps", help="opt-in, changes the result: send step s + 1 "
-                                       "while step s's gradients return (the DO's head one step stale); "
-                                       "hides wide-area latency"),
-    head_mode: str = typer.Option(None, "--head-mode", help="learned | secret-random (the DO's head drawn from its "
-                                  "secret key and never trained)"),
-    adversarial_decoder: float = typer.Option(None, "--adversarial-decoder", help="λ ≥ 0 of ResSFL-style "
-                                              "adversarial training: the DO's head against a decoder it trains on "
-                                              "its own releases (0: off)"),
-    nopeek: float = typer.Option(None, "--nopeek", help="NoPeek weight α ≥ 0: the DO's head also minimises the "
-                                 "distance correlation between its inputs and its outputs (0: off)"),
     seed: int = typer.Option(None, help="public seed (weights init, shuffling); never derives a secret"),
     provenance: bool = typer.Option(
         None, "--provenance/--no-provenance", help="keep the signed ledger and watermark (default on). Its "
@@ -129,46 +112,20 @@ def train(
         "--seed gives the same weights (docs/reference/cli.md 'Which runs are reproducible')",
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
-    record_observations: bool = typer.Option(None, "--record-observations/--no-record-observations", help="record what trainers receive"),
-    observe: str = typer.Option(None, help="subset (5,000 fixed ids) | all. Size ≈ rows × values per sample at each "
-                                "trainer's input and output × 4 bytes per epoch; config fields observe_count (rows of "
-                                "the subset) and observe_dtype = float16 | bfloat16 (half the bytes) make it smaller"),
-    device: str = typer.Option(None, help="auto | cpu | cuda"),
-    party_device: str = typer.Option(None, "--party-device", help="per-party device overrides, e.g. "
-                                     "DO=cpu,T1=cuda,T2=cuda"),
-    trainer_precision: str = typer.Option(None, "--trainer-precision", help="fp32 | bf16 (trainers' forward "
-                                          "under bf16 autocast; what they send stays float32)"),
+    record_observations: bool = typer.Option(None, "--record-observations/--no-record-observations", help="record what trainers receive "
+                                             "(for `clicooper report`; --set observe=all|subset, observe_count, "
+                                             "observe_dtype choose how much)"),
+    device: str = typer.Option(None, help="auto | cpu | cuda (per party: --set party_devices.T1=cuda)"),
     defense: str = typer.Option(None, help="none | dp | labels | clicooper"),
     defense_specs: list[str] = typer.Option(
         None, "--with", help="a defence by its spec, KIND[:key=value,…], repeatable: any registered kind, "
-        "including installed packages' (e.g. --with keyed-noise:sigma=0.1 --with nopeek:weight=0.5); "
-        "replaces the older defence flags",
+        "including installed packages' (e.g. --with keyed-noise:sigma=0.1 --with nopeek:weight=0.5 --with "
+        "head-dpsgd:noise_multiplier=1); `clicooper fields` lists each kind's settings",
     ),
     preset: str = typer.Option(None, help=_preset_help()),
     sigma: float = typer.Option(None, help="dp.sigma: noise std / clip norm; 0 = clip only (ε = ∞)"),
-    noise_ratio: float = typer.Option(None, help="dp.noise_ratio ρ (default 1): with σ unset, σ = ρ/√d"),
     target_epsilon: float = typer.Option(
         None, help="dp.target_epsilon: choose the smallest σ with this per-release ε (head fixed) after --epochs"
-    ),
-    max_sigma: float = typer.Option(
-        None, help="dp.max_sigma (default 1000): the largest σ --target-epsilon may choose; more is refused"
-    ),
-    head_dpsgd: float = typer.Option(
-        None, help="train the DO's head with DP-SGD at this noise multiplier (dp.head_dpsgd; privacy.json then "
-        "also reports the composed 'DP-SGD head + releases' ε)",
-    ),
-    head_dpsgd_clip: float = typer.Option(None, help="per-sample gradient clip C of --head-dpsgd (default 1)"),
-    clip_norm: float = typer.Option(None, help="dp.clip_norm: per-sample L2 clip S of the head output (default 1)"),
-    delta: float = typer.Option(None, help="dp.delta of every (ε, δ) report (default 1e-5)"),
-    protect_gradients: bool = typer.Option(
-        None, "--protect-gradients/--no-protect-gradients", help="dp.protect_gradients: also clip + noise the gradient the DO sends back "
-        "to the last trainer (U-shape; needs --grad-clip-norm)",
-    ),
-    grad_clip_norm: float = typer.Option(None, help="dp.grad_clip_norm: per-sample clip of that gradient"),
-    label_expansion: int = typer.Option(None, help="labels.expansion m: secret sub-classes per class (default 2)"),
-    label_dp_epsilon: float = typer.Option(
-        None, help="labels.label_dp_epsilon: randomized-response label DP on the labels sent to the last trainer "
-        "(open tail only; one draw per sample, pure ε)",
     ),
     max_epsilon: float = typer.Option(
         None, help="stop cleanly (saved, resumable) before an epoch that would take any ε of privacy.json above "
@@ -180,6 +137,10 @@ def train(
     dismiss_detection: bool = typer.Option(
         False, "--dismiss-detection", help="with --resume: continue past a detection stop, live detection off "
         "for this invocation (the DO reviewed the accusation; docs/malicious.md)",
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="torch's intra-op CPU threads for this invocation (default: torch's own, one per "
+        "core); recorded in metrics.json beside the background workers (transcript hashing, noise prefetch)",
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object as the last stdout line"),
 ) -> None:
@@ -197,24 +158,15 @@ def train(
         if out_dir is None:
             raise typer.BadParameter("--out RUN is required (or --resume RUN)")
         cfg = config_from_options(
-            config_file, dataset=dataset, model=model, model_file=model_file, trainers=trainers, capacities=capacities,
-            topology=topology, epochs=epochs, batch_size=batch_size, micro_batches=micro_batches, lr=lr,
-            lr_schedule=lr_schedule, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
-            wire_dtype=wire_dtype, overlap_steps=overlap_steps, nopeek=nopeek, head_mode=head_mode,
-            adversarial_decoder=adversarial_decoder,
-            seed=seed, provenance=provenance, train_range=train_range, record_observations=record_observations,
-            observe=observe, device=device, party_devices=party_device, trainer_precision=trainer_precision,
-            defense=defense, defense_specs=defense_specs, preset=preset, sigma=sigma, noise_ratio=noise_ratio,
-            target_epsilon=target_epsilon, max_sigma=max_sigma, head_dpsgd=head_dpsgd,
-            head_dpsgd_clip=head_dpsgd_clip, clip_norm=clip_norm, delta=delta,
-            protect_gradients=protect_gradients, grad_clip_norm=grad_clip_norm, expansion=label_expansion,
-            label_dp_epsilon=label_dp_epsilon, label_column=label_column, test_fraction=test_fraction,
-            image_size=image_size, image_mode=image_mode, stream=stream, workers=workers,
-            crop_padding=crop_padding, flip=flip, sets=sets,
+            config_file, dataset=dataset, label_column=label_column, stream=stream, model=model,
+            model_file=model_file, trainers=trainers, capacities=capacities, topology=topology, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, provenance=provenance, train_range=train_range,
+            record_observations=record_observations, device=device, defense=defense, defense_specs=defense_specs,
+            preset=preset, sigma=sigma, target_epsilon=target_epsilon, sets=sets,
         )
         if dataset is not None and dataset.startswith("python:"):
             data = dataset  # named on this command line: the DO's own function runs (never from --config)
-    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data)
+    run = _train_with_progress(cfg, out_dir, resume, max_epsilon, dismiss_detection, data, threads)
     metrics = rundir.read_json(run.path / rundir.METRICS)
     if not as_json:
         err.print(plan_table(run.plan))
@@ -228,7 +180,7 @@ def train(
 
 
 def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, max_epsilon: float | None,
-                         dismiss_detection: bool = False, data: str | None = None) -> Any:
+                         dismiss_detection: bool = False, data: str | None = None, threads: int | None = None) -> Any:
     """Run training with a progress bar and one line per epoch on stderr; returns the run handle."""
     from clicooper.training import train as run_train  # lazy: torch
 
@@ -252,7 +204,7 @@ def _train_with_progress(cfg: Any, out_dir: Path | None, resume: Path | None, ma
 
     try:
         return run_train(cfg, out=out_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection, data=data)
+                         max_epsilon=max_epsilon, dismiss_detection=dismiss_detection, data=data, threads=threads)
     finally:
         if prog.live.is_started:  # never started: nothing to close (and no blank line)
             prog.stop()
@@ -367,15 +319,12 @@ def predict(
 def plan(
     dataset: str = typer.Option("fashion-mnist", help=_DATASET_HELP),
     label_column: str = typer.Option(None, help=_LABEL_COLUMN_HELP),
-    test_fraction: float = typer.Option(None, help=_TEST_FRACTION_HELP),
-    image_size: int = typer.Option(None, help=_IMAGE_SIZE_HELP),
-    image_mode: str = typer.Option(None, help=_IMAGE_MODE_HELP),
     model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
-    trainers: int = typer.Option(2),
-    capacities: str = typer.Option(None),
-    topology: str = typer.Option("u-shape"),
-    defense: str = typer.Option("none"),
+    trainers: int = typer.Option(2, help=_TRAINERS_HELP),
+    capacities: str = typer.Option(None, help=_CAPACITIES_HELP),
+    topology: str = typer.Option("u-shape", help=_TOPOLOGY_HELP),
+    defense: str = typer.Option("none", help="none | dp | labels | clicooper"),
     out_file: Path = typer.Option(None, "--out", help="also write the plan as JSON here"),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json"),
@@ -388,7 +337,6 @@ def plan(
 
     cfg = config_from_options(None, dataset=dataset, model=model, model_file=model_file, trainers=trainers,
                               capacities=capacities, topology=topology, defense=defense, label_column=label_column,
-                              test_fraction=test_fraction, image_size=image_size, image_mode=image_mode,
                               sets=sets)
     ds = dataset_from(cfg.dataset, options=cfg.data)  # a python: name on this command line is the user's own
     bp = blueprint_for(cfg, ds.input_shape, ds.num_classes)

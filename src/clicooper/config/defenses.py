@@ -146,6 +146,26 @@ def parse_defenses(items: Any) -> list[DefenseSpec]:
 SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
 
+def mark_explicit_sigma(data: Any) -> Any:
+    """Raw σ fields with ``sigma_source = "explicit"`` filled in where ``sigma`` is given and its source is
+    not (a ``mode="before"`` validator of every table that holds σ: :class:`KeyedNoise` and the older
+    ``dp`` table, so both record the same source)."""
+    if isinstance(data, dict) and data.get("sigma") is not None and data.get("sigma_source") is None:
+        data = {**data, "sigma_source": "explicit"}
+    return data
+
+
+def check_sigma_choice(sigma: float | None, sigma_source: str | None, target_epsilon: float | None) -> None:
+    """Refuse a σ whose recorded source contradicts the fields given (ValueError saying what to do); one
+    check for :class:`KeyedNoise` and the older ``dp`` table, so both refuse with the same words."""
+    if sigma is None and sigma_source is not None:
+        raise ValueError("dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)")
+    if sigma_source == "explicit" and target_epsilon is not None:
+        raise ValueError("give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them")
+    if sigma_source == "target-epsilon" and target_epsilon is None:
+        raise ValueError("dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set")
+
+
 class KeyedNoise(DefenseSpec):
     """Activation protection at the cut (docs/design/mechanisms.md#activation-protection): each release clipped per sample to ``clip_norm`` and
     noised with keyed Gaussian noise of std ``sigma · clip_norm`` (the DO's secret, never the seed).
@@ -171,21 +191,11 @@ class KeyedNoise(DefenseSpec):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="δ of every (ε, δ) report")
     accountant: Literal["pld", "rdp"] = "pld"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _mark_explicit(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("sigma") is not None and data.get("sigma_source") is None:
-            data = {**data, "sigma_source": "explicit"}
-        return data
+    _mark_explicit = model_validator(mode="before")(mark_explicit_sigma)
 
     @model_validator(mode="after")
     def _sigma_choice(self) -> KeyedNoise:
-        if self.sigma is None and self.sigma_source is not None:
-            raise ValueError("dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)")
-        if self.sigma_source == "explicit" and self.target_epsilon is not None:
-            raise ValueError("give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them")
-        if self.sigma_source == "target-epsilon" and self.target_epsilon is None:
-            raise ValueError("dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set")
+        check_sigma_choice(self.sigma, self.sigma_source, self.target_epsilon)
         return self
 
 
@@ -228,7 +238,7 @@ class RandomizedResponse(DefenseSpec):
     def problem(self, config: RunConfig) -> str | None:
         if config.topology != "open-tail":
             return ("labels.label_dp_epsilon (randomized response) protects the labels sent to the last trainer, "
-                    "which only happens in the open tail; use --topology open-tail or drop --label-dp-epsilon "
+                    "which only happens in the open tail; use --topology open-tail or drop labels.label_dp_epsilon "
                     "(in the U-shape the labels never leave the DO)")
         return None
 
@@ -248,7 +258,7 @@ class HeadDPSGD(DefenseSpec):
                     "--defense dp or clicooper (the releases of an unprotected head would void it)")
         if config.overlap_steps:
             return ("overlap_steps is not combined with dp.head_dpsgd (its checks and records assume one step "
-                    "in flight); drop --overlap-steps or dp.head_dpsgd")
+                    "in flight); drop overlap_steps or dp.head_dpsgd")
         return None
 
 

@@ -26,7 +26,14 @@ from pydantic import (
 )
 
 from clicooper import jsonbound
-from clicooper.config.defenses import DefenseSpec, defense_summary, parse_defenses
+from clicooper.config.defenses import (
+    DefenseSpec,
+    SigmaSource,
+    check_sigma_choice,
+    defense_summary,
+    mark_explicit_sigma,
+    parse_defenses,
+)
 from clicooper.config.presets import apply_preset
 from clicooper.config.security import AdversaryConfig, AuditConfig, DetectionConfig, security_problem
 from clicooper.errors import ConfigError
@@ -37,9 +44,6 @@ Defense = Literal["none", "dp", "labels", "clicooper"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-SigmaSource = Literal["explicit", "target-epsilon", "preset", "noise-ratio"]
 
 
 class HeadDPSGDConfig(_Strict):
@@ -98,23 +102,11 @@ class DPConfig(_Strict):
         "'DP-SGD head + releases' ε"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _mark_explicit(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("sigma") is not None and data.get("sigma_source") is None:
-            data = {**data, "sigma_source": "explicit"}
-        return data
+    _mark_explicit = model_validator(mode="before")(mark_explicit_sigma)
 
     @model_validator(mode="after")
     def _sigma_choice(self) -> DPConfig:
-        if self.sigma is None and self.sigma_source is not None:
-            raise ValueError("dp.sigma_source is filled in when σ is chosen; leave it out (or give dp.sigma)")
-        if self.sigma_source == "explicit" and self.target_epsilon is not None:
-            raise ValueError(
-                "give dp.sigma or dp.target_epsilon, not both (the target ε chooses σ); drop one of them"
-            )
-        if self.sigma_source == "target-epsilon" and self.target_epsilon is None:
-            raise ValueError("dp.sigma_source is 'target-epsilon' but dp.target_epsilon is not set")
+        check_sigma_choice(self.sigma, self.sigma_source, self.target_epsilon)
         return self
 
 
@@ -137,12 +129,13 @@ class WatermarkConfig(_Strict):
 
 ImageMode = Literal["RGB", "L"]
 
-# which dataset forms each data option applies to (the part of ``dataset`` before the first ':')
-_DATA_OPTION_FORMS: dict[str, tuple[tuple[str, ...], str]] = {
+# which dataset forms each data option applies to (the part of ``dataset`` before the first ':'), and its CLI flag
+# where it has one (the others are set with --set data.KEY=VALUE)
+_DATA_OPTION_FORMS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "label_column": (("csv",), "--label-column"),
-    "test_fraction": (("csv", "imagefolder"), "--test-fraction"),
-    "image_size": (("imagefolder",), "--image-size"),
-    "image_mode": (("imagefolder",), "--image-mode"),
+    "test_fraction": (("csv", "imagefolder"), None),
+    "image_size": (("imagefolder",), None),
+    "image_mode": (("imagefolder",), None),
 }
 
 
@@ -182,7 +175,8 @@ class DataOptions(_Strict):
         for field, (forms, flag) in _DATA_OPTION_FORMS.items():
             if getattr(self, field) is not None and form not in forms:
                 where = " and ".join(f"{f}:" for f in forms)
-                return f"data.{field} ({flag}) applies to {where} datasets only, not {dataset!r}; drop it"
+                named = f"data.{field}" + (f" ({flag})" if flag else "")
+                return f"{named} applies to {where} datasets only, not {dataset!r}; drop it"
         if self.stream and form not in ("imagefolder", "cifar10", "cifar100", "cifar100-coarse"):
             return (f"data.stream (--stream) reads imagefolder: and cifar*: datasets from their files; {dataset!r} "
                     "is loaded into memory: drop --stream")
@@ -194,26 +188,33 @@ class DataOptions(_Strict):
 class RunConfig(_Strict):
     """Everything that determines a run. Public: the seed here never derives a secret."""
 
-    dataset: str = "fashion-mnist"
+    dataset: str = Field("fashion-mnist", description="what the DO trains on: a built-in name or FORM:PATH "
+                         "(npz:, csv:, imagefolder:, cifar10:, python:pkg.module:fn; `clicooper train --help`)")
     data: DataOptions = Field(DataOptions(), description="options of csv: / imagefolder: datasets")
-    model: str = "fmnist-cnn"
+    model: str = Field("fmnist-cnn", description="built-in model name (`clicooper models`), or a model file's name")
     model_spec: list[dict[str, Any]] | None = Field(
         None, description="the model's layers (a model file's spec, clicooper.models.spec); when set, `model` "
         "only names it and every party builds from this list"
     )
-    trainers: int = Field(2, ge=1, le=64)
-    capacities: list[float] | None = None
-    topology: Topology = "u-shape"
-    epochs: int = Field(5, ge=1, le=10_000)
+    trainers: int = Field(2, ge=1, le=64, description="number of trainer clients K")
+    capacities: list[float] | None = Field(
+        None, description="relative compute capacity of each trainer (one per trainer); the plan balances "
+        "their layers by it; None: equal")
+    topology: Topology = Field(
+        "u-shape", description="u-shape: the DO keeps the head and the tail (labels never leave it); open-tail: the "
+        "last trainer holds the tail and receives labels")
+    epochs: int = Field(5, ge=1, le=10_000, description="passes over the training range")
     batch_size: int | None = Field(
         None, ge=1, le=1_000_000, description="None: 128, or 16 for datasets under 6,400 training samples"
     )
-    micro_batches: int = Field(1, ge=1, le=1024)
+    micro_batches: int = Field(
+        1, ge=1, le=1024, description="GPipe micro-batches per step: M pieces of each batch pipelined through "
+        "the parties (same gradients; BatchNorm statistics per micro-batch)")
     wire_dtype: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         "fp32", description="how activations and gradients travel: fp32, bf16, fp16, or int8 with a per-row "
         "scale (clicooper.protocol.wire_codec); applied after the privacy mechanisms, so ε is unchanged",
     )
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="learning rate of every party's optimiser")
     optimizer: Literal["adam", "sgd"] = Field(
         "adam", description="every party's optimizer: adam (AdamW with weight_decay > 0) or sgd (Nesterov momentum)")
     weight_decay: float = Field(
@@ -231,17 +232,21 @@ class RunConfig(_Strict):
         "head after step s − 2, its gradient applied one step late); the trainers and the tail stay exact. "
         "Deterministic (in-process, gRPC and resumed runs agree); not with provenance, detection or head DP-SGD",
     )
-    seed: int = 0
-    train_range: tuple[int, int] | None = None
-    record_observations: bool = False
-    observe: Literal["subset", "all"] = "subset"
-    observe_count: int = Field(5000, ge=1)
+    seed: int = Field(0, description="public seed (weights init, shuffling); never derives a secret")
+    train_range: tuple[int, int] | None = Field(
+        None, description="[START, END): the slice of the training split the DO trains on; None: all of it")
+    record_observations: bool = Field(
+        False, description="record what trainers receive (observations/), for `clicooper report` and attacks")
+    observe: Literal["subset", "all"] = Field(
+        "subset", description="which rows are recorded: a fixed subset of observe_count ids, or all")
+    observe_count: int = Field(5000, ge=1, description="rows of the recorded subset")
     observe_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="how recorded activations and gradients are stored (observations/): float16 "
         "halves the files (relative error ≈ 2·10⁻⁴ per row; a tensor with values beyond float16's range stays "
         "float32), bfloat16 halves them with float32's range (≈ 2·10⁻³); attacks read every one as float32",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="every party's device unless party_devices overrides it; auto: cuda when visible")
     party_devices: dict[str, Literal["auto", "cpu", "cuda"]] = Field(
         default_factory=dict,
         description="per-party overrides of `device`, e.g. {DO = \"cpu\", T1 = \"cuda\"} (the DO on the CPU, "
@@ -318,7 +323,7 @@ class RunConfig(_Strict):
             if clash:
                 raise ValueError(f"overlap_steps is not combined with {', '.join(clash)} (their checks and records "
                                  "assume one step in flight); turn those off (--no-provenance) or drop "
-                                 "--overlap-steps")
+                                 "overlap_steps")
         security = security_problem(self.adversary, self.audit, trainers=self.trainers, topology=self.topology,
                                     provenance=self.provenance)
         if security is not None:
@@ -326,7 +331,7 @@ class RunConfig(_Strict):
         unknown = sorted(set(self.party_devices) - {"DO", *(f"T{i + 1}" for i in range(self.trainers))})
         if unknown:
             raise ValueError(f"party_devices names {', '.join(unknown)}, not a party of this run; use DO or "
-                             f"T1 … T{self.trainers} (e.g. --party-device T1=cuda)")
+                             f"T1 … T{self.trainers} (e.g. --set party_devices.T1=cuda)")
         for spec in self.defenses:  # each defence's own conflicts with the rest of the run
             problem = spec.problem(self)
             if problem is not None:

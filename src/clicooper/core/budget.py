@@ -23,7 +23,7 @@ def check_max_epsilon(max_epsilon: float | None, config: RunConfig) -> None:
             "--defense dp or clicooper (or drop --max-epsilon)")
     if config.protect_activations and config.dp.sigma == 0:
         raise ConfigError("--max-epsilon with σ = 0: clipping alone has ε = ∞, so no epoch fits the budget; "
-                          "give σ > 0 (--sigma, --noise-ratio or --target-epsilon)")
+                          "give σ > 0 (--sigma, --target-epsilon or --set dp.noise_ratio=ρ)")
 
 
 def budget_stop(privacy: PrivacyMechanisms, max_epsilon: float | None, r: int) -> dict[str, Any] | None:

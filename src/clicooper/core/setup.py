@@ -18,7 +18,7 @@ def resolve_device(name: str, who: str = "this run") -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU → clear error."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{who} asks for device cuda but no CUDA GPU is visible; use cpu or auto "
-                          "(--device / --party-device)")
+                          "(--device, or --set party_devices.PARTY=DEVICE)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -70,6 +70,6 @@ def checked_split(n: int, test_fraction: float, seed: int, where: str) -> tuple[
     if len(tr) == 0 or len(te) == 0:
         raise DataError(
             f"{where} has only {n} samples: test_fraction {test_fraction:g} leaves {len(tr)} for training and "
-            f"{len(te)} for testing; add samples or change --test-fraction so both sides get at least one"
+            f"{len(te)} for testing; add samples or change data.test_fraction (--set data.test_fraction=F) so both sides get at least one"
         )
     return tr, te

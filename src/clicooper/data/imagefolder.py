@@ -80,7 +80,7 @@ def _read(items: Pairs, mode: str, size: int | None) -> tuple[torch.Tensor, torc
             h, w = a.shape[1:]
             h0, w0 = arrays[0].shape[1:]
             raise DataError(
-                f"imagefolder: image {path} is {w}×{h} but {items[0][0]} is {w0}×{h0}; pass --image-size N "
+                f"imagefolder: image {path} is {w}×{h} but {items[0][0]} is {w0}×{h0}; pass --set data.image_size=N "
                 "to resize every image to N×N"
             )
         arrays.append(a)
@@ -105,7 +105,7 @@ def _split_layout(root: Path, options: DataOptions) -> tuple[tuple[str, ...], Pa
     """(class names, train pairs, test pairs) of the ``train/`` + ``test/`` layout."""
     if options.test_fraction is not None:
         raise DataError(
-            f"imagefolder: {root} already has train/ and test/ folders; drop --test-fraction (data.test_fraction)"
+            f"imagefolder: {root} already has train/ and test/ folders; drop data.test_fraction"
         )
     train, test = _class_files(root / "train"), _class_files(root / "test")
     if set(train) != set(test):
@@ -145,6 +145,6 @@ def load_imagefolder(arg: str, options: DataOptions) -> Dataset:
     if x_test.shape[1:] != x_train.shape[1:]:
         raise DataError(
             f"imagefolder: test images are {tuple(x_test.shape[1:])} but training images "
-            f"{tuple(x_train.shape[1:])}; pass --image-size N to resize every image to N×N"
+            f"{tuple(x_train.shape[1:])}; pass --set data.image_size=N to resize every image to N×N"
         )
     return Dataset(f"imagefolder:{arg}", x_train, y_train, x_test, y_test, len(names), names)

@@ -49,7 +49,7 @@ class FileImages(TorchDataset):
         if a.shape != self.shape:
             raise DataError(
                 f"imagefolder: image {self.files[i]} has shape {a.shape}, the others {self.shape}; pass "
-                "--image-size N to resize every image to N×N"
+                "--set data.image_size=N to resize every image to N×N"
             )
         x = a.astype(np.float32)
         x /= 255.0

@@ -214,7 +214,7 @@ def _split_tables(arg: str, options: DataOptions) -> tuple[Table, Table]:
     if len(parts) != 2:
         raise DataError(f"csv:{arg}: give one file, or two separated by one comma (csv:TRAIN.csv,TEST.csv)")
     if options.test_fraction is not None:
-        raise DataError("csv:TRAIN.csv,TEST.csv already gives the test split; drop --test-fraction")
+        raise DataError("csv:TRAIN.csv,TEST.csv already gives the test split; drop data.test_fraction")
     train, test = read_table(Path(parts[0])), read_table(Path(parts[1]))
     if set(train.header) != set(test.header):
         only_tr, only_te = sorted(set(train.header) - set(test.header)), sorted(set(test.header) - set(train.header))

@@ -58,7 +58,7 @@ def resolve_sigma(config: RunConfig, *, cut_shape: Sequence[int] | None = None) 
                 max_sigma=dp.max_sigma,
             )
         except PrivacyError as e:
-            raise ConfigError(f"dp.target_epsilon: {e} (--max-sigma / dp.max_sigma)") from e
+            raise ConfigError(f"dp.target_epsilon: {e} (raise it with --set dp.max_sigma=S)") from e
         source = "target-epsilon"
     else:
         if cut_shape is None:
@@ -155,7 +155,7 @@ def cut_advice(model: str, dataset: str = "fashion-mnist") -> str | None:
     if model.startswith("fmnist-resnet-s"):
         return (f"note: on {model} noise alone was measured above the inversion class floor (fmnist-resnet-s8, "
                 "3 seeds, 15k rows × 3 epochs, converging attackers: noise/signal 1 → strongest inversion ≥ 0.20 "
-                "over the class floor for −4.0 points, 2 → ≥ 0.08 for −7.9; --nopeek 3 at noise/signal 1 "
+                "over the class floor for −4.0 points, 2 → ≥ 0.08 for −7.9; NoPeek α 3 (--with nopeek:weight=3) at noise/signal 1 "
                 "(--preset private-resnet) → ≥ 0.04 for −8.3; docs/research/frontier-resnet.md).")
     if dataset != "fashion-mnist":
         return (f"note: what this noise protects on {model} ({dataset}) is not measured; run `clicooper report` "

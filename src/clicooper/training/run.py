@@ -25,6 +25,7 @@ from clicooper.core.observe import ObservationRecorder, subset_ids, write_index
 from clicooper.core.privacy import build_privacy
 from clicooper.core.run_loop import Progress, RoundHooks, RunLoop, dismiss, read_metrics
 from clicooper.core.setup import resolve_run
+from clicooper.core.threads import check_threads, choose_threads, torch_threads
 from clicooper.data import Dataset, load_dataset
 from clicooper.data.given import GivenData, dataset_from, fingerprint, is_owner_code, open_dataset
 from clicooper.data.tabular import csv_encoding
@@ -200,6 +201,7 @@ def train(
     hooks: RoundHooks | None = None,
     max_epsilon: float | None = None,
     dismiss_detection: bool = False,
+    threads: int | None = None,
 ) -> RunHandle:
     """Train a model cooperatively and return the run (see module docstring).
 
@@ -225,7 +227,12 @@ def train(
     ε every DP report of ``privacy.json`` would have after it is computed; if one would exceed the limit,
     training stops cleanly *before* that epoch — the completed epochs are saved, the ledger stays open, and
     ``metrics.json`` gets a ``"stopped"`` record — and ``--resume`` with a larger limit continues it.
+
+    ``threads`` (also a limit of this invocation): torch's intra-op threads while it trains, the caller's
+    count given back afterwards; default torch's own (:func:`clicooper.core.threads.choose_threads`). The
+    split, with the background workers beside it, is recorded in ``metrics.json`` (``"threads"``).
     """
+    check_threads(threads)  # before any data is read
     given = {"dataset": dataset, "trainers": trainers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "seed": seed, "topology": topology, "device": device, "provenance": provenance}
     fields = {k: v for k, v in given.items() if v is not None}
@@ -253,12 +260,15 @@ def train(
     if model is not None and module is None and not resumed:
         own_model.check_adopted(model, blueprint.model)
     check_max_epsilon(max_epsilon, config)
+    split = choose_threads(config, threads)
+    metrics["threads"] = split.record()  # what this invocation's samples/s were measured with
     made_dir = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _invocation(config, run_dir, ds, blueprint, initial, resumed=resumed, done=done, metrics=metrics,
-                           progress=progress, on_epoch=on_epoch, hooks=hooks, max_epsilon=max_epsilon,
-                           dismiss_detection=dismiss_detection)
+        with torch_threads(split.torch):
+            return _invocation(config, run_dir, ds, blueprint, initial, resumed=resumed, done=done,
+                               metrics=metrics, progress=progress, on_epoch=on_epoch, hooks=hooks,
+                               max_epsilon=max_epsilon, dismiss_detection=dismiss_detection)
     except InterruptedRun:
         raise  # Ctrl-C: saved as far as it got, and the message says how to resume
     except Exception:
