@@ -25,9 +25,6 @@ SMOKE_ROWS = 300
 #: The smoke budget's bound on auxiliary images (the first of the aux range, by default the first half of the
 #: test split): the decoders' held-out tenth of them was scored every few steps, most of inversion's smoke cost.
 SMOKE_AUX_ROWS = 1000
-#: Rows of the undefended baseline ``clicooper report`` trains at the smoke budget (the first of the run's
-#: training range): training it on a 2,000-row run was a quarter of a smoke report. The report says so.
-SMOKE_BASELINE_ROWS = 500
 #: Attacks whose ``victims`` option is also their config's (the reconstruction attacks).
 _VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 
@@ -111,8 +108,7 @@ DESCRIPTIONS = {
              "1,000 pairs, UnSplit 10×5 rounds), FORA and SDAR of 1,200 steps, extraction and completion of "
              "200 / 300 steps; most decoders have not converged at it, and the sweeps mark those figures ≥",
     "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts, at most 300 rows clustered, "
-             "fitted or scored, 1,000 auxiliary images, no shadow heads; a baseline the report trains gets at most "
-             "500 rows; figures are not converged and not meaningful)",
+             "fitted or scored, 1,000 auxiliary images, no shadow heads; figures are not converged and not meaningful)",
     "full": "full budget: every level the library has (500 victims, known-plaintext 100 and 1,000 pairs, shadow "
             "heads, extraction k ∈ {0, 1, 10, 100}, 5,000 queries) at one doubling beyond the demo's steps "
             "(decoders of 6,400 minibatches, FORA and SDAR of 4,800); clustering/gradient-leak on every recorded "

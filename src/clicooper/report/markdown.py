@@ -58,10 +58,8 @@ def _summary(rep: dict[str, Any]) -> list[str]:
         L.append("- **Not judged:** " + "; ".join(rest) + ".")
     acc, bacc, cost = sm.get("accuracy"), sm.get("baseline_accuracy"), sm.get("accuracy_cost_pt")
     if acc is not None:
-        note = f"; the baseline was {sm['accuracy_cost_note']}" if sm.get("accuracy_cost_note") else ""
         L.append(f"- **Accuracy cost:** {_fmt(acc)} against {_fmt(bacc)} undefended "
-                 f"({'–' if cost is None else f'{cost:.1f} pt lost' if cost >= 0 else f'{-cost:.1f} pt gained'}"
-                 f"{note}).")
+                 f"({'–' if cost is None else f'{cost:.1f} pt lost' if cost >= 0 else f'{-cost:.1f} pt gained'}).")
     gain = sm.get("trainer_gain_pt")
     if gain is not None and gain < 0:
         L.append(f"- **Trainers' gain: {_pt(gain)} — negative.** The DO alone (its head + a linear tail, no "
@@ -80,8 +78,7 @@ def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
     L = ["## The two runs\n",
          "| | run | undefended baseline |\n|---|---|---|",
          f"| run directory | `{run['run']}` | `{base['run']}`"
-         + (f" ({base['rows_note']})" if base.get("rows_note") else
-            " (trained by this report)" if base.get("trained_by_report") else "") + " |",
+         + (" (trained by this report)" if base.get("trained_by_report") else "") + " |",
          f"| model | {run.get('model')} | {base.get('model', run.get('model'))} |",
          f"| defense | {run['defense']} | {base['defense']} |",
          f"| malicious trainer (research option) | {_adversary(run)} | {_adversary(base)} |",

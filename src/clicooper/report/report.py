@@ -22,7 +22,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from clicooper import rundir
-from clicooper.attacks.budgets import BASELINE_SCALE, DESCRIPTIONS, SMOKE_BASELINE_ROWS, parse_attacks
+from clicooper.attacks.budgets import BASELINE_SCALE, DESCRIPTIONS, parse_attacks
 from clicooper.attacks.runner import OwnObjects
 from clicooper.config import make_config
 from clicooper.config.defenses import SHORTHAND_FIELDS, defense_kinds_of
@@ -52,30 +52,14 @@ __all__ = ["MUST_MATCH", "SETTINGS_COMPARED", "SHOULD_MATCH", "Progress", "do_al
 _level_rows = level_rows  # the name tests and older callers import from here
 
 
-def _first_rows(cfg: dict[str, Any], max_rows: int, own: OwnObjects) -> list[int] | None:
-    """The first ``max_rows`` rows of the training range of run config ``cfg``, or None when it has no more."""
-    rng = cfg.get("train_range")
-    if rng is None:  # the whole training split: how many rows that is
-        dataset = open_dataset(str(cfg.get("dataset")), cfg.get("data"), own.data, own.test_data)
-        rng = [0, len(dataset.train_ids(None))]
-    a, b = (int(v) for v in rng)
-    return [a, a + max_rows] if b - a > max_rows else None
-
-
 def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *, model: str | None = None,
-                   own: OwnObjects | None = None, max_rows: int | None = None) -> Path:
+                   own: OwnObjects | None = None) -> Path:
     """Train the undefended counterpart of ``run_dir`` (same config, ``defense="none"``, observations
     recorded; ``model`` replaces the run's model when given) into ``out``; reuse ``out`` if it already
-    holds that finished run. ``own``: the user's own module and data of a run that cannot rebuild them.
-    ``max_rows``: train on at most the first that many rows of the run's training range (the smoke budget's
-    bound; the report says so, and its accuracy cost is then not comparable)."""
+    holds that finished run. ``own``: the user's own module and data of a run that cannot rebuild them."""
     cfg = read_json(Path(run_dir) / "config.json")
     want = {k: v for k, v in cfg.items() if k not in SHORTHAND_FIELDS}
     want |= {"defenses": [], "record_observations": True, "model": model or cfg.get("model")}
-    if max_rows is not None and not is_owner_code(str(want.get("dataset"))):
-        first = _first_rows(cfg, max_rows, own or OwnObjects())
-        if first is not None:
-            want["train_range"] = first
     if model is not None:
         want["model_spec"] = None  # --baseline-model names a built-in, not the run's model file
     if "preset" in want:
@@ -159,24 +143,15 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
 
 
 def _baseline_dir(run_dir: Path, out_dir: Path, baseline: str | Path | None, baseline_model: str | None,
-                  progress: Progress | None, own: OwnObjects | None = None,
-                  max_rows: int | None = None) -> tuple[Path, bool]:
-    """The baseline run directory, and whether this report trained it (on at most ``max_rows`` rows)."""
+                  progress: Progress | None, own: OwnObjects | None = None) -> tuple[Path, bool]:
+    """The baseline run directory, and whether this report trained it."""
     if baseline is None:
-        return train_baseline(run_dir, out_dir / "baseline", progress, model=baseline_model, own=own,
-                              max_rows=max_rows), True
+        return train_baseline(run_dir, out_dir / "baseline", progress, model=baseline_model, own=own), True
     base_dir = Path(baseline)
     if base_dir.resolve() == run_dir.resolve():
         raise ConfigError("--baseline is the run itself; give the undefended run trained with the same "
                           "model, data and seed")
     return base_dir, False
-
-
-def _rows_note(run_range: list[int] | None, base_range: list[int]) -> str:
-    """What a report's smoke-budget baseline on fewer rows means for the figures beside it."""
-    of = f"{run_range[1] - run_range[0]:,}" if run_range else "all the"
-    return (f"trained by this report on the first {base_range[1] - base_range[0]:,} of the run's {of} training rows "
-            "(the smoke budget's bound): its accuracy, and so the accuracy cost, is not comparable with the run's")
 
 
 def _attack_both(names: list[str], run_dir: Path, base_dir: Path, budget: str, rerun: bool,
@@ -268,12 +243,9 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
                           "retrain with --record-observations")
     out_dir.mkdir(parents=True, exist_ok=True)
     marks = {"start": time.time()}  # seconds per phase, in report.json
-    base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress, own,
-                                               SMOKE_BASELINE_ROWS if budget == "smoke" else None)
+    base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress, own)
     base = run_summary(base_dir)
     warnings = check_comparable(run, base, baseline_model)
-    if trained_baseline and base["config"].get("train_range") != run["config"].get("train_range"):
-        base["rows_note"] = _rows_note(run["config"].get("train_range"), base["config"].get("train_range"))
     marks["baseline"] = time.time()
     if do_alone:
         known = None

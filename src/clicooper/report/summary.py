@@ -97,7 +97,6 @@ def summarize(rep: dict[str, Any]) -> dict[str, Any]:
         "not_informative": [r["key"] for r in kinds["not informative"]],
         "accuracy": acc, "baseline_accuracy": bacc,
         "accuracy_cost_pt": None if acc is None or bacc is None else round(100 * (bacc - acc), 2),
-        "accuracy_cost_note": base.get("rows_note"),
         "trainer_gain_pt": None if gain is None else round(100 * gain, 2),
         "do_alone_accuracy": run.get("do_alone_acc"),
         "epsilon": epsilon_meaning((run.get("epsilon") or [None])[0]),
