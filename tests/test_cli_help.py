@@ -89,7 +89,7 @@ def test_json_errors_from_a_command_and_from_a_bad_option_value(tmp_path, capsys
     assert not (tmp_path / "R").exists()
 
 
-@pytest.mark.parametrize("cmd", ["report", "attack", "plan"])  # train's 60 options: wide help (below) only
+@pytest.mark.parametrize("cmd", ["train", "report", "attack", "plan"])
 def test_help_not_cut_at_80_columns(cmd: str) -> None:
     text = _raw_help(cmd, columns=80)
     assert max(len(ln) for ln in text.splitlines()) <= 80
@@ -124,6 +124,64 @@ def test_plan_table_numbers_do_not_wrap_mid_digit() -> None:
     con.print(plan_table(plan))
     text = con.export_text()
     assert "123,456,789" in text and "98,765,432,100" in text
+
+
+def _words_intact(cmd: str, columns: int = 80) -> list[str]:
+    """Words of ``cmd``'s option names, metavars and help strings that its ``--help`` at ``columns`` does not show
+    whole (rich cut them with an ellipsis, or folded them across lines)."""
+    import typer.main
+
+    text = _raw_help(cmd, columns=columns)
+    assert max(len(ln) for ln in text.splitlines()) <= columns, text
+    shown = set(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+    command = typer.main.get_command(app).commands[cmd]  # type: ignore[attr-defined]
+    missing = []
+    for p in command.params:
+        words = [*p.opts, *p.secondary_opts, *(p.help or "").split()]
+        missing += [f"{p.name}: {w!r}" for w in words if w not in shown]
+    return missing
+
+
+@pytest.mark.parametrize("cmd", ["train", "report", "attack", "launch", "node"])
+def test_every_option_readable_at_80_columns(cmd: str) -> None:
+    missing = _words_intact(cmd)
+    assert not missing, missing  # a word cut (…) or folded mid-word, a number split mid-digit among them
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["train", "--stream", "true"], "--stream is a switch: use --stream or --no-stream"),
+    (["train", "--stream", "False"], "--stream is a switch: use --stream or --no-stream"),
+    (["train", "--stream=false"], "--stream is a switch: use --stream or --no-stream"),
+    (["train", "--no-provenance", "yes"], "--no-provenance is a switch: use --provenance or --no-provenance"),
+    (["report", "RUN", "--rerun", "true"], "--rerun is a switch: use --rerun, or leave it out"),
+])
+def test_a_value_after_a_switch_gets_one_line(tmp_path, argv: list[str], line: str) -> None:  # noqa: ANN001
+    out = tmp_path / "R"
+    r = runner.invoke(app, [*argv, "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [f"error: {line}"], r.stderr
+    assert not out.exists()
+
+
+def test_a_value_after_a_switch_under_json(capsys) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--stream", "true", "--json"])
+    got = capsys.readouterr()
+    assert e.value.code == 2
+    assert json.loads(got.out.strip()) == {"error": "--stream is a switch: use --stream or --no-stream",
+                                           "exit_code": 2}
+
+
+def test_switches_show_both_sides_and_no_turns_a_config_value_off(tmp_path) -> None:  # noqa: ANN001
+    from clicooper.cli.common import config_from_options
+
+    text = _help("train", columns=200)
+    for name in ("stream", "record-observations", "provenance"):
+        assert f"--no-{name}" in text, name
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text("dataset = \"digits\"\nmodel = \"digits-mlp\"\nrecord_observations = true\n")
+    assert config_from_options(cfg_file, record_observations=False).record_observations is False
+    assert config_from_options(cfg_file, record_observations=None).record_observations is True
 
 
 def test_python_dash_m_clicooper_is_the_console_script() -> None:

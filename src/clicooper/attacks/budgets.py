@@ -23,6 +23,9 @@ ALL_ATTACKS: tuple[str, ...] = ("gradient-leak", "clustering", "paper-metrics", 
                                 "sdar", "inversion")
 #: The smoke budget's bound on every row count: rows clustered or fitted, held-out rows scored.
 SMOKE_ROWS = 300
+#: The smoke budget's bound on auxiliary images (the first of the aux range, by default the first half of the
+#: test split): the decoders' held-out tenth of them was scored every few steps, most of inversion's smoke cost.
+SMOKE_AUX_ROWS = 1000
 #: Attacks whose ``victims`` option is also their config's (the reconstruction attacks).
 _VICTIM_ATTACKS = ("inversion", "fora", "sdar")
 
@@ -67,16 +70,19 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "clustering": {"epochs": "all", "known_k": 1, "test_rows": SMOKE_ROWS,
                        "config": {"n_init": 1, "max_rows": SMOKE_ROWS, "clusterers": ("kmeans",), "known_ks": (1,),
                                   "pca_dims": 16, "euclid_dims": 16, "exact_svd_max": 0}},
-        "inversion": {"victims": 16, "known_k": 2, "test_rows": SMOKE_ROWS,
-                      "config": {"victims": 16, "steps": 20, "width": 8, "refine_steps": 3, "unsplit_rounds": 2,
+        "inversion": {"victims": 16, "known_k": 2, "test_rows": SMOKE_ROWS, "aux_rows": SMOKE_AUX_ROWS,
+                      "config": {"modes": ("white-box", "known-plaintext", "unsplit"), "victims": 16, "steps": 20, "width": 8,
+                                 "refine_steps": 3, "unsplit_rounds": 2,
                                  "unsplit_inner": 2, "known_counts": (20,)}},
-        "extraction": {"known_k": 1, "test_rows": SMOKE_ROWS,
+        "extraction": {"known_k": 1, "test_rows": SMOKE_ROWS, "aux_rows": SMOKE_AUX_ROWS,
                        "config": {"ks": (0, 1), "steps": 10, "queries": 100, "n_init": 1}},
-        "paper-metrics": {"known_k": 1, "test_rows": SMOKE_ROWS,
+        "paper-metrics": {"known_k": 1, "test_rows": SMOKE_ROWS, "aux_rows": SMOKE_AUX_ROWS,
                           "config": {"steps": 10, "queries": 100, "named_k": 1, "max_rows": SMOKE_ROWS, "n_init": 1}},
         "completion": {"known_k": 1, "test_rows": SMOKE_ROWS, "config": {"ks": (1,), "steps": 10, "max_rows": SMOKE_ROWS}},
-        "fora": {"victims": 16, "test_rows": SMOKE_ROWS, "config": {"victims": 16, "steps": 8, "width": 8}},
-        "sdar": {"victims": 16, "test_rows": SMOKE_ROWS, "config": {"victims": 16, "steps": 8, "width": 8}},
+        "fora": {"victims": 16, "test_rows": SMOKE_ROWS, "aux_rows": SMOKE_AUX_ROWS,
+                 "config": {"victims": 16, "steps": 8, "width": 8}},
+        "sdar": {"victims": 16, "test_rows": SMOKE_ROWS, "aux_rows": SMOKE_AUX_ROWS,
+                 "config": {"victims": 16, "steps": 8, "width": 8}},
     },
     "full": {  # every level and 500 victims, one doubling beyond the demo's steps
         "gradient-leak": {"epochs": "all"},
@@ -105,7 +111,7 @@ DESCRIPTIONS = {
              "1,000 pairs, UnSplit 10×5 rounds), FORA and SDAR of 1,200 steps, extraction and completion of "
              "200 / 300 steps; most decoders have not converged at it, and the sweeps mark those figures ≥",
     "smoke": "smoke budget: seconds, for tests only (tiny decoders and step counts, at most 300 rows clustered, "
-             "fitted or scored; figures are not converged and not meaningful)",
+             "fitted or scored, 1,000 auxiliary images, no shadow heads; figures are not converged and not meaningful)",
     "full": "full budget: every level the library has (500 victims, known-plaintext 100 and 1,000 pairs, shadow "
             "heads, extraction k ∈ {0, 1, 10, 100}, 5,000 queries) at one doubling beyond the demo's steps "
             "(decoders of 6,400 minibatches); FORA and SDAR at the reference code's networks and learning rates, "

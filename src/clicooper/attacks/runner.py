@@ -136,6 +136,7 @@ def run_attack(
     save_as: str | None = None,
     own: OwnObjects | None = None,
     test_rows: int | None = None,
+    aux_rows: int | None = None,
 ) -> dict[str, Any]:
     """Run attack ``name`` on ``run_dir``, write ``RUN/attacks/<name>.json`` atomically and return its dict.
 
@@ -147,7 +148,8 @@ def run_attack(
     second run of the same attack with other settings, kept beside the first instead of replacing it).
     ``own``: the module and data a run of the user's own objects takes back (:class:`OwnObjects`).
     ``test_rows``: score on at most that many held-out test rows (default: all of them; the smoke budget's
-    bound, see :func:`clicooper.attacks.views.build_view`).
+    bound, see :func:`clicooper.attacks.views.build_view`). ``aux_rows``: use at most that many auxiliary
+    images, the first of the aux range (default: all of it; the smoke budget's bound).
     """
     t0 = time.time()
     stem = save_as or name
@@ -171,7 +173,8 @@ def run_attack(
         for ep in eps:
             views = build_view(run_dir, p, levels, epoch=ep, architecture=arch, dataset=dataset, config=cfg_json,
                                known_k=kk, aux_range=aux_range, aux_source=aux_source, victims=victims,
-                               predict=predict, seed=seed, reader=reader, test_rows=test_rows)
+                               predict=predict, seed=seed, reader=reader, test_rows=test_rows,
+                               aux_rows=aux_rows)
             with flush_denormals():
                 res = attack.run(views)
             results.append({"party": p, "epoch": ep, "views": views.info, **res.to_json()})
@@ -183,6 +186,7 @@ def run_attack(
                      "aux": {"source": aux_source, "range": list(aux_range) if aux_range else "first half of test"},
                      "victims": victims, "seed": seed, "config": attack.config.__dict__,
                      **({"test_rows": test_rows} if test_rows is not None else {}),
+                     **({"aux_rows": aux_rows} if aux_rows is not None else {}),
                      "note": "defaults fit a small budget: recorded subset of rows, last epoch only",
                      **(annotate or {})},
         "results": results,

@@ -95,7 +95,7 @@ def train(
     out_dir: Path = typer.Option(None, "--out", help="new run directory (never overwritten)"),
     dataset: str = typer.Option(None, help=_DATASET_HELP),
     label_column: str = typer.Option(None, help=_LABEL_COLUMN_HELP),
-    stream: bool = typer.Option(None, "--stream", help="data.stream: read training samples from their files per "
+    stream: bool = typer.Option(None, "--stream/--no-stream", help="data.stream: read training samples from their files per "
                                 "batch with DataLoader workers (data too large for memory; same weights)"),
     model: str = typer.Option(None, help=_MODEL_HELP),
     model_file: Path = typer.Option(None, "--model-file", help=_MODEL_FILE_HELP),
@@ -112,7 +112,7 @@ def train(
         "--seed gives the same weights (docs/reference/cli.md 'Which runs are reproducible')",
     ),
     train_range: str = typer.Option(None, help="START:END slice of the training split the DO trains on"),
-    record_observations: bool = typer.Option(None, "--record-observations", help="record what trainers receive "
+    record_observations: bool = typer.Option(None, "--record-observations/--no-record-observations", help="record what trainers receive "
                                              "(for `clicooper report`; --set observe=all|subset, observe_count, "
                                              "observe_dtype choose how much)"),
     device: str = typer.Option(None, help="auto | cpu | cuda (per party: --set party_devices.T1=cuda)"),

@@ -259,14 +259,18 @@ def _settings(rep: dict[str, Any]) -> list[str]:
         L.append(f"- **{n}** ({_fmt(a['seconds'], 1)} s on the run, {_fmt(a['baseline_seconds'], 1)} s on the "
                  f"baseline): budget {s.get('budget', 'unrecorded')}, knowledge {s.get('knowledge')}, parties "
                  f"{s.get('parties')}, epochs {s.get('epochs')}, victims {s.get('victims')}, known_k "
-                 f"{s.get('known_k')}, aux {s.get('aux')}, seed {s.get('seed')}, config `{json.dumps(s.get('config'))}`")
+                 f"{s.get('known_k')}, aux {s.get('aux')}"
+                 + (f" (its first {s['aux_rows']} rows)" if s.get("aux_rows") else "")
+                 + f", seed {s.get('seed')}, config `{json.dumps(s.get('config'))}`")
         diffs = a.get("differences_from_reference")
         if diffs:
             L.append(f"\n  Where **{n}** differs from its reference code:\n\n  | setting | reference | ours | why |\n"
                      "  |---|---|---|---|")
             L += [f"  | {d['setting']} | {d['reference']} | {d['ours']} | {d['reason']} |" for d in diffs]
             L.append("")
-    L.append(f"\nGenerated {rep['created']} in {rep['seconds']} s. Numbers are one seed; see `make reproduce` "
+    phases = rep.get("phase_seconds") or {}
+    took = (" (" + ", ".join(f"{k.replace('_', '-')} {v:g} s" for k, v in phases.items()) + ")") if phases else ""
+    L.append(f"\nGenerated {rep['created']} in {rep['seconds']} s{took}. Numbers are one seed; see `make reproduce` "
              "for multi-seed confidence intervals.\n")
     return L
 

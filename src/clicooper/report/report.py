@@ -13,6 +13,7 @@ attack figures); rendering is :mod:`.markdown` and :mod:`.plots`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -96,10 +97,13 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     return out
 
 
-def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObjects | None = None) -> dict[str, Any]:
+def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObjects | None = None,
+                 known: dict[str, Any] | None = None) -> dict[str, Any]:
     """DO-alone accuracy for a run's configuration (:mod:`clicooper.training.do_alone`: its head + a linear
     tail, same rows, epochs, seed, batch size and learning rate, no trainers), cached in
-    ``RUN/do_alone.json`` together with the settings it was computed for."""
+    ``RUN/do_alone.json`` together with the settings it was computed for. ``known``: another run's result
+    (this function's return value), taken instead of training when it was computed for the same settings: the
+    DO alone never sees the defences, so a run and its undefended baseline share it."""
     cfg = read_json(Path(run_dir) / "config.json")
     rng = cfg.get("train_range")
     key = {"model": cfg.get("model"), "dataset": cfg.get("dataset"), "train_range": list(rng) if rng else None,
@@ -123,7 +127,12 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
         except (OSError, json.JSONDecodeError):
             have = {}
         if have.get("settings") == key and isinstance(have.get("do_alone_acc"), float):
-            return have
+            return {**have, "run": str(run_dir)}
+    if known is not None and known.get("settings") == key and isinstance(known.get("do_alone_acc"), float):
+        out = {"settings": key, "do_alone_acc": known["do_alone_acc"], "seconds": 0.0,
+               "same_as": known.get("same_as") or known.get("run")}
+        rundir.write_json(path, out)
+        return {**out, "run": str(run_dir)}
     if progress:
         progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
@@ -140,7 +149,7 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
                             momentum=run_cfg.momentum)
     out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
     rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
-    return out
+    return {**out, "run": str(run_dir)}
 
 
 def _baseline_dir(run_dir: Path, out_dir: Path, baseline: str | Path | None, baseline_model: str | None,
@@ -243,14 +252,19 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         raise AttackError(f"{run_dir} has no observations: the run was trained without recording them; "
                           "retrain with --record-observations")
     out_dir.mkdir(parents=True, exist_ok=True)
+    marks = {"start": time.time()}  # seconds per phase, in report.json
     base_dir, trained_baseline = _baseline_dir(run_dir, out_dir, baseline, baseline_model, progress, own)
     base = run_summary(base_dir)
     warnings = check_comparable(run, base, baseline_model)
+    marks["baseline"] = time.time()
     if do_alone:
+        known = None
         for summary, d in ((run, run_dir), (base, base_dir)):
-            summary["do_alone_acc"] = do_alone_for(d, progress, own)["do_alone_acc"]
+            known = do_alone_for(d, progress, own, known=known)
+            summary["do_alone_acc"] = known["do_alone_acc"]
             summary["trainer_gain"] = (summary["test_acc"] - summary["do_alone_acc"]
                                        if summary["test_acc"] is not None else None)
+    marks["do_alone"] = time.time()
     results, base_results = _attack_both(names, run_dir, base_dir, budget, rerun, progress, warnings,
                                          baseline_scale, own)
     rows: list[dict[str, Any]] = []
@@ -258,6 +272,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         rows += level_rows(name, results[name], base_results[name])
     for why in (UNCONVERGED_BUDGETS[b] for b in {budget} if b in UNCONVERGED_BUDGETS):
         rows = [not_converged(r, why) for r in rows]
+    marks["attacks"] = time.time()
     figures = _figures((run_dir, base_dir, out_dir), names, results, base_results, rows,
                        (run["test_acc"], base["test_acc"]), f"defense {run['defense']}")
     budgets_used = sorted({r.get("settings", {}).get("budget", "unrecorded") for r in results.values()})
@@ -278,6 +293,8 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         "figures": figures,
         "warnings": warnings,
         "seconds": round(time.time() - t0, 1),
+        "phase_seconds": {k: round(marks[k] - marks[p], 1) for p, k in itertools.pairwise(marks)}
+                         | {"figures": round(time.time() - marks["attacks"], 1)},
     }
     rep["summary"] = summarize(rep)
     (out_dir / "report.json").write_text(json.dumps(rep, indent=2, default=str))

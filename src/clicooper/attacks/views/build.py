@@ -102,9 +102,11 @@ def _victims(n_rows: int, known: KnownSampleView | None, victims: int, gen: torc
 
 
 def _aux_view(dataset: Any, aux_range: tuple[int, int] | None, aux_source: str, aux_labelled: bool,
-              train: tuple[int, int]) -> tuple[AuxiliaryView, torch.Tensor]:
+              train: tuple[int, int], aux_rows: int | None = None
+              ) -> tuple[AuxiliaryView, torch.Tensor, tuple[int, int]]:
     """Auxiliary-data level: ``aux_range`` of the ``aux_source`` split (disjoint from the DO's training
-    range), and the true labels of those samples (for the class floor)."""
+    range; its first ``aux_rows`` when given), the true labels of those samples (for the class floor), and the
+    whole range."""
     x_train, y_train = dataset.x_train, dataset.y_train.long()
     x_test, y_test = dataset.x_test, dataset.y_test.long()
     n_test = x_test.shape[0]
@@ -116,15 +118,20 @@ def _aux_view(dataset: Any, aux_range: tuple[int, int] | None, aux_source: str, 
     if aux_source == "train" and a < train_hi and train_lo < b:
         raise AttackError(f"aux_range {a}:{b} overlaps the DO's training range {train_lo}:{train_hi}; "
                           "auxiliary data must be disjoint from the DO's data — pick another range")
+    whole = (a, b)
+    if aux_rows is not None:
+        b = min(b, a + aux_rows)
     aux = AuxiliaryView(x=src_x[a:b], y=src_y[a:b] if aux_labelled else None, source=aux_source, range=(a, b))
-    return aux, src_y[a:b]
+    return aux, src_y[a:b], whole
 
 
-def _held_out(n_test: int, aux: AuxiliaryView | None) -> torch.Tensor:
-    """Mask of the held-out evaluation data: the test split minus the auxiliary range."""
+def _held_out(n_test: int, aux: AuxiliaryView | None, aux_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mask of the held-out evaluation data: the test split minus the auxiliary range (``aux_range`` when
+    given: the whole range, of which ``aux`` may hold only the first rows)."""
     keep = torch.ones(n_test, dtype=torch.bool)
     if aux is not None and aux.source == "test":
-        keep[aux.range[0] : aux.range[1]] = False
+        a, b = aux_range or aux.range
+        keep[a:b] = False
     if not bool(keep.any()):
         raise AttackError("the auxiliary range covers the whole test split; leave some of it for evaluation")
     return keep
@@ -160,6 +167,7 @@ def build_view(
     seed: int = 0,
     reader: RunReader | None = None,
     test_rows: int | None = None,
+    aux_rows: int | None = None,
 ) -> Views:
     """Build the views of ``party`` (``"T1"`` … ``"TK"``, or ``"pool"`` for all trainers colluding, whose
     own view is then the last trainer's) at one recorded ``epoch`` (default: the last).
@@ -171,9 +179,13 @@ def build_view(
     (up to ``victims``, disjoint from the known rows) are drawn from the recorded rows with ``seed``.
     ``test_rows`` caps the held-out evaluation data at that many rows spread evenly over it (a budget's
     bound on scoring, which otherwise runs every surrogate over the whole held-out split at each reading).
+    ``aux_rows`` caps the auxiliary data at the first that many rows of its range; the rows it leaves out
+    are not held out for evaluation either (the held-out data stays the same).
     """
     if test_rows is not None and test_rows < 1:
         raise AttackError(f"test_rows must be ≥ 1, got {test_rows}")
+    if aux_rows is not None and aux_rows < 1:
+        raise AttackError(f"aux_rows must be ≥ 1, got {aux_rows}")
     levels = _levels(knowledge)
     reader = reader or RunReader(run_dir)
     config = config if config is not None else (reader.read_json("config.json") if reader.exists("config.json") else {})
@@ -192,9 +204,9 @@ def build_view(
     perm = torch.randperm(ids.shape[0], generator=gen)
     known = _known_view(perm, ids, y_rows, x_train, public.num_classes, known_k) if "known" in levels else None
     victim_rows = _victims(ids.shape[0], known, victims, gen)
-    aux, aux_y_true = (_aux_view(dataset, aux_range, aux_source, aux_labelled, train)
-                       if "aux" in levels or "white-box" in levels else (None, None))
-    keep = _held_out(dataset.x_test.shape[0], aux)
+    aux, aux_y_true, whole = (_aux_view(dataset, aux_range, aux_source, aux_labelled, train, aux_rows)
+                              if "aux" in levels or "white-box" in levels else (None, None, None))
+    keep = _held_out(dataset.x_test.shape[0], aux, whole)
     if test_rows is not None and int(keep.sum()) > test_rows:
         kept = torch.nonzero(keep).flatten()
         keep = kept[torch.linspace(0, kept.numel() - 1, test_rows).round().long()]
