@@ -218,3 +218,17 @@ def test_a_defence_with_state_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert _weights(resumed.path) == _weights(whole.path)
     state = load_file(tmp_path / "resumed" / "checkpoints" / "round_0" / "DO.defenses.safetensors")
     assert "adversarial-decoder/decoder.1.weight" in state and any(k.endswith(".exp_avg") for k in state)
+
+
+def test_gradient_protection_is_refused_in_the_open_tail() -> None:
+    """In the open tail the last trainer computes the loss itself: the DO returns no gradient, so gradient
+    protection would do nothing while the privacy record listed it. Refused, by the spec and by the shorthand."""
+    with pytest.raises(ConfigError, match="open tail"):
+        make_config(dataset="digits", topology="open-tail",
+                    defenses=[{"kind": "keyed-noise", "sigma": 0.05}, {"kind": "gradient-protection", "clip_norm": 1.0}])
+    with pytest.raises(ConfigError, match="open tail"):
+        make_config(dataset="digits", topology="open-tail", defense="dp",
+                    dp={"sigma": 0.05, "protect_gradients": True, "grad_clip_norm": 1.0})
+    # the same defences in U-shape stay accepted
+    make_config(dataset="digits", defenses=[{"kind": "keyed-noise", "sigma": 0.05},
+                                            {"kind": "gradient-protection", "clip_norm": 1.0}])

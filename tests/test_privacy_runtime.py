@@ -110,12 +110,14 @@ def test_cli_per_mechanism_settings_reach_the_config(tmp_path: Path) -> None:
 
     cfg = _config_from_options(
         None, defense="clicooper", topology="open-tail", sigma=0.25,
-        sets=["dp.clip_norm=2.0", "dp.delta=1e-6", "dp.protect_gradients=true", "dp.grad_clip_norm=0.01",
-              "labels.expansion=3", "labels.label_dp_epsilon=4.0"],
+        sets=["dp.clip_norm=2.0", "dp.delta=1e-6", "labels.expansion=3", "labels.label_dp_epsilon=4.0"],
     )
     assert (cfg.dp.sigma, cfg.dp.clip_norm, cfg.dp.delta) == (0.25, 2.0, 1e-6)
-    assert (cfg.dp.protect_gradients, cfg.dp.grad_clip_norm) == (True, 0.01)
     assert (cfg.labels.expansion, cfg.labels.label_dp_epsilon) == (3, 4.0)
+    # gradient protection needs the gradient the DO returns, which only the U-shape has
+    cfg = _config_from_options(None, defense="clicooper", sigma=0.25,
+                               sets=["dp.protect_gradients=true", "dp.grad_clip_norm=0.01"])
+    assert (cfg.dp.protect_gradients, cfg.dp.grad_clip_norm) == (True, 0.01)
     # --set overrides a config file's tables key by key; keys not set keep the file's values
     f = tmp_path / "run.json"
     f.write_text('{"topology": "open-tail", "defense": "clicooper", "dp": {"sigma": 0.5, "delta": 1e-7},'

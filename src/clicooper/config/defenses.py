@@ -214,6 +214,9 @@ class GradientProtection(DefenseSpec):
         if config.defense_of("keyed-noise") is None:
             return ("gradient-protection noises with the keyed-noise defence's σ; add keyed-noise "
                     "(--defense dp or clicooper) or drop it")
+        if config.topology == "open-tail":
+            return ("gradient-protection noises the gradient the DO returns to the last trainer, and in the open "
+                    "tail the DO returns none (the last trainer computes the loss); use topology u-shape or drop it")
         return None
 
 
