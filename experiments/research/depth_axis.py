@@ -35,11 +35,15 @@ from clicooper.models.partition import make_plan
 from experiments.research.converged_point import GOAL, markdown, one_seed, summarise
 from experiments.research.frontier import Setting
 
-#: name → (defense, ρ = σ·√d at clip norm 1, NoPeek's α), as the residual frontier defined its points
-MECHANISMS: dict[str, tuple[str, float, float]] = {
-    "none": ("none", 0.0, 0.0),
-    "noise": ("clicooper", 1.0, 0.0),
-    "nopeek": ("clicooper", 1.0, 1.0),
+#: name → (defense, ρ = σ·√d at clip norm 1, NoPeek's α, label obfuscation's m or None for the default), as the
+#: residual frontier defined its points; ``labels``/``labels8`` are the SecDT-style secret label mapping alone
+#: (a keyed map of each class to m secret sub-classes, m = 2 or 8), with no activation noise
+MECHANISMS: dict[str, tuple[str, float, float, int | None]] = {
+    "none": ("none", 0.0, 0.0, None),
+    "noise": ("clicooper", 1.0, 0.0, None),
+    "nopeek": ("clicooper", 1.0, 1.0, None),
+    "labels": ("labels", 0.0, 0.0, None),
+    "labels8": ("labels", 0.0, 0.0, 8),
 }
 #: the reference the accuracy is compared with (its undefended run, same rows, epochs, recipe and seed)
 REFERENCE = "fmnist-resnet20"
@@ -64,12 +68,12 @@ def point(model: str, mechanism: str) -> dict[str, Any]:
     """One point: the variant, the mechanism and the :class:`Setting` that trains it (σ from ρ and the cut)."""
     if mechanism not in MECHANISMS:
         raise SystemExit(f"unknown mechanism {mechanism!r}; choose from {', '.join(MECHANISMS)}")
-    defense, rho, alpha = MECHANISMS[mechanism]
+    defense, rho, alpha, expansion = MECHANISMS[mechanism]
     cut, share = shape_and_share(model)
     sigma = rho / math.sqrt(math.prod(cut)) if rho else 0.0
     return {"name": f"{model}-{mechanism}", "model": model, "mechanism": mechanism, "rho": rho, "nopeek": alpha,
             "sigma": sigma, "cut_shape": cut, "do_flop_share": share, "share_fits": share <= GOAL["do_share"],
-            "setting": Setting(model, sigma, defense, nopeek=alpha)}
+            "expansion": expansion, "setting": Setting(model, sigma, defense, nopeek=alpha, expansion=expansion)}
 
 
 def grid(variants_arg: str = "", mechanisms_arg: str = ",".join(MECHANISMS), points_arg: str = ""

@@ -87,19 +87,60 @@ def budget_points(steps: int) -> list[int]:
 
 
 def convergence(values: list[float], steps: list[int] | None = None, *, what: str = "steps",
-                tol: float = CONVERGENCE_TOL) -> dict[str, Any]:
+                tol: float = CONVERGENCE_TOL, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The convergence record of a figure read at ¼, ½ and the full budget (``values`` in that order).
 
     ``converged`` is whether the last doubling (½ → full) changed the figure by less than ``tol``; when it
     did not, the full-budget figure is a *lower bound* of what the attack reaches (or, if it fell, an
     unstable one) and the report says so. ``what`` names the budget (``"steps"``, ``"rounds"`` …).
+
+    ``training`` is the attack's own training record (:func:`clicooper.attacks.adversarial.training_record`),
+    where it keeps one. A figure that stopped moving only because the attack never started training is not
+    converged: with a record, the figure converged only if the attack also fitted its own auxiliary data. An
+    attack whose features carry the simulated public noise may be unable to fit them because the noise leaves
+    nothing to decode; there it suffices that it learned at least the mean image on them (its inverse network's
+    MSE at most the mean image's) and that its own error settled (the last doubling moved it by less than
+    :data:`TRAINING_TOL` of itself).
     """
     if len(values) != len(BUDGET_FRACTIONS):
         raise AttackError(f"convergence needs {len(BUDGET_FRACTIONS)} values (¼, ½, full budget), got {len(values)}")
     change = abs(float(values[-1]) - float(values[-2]))
-    return {"fractions": list(BUDGET_FRACTIONS), "budget": steps, "unit": what,
-            "values": [float(v) for v in values], "last_doubling": change, "tol": tol,
-            "converged": bool(math.isfinite(change) and change < tol)}
+    stable = bool(math.isfinite(change) and change < tol)
+    out: dict[str, Any] = {"fractions": list(BUDGET_FRACTIONS), "budget": steps, "unit": what,
+                           "values": [float(v) for v in values], "last_doubling": change, "tol": tol,
+                           "converged": stable}
+    if training is not None:
+        trained, why = attack_trained(training)
+        out.update(figure_stable=stable, trained=trained, converged=stable and trained)
+        if not trained:
+            out["not_trained_why"] = why
+    return out
+
+
+#: The attack's own error (its inverse network's MSE on its auxiliary data) settled when the last doubling of
+#: the steps moved it by less than this share of itself.
+TRAINING_TOL = 0.05
+
+
+def attack_trained(training: dict[str, Any]) -> tuple[bool, str]:
+    """Whether an attack's own training record shows it trained (see :func:`convergence`), and if not, why."""
+    fits = [float(f) for f in training.get("aux_mse", [])]
+    mean = float(training.get("mean_image_mse", math.nan))
+    if training.get("fitted"):
+        return True, ""
+    if not fits or not all(math.isfinite(f) for f in fits) or not math.isfinite(mean):
+        return False, "its training record has no finite error on its own auxiliary data"
+    if fits[-1] > mean:
+        return False, (f"it has not learned even the mean image on its own auxiliary data (MSE {fits[-1]:.4f} "
+                       f"against the mean image's {mean:.4f})")
+    if not training.get("noise_simulated"):
+        return False, (f"it did not fit its own auxiliary data, with no noise in the way (MSE {fits[-1]:.4f} "
+                       f"against the mean image's {mean:.4f})")
+    moved = abs(fits[-1] - fits[-2]) / max(fits[-1], 1e-12) if len(fits) >= 2 else math.inf
+    if not moved < TRAINING_TOL:
+        return False, (f"its error on its own auxiliary data was still falling (MSE {fits[-2]:.4f} → {fits[-1]:.4f} "
+                       "over the last doubling)")
+    return True, ""
 
 
 def converged(level: LevelResult | dict[str, Any]) -> bool | None:

@@ -221,7 +221,8 @@ class Scoreboard:
         self.levels[tag] = LevelResult(primary="ssim", score=by[best]["ssim"], floor=self.floors["global_floor"],
                                        metrics={**by[best], **self.floors, "best_method": best, "by_method": by,
                                                 "victims": int(self.x.shape[0]), **(extra or {})},
-                                       convergence=convergence(values, budget, what=unit))
+                                       convergence=convergence(values, budget, what=unit,
+                                                               training=(extra or {}).get("training")))
         self.grids[f"grid/{tag}"] = torch.stack([self.x[: self.grid], series[best][-1][: self.grid].float()])
 
 

@@ -144,10 +144,18 @@ def verdict(row: dict[str, Any]) -> str:
     better = row["score"] > ref if row.get("higher_is_better", True) else row["score"] < ref
     base_note = ""
     if row["baseline_converged"] is False:
+        bwhy = (row.get("baseline_convergence") or {}).get("not_trained_why")
         base_note = (f" (the baseline's figure is a {bound_word(row)}, not converged: "
-                     f"{moved(row['baseline_convergence'])}; it beats its floor all the same)")
+                     f"{'the attack did not finish training there' if bwhy else moved(row['baseline_convergence'])}; "
+                     "it beats its floor all the same)")
     if row["converged"] is False:
-        head = f"not judged: the run's figure is a {bound_word(row)} (not converged: {moved(row['convergence'])})"
+        why = (row.get("convergence") or {}).get("not_trained_why")
+        if why and not better and below_mean_image(row):
+            return (f"no better than the mean image, and not judged: {row['score']:.3f} does not beat the global floor "
+                    f"{row['floor']:.3f}, but the attack did not finish training ({why}), so this figure says nothing "
+                    "about the defence; run it with more steps or at the reference size" + base_note)
+        head = (f"not judged: the attack did not finish training ({why}), so the run's figure is a {bound_word(row)}"
+                if why else f"not judged: the run's figure is a {bound_word(row)} (not converged: {moved(row['convergence'])})")
         if better:
             head += f"; it already beats the {ref_name} {ref:.3f}, so the defence does not hide this one"
         return head + base_note
