@@ -48,9 +48,11 @@ def test_run_and_baseline_share_one_do_alone_model(digits_run: Path, tmp_path: P
     import shutil
 
     from clicooper.report import report
+    from clicooper.training.do_alone import LINEAR_TAIL, DoAloneResult
 
     calls: list[int] = []
-    monkeypatch.setattr(report, "do_alone_accuracy", lambda *a, **k: (calls.append(1), 0.5)[1])
+    monkeypatch.setattr(report, "do_alone_result", lambda *a, **k: (
+        calls.append(1), DoAloneResult(0.5, "linear", LINEAR_TAIL, {LINEAR_TAIL: 0.5}))[1])
     run, base = tmp_path / "run", tmp_path / "base"
     shutil.copytree(digits_run, run)
     shutil.copytree(digits_run, base)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from clicooper.training.do_alone import LINEAR_TAIL
+
 
 def _fmt(v: Any, nd: int = 4) -> str:
     if v is None:
@@ -65,15 +67,21 @@ def _summary(rep: dict[str, Any]) -> list[str]:
                  f"({'–' if cost is None else f'{cost:.1f} pt lost' if cost >= 0 else f'{-cost:.1f} pt gained'}).")
     gain = sm.get("trainer_gain_pt")
     if gain is not None and gain < 0:
-        L.append(f"- **Trainers' gain: {_pt(gain)} — negative.** The DO alone (its head + a linear tail, no "
+        L.append(f"- **Trainers' gain: {_pt(gain)} — negative.** The DO alone (its {_alone(sm)}, no "
                  f"trainers) reaches {_fmt(sm.get('do_alone_accuracy'))}, more than the cooperative model: at "
                  "these settings the trainers cost the DO accuracy instead of adding it (train longer, or give "
                  "the trainers more of the model).")
     elif gain is not None:
         L.append(f"- **Trainers' gain:** {_pt(gain)} over the DO alone ({_fmt(sm.get('do_alone_accuracy'))}: its "
-                 "head + a linear tail, no trainers).")
+                 f"{_alone(sm)}, no trainers).")
     L.append(f"- **ε:** {sm['epsilon']}.\n")
     return L
+
+
+def _alone(d: dict[str, Any]) -> str:
+    """The DO-alone model of a run summary (``do_alone_model``) or the report's summary
+    (``do_alone_model``); a cache from before it was recorded was a linear tail."""
+    return str(d.get("do_alone_model") or LINEAR_TAIL)
 
 
 def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
@@ -89,8 +97,8 @@ def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
          f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
          f"{_fmt(base['do_flop_share'], 4)} |"]
     if run.get("do_alone_acc") is not None:
-        L.append(f"| DO-alone accuracy (its head + a linear tail, no trainers) | {_fmt(run['do_alone_acc'])} | "
-                 f"{_fmt(base.get('do_alone_acc'))} |")
+        L.append(f"| DO-alone accuracy (no trainers) | {_fmt(run['do_alone_acc'])} | {_fmt(base.get('do_alone_acc'))} |")
+        L.append(f"| DO-alone model | {_alone(run)} | {_alone(base) if base.get('do_alone_acc') is not None else '–'} |")
         gain = [f"{100 * g:+.2f} pt" if g is not None else "–"
                 for g in (run.get("trainer_gain"), base.get("trainer_gain"))]
         L.append(f"| trainers' gain (accuracy − DO-alone) | {gain[0]} | {gain[1]} |")

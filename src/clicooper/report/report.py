@@ -44,7 +44,7 @@ from clicooper.report.rows import (
 from clicooper.report.runs import MUST_MATCH, SHOULD_MATCH, Progress, check_comparable, read_json, run_summary
 from clicooper.report.summary import UNCONVERGED_BUDGETS, summarize
 from clicooper.training import train
-from clicooper.training.do_alone import do_alone_accuracy
+from clicooper.training.do_alone import LINEAR_TAIL, THICK_TAIL, do_alone_net, do_alone_result
 
 __all__ = ["MUST_MATCH", "SETTINGS_COMPARED", "SHOULD_MATCH", "Progress", "do_alone_for", "make_report",
            "render_markdown", "run_summary", "train_baseline"]
@@ -97,13 +97,22 @@ def train_baseline(run_dir: Path, out: Path, progress: Progress | None = None, *
     return out
 
 
+def _do_alone_dataset(key: dict[str, Any], cfg: dict[str, Any], own: OwnObjects, plan: dict[str, Any]) -> Any:
+    """The run's dataset, for training the DO alone."""
+    return open_dataset(key["dataset"], cfg.get("data"), own.data, own.test_data,
+                        fingerprint_of_run=plan.get("extra", {}).get("data_fingerprint"))
+
+
 def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObjects | None = None,
                  known: dict[str, Any] | None = None) -> dict[str, Any]:
     """DO-alone accuracy for a run's configuration (:mod:`clicooper.training.do_alone`: its head + a linear
-    tail, same rows, epochs, seed, batch size and learning rate, no trainers), cached in
-    ``RUN/do_alone.json`` together with the settings it was computed for. ``known``: another run's result
-    (this function's return value), taken instead of training when it was computed for the same settings: the
-    DO alone never sees the defences, so a run and its undefended baseline share it."""
+    tail, or, when the DO's tail is more than one ``Linear``, the better of that and its head + an adapter +
+    its own tail; same rows, epochs, seed, batch size and learning rate, no trainers), cached in
+    ``RUN/do_alone.json`` together with the settings it was computed for, ``model`` (a one-line description
+    of the DO-alone model that reached it) and, for a thick tail, ``candidates`` (each model's accuracy).
+    ``known``: another run's result (this function's return value), taken instead of training when it was
+    computed for the same settings: the DO alone never sees the defences, so a run and its undefended
+    baseline share it."""
     cfg = read_json(Path(run_dir) / "config.json")
     rng = cfg.get("train_range")
     key = {"model": cfg.get("model"), "dataset": cfg.get("dataset"), "train_range": list(rng) if rng else None,
@@ -120,6 +129,23 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
         key["optimizer"], key["momentum"] = run_cfg.optimizer, run_cfg.momentum
     if run_cfg.data.crop_padding or run_cfg.data.flip:  # the DO's training augmentation applies alone too
         key["augment"] = {"crop_padding": run_cfg.data.crop_padding, "flip": run_cfg.data.flip}
+    own = own or OwnObjects()
+    module = own.model if is_own_module(str(key["model"])) else None
+    plan = read_json(Path(run_dir) / "plan.json") if (Path(run_dir) / "plan.json").is_file() else {}
+    dataset = None
+    if is_own_module(str(key["model"])) and module is None:
+        tail = "linear"  # nothing to build it from: training below refuses, as it always did; a cache still answers
+    else:
+        if not plan.get("input_shape"):
+            dataset = _do_alone_dataset(key, cfg, own, plan)
+        shape = plan.get("input_shape") or dataset.input_shape
+        # which DO-alone model (module docstring of clicooper.training.do_alone): the kind of tail does not
+        # depend on the number of classes (any count builds the same layers)
+        thick = do_alone_net(key["model"], shape, 2, seed=key["seed"], trainers=key["trainers"],
+                             model_spec=key.get("model_spec"), module=module).thick
+        tail = THICK_TAIL if thick else "linear"
+    if tail != "linear":  # a linear tail adds nothing to the key: the caches from before it stay valid
+        key["tail"] = tail
     path = Path(run_dir) / "do_alone.json"
     if path.is_file():
         try:
@@ -130,24 +156,27 @@ def do_alone_for(run_dir: Path, progress: Progress | None = None, own: OwnObject
             return {**have, "run": str(run_dir)}
     if known is not None and known.get("settings") == key and isinstance(known.get("do_alone_acc"), float):
         out = {"settings": key, "do_alone_acc": known["do_alone_acc"], "seconds": 0.0,
-               "same_as": known.get("same_as") or known.get("run")}
+               "model": known.get("model") or LINEAR_TAIL, "same_as": known.get("same_as") or known.get("run")}
+        if known.get("candidates"):
+            out["candidates"] = known["candidates"]
         rundir.write_json(path, out)
         return {**out, "run": str(run_dir)}
-    if progress:
-        progress(f"{run_dir}: training the DO alone (head + linear tail, no trainers) for the trainers' gain …")
     t0 = time.time()
-    own = own or OwnObjects()
-    plan = read_json(Path(run_dir) / "plan.json") if (Path(run_dir) / "plan.json").is_file() else {}
-    dataset = open_dataset(key["dataset"], cfg.get("data"), own.data, own.test_data,
-                           fingerprint_of_run=plan.get("extra", {}).get("data_fingerprint"))
-    acc = do_alone_accuracy(key["model"], dataset, module=own.model if is_own_module(key["model"]) else None, train_range=tuple(rng) if rng else None,
-                            epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
-                            batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
-                            lr_at=run_cfg.lr_at,
-                            augment=augmenter_for(run_cfg.data, seed=run_cfg.seed),
-                            weight_decay=run_cfg.weight_decay, optimizer=run_cfg.optimizer,
-                            momentum=run_cfg.momentum)
-    out = {"settings": key, "do_alone_acc": acc, "seconds": round(time.time() - t0, 1)}
+    dataset = dataset or _do_alone_dataset(key, cfg, own, plan)
+    if progress:
+        what = LINEAR_TAIL if tail == "linear" else f"{LINEAR_TAIL}, and head + adapter + its own tail"
+        progress(f"{run_dir}: training the DO alone ({what}, no trainers) for the trainers' gain …")
+    res = do_alone_result(key["model"], dataset, module=module, train_range=tuple(rng) if rng else None,
+                          epochs=key["epochs"], seed=key["seed"], trainers=key["trainers"],
+                          batch_size=key["batch_size"], lr=key["lr"], model_spec=key.get("model_spec"),
+                          lr_at=run_cfg.lr_at,
+                          augment=augmenter_for(run_cfg.data, seed=run_cfg.seed),
+                          weight_decay=run_cfg.weight_decay, optimizer=run_cfg.optimizer,
+                          momentum=run_cfg.momentum)
+    out = {"settings": key, "do_alone_acc": res.accuracy, "model": res.description,
+           "seconds": round(time.time() - t0, 1)}
+    if len(res.candidates) > 1:
+        out["candidates"] = res.candidates
     rundir.write_json(path, out)  # atomic: an interrupted report leaves no half-written file
     return {**out, "run": str(run_dir)}
 
@@ -226,7 +255,8 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
     the module of a run of their own module classes, the data given in Python); the baseline is trained
     with them, and the attacks rebuild the architecture from them.
 
-    ``do_alone``: also train each one's DO alone (head + linear tail, no trainers; cached in
+    ``do_alone``: also train each one's DO alone (head + linear tail; when the DO's tail is more than one
+    ``Linear``, also head + adapter + that tail, the better counting; no trainers; cached in
     ``RUN/do_alone.json``) and report the trainers' gain beside accuracy and the DO's FLOP share.
 
     ``baseline_model``: the baseline's architecture when it is not the run's (e.g. the undefended reference
@@ -262,6 +292,7 @@ def make_report(run_dir: str | Path, out_dir: str | Path, *, baseline: str | Pat
         for summary, d in ((run, run_dir), (base, base_dir)):
             known = do_alone_for(d, progress, own, known=known)
             summary["do_alone_acc"] = known["do_alone_acc"]
+            summary["do_alone_model"] = known.get("model") or LINEAR_TAIL  # caches from before: a linear tail
             summary["trainer_gain"] = (summary["test_acc"] - summary["do_alone_acc"]
                                        if summary["test_acc"] is not None else None)
     marks["do_alone"] = time.time()

@@ -108,6 +108,7 @@ def summarize(rep: dict[str, Any]) -> dict[str, Any]:
         "accuracy_cost_pt": None if acc is None or bacc is None else round(100 * (bacc - acc), 2),
         "trainer_gain_pt": None if gain is None else round(100 * gain, 2),
         "do_alone_accuracy": run.get("do_alone_acc"),
+        "do_alone_model": run.get("do_alone_model"),
         "epsilon": epsilon_meaning((run.get("epsilon") or [None])[0]),
         "unconverged_budget": next((UNCONVERGED_BUDGETS[b] for b in budgets if b in UNCONVERGED_BUDGETS), None),
     }
