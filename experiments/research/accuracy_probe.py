@@ -6,7 +6,8 @@ Used for the full-budget table of docs/research/privacy-frontier.md, where attac
 
 ``--sigma -1`` trains undefended (``--defense none``). Prints one JSON line (also written to
 ``OUT/probe.json``): model, σ, seed, final test accuracy and the accuracy after every epoch; with
-``--do-alone`` also the DO-alone accuracy (same head + a linear tail, trained without trainers) and the
+``--do-alone`` also the DO-alone accuracy (same head + a linear tail, trained without trainers; for a thick
+DO tail the better of that and head + adapter + its own tail: ``clicooper.training.do_alone``) and the
 trainers' gain.
 """
 
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-dpsgd", type=float, default=None, help="DP-SGD noise multiplier on the DO's head (clip 1)")
     ap.add_argument("--out", required=True, help="new run directory")
     ap.add_argument("--do-alone", action="store_true",
-                    help="also train the DO alone (same head + a linear tail, no trainers, no noise; same rows, "
+                    help="also train the DO alone (same head + a linear tail, or for a thick DO tail the better of that and "
+                    "head + adapter + its own tail; no trainers, no noise; same rows, "
                     "epochs and seed) and report its accuracy and the trainers' gain")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -5,7 +5,8 @@ For each configuration (model × σ; the cut width is part of the model name) it
 1. trains a split run (``clicooper.training.train``; provenance off, observations recorded),
 2. reads test accuracy (local path: the DO holds every segment after delivery, no noise) and
    ``plan.do_flop_share``,
-3. trains the **DO alone**: the same head (same init seed) + a linear tail, on the same rows, epochs,
+3. trains the **DO alone**: the same head (same init seed) + a linear tail (for a DO tail thicker than one
+   Linear, also head + adapter + that tail, the better counting: ``clicooper.training.do_alone``), on the same rows, epochs,
    shuffling, optimizer and batch size, without any trainer (nothing leaves the DO, so no noise). The
    trainers' contribution is ``acc − do_alone_acc``; without it a low FLOP share could be gamed by adding
    useless trainer layers,
@@ -134,7 +135,8 @@ def run_config(s: Setting, b: Budget) -> dict[str, Any]:
 
 
 def do_alone_accuracy(model_name: str, b: Budget, dataset: Any) -> float:
-    """Head (same architecture and init seed as the split run) + a linear tail, trained by the DO alone."""
+    """The DO-alone accuracy (:mod:`clicooper.training.do_alone`): head (same architecture and init seed as the
+    split run) + a linear tail, or for a thick DO tail the better of that and head + adapter + its own tail."""
     return _do_alone(model_name, dataset, train_range=(0, b.train), epochs=b.epochs, seed=b.seed, trainers=b.trainers)
 
 

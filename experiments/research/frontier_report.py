@@ -225,7 +225,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
         f"Budget: {json.dumps(rows[0]['budget']) if rows else '–'}",
         "",
         f"acc = test accuracy (local path, 10,000 test images); Δref = acc − undefended {ref['model'] if ref else '–'}; "
-        "DO-alone = same head + linear tail trained by the DO without trainers (same rows, epochs, shuffling); "
+        "DO-alone = same head + linear tail (a thick DO tail: the better of that and head + adapter + its own tail) "
+        "trained by the DO without trainers (same rows, epochs, shuffling); "
         "gain = acc − DO-alone. SSIM: T1's inversion of the training victims (KP-k = known-plaintext decoder "
         "on k pairs; WB = white-box: leaked head, public noise simulated, + rMLE). cf = class floor (SSIM of the "
         "victim's class-mean image: what the label alone gives). ε: PLD/RDP, δ = 1e-5, **per-release, head fixed**.",

@@ -153,8 +153,9 @@ def report(
     rerun: bool = typer.Option(False, "--rerun", help="re-run attacks whose results the run already holds "
                                                                 "(in RUN/attacks/)"),
     do_alone: bool = typer.Option(True, "--do-alone/--no-do-alone",
-                                  help="train each one's DO alone (head + linear tail, no trainers) and report "
-                                       "the trainers' gain (cached in RUN/do_alone.json)"),
+                                  help="train each one's DO alone (head + linear tail; a thick DO tail: the better of "
+                                       "that and head + adapter + its own tail; no trainers) and report the "
+                                       "trainers' gain (cached in RUN/do_alone.json)"),
     baseline_scale: float = typer.Option(0.25, "--baseline-scale", min=0.01, max=1.0,
                                          help="share of the budget's steps the attacks get on the undefended "
                                               "baseline, which only has to show that each beats its floor (an "

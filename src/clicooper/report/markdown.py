@@ -79,8 +79,8 @@ def _summary(rep: dict[str, Any]) -> list[str]:
 
 
 def _alone(d: dict[str, Any]) -> str:
-    """The DO-alone model of a run summary (``do_alone_model``) or the report's summary
-    (``do_alone_model``); a cache from before it was recorded was a linear tail."""
+    """The DO-alone model named in a run summary or the report's summary (``do_alone_model``); a cache from
+    before it was recorded held a linear tail."""
     return str(d.get("do_alone_model") or LINEAR_TAIL)
 
 
@@ -97,8 +97,10 @@ def _runs_table(run: dict[str, Any], base: dict[str, Any]) -> list[str]:
          f"| DO FLOP share (plan.json `do_flop_share`) | {_fmt(run['do_flop_share'], 4)} | "
          f"{_fmt(base['do_flop_share'], 4)} |"]
     if run.get("do_alone_acc") is not None:
-        L.append(f"| DO-alone accuracy (no trainers) | {_fmt(run['do_alone_acc'])} | {_fmt(base.get('do_alone_acc'))} |")
-        L.append(f"| DO-alone model | {_alone(run)} | {_alone(base) if base.get('do_alone_acc') is not None else '–'} |")
+        L.append(f"| DO-alone accuracy (no trainers) | {_fmt(run['do_alone_acc'])} | "
+                 f"{_fmt(base.get('do_alone_acc'))} |")
+        base_model = _alone(base) if base.get("do_alone_acc") is not None else "–"
+        L.append(f"| DO-alone model | {_alone(run)} | {base_model} |")
         gain = [f"{100 * g:+.2f} pt" if g is not None else "–"
                 for g in (run.get("trainer_gain"), base.get("trainer_gain"))]
         L.append(f"| trainers' gain (accuracy − DO-alone) | {gain[0]} | {gain[1]} |")

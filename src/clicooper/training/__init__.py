@@ -4,7 +4,8 @@
 - :mod:`.run` — :func:`train`, the Python API behind ``clicooper train`` (new runs, resume, ε budget);
 - :mod:`.provenance_hooks` — the ledger and watermarks with every party's key at hand;
 - :mod:`clicooper.core.observe` — what each trainer received, for attack evaluators;
-- :mod:`.do_alone` — the DO's head + a linear layer trained alone (the trainers' gain).
+- :mod:`.do_alone` — the DO's head + a linear layer (or, for a thick DO tail, the better of that and head +
+  adapter + its own tail) trained alone (the trainers' gain).
 - :mod:`.own_model` — ``train(config, model=…)``: the user's own ``nn.Sequential`` and its weights.
 """
 
