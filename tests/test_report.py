@@ -99,6 +99,8 @@ def test_report_with_baseline(defended_run: Path, digits_run: Path, tmp_path: Pa
         assert cached["settings"]["model"] == "digits-mlp" and cached["settings"]["epochs"] == cfg["epochs"]
     assert rep2["run"]["do_alone_acc"] == rep["run"]["do_alone_acc"]
     assert "DO-alone accuracy" in md and "trainers' gain" in md
+    assert "| DO-alone model | head + a linear tail | head + a linear tail |" in md  # digits-mlp: a Linear tail
+    assert rep["run"]["do_alone_model"] == cached["model"] == "head + a linear tail"
     rep3 = make_report(run, tmp_path / "report3", baseline=base, budget="smoke", attacks="gradient-leak",
                        do_alone=False)
     assert "do_alone_acc" not in rep3["run"] and "DO-alone" not in (tmp_path / "report3" / "report.md").read_text()

@@ -149,6 +149,7 @@ def one_seed(setting: Setting, seed: int, runs: Path, *, budget: str, baseline_m
     return {
         "seed": seed, "run": str(run), "test_acc": rep["run"]["test_acc"], "baseline_acc": rep["baseline"]["test_acc"],
         "do_alone_acc": rep["run"].get("do_alone_acc"), "trainer_gain": rep["run"].get("trainer_gain"),
+        "do_alone_model": rep["run"].get("do_alone_model"),
         "do_flop_share": rep["run"]["do_flop_share"], "epsilon": rep["run"].get("epsilon"),
         "baseline_do_alone_acc": rep["baseline"].get("do_alone_acc"),
         "baseline_do_flop_share": rep["baseline"].get("do_flop_share"),
@@ -176,6 +177,8 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         "delta_pt": ci([100 * (p["test_acc"] - p["baseline_acc"]) for p in per_seed]),
         "do_alone_acc": ci([p["do_alone_acc"] for p in per_seed]),
         "gain_pt": ci([100 * p["trainer_gain"] for p in per_seed]),
+        # the DO-alone models that reached the figure over the seeds (a thick DO tail: the better of two)
+        "do_alone_models": sorted({str(p.get("do_alone_model") or "head + a linear tail") for p in per_seed}),
         "do_flop_share": per_seed[0]["do_flop_share"],
         "figures": {},
     }
@@ -229,7 +232,8 @@ def markdown(setting: Setting, budget: str, s: dict[str, Any]) -> str:
          "this file). Means with 95 % t-intervals over the seeds; a figure's `conv.` counts the seeds on which its "
          "last doubling changed it by < 0.01.\n",
          f"- accuracy {_fmt(s['test_acc'], 4)}; Δ vs undefended {_fmt(s['delta_pt'], 2)} pt",
-         f"- DO-alone {_fmt(s['do_alone_acc'], 4)}; trainers' gain {_fmt(s['gain_pt'], 2)} pt",
+         f"- DO-alone {_fmt(s['do_alone_acc'], 4)} ({'; '.join(s.get('do_alone_models') or ['head + a linear tail'])}); "
+         f"trainers' gain {_fmt(s['gain_pt'], 2)} pt",
          f"- DO FLOP share {100 * s['do_flop_share']:.1f} %\n",
          "| figure | run | conv. | class floor | global floor | undefended |", "|---|---|---|---|---|---|"]
     for k, e in s["figures"].items():
