@@ -27,7 +27,19 @@ def test_default_grid_is_the_variants_within_the_share() -> None:
     pairs = depth_axis.grid()
     fitting = ["fmnist-resnet20", "fmnist-resnet20-tmlp", "fmnist-resnet20-tblock", "fmnist-resnet20-h1",
                "fmnist-resnet20-h1-tmlp"]
-    assert pairs == [(v, m) for v in fitting for m in ("none", "noise", "nopeek")]
+    assert pairs == [(v, m) for v in fitting for m in ("none", "noise", "nopeek", "labels", "labels8")]
+
+
+def test_label_mechanisms_are_the_secret_mapping_alone() -> None:
+    from experiments.research.frontier import Budget, run_config
+
+    two, eight = (depth_axis.point("fmnist-resnet20-tblock", m) for m in ("labels", "labels8"))
+    for p in (two, eight):
+        assert p["setting"].defense == "labels" and p["sigma"] == 0.0 and p["nopeek"] == 0.0
+        assert "dp" not in run_config(p["setting"], Budget())  # no activation noise
+    assert two["expansion"] is None and two["setting"].expansion is None  # labels.expansion's default, m = 2
+    assert eight["setting"].expansion == 8 and run_config(eight["setting"], Budget())["labels"] == {"expansion": 8}
+    assert eight["name"] == "fmnist-resnet20-tblock-labels8" and eight["setting"].tag.endswith("_m8")
     assert depth_axis.grid(points_arg="fmnist-resnet20-h2:noise") == [("fmnist-resnet20-h2", "noise")]
 
 

@@ -47,9 +47,10 @@ def test_a_fitted_attack_below_the_global_floor_extracted_nothing() -> None:
 
 
 def test_an_attack_that_did_not_fit_its_own_data_failed_to_train() -> None:
-    row = _row(0.086, training=NOT_FITTED)
-    assert row["verdict"].startswith("no better than the mean image")
-    assert "failed to train" in row["verdict"] and "says nothing about the defence" in row["verdict"]
+    row = _row(0.086, training=NOT_FITTED)  # its convergence record is re-judged with the training record
+    assert row["verdict"].startswith("no better than the mean image, and not judged")
+    assert "did not finish training" in row["verdict"] and "says nothing about the defence" in row["verdict"]
+    assert row["converged"] is False and not row["judged"]
 
 
 def test_between_the_floors_and_above_the_class_floor() -> None:
@@ -97,8 +98,14 @@ def test_the_report_lists_what_differs_from_the_reference_code() -> None:
 
 
 def test_not_fitting_through_the_simulated_noise_cannot_tell_which() -> None:
-    noisy = training_record([0.16, 0.15, 0.15], 0.086, noise=True)
+    noisy = training_record([0.090, 0.0845, 0.0843], 0.086, noise=True)  # learned the mean image, settled, no fit
     row = _row(0.086, training=noisy)
     assert row["verdict"].startswith("no better than the mean image")
     assert "cannot tell" in row["verdict"] and "simulated public noise" in row["verdict"]
     assert "on the undefended baseline it did fit them" in row["verdict"]
+
+
+def test_not_even_the_mean_image_through_the_noise_is_not_judged() -> None:
+    row = _row(0.086, training=training_record([0.16, 0.15, 0.15], 0.086, noise=True))
+    assert row["converged"] is False and row["verdict"].startswith("no better than the mean image, and not judged")
+    assert "not learned even the mean image" in row["verdict"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clicooper.attacks import informative
-from clicooper.attacks.base import converged
+from clicooper.attacks.base import CONVERGENCE_TOL, converged, convergence
 from clicooper.attacks.budgets import run_suite, scaled, settings_for
 from clicooper.errors import AttackError
 from clicooper.report.runs import Progress, read_json
@@ -106,12 +106,25 @@ def _convergence(row: dict[str, Any], r: dict[str, Any], b: dict[str, Any] | Non
     baseline's figure only shows that the attack is informative (it beats its floor on the undefended run);
     an unconverged one is a lower bound of what the attack reaches there, so one that already beats the floor
     shows it as well as a converged one would. The verdict still says that it is a bound."""
+    r, b = rejudged(r), None if b is None else rejudged(b)
     row["convergence"] = r.get("convergence")
     row["baseline_convergence"] = None if b is None else b.get("convergence")
     row["converged"] = converged(r)
     row["baseline_converged"] = None if b is None else converged(b)
     row["judged"] = bool(row["informative"]) and row["converged"] is not False
     row["verdict"] = verdict(row)
+
+
+def rejudged(level: dict[str, Any]) -> dict[str, Any]:
+    """``level`` with its convergence judged by the current rule where its result file predates it: a level
+    with the attack's own training record but a convergence record that did not consult it (written before a
+    figure needed the attack to have trained to count as converged) gets it recomputed from the stored
+    readings and that record."""
+    conv, training = level.get("convergence"), (level.get("metrics") or {}).get("training")
+    if not conv or not training or "trained" in conv:
+        return level
+    return {**level, "convergence": convergence(conv["values"], conv.get("budget"), what=conv.get("unit", "steps"),
+                                                tol=conv.get("tol", CONVERGENCE_TOL), training=training)}
 
 
 def not_converged(row: dict[str, Any], why: str) -> dict[str, Any]:
