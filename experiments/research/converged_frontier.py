@@ -61,16 +61,25 @@ def _rows_of(per_seed: list[dict[str, Any]], attack: str, level: str, *, baselin
 #: or None). Completion's floor is the same architecture trained on those k samples from scratch (on the same
 #: run's activations); known-sample inference with k samples per class is read against that floor too, as an
 #: advantage in points (issue 14, item 5: ≤ 5 pt over the k samples alone).
-LABELS = tuple((f"known-sample k={k}", f"clustering/T1/known-{k}", None) for k in (1, 10, 100)) + tuple(
-    (f"known-sample adv. k={k} (pt)", f"clustering/T1/known-{k}", f"completion/T1/k{k}") for k in (1, 10, 100)) + tuple(
-    (f"completion adv. k={k} (pt)", f"completion/T1/k{k}", f"completion/T1/k{k}") for k in (1, 10, 100))
+def label_columns(party: str) -> tuple[tuple[str, str, str | None], ...]:
+    """The label-attack columns on ``party``'s features: (header, report key, the floor's key or None)."""
+    return tuple((f"known-sample k={k}", f"clustering/{party}/known-{k}", None) for k in (1, 10, 100)) + tuple(
+        (f"known-sample adv. k={k} (pt)", f"clustering/{party}/known-{k}", f"completion/{party}/k{k}")
+        for k in (1, 10, 100)) + tuple(
+        (f"completion adv. k={k} (pt)", f"completion/{party}/k{k}", f"completion/{party}/k{k}") for k in (1, 10, 100))
 
 
-def _labels(per_seed: list[dict[str, Any]], *, baseline: bool) -> dict[str, Any]:
-    """Each label attack's figure over the seeds (an advantage: over the same architecture trained on the k
-    samples alone, in points)."""
+LABELS = label_columns("T1")
+#: The trainers whose features the label attacks are read on: T1 (after the DO's head) and T2 (the last trainer
+#: of a K = 2 U-shape, whose output the DO's tail consumes: the features nearest the labels)
+LABEL_PARTIES = ("T1", "T2")
+
+
+def _labels(per_seed: list[dict[str, Any]], *, baseline: bool, party: str = "T1") -> dict[str, Any]:
+    """Each label attack's figure on ``party``'s features over the seeds (an advantage: over the same
+    architecture trained on the k samples alone, in points)."""
     out = {}
-    for head, key, alone in LABELS:
+    for head, key, alone in label_columns(party):
         vals, conv = [], 0
         for p in per_seed:
             r = p["rows"].get(key)
@@ -128,6 +137,7 @@ def point_row(summary: dict[str, Any], *, baseline: bool = False) -> dict[str, A
                     if len(alone) == len(acc) else (math.nan,) * 3),
         "do_share": (per_seed[0].get("baseline_do_flop_share") if baseline else per_seed[0]["do_flop_share"]),
         "levels": {}, "labels": _labels(per_seed, baseline=baseline),
+        "labels_by_party": {party: _labels(per_seed, baseline=baseline, party=party) for party in LABEL_PARTIES},
         "epsilon": "–" if baseline else _epsilon(per_seed[0]),
     }
     floors = []
@@ -180,9 +190,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                  + " | ".join(cells) + f" | {_fmt(r['class_floor'])} | {strongest} "
                  f"({', '.join(lv.split('/')[-1] for lv in r['strongest_levels'])}) | "
                  f"{' / '.join(_mark(g[k]) for k in ('accuracy', 'gain', 'inversion', 'share'))} |")
-    lab = [h for h, _, _ in LABELS if any(h in r["labels"] for r in rows)]
-    if lab:
-        L += ["\n## Label attacks on T1's features\n",
+    for party in LABEL_PARTIES:
+        def got(r: dict[str, Any], p: str = party) -> dict[str, Any]:
+            return r.get("labels_by_party", {}).get(p) or (r["labels"] if p == "T1" else {})
+        lab = [h for h, _, _ in label_columns(party) if any(h in got(r) for r in rows)]
+        if not lab:
+            continue
+        L += [f"\n## Label attacks on {party}'s features\n",
               "Known-sample inference (clustering with k labelled samples per class) as accuracy, and as its "
               "advantage over the k samples alone; model completion as its advantage. The k samples alone: the "
               "completion's architecture trained from scratch on those samples (the same run's activations; on the "
@@ -191,7 +205,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         for r in rows:
             cells = []
             for h in lab:
-                e = r["labels"].get(h)
+                e = got(r).get(h)
                 nd = 1 if "(pt)" in h else 3
                 cells.append(_fmt(e["score"], nd, lower=e["converged_seeds"] < e["seeds"]) if e else "–")
             L.append(f"| {r['point']} | " + " | ".join(cells) + " |")
