@@ -260,7 +260,12 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
                     "completion/T1/k10": {**row, "class_floor": None, "floor": 0.70, "score": 0.75, "converged": True,
                                           "baseline_score": 0.78, "baseline_floor": 0.70, "baseline_converged": True},
                     "clustering/T1/known-10": {**row, "class_floor": None, "floor": 0.11, "score": 0.72,
-                                               "converged": True, "baseline_score": 0.80, "baseline_converged": True}},
+                                               "converged": True, "baseline_score": 0.80, "baseline_converged": True},
+                    # the last trainer (T2): the gradients it receives carry the labels
+                    "completion/T2/k10": {**row, "class_floor": None, "floor": 0.60, "score": 0.88, "converged": True,
+                                          "baseline_score": 0.89, "baseline_floor": 0.61, "baseline_converged": True},
+                    "clustering/T2/known-10": {**row, "class_floor": None, "floor": 0.11, "score": 0.99,
+                                               "converged": True, "baseline_score": 1.0, "baseline_converged": True}},
                 "epsilon": [{"epsilon": 935.15, "delta": 1e-5, "covers": "per-release, head fixed"}]}
 
     pts = {"a": ({"model": "fmnist-resnet-s8", "sigma": 0.101, "defense": "clicooper"},
@@ -286,6 +291,10 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     assert "| undefended reference | 0.800 | 10.0 | 8.0 |" in md
     assert abs(a["labels"]["known-sample adv. k=10 (pt)"]["score"][0] - 2.0) < 1e-9  # 0.72 − 0.70
     assert "✗ / ✓ / ✗ / ✓" in md and (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+    # the label attacks on T2's features get their own table: 0.99 − 0.60 = 39 pt, the reference 1.0 − 0.61
+    t2 = md[md.index("## Label attacks on T2's features"):]
+    assert "| undefended reference | 1.000 | 39.0 | 28.0 |" in t2 and "## Label attacks on T1" not in t2
+    assert abs(a["labels_by_party"]["T2"]["known-sample adv. k=10 (pt)"]["score"][0] - 39.0) < 1e-9
     with pytest.raises(SystemExit, match="run converged_point"):
         main(["--results", str(tmp_path / "out2"), str(tmp_path / "missing")])
     # a point without noise: the accountant writes ε as the string "inf"
