@@ -295,6 +295,12 @@ def test_converged_frontier_table_and_plot(tmp_path: Path) -> None:
     t2 = md[md.index("## Label attacks on T2's features"):]
     assert "| undefended reference | 1.000 | 39.0 | 28.0 |" in t2 and "## Label attacks on T1" not in t2
     assert abs(a["labels_by_party"]["T2"]["known-sample adv. k=10 (pt)"]["score"][0] - 39.0) < 1e-9
+    # a point swept with the label attacks only: its inversion part is undetermined, not met
+    labels_only = {"setting": {"model": "m", "sigma": 0.0, "defense": "labels"}, "budget": "demo", "label": "m",
+                   "per_seed": [{**seed(0, 0.84, 0.4, True, 0.3), "rows": {
+                       k: v for k, v in seed(0, 0.84, 0.4, True, 0.3)["rows"].items() if k.startswith(("completion", "clustering"))}}]}
+    from experiments.research.converged_frontier import point_row
+    assert point_row(labels_only)["goal"]["inversion"] is None
     with pytest.raises(SystemExit, match="run converged_point"):
         main(["--results", str(tmp_path / "out2"), str(tmp_path / "missing")])
     # a point without noise: the accountant writes ε as the string "inf"

@@ -154,7 +154,9 @@ def point_row(summary: dict[str, Any], *, baseline: bool = False) -> dict[str, A
     row["strongest_all_converged"] = all(s["converged"] for s in strongest)
     all_conv = all(e["converged_seeds"] == e["seeds"] for e in row["levels"].values())
     m = row["strongest_over_floor"][0]
-    inversion = False if m > GOAL["inversion_over_class_floor"] else (True if all_conv else None)
+    # no inversion figure at all (a point swept with the label attacks only) is undetermined, never met
+    inversion = (None if not strongest else False if m > GOAL["inversion_over_class_floor"]
+                 else (True if all_conv else None))
     row["goal"] = {"accuracy": row["delta_pt"][0] >= GOAL["accuracy_pt"], "gain": row["gain_pt"][0] >= GOAL["gain_pt"],
                    "inversion": inversion, "share": row["do_share"] is not None and row["do_share"] <= GOAL["do_share"]}
     return row
