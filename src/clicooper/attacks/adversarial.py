@@ -97,3 +97,20 @@ def training_record(fits: list[float], mean_mse: float, *, noise: bool = False,
     return {"aux_mse": [float(f) for f in fits], "mean_image_mse": float(mean_mse), "fit_ratio": FIT_RATIO,
             "fitted": fitted,
             "noise_simulated": bool(noise), **{k: [float(v) for v in vals] for k, vals in series.items()}}
+
+
+#: Why a setting's value differs from the reference code's, where no reason of the attack's own applies.
+STEPS_REASON = "the step budget this run could afford; convergence is read at ¼, ½ and all of it"
+
+
+def setting_differences(config: object, reference: dict[str, object], keys: tuple[str, ...],
+                        reasons: dict[str, str]) -> list[dict[str, str]]:
+    """One row (setting, reference, ours, reason) per ``keys`` entry whose value on ``config`` differs from
+    ``reference``; the reason is ``reasons[key]``, :data:`STEPS_REASON` for ``steps``, else "set by the caller"."""
+    rows = []
+    for key in keys:
+        ours, ref = getattr(config, key), reference[key]
+        if ours != ref:
+            why = reasons.get(key, STEPS_REASON if key == "steps" else "set by the caller")
+            rows.append({"setting": key, "reference": str(ref), "ours": str(ours), "reason": why})
+    return rows

@@ -36,7 +36,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from clicooper.attacks.adversarial import Critic, gradient_penalty, mk_mmd, run_steps, training_record
+from clicooper.attacks.adversarial import (
+    Critic,
+    gradient_penalty,
+    mk_mmd,
+    run_steps,
+    setting_differences,
+    training_record,
+)
 from clicooper.attacks.base import AttackResult, budget_points, register, require
 from clicooper.attacks.inversion import victim_board
 from clicooper.attacks.nets import Decoder, batched, reinit
@@ -100,14 +107,8 @@ class ForaConfig:
                       f"{self.width}, {2 * self.width}", "reason": "the small size: CPU minutes (demo, sweep budgets)"},
                      {"setting": "decoder", "reference": str(REFERENCE["decoder"]), "ours": f"conv/upsample decoder of "
                       f"width {self.width}", "reason": "the small size: CPU minutes (demo, sweep budgets)"}]
-        for key in ("lr", "critic_lr", "mmd_weight", "gp_weight", "batch", "steps"):
-            ours, ref = getattr(self, key), REFERENCE[key]
-            if ours != ref:
-                why = ("the step budget this run could afford; convergence is read at ¼, ½ and all of it"
-                       if key == "steps" else "faster convergence at the small size's step budget" if key == "lr"
-                       else "set by the caller")
-                rows.append({"setting": key, "reference": str(ref), "ours": str(ours), "reason": why})
-        return rows
+        return rows + setting_differences(self, REFERENCE, ("lr", "critic_lr", "mmd_weight", "gp_weight", "batch", "steps"),
+                                          {"lr": "faster convergence at the small size's step budget"})
 
 
 @register("fora")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clicooper.attacks import metrics
-from clicooper.attacks.adversarial import Critic, run_steps, training_record
+from clicooper.attacks.adversarial import Critic, run_steps, setting_differences, training_record
 from clicooper.attacks.base import AttackResult, LevelResult, budget_points, convergence, register, require
 from clicooper.attacks.inversion import victim_board
 from clicooper.attacks.nets import Decoder, batched, reinit
@@ -111,14 +111,9 @@ class SdarConfig:
             rows += [{"setting": k, "reference": str(REFERENCE[k]), "ours": f"{what} of width {self.width}",
                       "reason": why} for k, what in (("e_dis", "2 strided convs"), ("decoder", "conv/upsample decoder"),
                                                      ("d_dis", "2 strided convs"))]
-        for key in ("e_lr", "d_lr", "hs_lr", "lambda1", "lambda2", "flip_rate", "batch", "steps"):
-            ours, ref = getattr(self, key), REFERENCE[key]
-            if ours != ref:
-                reason = ("the step budget this run could afford; convergence is read at ¼, ½ and all of it"
-                          if key == "steps" else "the small size's budget (CPU minutes)" if key == "batch"
-                          else "set by the caller")
-                rows.append({"setting": key, "reference": str(ref), "ours": str(ours), "reason": reason})
-        return rows
+        return rows + setting_differences(self, REFERENCE, ("e_lr", "d_lr", "hs_lr", "lambda1", "lambda2", "flip_rate",
+                                                            "batch", "steps"),
+                                          {"batch": "the small size's budget (CPU minutes)"})
 
 
 def _frozen(mods: list[nn.Module]) -> nn.Sequential:
